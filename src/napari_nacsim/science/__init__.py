@@ -1,0 +1,1 @@
+"""Science: phantoms, preprocessing and measurement. No Qt, no napari."""

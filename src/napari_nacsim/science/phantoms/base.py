@@ -1,0 +1,71 @@
+"""What every phantom family provides: a patient that renders itself under a scenario."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+from ...core.errors import InputError
+from ...core.scan import Scan, affine_from_spacing
+from ...core.schema import FamilySchema, family_schema
+from .shapes import Grid
+
+
+@dataclasses.dataclass
+class Rendering:
+    """One patient drawn under one scenario: scans and masks per time point + ground truth."""
+
+    patient_id: str
+    family: FamilySchema
+    clinical: dict[str, Any]                 # the scenario that was rendered (validated)
+    scans: dict[str, dict[str, Scan]]        # time point -> channel -> scan
+    masks: dict[str, dict[str, Scan]]        # time point -> mask name -> labels scan
+    truth: dict[str, Any]                    # JSON-able: sizes, reductions, transforms, ...
+
+
+class PhantomPatient(Protocol):
+    id: str
+    family: FamilySchema
+    clinical: dict[str, Any]   # the factual clinical values, outcomes included
+    cohort_seed: int
+    index: int
+
+    def render(self, scenario: Mapping[str, Any] | None = None) -> Rendering:
+        """Draw the patient; ``scenario`` overrides some clinical values (counterfactual)."""
+        ...
+
+
+def patient_seed(cohort_seed: int, index: int, stream: str) -> np.random.Generator:
+    """Independent random stream per (cohort, patient, purpose); a patient does not depend
+    on how many patients the cohort has, nor on which scenario is rendered."""
+    key = [int(cohort_seed), int(index)] + [ord(c) for c in stream]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def grid_affine(grid: Grid) -> np.ndarray:
+    """RAS affine of a phantom grid, centred on the world origin."""
+    sz, sy, sx = grid.spacing
+    nz, ny, nx = grid.shape
+    return affine_from_spacing(grid.spacing, origin_xyz=(-(nx - 1) * sx / 2, -(ny - 1) * sy / 2,
+                                                         -(nz - 1) * sz / 2))
+
+
+def phantom_scan(array: np.ndarray, grid: Grid, *, kind: str = "image", **provenance) -> Scan:
+    """Wrap a phantom volume as a `Scan` marked synthetic with its generator provenance."""
+    return Scan(array=array, affine=grid_affine(grid), kind=kind,
+                provenance={"synthetic": True, "generator": "nacsim phantom", **provenance})
+
+
+def _factories() -> dict[str, Callable[[int, int], PhantomPatient]]:
+    from . import breast, lung
+
+    return {"breast": breast.make_patient, "lung": lung.make_patient}
+
+
+def make_patient(family: str, cohort_seed: int, index: int) -> PhantomPatient:
+    family_schema(family)  # clear error for unknown families
+    if index < 0:
+        raise InputError("patient index", f"{index} must be >= 0")
+    return _factories()[family](int(cohort_seed), int(index))
