@@ -1,0 +1,1 @@
+"""The `nacsim` command line: a thin face over core and science."""

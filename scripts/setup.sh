@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One-shot set-up used by `make demo` and `make test` (and CI): system packages for a
+# headless Qt/OpenGL viewer, then a virtual environment with nacsim installed.
+#   scripts/setup.sh            -> runtime install (napari with PyQt5)
+#   scripts/setup.sh testing    -> + pytest, pytest-qt
+# Re-running is cheap: nothing is reinstalled unless pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EXTRA="${1:-qt}"
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+# --- system packages (Debian/Ubuntu): Xvfb and the X/GL libraries Qt needs -------------------
+SYS_PKGS="xvfb xauth libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
+libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
+libxcb-shape0 libxcb-cursor0 libfontconfig1 libdbus-1-3"
+if command -v apt-get >/dev/null 2>&1; then
+  missing=""
+  for pkg in $SYS_PKGS; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+  done
+  if [ -n "$missing" ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "setup: installing system packages:$missing"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
+fi
+
+# --- Python environment -----------------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.nacsim-installed-$EXTRA"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch/torchvision first, as an exact pair (see DESIGN.md: open_clip needs matching builds).
+  "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  "$VENV/bin/python" -m pip install -q -e ".[$EXTRA]"
+  touch "$stamp"
+fi

@@ -1,0 +1,145 @@
+"""`nacsim` command-line entry point.
+
+Bad input ends the program with exit status 2 and one line on stderr
+(``nacsim: error: <file or field>: <problem>``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..core.errors import InputError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line, like every other nacsim error."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _progress(desc: str):
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="patient", file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def cmd_phantoms(args) -> int:
+    from ..science.phantoms.cohort import write_phantom_cohort
+
+    start = time.perf_counter()
+    manifest = write_phantom_cohort(args.family, args.patients, args.seed, args.out,
+                                    overwrite=args.overwrite,
+                                    progress=None if args.quiet else _progress(args.family))
+    print(f"wrote {args.patients} synthetic {args.family} patients to {manifest} "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from ..core.cohort import check_cohort_images, load_cohort
+
+    cohort = load_cohort(args.manifest)
+    if args.read_images:
+        check_cohort_images(cohort)
+    n_follow = sum(len(p.scans) - 1 for p in cohort.patients)
+    print(f"ok: {args.manifest}: {len(cohort.patients)} {cohort.family.name} patients, "
+          f"{n_follow} follow-up visits" + (", all images readable" if args.read_images else ""))
+    return 0
+
+
+def cmd_info(args) -> int:
+    import numpy as np
+
+    from ..core.scan_io import read_scan
+
+    scan = read_scan(args.path)
+    arr = scan.array
+    finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+    value_range = f"{finite.min():g}..{finite.max():g}" if finite.size else "no finite values"
+    print(f"{scan.name}\n  kind: {scan.kind}\n  shape: {scan.shape} ({'zyx' if scan.ndim == 3 else 'yx'})"
+          f"\n  spacing: {tuple(round(s, 4) for s in scan.spacing)} mm\n  orientation: "
+          f"{scan.orientation}\n  dtype: {arr.dtype}\n  values: {value_range}"
+          f"\n  synthetic: {bool(scan.provenance.get('synthetic'))}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=args.out, viewer=args.viewer)
+
+
+# --- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nacsim", description="Counterfactual follow-up images for cancer "
+                     "treatment response (breast NAC, lung immunotherapy).")
+    parser.add_argument("--version", action="version", version=f"nacsim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("phantoms", help="write a synthetic cohort (NIfTI + cohort manifest)")
+    p.add_argument("family", choices=["breast", "lung"])
+    p.add_argument("--patients", type=int, default=20, help="number of patients (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_phantoms)
+
+    p = sub.add_parser("validate", help="check a cohort manifest against the clinical schema")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--read-images", action="store_true",
+                   help="also read every scan and mask and check their grids")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("info", help="show a scan's geometry (NIfTI, DICOM folder, 2D image)")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default (synthetic patient)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the demo outputs here instead of opening napari")
+    p.add_argument("--viewer", choices=["auto", "yes", "no"], default="auto",
+                   help="open napari (auto: when a display is available and --out is not given)")
+    p.set_defaults(func=cmd_demo)
+
+    from .preprocess import add_preprocess_commands
+
+    add_preprocess_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as err:
+        print(f"nacsim: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("nacsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

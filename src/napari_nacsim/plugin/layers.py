@@ -1,0 +1,76 @@
+"""Conversion between `Scan` and napari layer data tuples ``(data, kwargs, layer_type)``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.scan import IMAGE, LABELS, Scan, affine_from_spacing
+
+METADATA_KEY = "nacsim"
+_LABEL_NAME = re.compile(r"(mask|label|seg|tumou?r|lobe|vessel)", re.IGNORECASE)
+
+
+def layer_name(scan: Scan, name: str | None = None) -> str:
+    base = name or (scan.source.name.split(".")[0] if scan.source else "scan")
+    return f"{base} (synthetic)" if scan.provenance.get("synthetic") and "synthetic" not in base \
+        else base
+
+
+def scan_to_layer_data(scan: Scan, name: str | None = None, **kwargs: Any) -> tuple:
+    """Layer data whose ``scale`` is the voxel spacing and whose metadata keeps the geometry,
+    orientation, source path and provenance."""
+    meta = {
+        "source": str(scan.source) if scan.source else None,
+        "affine": scan.affine.tolist(),
+        "orientation": scan.orientation,
+        "spacing_mm": list(scan.spacing),
+        "synthetic": bool(scan.provenance.get("synthetic")),
+        "provenance": scan.provenance,
+    }
+    layer_kwargs = {"name": layer_name(scan, name), "scale": list(scan.spacing),
+                    "metadata": {METADATA_KEY: meta}, **kwargs}
+    if scan.kind == IMAGE:
+        finite = scan.array[np.isfinite(scan.array)] if scan.array.dtype.kind == "f" else scan.array
+        if finite.size:
+            lo, hi = np.percentile(finite, [0.5, 99.5])
+            if hi > lo:
+                layer_kwargs.setdefault("contrast_limits", [float(lo), float(hi)])
+        layer_kwargs.setdefault("colormap", "gray")
+    return scan.array, layer_kwargs, "labels" if scan.kind == LABELS else "image"
+
+
+def guess_kind(scan: Scan) -> str:
+    """Sidecar-less files: integer images named like masks are label layers."""
+    if scan.kind == LABELS:
+        return LABELS
+    if scan.source and np.issubdtype(scan.array.dtype, np.integer) and \
+            _LABEL_NAME.search(scan.source.name):
+        return LABELS
+    return IMAGE
+
+
+def layer_to_scan(data: Any, meta: dict[str, Any], kind: str) -> Scan:
+    """Rebuild a `Scan` from a layer's data and napari's writer ``meta`` dict."""
+    array = np.asarray(data)
+    name = meta.get("name") or "layer"
+    if array.ndim not in (2, 3):
+        raise InputError(f"layer '{name}'", f"is {array.ndim}D; nacsim writes 2D images and "
+                                            "3D volumes")
+    ours = (meta.get("metadata") or {}).get(METADATA_KEY) or {}
+    scale = meta.get("scale")
+    scale = list(scale)[-array.ndim:] if scale is not None else [1.0] * array.ndim
+    affine = ours.get("affine")
+    stored_spacing = ours.get("spacing_mm")
+    if affine is None or stored_spacing is None or len(stored_spacing) != array.ndim or \
+            not np.allclose(stored_spacing, scale, rtol=1e-4):
+        # No stored geometry, or the user rescaled the layer: the layer's scale wins.
+        affine = affine_from_spacing(scale)
+    provenance = dict(ours.get("provenance") or {})
+    if ours.get("source"):
+        provenance.setdefault("derived_from", ours["source"])
+    provenance.setdefault("layer_name", name)
+    return Scan(array=array, affine=np.asarray(affine, float), kind=kind, provenance=provenance)
