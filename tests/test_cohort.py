@@ -87,7 +87,7 @@ def test_mismatched_grids_between_channels(tmp_path):
     patient = _breast_patient(tmp_path)
     _nifti(tmp_path / "P1" / "T1_post.nii.gz", shape=(4, 5, 7))
     cohort = load_cohort(_manifest(tmp_path, [patient]))
-    with pytest.raises(InputError, match=r"T1_post.nii.gz: shape \(7, 5, 4\) does not match"):
+    with pytest.raises(InputError, match=r"T1_post.nii.gz: shape \(4, 5, 7\) does not match"):
         check_cohort_images(cohort)
     _nifti(tmp_path / "P1" / "T1_post.nii.gz", spacing=(1.0, 1.0, 3.0))
     with pytest.raises(InputError, match="spacing .* does not match"):
