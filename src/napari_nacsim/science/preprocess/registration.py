@@ -1,0 +1,331 @@
+"""Affine registration of a follow-up scan to its baseline (ANTs), and resampling onto a grid.
+
+The NAC paper aligns the 3- and 12-week DCE-MRI to the pre-treatment scan with an ANTs affine
+registration before taking the MIP; the lung crops need the same kind of resampling. Two parts:
+
+- `register_affine` runs ``antsRegistration`` and keeps only the result that matters, a 4x4
+  matrix in world millimetres (RAS, like `Scan.affine`): ``fixed_to_moving`` maps a point of
+  the baseline to the same anatomy in the follow-up. ANTs writes its transform to a file; that
+  file lives in a temporary directory that is removed before the function returns.
+- `resample` / `apply` pull a scan onto a target grid through such a matrix, with scipy, so
+  applying a registration needs neither ANTs nor files, and label maps keep their exact label
+  values (label-wise interpolation, like ANTs' ``genericLabel``).
+
+Determinism. ITK splits the metric computation over threads and adds the partial sums in an
+order that depends on scheduling: with 2 threads two identical runs differed in the 4th
+significant digit of the matrix (measured here, antspyx 0.6.3). With one thread and a fixed
+``--random-seed`` (for the metric's random point sampling) two runs are bit-identical. ITK reads
+its thread count once, the first time any ITK filter runs in the process, from
+``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``; changing the variable afterwards has no effect
+(also measured). So it is set here, at import time, before this module (or anything else that
+imports nacsim's preprocessing first) can run ANTs. ``registration(random_seed=...)`` is
+ignored since antspyx 0.6.2: the seed goes through ``ants.config`` instead (`_seed_ants`).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must precede the first ITK filter run in this process (see the module docstring); ants itself
+# is imported lazily so that modules needing only `resample` do not pay its 2 s import.
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+
+import dataclasses  # noqa: E402
+import tempfile  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from ...core.errors import InputError  # noqa: E402
+from ...core.scan import LABELS, Scan, check_image_values, require_ndim  # noqa: E402
+
+LINEAR_TRANSFORMS = ("Translation", "Rigid", "Similarity", "Affine")
+
+# NIfTI world is RAS+, ITK world is LPS+: the first two axes change sign, the third does not.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+_RAS_TO_LPS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# Label maps with more distinct values than this are resampled by nearest neighbour: the
+# label-wise interpolation costs one resampling per label.
+MAX_LABELWISE_LABELS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistrationSettings:
+    """Parameters of the ANTs linear registration (``antsRegistration`` stage options).
+
+    The defaults suit clinical volumes of a few million voxels; ANTs stops a level early once
+    the metric stops improving, so small volumes finish quickly too.
+    """
+
+    metric: str = "mattes"                # mutual information: copes with contrast changes
+    histogram_bins: int = 32
+    sampling_rate: float = 0.25           # fraction of voxels the metric samples (seeded)
+    iterations: tuple[int, ...] = (500, 250, 100)
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas: tuple[float, ...] = (2, 1, 0)   # in voxels, per level
+    initialise: str = "centre_of_mass"    # or "identity" (scanner coordinates already close)
+    seed: int = 20240617
+
+    def __post_init__(self):
+        levels = {len(self.iterations), len(self.shrink_factors), len(self.smoothing_sigmas)}
+        if len(levels) != 1:
+            raise InputError("registration settings", "iterations, shrink_factors and "
+                             "smoothing_sigmas need one value per resolution level each")
+        if self.initialise not in ("centre_of_mass", "identity"):
+            raise InputError("registration settings", f"initialise must be 'centre_of_mass' or "
+                             f"'identity', got {self.initialise!r}")
+        if not 0 < self.sampling_rate <= 1:
+            raise InputError("registration settings", "sampling_rate must be in (0, 1]")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """A linear registration result: everything needed to bring moving-space scans onto the
+    fixed scan's grid, held in memory."""
+
+    fixed_to_moving: np.ndarray        # 4x4, RAS mm: fixed-world point -> moving-world point
+    fixed_shape: tuple[int, int, int]  # (z, y, x)
+    fixed_affine: np.ndarray           # the fixed scan's voxel-to-world (RAS) affine
+    fixed_name: str
+    moving_name: str
+    type_of_transform: str
+    settings: RegistrationSettings
+
+    @property
+    def moving_to_fixed(self) -> np.ndarray:
+        return np.linalg.inv(self.fixed_to_moving)
+
+    def apply(self, scan: Scan, *, labels: bool | None = None,
+              fill: float | None = None) -> Scan:
+        return apply(self, scan, labels=labels, fill=fill)
+
+    def summary(self) -> dict[str, Any]:
+        """Readable parameters of the moving-to-fixed motion (for provenance and reports):
+        rotation angle, translation of the fixed grid centre, scale factors."""
+        matrix = self.fixed_to_moving[:3, :3]
+        u, s, vt = np.linalg.svd(matrix)
+        rotation = u @ vt
+        angle = np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0)))
+        centre_idx = (np.array(self.fixed_shape[::-1], float) - 1) / 2
+        centre = self.fixed_affine[:3, :3] @ centre_idx + self.fixed_affine[:3, 3]
+        shift = self.fixed_to_moving[:3, :3] @ centre + self.fixed_to_moving[:3, 3] - centre
+        return {"rotation_deg": round(float(angle), 4),
+                "centre_shift_mm": [round(float(v), 4) for v in shift],
+                "scales": [round(float(v), 5) for v in s]}
+
+
+# --- registration --------------------------------------------------------------------------
+
+def register_affine(fixed: Scan, moving: Scan, *, type_of_transform: str = "Affine",
+                    settings: RegistrationSettings | None = None) -> Registration:
+    """Register ``moving`` (e.g. a follow-up) to ``fixed`` (its baseline) with ANTs.
+
+    Both must be finite, non-constant 3D images; they may have different grids (the
+    registration works in world millimetres). Same inputs and settings give a bit-identical
+    result. ``type_of_transform`` is one of `LINEAR_TRANSFORMS`.
+    """
+    settings = settings or RegistrationSettings()
+    if type_of_transform not in LINEAR_TRANSFORMS:
+        raise InputError("type_of_transform", f"{type_of_transform!r} is not a linear "
+                         f"transform; choose one of {', '.join(LINEAR_TRANSFORMS)}")
+    for scan, role in ((fixed, "fixed"), (moving, "moving")):
+        require_ndim(scan, 3, f"{scan.name} ({role} image)")
+        check_image_values(scan, f"{scan.name} ({role} image)")
+
+    ants = _import_ants()
+    # Mutual information does not care about an intensity offset, but the centre-of-mass
+    # initialisation does: CT (mostly negative HU) or zero-mean images would put the "mass"
+    # anywhere. Shifting both images to start at 0 makes background weigh nothing.
+    fixed_img = to_ants(fixed, shift_to_zero=True)
+    moving_img = to_ants(moving, shift_to_zero=True)
+    _seed_ants(ants, settings.seed)
+    with tempfile.TemporaryDirectory(prefix="nacsim-ants-") as workdir:
+        result = ants.registration(
+            fixed_img, moving_img, type_of_transform=type_of_transform,
+            initial_transform="Identity" if settings.initialise == "identity" else None,
+            outprefix=os.path.join(workdir, "reg_"),
+            aff_metric=settings.metric, aff_sampling=settings.histogram_bins,
+            aff_random_sampling_rate=settings.sampling_rate,
+            aff_iterations=tuple(int(i) for i in settings.iterations),
+            aff_shrink_factors=tuple(int(f) for f in settings.shrink_factors),
+            aff_smoothing_sigmas=tuple(settings.smoothing_sigmas),
+            verbose=False)
+        transforms = result["fwdtransforms"]
+        if len(transforms) != 1:  # "-z 1" collapses the initialisation into the affine
+            raise RuntimeError(f"expected one linear transform from ANTs, got {transforms}")
+        transform = ants.read_transform(transforms[0])
+        fixed_to_moving = _itk_affine_to_ras(transform.parameters, transform.fixed_parameters)
+    return Registration(fixed_to_moving=fixed_to_moving, fixed_shape=fixed.shape,
+                        fixed_affine=fixed.affine.copy(), fixed_name=fixed.name,
+                        moving_name=moving.name, type_of_transform=type_of_transform,
+                        settings=settings)
+
+
+def apply(registration: Registration, scan: Scan, *, labels: bool | None = None,
+          fill: float | None = None) -> Scan:
+    """Resample ``scan`` (in the moving scan's world, e.g. the follow-up or its tumour mask)
+    onto the fixed scan's grid. The result has the fixed scan's affine and shape.
+
+    ``labels`` (default: from ``scan.kind``) selects label-wise interpolation, which never
+    creates a label value that was not in the input. ``fill`` is the value outside the moving
+    field of view (default: the image minimum, i.e. background; 0 for label maps).
+    """
+    require_ndim(scan, 3)
+    labels = scan.kind == LABELS if labels is None else labels
+    array = resample(scan, registration.fixed_shape, registration.fixed_affine,
+                     transform=registration.fixed_to_moving, labels=labels, fill=fill)
+    return scan.derive(
+        array, step="registration_resample", affine=registration.fixed_affine,
+        fixed=registration.fixed_name, moving=registration.moving_name,
+        type_of_transform=registration.type_of_transform,
+        fixed_to_moving_ras_mm=[[round(float(v), 8) for v in row]
+                                for row in registration.fixed_to_moving],
+        interpolation="labelwise-linear" if labels else "linear",
+        settings=registration.settings.as_dict(), **registration.summary())
+
+
+# --- resampling ----------------------------------------------------------------------------
+
+def resample(scan: Scan, shape, affine, *, transform: np.ndarray | None = None,
+             labels: bool = False, fill: float | None = None,
+             antialias: bool = True) -> np.ndarray:
+    """Sample a 3D ``scan`` on the grid ``(shape (z, y, x), affine (RAS))``.
+
+    A target voxel is placed in world space by ``affine``, moved by ``transform`` (4x4 RAS
+    mm, target world -> scan world; identity if None) and read from ``scan`` by trilinear
+    interpolation. Where target voxels are larger than the scan's, the scan is first blurred
+    (``antialias``, sigma = (step - 1) / 2 voxels, the scikit-image rule) so that noise and
+    thin structures are averaged rather than aliased. Label maps are interpolated one label
+    at a time (each as a 0/1 image, blurred the same way) and every voxel takes the label with
+    the largest weight, so the output holds only input labels and ``fill``.
+    Returns float32 for images, the input dtype for label maps.
+    """
+    require_ndim(scan, 3)
+    shape = tuple(int(n) for n in shape)
+    source = scan.array
+    if fill is None:
+        fill = 0 if labels else float(source.min())
+    world = np.eye(4) if transform is None else np.asarray(transform, float)
+    # target index (x, y, z) -> source index (x, y, z); then both in array order (z, y, x).
+    index_map = np.linalg.inv(scan.affine) @ world @ np.asarray(affine, float)
+    flip = np.eye(4)[[2, 1, 0, 3]]
+    index_map = flip @ index_map @ flip
+    matrix, offset = index_map[:3, :3], index_map[:3, 3]
+
+    # Source voxels per target voxel along each source axis decides the blur.
+    step = np.abs(matrix).max(axis=1)
+    sigma = np.maximum(0.0, (step - 1.0) / 2.0) if antialias else np.zeros(3)
+
+    # Only the part of the source the target box can reach is filtered and read (the lung crop
+    # takes a 16x96x96 box out of a 512x512x300 CT).
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
+    reach = matrix @ corners + offset[:, None]
+    margin = np.ceil(3 * sigma) + 2
+    lo = np.clip(np.floor(reach.min(axis=1) - margin), 0, source.shape).astype(int)
+    hi = np.clip(np.ceil(reach.max(axis=1) + margin) + 1, 0, source.shape).astype(int)
+    out_dtype = source.dtype if labels else np.float32
+    if np.any(hi <= lo):  # the target box lies wholly outside the scan
+        return np.full(shape, fill, dtype=out_dtype)
+    block = source[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    offset = offset - lo
+
+    def sample(values: np.ndarray, cval: float) -> np.ndarray:
+        values = values.astype(np.float32, copy=False)
+        if np.any(sigma > 0):
+            values = ndimage.gaussian_filter(values, sigma, mode="nearest")
+        return ndimage.affine_transform(values, matrix, offset, output_shape=shape, order=1,
+                                        mode="constant", cval=cval, prefilter=False)
+
+    if not labels:
+        return sample(block, float(fill))
+
+    values = np.unique(block)
+    if len(values) > MAX_LABELWISE_LABELS:
+        return ndimage.affine_transform(block, matrix, offset, output_shape=shape, order=0,
+                                        mode="constant", cval=fill, prefilter=False
+                                        ).astype(out_dtype)
+    candidates = list(values) + ([] if np.any(values == fill) else [fill])
+    best = np.full(shape, -1.0, np.float32)
+    out = np.full(shape, fill, dtype=out_dtype)
+    for value in candidates:  # ties keep the earlier (smaller) label, background first
+        weight = sample(block == value, 1.0 if value == fill else 0.0)
+        wins = weight > best
+        out[wins] = value
+        best[wins] = weight[wins]
+    return out
+
+
+# --- geometry between nacsim scans and ANTs images -----------------------------------------
+
+def to_ants(scan: Scan, *, shift_to_zero: bool = False):
+    """An ANTs image with the scan's voxels and physical geometry (ITK LPS world).
+
+    ANTs/ITK describe a grid by origin, spacing and an orthonormal direction matrix, with
+    ``world_LPS = origin + direction @ diag(spacing) @ index``; a sheared affine cannot be
+    expressed that way and is refused.
+    """
+    ants = _import_ants()
+    require_ndim(scan, 3)
+    array = scan.array.astype(np.float32)
+    if shift_to_zero:
+        array = array - array.min()
+    lps = _RAS_TO_LPS @ scan.affine[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    direction = lps / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise InputError(scan.name, "voxel axes are not perpendicular (sheared affine); "
+                                    "resample the scan to an orthogonal grid first")
+    origin = _RAS_TO_LPS @ scan.affine[:3, 3]
+    # ANTs wants index order (x, y, z); our arrays are (z, y, x).
+    return ants.from_numpy(np.ascontiguousarray(array.transpose(2, 1, 0)),
+                           origin=tuple(float(v) for v in origin),
+                           spacing=tuple(float(v) for v in spacing),
+                           direction=direction)
+
+
+def affine_from_ants(image) -> np.ndarray:
+    """The RAS voxel-to-world affine (index order x, y, z) of an ANTs image."""
+    lps = np.asarray(image.direction, float) @ np.diag(np.asarray(image.spacing, float))
+    affine = np.eye(4)
+    affine[:3, :3] = _RAS_TO_LPS @ lps
+    affine[:3, 3] = _RAS_TO_LPS @ np.asarray(image.origin, float)
+    return affine
+
+
+def _itk_affine_to_ras(parameters, fixed_parameters) -> np.ndarray:
+    """ITK ``AffineTransform`` parameters -> 4x4 matrix acting on RAS points.
+
+    ITK stores the 3x3 matrix row by row, then the translation, and the centre of rotation as
+    fixed parameters: ``T(p) = M (p - c) + c + t`` on LPS points, mapping fixed to moving.
+    """
+    parameters = np.asarray(parameters, float)
+    matrix = parameters[:9].reshape(3, 3)
+    translation = parameters[9:12]
+    centre = np.asarray(fixed_parameters, float)[:3]
+    lps = np.eye(4)
+    lps[:3, :3] = matrix
+    lps[:3, 3] = translation + centre - matrix @ centre
+    return _RAS_TO_LPS_4 @ lps @ _RAS_TO_LPS_4
+
+
+def _seed_ants(ants, seed: int) -> None:
+    """Make ANTs pass ``--random-seed`` (what makes its sampled metric reproducible).
+
+    ``set_ants_deterministic(on=True)`` would in addition reseed numpy's and Python's global
+    random generators (a side effect on the caller) and sets the thread variable too late to
+    matter; where its "Repro transforms only" check is honoured it would also refuse plain
+    "Affine". The seed is the part we need.
+    """
+    ants.config.set_ants_deterministic(on=False, seed_value=int(seed))
+
+
+def _import_ants():
+    import ants  # noqa: PLC0415 - deliberately lazy, see the module docstring
+
+    return ants
