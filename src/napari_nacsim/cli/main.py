@@ -47,7 +47,7 @@ def cmd_phantoms(args) -> int:
 
     start = time.perf_counter()
     manifest = write_phantom_cohort(args.family, args.patients, args.seed, args.out,
-                                    overwrite=args.overwrite,
+                                    overwrite=args.overwrite, jobs=args.jobs,
                                     progress=None if args.quiet else _progress(args.family))
     print(f"wrote {args.patients} synthetic {args.family} patients to {manifest} "
           f"in {time.perf_counter() - start:.1f} s")
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: up to 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_phantoms)
 

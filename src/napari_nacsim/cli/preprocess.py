@@ -26,14 +26,13 @@ def cmd_register(args) -> int:
 
 
 def cmd_mip(args) -> int:
-    from ..science.preprocess.breast import breast_model_input
+    from ..science.preprocess.breast import breast_model_input, subtraction_mip
 
     reference = None
+    if (args.reference_pre is None) != (args.reference_post is None):
+        raise InputError("--reference-pre", "--reference-pre and --reference-post go together")
     if args.reference_pre is not None:
-        reference = breast_model_input(read_scan(args.reference_pre),
-                                       read_scan(args.reference_post), normalised=False)
-    elif args.reference_post is not None:
-        raise InputError("--reference-post", "needs --reference-pre as well")
+        reference = subtraction_mip(read_scan(args.reference_pre), read_scan(args.reference_post))
     mip = breast_model_input(read_scan(args.pre), read_scan(args.post), reference=reference)
     write_scan(mip, args.out, overwrite=args.overwrite)
     print(f"wrote the subtraction MIP of {args.post} to {args.out}")

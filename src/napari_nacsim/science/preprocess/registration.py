@@ -84,7 +84,7 @@ class RegistrationSettings:
                 for k, v in dataclasses.asdict(self).items()}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
 class Registration:
     """A linear registration result: everything needed to bring moving-space scans onto the
     fixed scan's grid, held in memory."""
@@ -106,8 +106,8 @@ class Registration:
         return apply(self, scan, labels=labels, fill=fill)
 
     def summary(self) -> dict[str, Any]:
-        """Readable parameters of the moving-to-fixed motion (for provenance and reports):
-        rotation angle, translation of the fixed grid centre, scale factors."""
+        """Readable parameters of ``fixed_to_moving`` (for provenance and reports): its
+        rotation angle, where it moves the fixed grid's centre, and its scale factors."""
         matrix = self.fixed_to_moving[:3, :3]
         u, s, vt = np.linalg.svd(matrix)
         rotation = u @ vt
@@ -209,6 +209,9 @@ def resample(scan: Scan, shape, affine, *, transform: np.ndarray | None = None,
     require_ndim(scan, 3)
     shape = tuple(int(n) for n in shape)
     source = scan.array
+    if np.issubdtype(source.dtype, np.floating) and not np.all(np.isfinite(source)):
+        bad = int(np.count_nonzero(~np.isfinite(source)))
+        raise InputError(scan.name, f"contains {bad} NaN/Inf voxels")
     if fill is None:
         fill = 0 if labels else float(source.min())
     world = np.eye(4) if transform is None else np.asarray(transform, float)
