@@ -15,6 +15,7 @@ from pathlib import Path
 from ..core.atomic import atomic_path, write_json_atomic
 from ..core.errors import InputError
 from ..core.scan_io import write_scan
+from ..core.schema import BREAST
 
 DEFAULT_OUT = Path("nacsim-demo")
 
@@ -74,6 +75,12 @@ def write_demo(out: Path) -> int:
     return 0
 
 
+def radiological(mip):
+    """RAS-ordered MIP (rows posterior->anterior, columns patient left->right) in the
+    radiological display convention: anterior up, patient's right on the viewer's left."""
+    return mip[::-1, ::-1]
+
+
 def _comparison_figure(mips, report, path: Path) -> None:
     import matplotlib
 
@@ -86,17 +93,23 @@ def _comparison_figure(mips, report, path: Path) -> None:
         mip, mask = mips[tp]["mip"], mips[tp]["tumour"]
         sy, sx = mip.spacing
         extent = (0, mip.shape[1] * sx, mip.shape[0] * sy, 0)
-        ax.imshow(mip.array, cmap="gray", vmin=0, vmax=1, extent=extent)
+        ax.imshow(radiological(mip.array), cmap="gray", vmin=0, vmax=1, extent=extent)
         if mask.array.any():
-            ax.contour(mask.array > 0, levels=[0.5], colors="red", linewidths=1.2,
-                       extent=(0, mask.shape[1] * sx, 0, mask.shape[0] * sy), origin="upper")
+            ax.contour(radiological(mask.array > 0), levels=[0.5], colors="red",
+                       linewidths=1.2, extent=(0, extent[1], 0, extent[2]), origin="upper")
         info = report["timepoints"][tp]
         delta = "" if tp == tps[0] else f", {-info['reduction_vs_T0_percent']:+.0f}% vs T0"
         ax.set_title(f"{tp}: tumour {info['tumour_area_mm2']:.0f} mm²{delta}", fontsize=10)
-        ax.set_xlabel("mm")
-    clinical = ", ".join(f"{k} {'+' if v else '−'}" for k, v in report["clinical"].items())
+        ax.plot([10, 110], [extent[2] - 10] * 2, color="white", linewidth=2)  # 10 cm
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for x, y, text in ((0.02, 0.5, "R"), (0.98, 0.5, "L"), (0.5, 0.97, "A")):
+            ax.text(x, y, text, color="yellow", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=9)
+    clinical = BREAST.describe(report["clinical"])
     fig.suptitle(f"SYNTHETIC patient {report['patient']} ({clinical}) — subtraction MIPs, "
-                 "tumour contour in red", fontsize=10)
+                 "tumour contour in red, 10 cm scale bar", fontsize=10)
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

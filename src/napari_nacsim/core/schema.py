@@ -79,8 +79,8 @@ class Variable:
         return number
 
     def describe(self, value: Any) -> str:
-        if self.kind == BINARY:
-            return f"{self.label} {self.states[1] if value else self.states[0]}"
+        if self.kind == BINARY:  # the state names say it all: "HR+", "non-pCR", "responder"
+            return self.states[1] if value else self.states[0]
         if self.kind == CATEGORICAL:
             return f"{self.label} {value}"
         return f"{self.label} {value:g} {self.unit}".strip()

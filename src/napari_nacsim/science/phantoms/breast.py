@@ -493,7 +493,7 @@ class BreastPhantom:
         box, mask, area0 = area_at(None)(1.0)
         course = {"T0": _TumourAt(1.0, box, mask, area0, None)}
         for t in FOLLOWUPS:
-            r = self.response.reduction(t, self.clinical["pCR"], subtype, self.latents[t])
+            r = self.response.reduction(t, clinical["pCR"], subtype, self.latents[t])
             scale, (box, mask, area) = _fit_scale(
                 area_at(self.misalignment[t]), (1 - r) * area0, math.sqrt(max(1 - r, 0)),
                 self.config.max_scale, pixel)

@@ -426,10 +426,23 @@ class _Tumour:
 
     SPIKE_SHARPNESS = 80.0  # power of the cosine lobe: thin, tapering spicules
 
-    @property
+    @functools.cached_property
     def reach_mm(self) -> float:
-        return float(self.blob.radii_mm.max() * (1 + self.blob.wave_amplitudes.sum()
-                                                 + self.spike_amplitudes.sum()))
+        """Farthest surface point from the centre at scale 1 (checked over 4000 directions,
+        +5 %), to size the box the tumour is drawn in."""
+        directions = np.random.default_rng(0).normal(size=(4000, 3))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        directions = np.concatenate([directions, self.spike_directions])
+        return float(self.blob.radii_mm.max() * self._surface(directions).max() * 1.05)
+
+    def _surface(self, direction: np.ndarray) -> np.ndarray:
+        b = self.blob
+        surface = 1.0 + np.cos(2 * np.pi * direction @ b.wave_vectors.T + b.wave_phases) \
+            @ b.wave_amplitudes
+        if len(self.spike_amplitudes):
+            lobes = np.clip(direction @ self.spike_directions.T, 0, 1) ** self.SPIKE_SHARPNESS
+            surface = surface + lobes @ self.spike_amplitudes
+        return surface
 
     @property
     def mean_radius_mm(self) -> float:
@@ -442,12 +455,7 @@ class _Tumour:
         norm = np.linalg.norm(local, axis=-1) + 1e-9
         direction = local / norm[..., None]
         ellipsoidal = np.linalg.norm(local / b.radii_mm, axis=-1)
-        surface = 1.0 + np.cos(2 * np.pi * direction @ b.wave_vectors.T + b.wave_phases) \
-            @ b.wave_amplitudes
-        if len(self.spike_amplitudes):
-            lobes = np.clip(direction @ self.spike_directions.T, 0, 1) ** self.SPIKE_SHARPNESS
-            surface = surface + lobes @ self.spike_amplitudes
-        return ellipsoidal / (scale * surface)
+        return ellipsoidal / (scale * self._surface(direction))
 
     def texture(self, points_mm: np.ndarray) -> np.ndarray:
         """Zero-mean, unit-variance mottling attached to the tumour (plane waves)."""
@@ -526,7 +534,7 @@ def _draw_tumour(frame: _Frame, tumour: _Tumour, grid: Grid, scale: float, shift
         return image, mask
     matrix = frame.transform
     centre = (np.linalg.inv(matrix) @ np.append(tumour.blob.center_mm, 1.0))[:3]
-    bbox = grid.bbox_around(centre, tumour.reach_mm * scale * 1.05 + 2 * max(grid.spacing))
+    bbox = grid.bbox_around(centre, tumour.reach_mm * scale * 1.02 + 2 * max(grid.spacing))
     if any(s.stop <= s.start for s in bbox):
         return image, mask
     points = grid.coords(bbox) @ matrix[:3, :3].T + matrix[:3, 3]
@@ -544,7 +552,7 @@ def _draw_tumour(frame: _Frame, tumour: _Tumour, grid: Grid, scale: float, shift
     return image, mask
 
 
-DIAMETER_PER_MEAN_RADIUS = 2.4
+DIAMETER_PER_MEAN_RADIUS = 2.5
 
 
 def _place_tumour(rng: np.random.Generator, grid: Grid, lobes: np.ndarray, label: int,
