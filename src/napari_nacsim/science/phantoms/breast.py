@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage, special, stats
 
+from ...core.errors import InputError
 from ...core.schema import BREAST
 from .. import measure
 from . import shapes
@@ -224,7 +225,7 @@ def _draw_anatomy(rng: np.random.Generator, grid: Grid, config: BreastConfig) ->
         wall_tilt=rng.uniform(-0.1, 0.1), presternal_fat_mm=rng.uniform(6, 14),
         muscle_mm=rng.uniform(14, 22), body_half_width_mm=rng.uniform(116, 124),
         lobes=lobes,
-        heart_center_mm=(rng.uniform(-24, -8), 0.0, -rng.uniform(10, 25)),
+        heart_center_mm=(rng.uniform(-24, -8), 0.0, -rng.uniform(10, 25)),  # left: -x
         heart_radii_mm=(rng.uniform(40, 50), rng.uniform(38, 46), rng.uniform(50, 60)),
         density=rng.uniform(0.2, 0.55), bpe=rng.uniform(0.02, 0.12),
         tumour_enhancement=rng.uniform(0.65, 0.95))
@@ -454,6 +455,8 @@ class BreastPhantom:
 
     def __init__(self, cohort_seed: int, index: int, config: BreastConfig = CONFIG,
                  response: ResponseModel = RESPONSE):
+        if int(index) < 0:
+            raise InputError("patient index", f"{index} must be >= 0")
         self.cohort_seed = int(cohort_seed)
         self.index = int(index)
         self.id = f"BR{self.index + 1:04d}"

@@ -117,7 +117,7 @@ def draw_clinical(rng: np.random.Generator) -> dict[str, Any]:
 # Log-odds of response (CR/PR at 6 weeks). The intercept is calibrated so that the mean
 # probability over the phantom population is 0.257 (19/74); see docs/phantoms-lung.md.
 RESPONSE_MODEL = {
-    "intercept": -1.66,
+    "intercept": -1.83,
     "pdl1_1_49": 0.60,       # TPS 1-49 % vs <1 %
     "pdl1_50_plus": 1.40,    # TPS >= 50 % vs <1 %
     "log_nlr": -0.90,        # per ln(NLR / 3)
@@ -596,35 +596,39 @@ def _superellipse_level(x, y, half_x, half_front, half_back, power=2.6):
 
 
 def _draw_body(rng: np.random.Generator, grid: Grid):
-    """Noiseless reference CT (HU) without tumour, lobe labels and vessel mask."""
+    """Noiseless reference CT (HU) without tumour, lobe labels and vessel mask.
+
+    Most structures do not change along z within the crop, so they are drawn once on the
+    axial plane (``yy``, ``xx``: mm, (ny, 1) and (1, nx), y measured from the body centre)
+    and broadcast; float32 throughout keeps a render fast.
+    """
     c = CONFIG
-    nz, ny, nx = grid.shape
+    shape = grid.shape
+    nz, ny, nx = shape
     sz, sy, sx = grid.spacing
-    z = ((np.arange(nz) + 0.5) * sz - nz * sz / 2)[:, None, None]
-    y = ((np.arange(ny) + 0.5) * sy - ny * sy / 2)[None, :, None]
-    x = ((np.arange(nx) + 0.5) * sx - nx * sx / 2)[None, None, :]
-    z2 = z[:, :, 0]  # (nz, 1) to broadcast with (ny, nx)-independent terms
+    f32 = np.float32
+    z = ((np.arange(nz, dtype=f32) + 0.5) * sz - nz * sz / 2)[:, None, None]
+    y = (np.arange(ny, dtype=f32) + 0.5) * sy - ny * sy / 2
+    xx = ((np.arange(nx, dtype=f32) + 0.5) * sx - nx * sx / 2)[None, :]
 
     # Body outline and wall layers (mm). Posterior wall is thicker: paraspinal muscles.
     half_x, front, back = rng.uniform(150, 170), rng.uniform(105, 122), rng.uniform(105, 120)
-    yc = rng.uniform(-10, 0)
+    yy = (y - f32(rng.uniform(-10, 0)))[:, None]
     fat, muscle = rng.uniform(5, 22), rng.uniform(6, 12)
-    yy, xx = y[0] - yc, x[0]  # (ny, 1), (1, nx)
-    body = _superellipse_level(xx, yy, half_x, front, back) < 1
     wall = fat + muscle + 10.0  # + rib layer
     cav_x, cav_front, cav_back = half_x - wall, front - wall, back - wall - 10.0
+    body = _superellipse_level(xx, yy, half_x, front, back) < 1
     muscle_in = _superellipse_level(xx, yy, half_x - fat, front - fat, back - fat) < 1
     cav_level = _superellipse_level(xx, yy, cav_x, cav_front, cav_back)
     cavity_2d = cav_level < 1
     # The chest narrows slightly towards the apex (top of the crop).
     cavity = cav_level[None] < 1.0 - 0.10 * np.clip((z - 30.0) / 50.0, 0, 1)
 
-    texture = smooth_noise(rng, grid.shape, (0.5, 1.0, 1.0))
-    image = np.full(grid.shape, c.air_hu, np.float32)
-    image[:, body] = c.fat_hu
-    image[:, muscle_in] = c.muscle_hu
-    image[cavity] = c.mediastinal_fat_hu
-    image += np.where(body, 6.0, 0.0).astype(np.float32) * texture
+    texture = smooth_noise(rng, shape, (0.5, 1.0, 1.0))
+    plane = np.full((ny, nx), c.air_hu, f32)  # the z-invariant wall, then broadcast
+    plane[body] = c.fat_hu
+    plane[muscle_in] = c.muscle_hu
+    plane[cavity_2d] = c.mediastinal_fat_hu
 
     # Spine: vertebral body (cortex + cancellous, discs), canal, posterior arch.
     # The vertebral body bulges into the back of the cavity; the lungs wrap around it.
@@ -637,65 +641,74 @@ def _draw_body(rng: np.random.Generator, grid: Grid):
         | ((np.abs(yy - canal_y) < 4) & (np.abs(xx) < 28))
     arch &= (dc >= 8) & muscle_in
     vertebra = dv < rv
-    disc_phase = np.mod(z2 - rng.uniform(0, 27), 27.0)
-    disc = np.minimum(disc_phase, 27.0 - disc_phase) < 3.0  # (nz, 1)
-    image[:, arch] = c.cortical_bone_hu * 0.6
-    image[:, dc < 8] = 15.0  # cord and CSF
-    image[:, vertebra] = c.cancellous_bone_hu
-    image[:, vertebra & (dv > rv - 2.5)] = c.cortical_bone_hu
-    image[np.broadcast_to(disc[:, :, None] & vertebra[None] & (dv < rv - 1)[None],
-                          grid.shape)] = c.disc_hu
+    plane[arch] = c.cortical_bone_hu * 0.6
+    plane[dc < 8] = 15.0  # cord and CSF
+    plane[vertebra] = c.cancellous_bone_hu
+    plane[vertebra & (dv > rv - 2.5)] = c.cortical_bone_hu
+    sternum = (((yy - cav_front - 8) / 6.0) ** 2 + (xx / 16.0) ** 2) < 1
+    plane[sternum] = c.cortical_bone_hu * 0.5
+
+    # Mediastinum: a band widest at the hila, narrowing to the anterior and posterior
+    # junctions, holding the heart (with pericardial fat), the aortas and the airways.
+    xm, half_med = rng.uniform(-8, 0), rng.uniform(16, 24)
+    depth = np.clip(yy / np.where(yy > 0, cav_front, cav_back), -1, 1)
+    mediastinum_2d = (np.abs(xx - xm) < half_med * (0.45 + 0.55 * (1 - depth ** 2))) & cavity_2d
+    desc_aorta_c = (yv + 6.0, xm - 24.0)
+    desc_aorta = np.hypot(xx - desc_aorta_c[1], yy - desc_aorta_c[0]) < 12
+    plane[desc_aorta] = c.blood_hu
+
+    image = np.broadcast_to(plane, shape).copy()
+    image[~cavity & (plane == c.mediastinal_fat_hu)] = c.muscle_hu  # wall above the narrowing
+    image += (6.0 * texture) * body
+
+    disc_phase = np.mod(z - rng.uniform(0, 27), 27.0)
+    disc = np.minimum(disc_phase, 27.0 - disc_phase) < 3.0  # (nz, 1, 1)
+    image[disc & (dv < rv - 1)] = c.disc_hu
 
     # Ribs: rounded bars just outside the cavity, descending anteriorly, one per pitch.
+    # Only the ring of pixels where a rib can be is evaluated.
     pitch, tilt = rng.uniform(24, 30), rng.uniform(0.25, 0.45)
     radial = (cav_level - 1.0) * 0.5 * (cav_x + 0.5 * (cav_front + cav_back)) - 6.0
-    phase = np.mod(z + tilt * yy[None] - rng.uniform(0, pitch), pitch)
-    along = np.minimum(phase, pitch - phase)  # (nz, ny, 1) mm from the nearest rib axis
-    section = (radial / 3.5) ** 2 + (along / 5.0) ** 2  # (nz, ny, nx)
     anterior = yy > 0.55 * cav_front
     rib_zone = ~((np.abs(xx) < 30) & (yy < 0)) & ~((np.abs(xx) < 25) & anterior)
-    rib = (section < 1) & rib_zone[None]
-    image[rib & ~anterior[None]] = c.cortical_bone_hu
-    image[(section < 0.35) & rib_zone[None] & ~anterior[None]] = c.cancellous_bone_hu
-    image[rib & anterior[None]] = c.cartilage_hu
-    sternum = (((yy - cav_front - 8) / 6.0) ** 2 + (xx / 16.0) ** 2) < 1
-    image[:, sternum] = c.cortical_bone_hu * 0.5
+    iy, ix = np.nonzero((np.abs(radial) < 3.5) & rib_zone)
+    phase = np.mod(z[:, :, 0] + tilt * yy[iy, 0] - rng.uniform(0, pitch), pitch)  # (nz, n)
+    along = np.minimum(phase, pitch - phase)  # mm from the nearest rib axis
+    section = (radial[iy, ix] / 3.5) ** 2 + (along / 5.0) ** 2
+    cartilage = anterior[iy, 0]
+    ring = image[:, iy, ix]
+    ring = np.where(section < 1, np.where(cartilage, c.cartilage_hu, c.cortical_bone_hu), ring)
+    ring = np.where((section < 0.35) & ~cartilage, c.cancellous_bone_hu, ring)
+    image[:, iy, ix] = ring
 
-    # Mediastinum: central band, heart (with pericardial fat), aortas.
-    xm, half_med = rng.uniform(-8, 0), rng.uniform(16, 24)
     zh = rng.uniform(-70, -50)
-    heart_c = np.array([zh, rng.uniform(0.15, 0.35) * cav_front, xm - rng.uniform(15, 25)])
-    heart_r = np.array([55.0, rng.uniform(48, 58), rng.uniform(55, 65)])
-    heart_level = (((z - heart_c[0]) / heart_r[0]) ** 2 + ((yy[None] - heart_c[1]) / heart_r[1])
-                   ** 2 + ((xx[None] - heart_c[2]) / heart_r[2]) ** 2)
-    heart = heart_level < 1
-    pericardium = heart_level < (1 + 5.0 / heart_r.mean()) ** 2
-    desc_aorta = np.hypot(xx - (xm - 24), yy - (yv + 6)) < 12
-    asc_aorta = (np.hypot(xx - (xm + 14), yy - 0.35 * cav_front) < 15)[None] & \
+    # Python floats, not numpy scalars, so the 3D arithmetic stays float32.
+    heart_c = (zh, rng.uniform(0.15, 0.35) * cav_front, xm - rng.uniform(15, 25))
+    heart_r = (55.0, rng.uniform(48, 58), rng.uniform(55, 65))
+    heart_level = ((((z - heart_c[0]) / heart_r[0]) ** 2)
+                   + (((yy - heart_c[1]) / heart_r[1]) ** 2 + ((xx - heart_c[2]) / heart_r[2]) ** 2))
+    heart = (heart_level < 1) & cavity
+    pericardium = (heart_level < (1 + 5.0 / np.mean(heart_r)) ** 2) & cavity
+    asc_aorta = (np.hypot(xx - (xm + 14), yy - 0.35 * cav_front) < 15) & \
         (z > zh + 0.7 * heart_r[0])
-    # Widest at the hila, narrowing to the anterior and posterior junctions.
-    depth = np.clip(yy / np.where(yy > 0, cav_front, cav_back), -1, 1)
-    half_med_y = half_med * (0.45 + 0.55 * (1 - depth ** 2))
-    mediastinum_2d = (np.abs(xx - xm) < half_med_y) & cavity_2d
     # Diaphragm domes: lung only above z_base; liver/spleen below. Right dome is higher.
     dome_r = rng.uniform(-55, -40)
     dome_l = dome_r - rng.uniform(5, 15)
     right = xx > xm
     dome_x = np.where(right, xm + half_med + 0.5 * cav_x, xm - half_med - 0.5 * cav_x)
     q = ((xx - dome_x) / (0.6 * cav_x)) ** 2 + (yy / np.where(yy > 0, cav_front, cav_back)) ** 2
-    z_base = np.where(right, dome_r, dome_l) - 35.0 * q  # (ny, nx)
-    abdomen = cavity & (z < z_base[None]) & ~pericardium
+    z_base = (np.where(right, dome_r, dome_l) - 35.0 * q).astype(f32)  # (ny, nx)
+    below = z < z_base
     abdomen_hu = np.where(right, c.abdomen_hu, c.abdomen_hu - 10.0)  # liver right, spleen left
-    image[abdomen] = np.broadcast_to(abdomen_hu[None], grid.shape)[abdomen]
-    image[pericardium & cavity] = c.mediastinal_fat_hu
-    image[heart & cavity] = c.blood_hu
-    image[:, desc_aorta] = c.blood_hu
+    image = np.where(cavity & below & ~pericardium, abdomen_hu.astype(f32), image)
+    image[pericardium] = c.mediastinal_fat_hu
+    image[heart] = c.blood_hu
     image[asc_aorta] = c.blood_hu
 
     # Lungs: the cavity minus mediastinum, heart, aorta and spine, above the diaphragm.
-    spine_zone = (dv < rv + 4) | (dc < 16)
-    excluded_2d = mediastinum_2d | (np.hypot(xx - (xm - 24), yy - (yv + 6)) < 15) | spine_zone
-    lung = cavity & ~excluded_2d[None] & ~pericardium & (z > z_base[None]) & ~asc_aorta
+    excluded_2d = mediastinum_2d | (np.hypot(xx - desc_aorta_c[1], yy - desc_aorta_c[0]) < 15) \
+        | (dv < rv + 4) | (dc < 16)
+    lung = cavity & ~excluded_2d & ~pericardium & ~below & ~asc_aorta
 
     # Lobes: oblique fissures on both sides, horizontal fissure on the right.
     c_r, s_r = rng.uniform(-25, -5), -rng.uniform(0.8, 1.2)
@@ -703,28 +716,23 @@ def _draw_body(rng: np.random.Generator, grid: Grid):
     bend_r, bend_l = rng.uniform(-8, 8, 2)
     h_r = rng.uniform(-20, -5)
     lateral = ((np.abs(xx - xm) - half_med) / cav_x) ** 2  # fissures curve with depth
-    oblique_r = c_r + s_r * yy + bend_r * lateral  # z of the fissure surface, (ny, nx)
-    oblique_l = c_l + s_l * yy + bend_l * lateral
-    horizontal_r = h_r + 0.15 * yy
-    right3 = np.broadcast_to(right[None], grid.shape)
-    upper = z > np.where(right, oblique_r, oblique_l)[None]
-    lobes = np.zeros(grid.shape, np.uint8)
-    lobes[lung & right3 & upper & (z > horizontal_r[None])] = LOBE_LABELS["RUL"]
-    lobes[lung & right3 & upper & (z <= horizontal_r[None])] = LOBE_LABELS["RML"]
-    lobes[lung & right3 & ~upper] = LOBE_LABELS["RLL"]
-    lobes[lung & ~right3 & upper] = LOBE_LABELS["LUL"]
-    lobes[lung & ~right3 & ~upper] = LOBE_LABELS["LLL"]
+    oblique = np.where(right, c_r + s_r * yy + bend_r * lateral,
+                       c_l + s_l * yy + bend_l * lateral).astype(f32)  # z of the surface
+    horizontal = (h_r + 0.15 * yy).astype(f32)
+    upper = z > oblique
+    above_horizontal = z > horizontal
+    label = np.where(right, np.where(upper, np.where(above_horizontal, 1, 2), 3),
+                     np.where(upper, 4, 5))
+    lobes = np.where(lung, label, 0).astype(np.uint8)
 
     dependent = np.clip(-yy / cav_back, -1, 1)  # +1 posterior (gravity), -1 anterior
-    lung_hu = c.lung_hu + c.lung_gravity_hu * dependent[None] + 20.0 * texture
-    image[lung] = np.broadcast_to(lung_hu, grid.shape)[lung]
-    # Fissures: thin denser lines (distance to each surface along its normal, mm).
-    fissure = np.zeros(grid.shape, np.float32)
-    for surface, slope, side in ((oblique_r, s_r, right3), (oblique_l, s_l, ~right3),
-                                 (horizontal_r, 0.15, right3 & upper)):
-        dist = np.abs(z - surface[None]) / np.hypot(1.0, slope)
-        fissure = np.maximum(fissure, np.exp(-(dist / 1.2) ** 2) * side)
-    image += (c.fissure_hu * fissure * lung).astype(np.float32)
+    lung_hu = (c.lung_hu + c.lung_gravity_hu * dependent) + 20.0 * texture
+    # Fissures: thin denser lines; distance to each surface along its normal (mm).
+    slope = np.hypot(1.0, np.where(right, s_r, s_l)).astype(f32)
+    fissure = np.maximum(0, 1 - (np.abs(z - oblique) / slope / 1.5) ** 2)
+    fissure_h = np.maximum(0, 1 - ((z - horizontal) / 1.5) ** 2) * (right & upper)
+    lung_hu += c.fissure_hu * np.maximum(fissure, fissure_h)
+    image = np.where(lung, lung_hu, image)
 
     # Vessels and airways from each hilum.
     z_hilum = rng.uniform(0, 15)
@@ -733,10 +741,11 @@ def _draw_body(rng: np.random.Generator, grid: Grid):
                            xm - half_med - 6])}
     paths, radii, trunks = [], [], []
     spacing, half = np.asarray(grid.spacing), grid.extent_mm / 2
+    flat_lobes = lobes.ravel()
     for name in LOBES:
-        idx = np.flatnonzero(lobes.ravel() == LOBE_LABELS[name])
+        idx = np.flatnonzero(flat_lobes == LOBE_LABELS[name])
         picks = rng.choice(idx, size=min(300, len(idx)), replace=len(idx) < 300)
-        points = (np.stack(np.unravel_index(picks, grid.shape), 1) + 0.5) * spacing - half
+        points = (np.stack(np.unravel_index(picks, shape), 1) + 0.5) * spacing - half
         tree = _vessel_tree(rng, hila[name[0]], points)
         for path, radius in tree:
             paths.append(path)
@@ -750,20 +759,18 @@ def _draw_body(rng: np.random.Generator, grid: Grid):
                     for hilum in hila.values()]
     airway_paths += [trunk + np.array([0.0, -4.0, 0.0]) for trunk in trunks]
     airway_occupancy = draw_tubes(grid, airway_paths, [2.4] * len(airway_paths))
-    trachea = (np.hypot(xx - xm, yy - carina[1]) < 8.0)[None] & (z > carina[0])
+    trachea = (np.hypot(xx - xm, yy - carina[1]) < 8.0) & (z > carina[0])
     airway_occupancy[trachea] = 1.0
 
-    soft_region = lung | (mediastinum_2d[None] & cavity & ~heart)
-    v = vessel_occupancy * soft_region
-    image += v * (c.blood_hu - image)
-    a = airway_occupancy * (lung | (mediastinum_2d[None] & cavity))
-    image += a * (c.airway_hu - image)
-    vessels = (vessel_occupancy > 0.5) & lung & (airway_occupancy < 0.5)
-    return image.astype(np.float32), lobes, vessels
+    mediastinum = mediastinum_2d & cavity
+    vessel_occupancy *= lung | (mediastinum & ~heart)
+    image += vessel_occupancy * (c.blood_hu - image)
+    airway_occupancy *= lung | mediastinum
+    image += airway_occupancy * (c.airway_hu - image)
+    vessels = (vessel_occupancy > 0.5) & (airway_occupancy < 0.5) & lung
+    return image, lobes, vessels
 
 
-# (radius_mm, children per parent segment, child length range mm) per generation below the
-# lobar trunk; children leave alternately from the middle and the end of their parent.
 # Radii below ~1.2 mm all blur with draw_tubes' floor of half a voxel, so the two finest
 # generations share one radius (one blur instead of two).
 VESSEL_GENERATIONS = ((1.5, 5, (25.0, 70.0)), (0.6, 4, (12.0, 32.0)), (0.6, 3, (8.0, 20.0)))
