@@ -27,7 +27,7 @@ from napari_nacsim.science.preprocess.registration import (
 )
 
 GRID = Grid(shape=(32, 64, 64), spacing=(3.0, 2.0, 2.0))
-# The defaults: ANTs stops each level once the metric settles, well within a second here.
+# The defaults: ANTs stops each level once the metric settles, about a second here.
 SETTINGS = RegistrationSettings()
 
 
@@ -181,14 +181,15 @@ def test_matches_ants_own_resampling(ras_case):
 
     fixed, moving, *_, registration = ras_case
     ours = apply(registration, moving).array
+    run = registration.settings  # as run, pyramid filled in
     with tempfile.TemporaryDirectory() as tmp:
         result = ants.registration(to_ants(fixed, shift_to_zero=True),
                                    to_ants(moving, shift_to_zero=True), "Affine",
                                    outprefix=os.path.join(tmp, "x_"),
-                                   aff_iterations=SETTINGS.iterations,
-                                   aff_shrink_factors=SETTINGS.shrink_factors,
-                                   aff_smoothing_sigmas=SETTINGS.smoothing_sigmas,
-                                   aff_random_sampling_rate=SETTINGS.sampling_rate)
+                                   aff_iterations=run.iterations,
+                                   aff_shrink_factors=run.shrink_factors,
+                                   aff_smoothing_sigmas=run.smoothing_sigmas,
+                                   aff_random_sampling_rate=run.sampling_rate)
         theirs = ants.apply_transforms(to_ants(fixed), to_ants(moving),
                                        result["fwdtransforms"], interpolator="linear",
                                        defaultvalue=float(moving.array.min()))
@@ -271,5 +272,16 @@ def test_bad_inputs_are_input_errors(ras_case):
         register_affine(Scan(fixed.array, sheared), moving)
     with pytest.raises(InputError, match="resolution level"):
         RegistrationSettings(iterations=(10, 10), shrink_factors=(2, 1, 1))
+
+
+def test_pyramid_follows_volume_size():
+    small = RegistrationSettings().resolved(32 * 64 * 64)
+    assert small.shrink_factors == (4, 2, 1) and small.smoothing_sigmas == (2.0, 1.0, 0.0)
+    breast = RegistrationSettings().resolved(96 * 256 * 256)
+    assert breast.shrink_factors == (8, 4, 2) and breast.smoothing_sigmas == (3.0, 2.0, 1.0)
+    ct = RegistrationSettings().resolved(300 * 512 * 512)
+    assert ct.shrink_factors == (16, 8, 4)
+    fixed = RegistrationSettings(shrink_factors=(6, 3, 1)).resolved(10**9)
+    assert fixed.shrink_factors == (6, 3, 1)
     with pytest.raises(InputError, match="NaN"):
         apply(ras_case[-1], Scan(nan, moving.affine))
