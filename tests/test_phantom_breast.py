@@ -183,18 +183,24 @@ def test_non_fat_saturated_contrast_and_enhancement(patient, rendering):
     assert np.percentile(pre[breast_region], 90) > 1.8 * pre[mask].mean()
 
 
+def drawn(scan):
+    """A stored phantom scan (LPS storage) back in the RAS index order it was drawn in, the
+    frame of the recorded misalignment matrices."""
+    return scan.array[:, ::-1, ::-1]
+
+
 def test_followups_are_misaligned_but_show_the_same_anatomy(patient, rendering):
-    pre0 = rendering.scans["T0"]["pre"].array
+    pre0 = drawn(rendering.scans["T0"]["pre"])
     for t in ("T1", "T2"):
         matrix = np.asarray(rendering.truth["misalignment_mm"][t])
         assert not np.allclose(matrix, np.eye(4), atol=1e-3)
         assert np.all(np.abs(matrix[:3, 3]) <= 3.0)
-        pre = rendering.scans[t]["pre"].array
+        pre = drawn(rendering.scans[t]["pre"])
         moved = shapes.warp(pre0, patient.grid, matrix, order=1)
         # Away from the tumour, the follow-up is the T0 anatomy moved by the recorded
         # transform (up to noise and coil bias): that fits much better than no move at all.
-        away = ~ndimage.binary_dilation(rendering.masks[t]["tumour"].array.astype(bool)
-                                        | rendering.masks["T0"]["tumour"].array.astype(bool),
+        away = ~ndimage.binary_dilation(drawn(rendering.masks[t]["tumour"]).astype(bool)
+                                        | drawn(rendering.masks["T0"]["tumour"]).astype(bool),
                                         iterations=3)
         away &= moved > 0
         aligned = np.corrcoef(moved[away], pre[away])[0, 1]
@@ -204,7 +210,7 @@ def test_followups_are_misaligned_but_show_the_same_anatomy(patient, rendering):
         scale = rendering.truth["tumour_scale"][t]
         expected = shapes.warp(patient.anatomy.tumour.mask(patient.grid, scale).astype(np.uint8),
                                patient.grid, matrix, order=0)
-        assert np.array_equal(rendering.masks[t]["tumour"].array, expected)
+        assert np.array_equal(drawn(rendering.masks[t]["tumour"]), expected)
 
 
 # --- cohort: prevalences and calibration -------------------------------------------------

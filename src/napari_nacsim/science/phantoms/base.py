@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from ...core.errors import InputError
-from ...core.scan import Scan, affine_from_spacing
+from ...core.scan import Scan
 from ...core.schema import FamilySchema, family_schema
 from .shapes import Grid
 
@@ -45,16 +45,25 @@ def patient_seed(cohort_seed: int, index: int, stream: str) -> np.random.Generat
 
 
 def grid_affine(grid: Grid) -> np.ndarray:
-    """RAS affine of a phantom grid, centred on the world origin."""
+    """Affine of a phantom as stored on disk: LPS, the storage order of DICOM.
+
+    Phantoms are drawn in RAS index order (+y anterior, +x patient's right) and stored
+    flipped in y and x (`phantom_scan`), so that napari, which shows row 0 at the top,
+    displays axial slices the radiological way: anterior up, patient's right on the left.
+    The physical positions are the same either way; the grid is centred on the origin.
+    """
     sz, sy, sx = grid.spacing
     nz, ny, nx = grid.shape
-    return affine_from_spacing(grid.spacing, origin_xyz=(-(nx - 1) * sx / 2, -(ny - 1) * sy / 2,
-                                                         -(nz - 1) * sz / 2))
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    affine[:3, 3] = ((nx - 1) * sx / 2, (ny - 1) * sy / 2, -(nz - 1) * sz / 2)
+    return affine
 
 
 def phantom_scan(array: np.ndarray, grid: Grid, *, kind: str = "image", **provenance) -> Scan:
-    """Wrap a phantom volume as a `Scan` marked synthetic with its generator provenance."""
-    return Scan(array=array, affine=grid_affine(grid), kind=kind,
+    """Wrap a phantom volume (drawn in RAS index order) as a `Scan` in LPS storage order,
+    marked synthetic with its generator provenance."""
+    stored = np.ascontiguousarray(array[:, ::-1, ::-1])
+    return Scan(array=stored, affine=grid_affine(grid), kind=kind,
                 provenance={"synthetic": True, "generator": "nacsim phantom", **provenance})
 
 

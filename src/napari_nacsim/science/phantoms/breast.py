@@ -15,8 +15,10 @@ non-pCR 59.28 %. See ``docs/phantoms-breast.md`` for the model, its parameters a
 measured cohort means.
 
 Geometry: arrays are (z, y, x); millimetre coordinates are about the grid centre (see
-`shapes.Grid`). With the RAS affine of `base.grid_affine`, +y is anterior, +x is the
-patient's right and +z superior: the breasts lie at high y.
+`shapes.Grid`). The phantom is drawn in RAS index order: +y is anterior, +x is the
+patient's right and +z superior, so the breasts lie at high y. `base.phantom_scan` stores
+it in LPS order (the DICOM convention, anterior at the top of a napari view); the recorded
+misalignment matrices act in the drawing frame.
 """
 
 from __future__ import annotations

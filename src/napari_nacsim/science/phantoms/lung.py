@@ -117,7 +117,7 @@ def draw_clinical(rng: np.random.Generator) -> dict[str, Any]:
 # Log-odds of response (CR/PR at 6 weeks). The intercept is calibrated so that the mean
 # probability over the phantom population is 0.257 (19/74); see docs/phantoms-lung.md.
 RESPONSE_MODEL = {
-    "intercept": -1.2,
+    "intercept": -1.83,
     "pdl1_1_49": 0.60,       # TPS 1-49 % vs <1 %
     "pdl1_50_plus": 1.40,    # TPS >= 50 % vs <1 %
     "log_nlr": -0.90,        # per ln(NLR / 3)

@@ -169,16 +169,21 @@ def register_affine(fixed: Scan, moving: Scan, *, type_of_transform: str = "Affi
     moving_img = to_ants(moving, shift_to_zero=True)
     _seed_ants(ants, settings.seed)
     with tempfile.TemporaryDirectory(prefix="nacsim-ants-") as workdir:
-        result = ants.registration(
-            fixed_img, moving_img, type_of_transform=type_of_transform,
-            initial_transform="Identity" if settings.initialise == "identity" else None,
-            outprefix=os.path.join(workdir, "reg_"),
-            aff_metric=settings.metric, aff_sampling=settings.histogram_bins,
-            aff_random_sampling_rate=settings.sampling_rate,
-            aff_iterations=tuple(int(i) for i in settings.iterations),
-            aff_shrink_factors=settings.shrink_factors,
-            aff_smoothing_sigmas=settings.smoothing_sigmas,
-            verbose=False)
+        try:
+            result = ants.registration(
+                fixed_img, moving_img, type_of_transform=type_of_transform,
+                initial_transform="Identity" if settings.initialise == "identity" else None,
+                outprefix=os.path.join(workdir, "reg_"),
+                aff_metric=settings.metric, aff_sampling=settings.histogram_bins,
+                aff_random_sampling_rate=settings.sampling_rate,
+                aff_iterations=tuple(int(i) for i in settings.iterations),
+                aff_shrink_factors=settings.shrink_factors,
+                aff_smoothing_sigmas=settings.smoothing_sigmas,
+                verbose=False)
+        except RuntimeError as err:  # antsRegistration exited non-zero: no usable overlap etc.
+            raise InputError(moving.name, f"ANTs could not register it to {fixed.name}: "
+                                          f"{str(err).splitlines()[0] if str(err) else err!r}"
+                             ) from err
         transforms = result["fwdtransforms"]
         if len(transforms) != 1:  # "-z 1" collapses the initialisation into the affine
             raise RuntimeError(f"expected one linear transform from ANTs, got {transforms}")
