@@ -12,7 +12,7 @@ import pytest
 from napari_nacsim.core.errors import InputError
 from napari_nacsim.core.schema import LUNG
 from napari_nacsim.science import measure
-from napari_nacsim.science.phantoms import base, lung
+from napari_nacsim.science.phantoms import base, lung, shapes
 
 COHORT = 0
 
@@ -31,6 +31,18 @@ def rendering(patient):
 def population():
     """Outcomes of 500 patients, through the same code path as rendering (no images)."""
     return [lung.make_patient(COHORT, i) for i in range(500)]
+
+
+def drawn(scan):
+    """A stored phantom scan (LPS storage) back in the RAS index order it was drawn in, the
+    frame of the recorded misalignment matrix."""
+    return scan.array[:, ::-1, ::-1]
+
+
+def world_centre(scan, mask):
+    """Centroid of ``mask`` (stored index order) in world RAS mm, (x, y, z)."""
+    z, y, x = np.argwhere(mask).mean(0)
+    return (scan.affine @ [x, y, z, 1.0])[:3]
 
 
 def _arrays(rendering):
@@ -110,22 +122,23 @@ def test_hounsfield_ranges_are_plausible(rendering):
 
 
 def test_lobes_are_anatomically_placed(rendering):
-    lobes = rendering.masks["pre"]["lobes"].array
-    grid = lung.CONFIG.grid
+    scan = rendering.masks["pre"]["lobes"]
+    lobes = scan.array
     counts = {name: int(np.count_nonzero(lobes == label))
               for name, label in lung.LOBE_LABELS.items()}
     assert all(n > 2000 for n in counts.values()), counts
-    centres = {name: np.argwhere(lobes == label).mean(0) * grid.spacing
-               for name, label in lung.LOBE_LABELS.items()}
-    # x increases towards the patient's right (RAS), z superior, y anterior.
-    middle = grid.extent_mm[2] / 2
+    # World RAS (x, y, z): +x patient's right, +y anterior, +z superior.
+    centre = {name: world_centre(scan, lobes == label)
+              for name, label in lung.LOBE_LABELS.items()}
     for name in ("RUL", "RML", "RLL"):
-        assert centres[name][2] > middle + 30, name
+        assert centre[name][0] > 30, name
     for name in ("LUL", "LLL"):
-        assert centres[name][2] < middle - 30, name
-    assert centres["RUL"][0] > centres["RLL"][0] and centres["LUL"][0] > centres["LLL"][0]
-    assert centres["RML"][1] > centres["RLL"][1]  # middle lobe is anterior
-    assert centres["RML"][0] < centres["RUL"][0]  # and below the upper lobe
+        assert centre[name][0] < -30, name
+    assert centre["RUL"][2] > centre["RLL"][2] and centre["LUL"][2] > centre["LLL"][2]
+    assert centre["RML"][1] > centre["RLL"][1]  # the middle lobe is anterior
+    assert centre["RML"][2] < centre["RUL"][2]  # and below the upper lobe
+    # Stored in LPS order: row 0 is anterior, column 0 the patient's right.
+    assert scan.orientation == "LPS"
 
 
 def test_all_five_lobes_present_for_many_patients():
@@ -176,11 +189,15 @@ def test_truth_is_json_and_consistent(rendering):
 def test_followup_is_misaligned_and_renoised(rendering):
     pre = rendering.scans["pre"]["ct"].array
     post = rendering.scans["post"]["ct"].array
-    lobes_pre = rendering.masks["pre"]["lobes"].array
-    lobes_post = rendering.masks["post"]["lobes"].array
+    lobes_pre = drawn(rendering.masks["pre"]["lobes"])
+    lobes_post = drawn(rendering.masks["post"]["lobes"])
     assert not np.array_equal(lobes_pre, lobes_post)  # repositioned ...
     overlap = np.mean(lobes_pre[lobes_pre > 0] == lobes_post[lobes_pre > 0])
-    assert overlap > 0.8  # ... by a little
+    assert overlap > 0.8  # ... by a little ...
+    matrix = np.asarray(rendering.truth["misalignment"]["post"])
+    moved = shapes.warp(np.ascontiguousarray(lobes_pre), lung.CONFIG.grid, matrix, order=0)
+    inner = (slice(4, -4), slice(None), slice(None))  # away from the crop's ends
+    assert np.mean(moved[inner] == lobes_post[inner]) > 0.995  # ... by the recorded move
     air = (slice(None), slice(0, 6), slice(0, 6))
     assert not np.allclose(pre[air], post[air])  # independent noise
     assert abs(np.median(post[air]) + 1000) < 10  # no empty space pulled in at the edges
@@ -318,8 +335,8 @@ def test_forced_response_shrinks_the_followup_tumour(patient):
     assert not persists.truth["responder"]
     assert responds.truth["diameter_change_percent"] <= -30
     assert persists.truth["diameter_change_percent"] > -30
-    volume = {k: r.truth["tumour_volume_ml"]["post"] for k, r in (("r", responds), ("n", persists))}
-    assert volume["r"] < volume["n"]
+    assert (responds.truth["tumour_volume_ml"]["post"]
+            < persists.truth["tumour_volume_ml"]["post"])
     assert np.array_equal(responds.scans["pre"]["ct"].array, persists.scans["pre"]["ct"].array)
     assert not np.array_equal(responds.scans["post"]["ct"].array,
                               persists.scans["post"]["ct"].array)

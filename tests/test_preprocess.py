@@ -55,13 +55,22 @@ def reoriented(scan: Scan, codes: tuple[str, str, str]) -> Scan:
 # === breast ===================================================================================
 
 SPACING = (2.5, 0.8, 0.7)  # (z, y, x) mm, anisotropic so axis mix-ups show
-ORIGIN = (-90.0, 40.0, -30.0)
+ORIGIN = (90.0, 40.0, -30.0)
+
+
+def lps_affine(spacing=SPACING, origin=ORIGIN) -> np.ndarray:
+    """Voxel-to-world affine of an LPS-stored volume (DICOM order, as nacsim's phantoms): index
+    x runs to the patient's left, y to posterior, z to superior."""
+    sz, sy, sx = spacing
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    affine[:3, 3] = origin
+    return affine
 
 
 def breast_volume(seed: int = 0) -> Scan:
     rng = np.random.default_rng(seed)
     array = (50 + 10 * smooth_noise(rng, (12, 30, 40), 1.5)).astype(np.float32)
-    return Scan(array, affine_from_spacing(SPACING, ORIGIN))
+    return Scan(array, lps_affine())
 
 
 def test_bright_voxel_projects_to_its_pixel():
@@ -72,7 +81,7 @@ def test_bright_voxel_projects_to_its_pixel():
     assert mip.ndim == 2 and mip.shape == (30, 40)
     assert np.unravel_index(np.argmax(mip.array), mip.shape) == (11, 29)
     assert mip.array[11, 29] == 500.0
-    np.testing.assert_array_equal(mip.array, array.max(axis=0))
+    np.testing.assert_array_equal(mip.array, array.max(axis=0))  # LPS: the plain axis-0 MIP
     assert mip.spacing == pytest.approx(SPACING[1:])
     # Same R and A position as the voxel; S is the middle of the projected slab.
     pixel_world = world(mip.affine, (29, 11, 0))
@@ -81,13 +90,13 @@ def test_bright_voxel_projects_to_its_pixel():
     assert [h["step"] for h in mip.provenance["history"]] == ["axial_mip"]
 
 
-@pytest.mark.parametrize("codes", [("L", "P", "S"), ("S", "L", "P"), ("A", "I", "R")])
+@pytest.mark.parametrize("codes", [("R", "A", "S"), ("S", "L", "P"), ("A", "I", "R")])
 def test_mip_is_along_superior_inferior_whatever_the_storage(codes):
-    ras = breast_volume()
-    array = ras.array.copy()
+    lps = breast_volume()
+    array = lps.array.copy()
     array[3, 20, 5] = 400.0
-    ras = Scan(array, ras.affine)
-    stored = reoriented(ras, codes)
+    lps = Scan(array, lps.affine)
+    stored = reoriented(lps, codes)
     voxel = np.argwhere(stored.array == 400.0)[0]  # (z, y, x) in the stored array
     voxel_world = world(stored.affine, voxel[::-1])
 
@@ -96,9 +105,9 @@ def test_mip_is_along_superior_inferior_whatever_the_storage(codes):
     assert mip.spacing == pytest.approx(SPACING[1:])  # in-plane voxel size, not the 2.5 mm
     row, col = np.unravel_index(np.argmax(mip.array), mip.shape)
     np.testing.assert_allclose(world(mip.affine, (col, row, 0))[:2], voxel_world[:2])
-    # Stored any way, the projection is the RAS one: the model always sees the same layout.
-    np.testing.assert_array_equal(mip.array, ras.array.max(axis=0))
-    np.testing.assert_allclose(mip.affine, axial_mip(ras).affine, atol=1e-9)
+    # Stored any way, the projection has the LPS layout: the model always sees the same image.
+    np.testing.assert_array_equal(mip.array, lps.array.max(axis=0))
+    np.testing.assert_allclose(mip.affine, axial_mip(lps).affine, atol=1e-9)
     si_axis = "xyz".index(next(a for a, c in zip("xyz", codes) if c in "SI"))
     assert mip.provenance["history"][-1]["projected_array_axis"] == 2 - si_axis
 
@@ -106,10 +115,10 @@ def test_mip_is_along_superior_inferior_whatever_the_storage(codes):
 def test_mip_of_labels_is_the_footprint():
     mask = np.zeros((12, 30, 40), np.uint8)
     mask[2:5, 10:14, 20:25] = 1
-    mip = axial_mip(Scan(mask, affine_from_spacing(SPACING), kind=LABELS))
+    mip = axial_mip(Scan(mask, lps_affine(), kind=LABELS))
     assert mip.kind == LABELS and mip.array.dtype == np.uint8
     assert np.count_nonzero(mip.array) == 4 * 5
-    empty = axial_mip(Scan(np.zeros_like(mask), affine_from_spacing(SPACING), kind=LABELS))
+    empty = axial_mip(Scan(np.zeros_like(mask), lps_affine(), kind=LABELS))
     assert not empty.array.any()  # no tumour (pCR) is a valid mask
 
 
@@ -130,7 +139,7 @@ def test_subtraction_needs_one_grid():
     with pytest.raises(InputError, match="shape"):
         subtraction(pre, Scan(pre.array[:, :-1], pre.affine))
     with pytest.raises(InputError, match="spacing"):
-        subtraction(pre, Scan(pre.array, affine_from_spacing((2.5, 0.8, 0.9), ORIGIN)))
+        subtraction(pre, Scan(pre.array, lps_affine(spacing=(2.5, 0.8, 0.9))))
     moved = pre.affine.copy()
     moved[:3, 3] += 5.0
     with pytest.raises(InputError, match="register"):
@@ -176,7 +185,7 @@ def test_normalise_range_and_reference_scale():
 def test_resize_square_updates_spacing_and_keeps_position():
     image = np.zeros((40, 60), np.float32)
     image[10:14, 40:44] = 1.0
-    affine = affine_from_spacing((3.0, 0.8, 0.7), ORIGIN)
+    affine = lps_affine(spacing=(3.0, 0.8, 0.7))
     scan = Scan(image, affine)
     centre_before = world(affine, (41.5, 11.5, 0))
 
@@ -246,7 +255,7 @@ def test_crop_shape_spacing_and_tumour_centred():
     assert ct_crop.spacing == pytest.approx(CROP_SPACING)
     assert mask_crop.spacing == pytest.approx(CROP_SPACING)
     np.testing.assert_allclose(ct_crop.affine, mask_crop.affine)
-    assert ct_crop.orientation == "RAS"
+    assert ct_crop.orientation == "LPS"  # DICOM order, whatever the CT's
 
     # The crop's centre is the tumour's centre of mass (in world mm), within half a voxel.
     tumour_world = world(mask.affine, np.argwhere(mask.array)[:, ::-1].T).mean(axis=1)
@@ -303,14 +312,15 @@ def test_other_masks_share_the_crop_geometry():
     assert np.all(lobe_crop.array[mask_crop.array > 0] == 1)  # tumour at x = -20 mm: left
 
 
-def test_crop_is_the_same_for_any_ct_storage_orientation():
-    ct, mask = ct_case()
+@pytest.mark.parametrize("codes", [("L", "P", "S"), ("P", "S", "R")])
+def test_crop_is_the_same_for_any_ct_storage_orientation(codes):
+    ct, mask = ct_case()  # stored RAS
     ras_ct, ras_mask = crop_around_tumour(ct, mask, shape=(8, 32, 32))
-    lps_ct, lps_mask = crop_around_tumour(reoriented(ct, ("L", "P", "S")),
-                                          reoriented(mask, ("L", "P", "S")), shape=(8, 32, 32))
-    np.testing.assert_allclose(lps_ct.affine, ras_ct.affine, atol=1e-6)
-    np.testing.assert_allclose(lps_ct.array, ras_ct.array, atol=1e-3)
-    np.testing.assert_array_equal(lps_mask.array, ras_mask.array)
+    other_ct, other_mask = crop_around_tumour(reoriented(ct, codes), reoriented(mask, codes),
+                                              shape=(8, 32, 32))
+    np.testing.assert_allclose(other_ct.affine, ras_ct.affine, atol=1e-6)
+    np.testing.assert_allclose(other_ct.array, ras_ct.array, atol=1e-3)
+    np.testing.assert_array_equal(other_mask.array, ras_mask.array)
 
 
 def test_crop_bad_inputs():

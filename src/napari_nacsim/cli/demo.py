@@ -75,12 +75,6 @@ def write_demo(out: Path) -> int:
     return 0
 
 
-def radiological(mip):
-    """RAS-ordered MIP (rows posterior->anterior, columns patient left->right) in the
-    radiological display convention: anterior up, patient's right on the viewer's left."""
-    return mip[::-1, ::-1]
-
-
 def _comparison_figure(mips, report, path: Path) -> None:
     import matplotlib
 
@@ -93,9 +87,10 @@ def _comparison_figure(mips, report, path: Path) -> None:
         mip, mask = mips[tp]["mip"], mips[tp]["tumour"]
         sy, sx = mip.spacing
         extent = (0, mip.shape[1] * sx, mip.shape[0] * sy, 0)
-        ax.imshow(radiological(mip.array), cmap="gray", vmin=0, vmax=1, extent=extent)
+        ax.imshow(mip.array, cmap="gray", vmin=0, vmax=1, extent=extent)
+        # MIPs are in LPS layout (see axial_mip): anterior up, patient's right on the left.
         if mask.array.any():
-            ax.contour(radiological(mask.array > 0), levels=[0.5], colors="red",
+            ax.contour(mask.array > 0, levels=[0.5], colors="red",
                        linewidths=1.2, extent=(0, extent[1], 0, extent[2]), origin="upper")
         info = report["timepoints"][tp]
         delta = "" if tp == tps[0] else f", {-info['reduction_vs_T0_percent']:+.0f}% vs T0"

@@ -22,6 +22,7 @@ from ...core.errors import InputError
 from ...core.scan import IMAGE, LABELS, Scan, check_image_values, require_ndim, require_same_grid
 
 MODEL_SIZES = (64, 128, 256)  # bundled models and the paper (256)
+MIP_ORIENTATION = ("L", "P", "S")  # index axes x, y, z of the volume a MIP is taken from
 
 
 def subtraction(pre: Scan, post: Scan) -> Scan:
@@ -50,10 +51,12 @@ def axial_mip(volume: Scan) -> Scan:
     """Maximum-intensity projection along the superior-inferior axis.
 
     Which array axis runs S-I is read from the affine, never assumed. The volume is first
-    brought to the closest RAS orientation by flipping/permuting axes (no interpolation), so
-    every MIP has the same in-plane layout whatever the scanner's storage order: rows run
-    posterior -> anterior, columns left -> right in index order, exactly as a RAS volume's
-    ``array.max(axis=0)`` (a model must see the same anatomy layout at training and use).
+    brought to the closest LPS orientation (`MIP_ORIENTATION`) by flipping/permuting axes (no
+    interpolation), so every MIP has the same in-plane layout whatever the scanner's storage
+    order (a model must see the same anatomy layout at training and at use). LPS is the
+    storage order of DICOM and of nacsim's phantoms: napari, drawing row 0 on top, shows the
+    MIP like the axial slices, the radiological way (anterior up, patient's right on the
+    left); for an LPS volume the MIP is simply ``array.max(axis=0)``.
 
     The result is 2D, ``(y, x)``; its 4x4 affine keeps the in-plane geometry, and its third
     column is the S-I voxel step placed at the middle of the projected slab. A label map
@@ -61,18 +64,20 @@ def axial_mip(volume: Scan) -> Scan:
     """
     require_ndim(volume, 3)
     _require_finite(volume)  # a constant volume (an empty mask) projects fine
-    ornt = nib.orientations.io_orientation(volume.affine)  # row i: index axis i -> RAS axis
-    si_index_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
+    current = nib.orientations.io_orientation(volume.affine)  # row i: index axis i -> RAS axis
+    si_index_axis = int(np.flatnonzero(current[:, 0] == 2)[0])
+    to_lps = nib.orientations.ornt_transform(current,
+                                             nib.orientations.axcodes2ornt(MIP_ORIENTATION))
     xyz = volume.array.transpose(2, 1, 0)
-    ras = nib.orientations.apply_orientation(xyz, ornt)
-    affine = volume.affine @ nib.orientations.inv_ornt_aff(ornt, xyz.shape)
-    mip = ras.max(axis=2).T  # (x, y) -> (y, x)
+    lps = nib.orientations.apply_orientation(xyz, to_lps)
+    affine = volume.affine @ nib.orientations.inv_ornt_aff(to_lps, xyz.shape)
+    mip = lps.max(axis=2).T  # (x, y) -> (y, x)
     mip_affine = affine.copy()
-    mip_affine[:3, 3] += affine[:3, 2] * (ras.shape[2] - 1) / 2.0  # mid-slab
+    mip_affine[:3, 3] += affine[:3, 2] * (lps.shape[2] - 1) / 2.0  # mid-slab
+    slab_mm = lps.shape[2] * volume.spacing_xyz[si_index_axis]
     return volume.derive(np.ascontiguousarray(mip), step="axial_mip", affine=mip_affine,
                          projected_array_axis=2 - si_index_axis,
-                         input_orientation=volume.orientation,
-                         slab_mm=round(float(ras.shape[2] * volume.spacing_xyz[si_index_axis]), 3))
+                         input_orientation=volume.orientation, slab_mm=round(slab_mm, 3))
 
 
 def intensity_range(image: Scan, low_percentile: float = 0.5,

@@ -7,12 +7,13 @@ was meant and cannot be reproduced from the text. nacsim's default is (z, y, x) 
 (16, 96, 96) voxels at (4.0, 3.0, 3.0) mm: 64 x 288 x 288 mm, which holds a whole tumour and
 its lobe at the in-plane spacing the paper gives. Both are parameters.
 
-The box is axis-aligned in RAS (array (z, y, x) = inferior->superior, posterior->anterior,
-left->right), centred on the tumour mask's centre of mass, whatever the CT's own orientation,
-so that every crop the model sees has the same layout. The CT is resampled into it (with
-anti-aliasing, since the box voxels are usually coarser than the CT's); outside the CT's
-field of view the box holds air (-1000 HU) and, in masks, background (0). Lobe and vessel
-masks are cut with the same `CropBox` through `crop_to_box`.
+The box is centred on the tumour mask's centre of mass and axis-aligned in LPS, whatever the
+CT's own orientation, so that every crop the model sees has the same layout: array (z, y, x)
+runs inferior->superior, anterior->posterior, patient's right->left. That is the storage
+order of DICOM and of nacsim's phantoms, which napari shows the radiological way. The CT is
+resampled into the box (with anti-aliasing, since the box voxels are usually coarser than
+the CT's); outside the CT's field of view the box holds air (-1000 HU) and, in masks,
+background (0). Lobe and vessel masks are cut with the same `CropBox` through `crop_to_box`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ HU_WINDOWS = {"lung": (-600.0, 1500.0), "mediastinal": (40.0, 400.0)}
 
 @dataclasses.dataclass(frozen=True, eq=False)  # holds an array: compare fields explicitly
 class CropBox:
-    """A target grid: ``shape`` (z, y, x) voxels placed in the world by a RAS ``affine``."""
+    """A target grid: ``shape`` (z, y, x) voxels placed in the world by ``affine`` (the
+    voxel-to-RAS-world matrix, as `Scan.affine`)."""
 
     shape: tuple[int, int, int]
     affine: np.ndarray
@@ -53,8 +55,8 @@ class CropBox:
 
     @classmethod
     def around(cls, centre_ras, shape=CROP_SHAPE, spacing=CROP_SPACING) -> CropBox:
-        """An axis-aligned RAS box of ``shape`` voxels of ``spacing`` mm (both (z, y, x))
-        whose centre is at ``centre_ras`` (mm)."""
+        """An LPS-aligned box of ``shape`` voxels of ``spacing`` mm (both (z, y, x)) whose
+        centre is at the world point ``centre_ras`` (mm, RAS like every affine)."""
         shape = tuple(int(n) for n in shape)
         spacing = tuple(float(s) for s in spacing)
         if len(shape) != 3 or min(shape) < 1:
@@ -62,7 +64,7 @@ class CropBox:
         if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
             raise InputError("crop spacing", f"expected three positive sizes in mm (z, y, x), "
                                              f"got {spacing}")
-        affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+        affine = np.diag([-spacing[2], -spacing[1], spacing[0], 1.0])  # index x -> L, y -> P
         middle = (np.array(shape[::-1], float) - 1) / 2
         affine[:3, 3] = np.asarray(centre_ras, float) - affine[:3, :3] @ middle
         return cls(shape, affine)
