@@ -22,9 +22,9 @@ from napari_nacsim.science.preprocess.registration import (
     RegistrationSettings,
     apply,
     register_affine,
-    resample,
     to_ants,
 )
+from napari_nacsim.science.preprocess.resample import resample
 
 GRID = Grid(shape=(32, 64, 64), spacing=(3.0, 2.0, 2.0))
 # The defaults: ANTs stops each level once the metric settles, about a second here.

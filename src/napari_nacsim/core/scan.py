@@ -100,6 +100,16 @@ class Scan:
                     kind=self.kind if kind is None else kind, provenance=provenance)
 
 
+def require_finite(scan: Scan, what: str | None = None) -> None:
+    """Raise `InputError` if ``scan`` has NaN/Inf voxels (a constant image is fine here: an
+    empty mask, an all-air crop)."""
+    arr = scan.array
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise InputError(what or scan.name, f"contains {bad} NaN/Inf voxels")
+
+
 def check_image_values(scan: Scan, what: str | None = None) -> None:
     """Raise `InputError` unless ``scan`` holds a non-empty, finite, non-constant image."""
     subject = what or scan.name
@@ -108,10 +118,7 @@ def check_image_values(scan: Scan, what: str | None = None) -> None:
         raise InputError(subject, f"image is empty (shape {arr.shape})")
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
         raise InputError(subject, f"unsupported voxel type {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            raise InputError(subject, f"contains {int(bad.sum())} NaN/Inf voxels")
+    require_finite(scan, subject)
     if scan.kind == IMAGE and arr.min() == arr.max():
         raise InputError(subject, f"image is constant (every voxel is {arr.flat[0]})")
 

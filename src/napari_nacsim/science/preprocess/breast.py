@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 
 from ...core.errors import InputError
-from ...core.scan import IMAGE, LABELS, Scan, check_image_values, require_ndim, require_same_grid
+from ...core.scan import (IMAGE, LABELS, Scan, check_image_values, require_finite, require_ndim,
+                          require_same_grid)
 
 MODEL_SIZES = (64, 128, 256)  # bundled models and the paper (256)
 MIP_ORIENTATION = ("L", "P", "S")  # index axes x, y, z of the volume a MIP is taken from
@@ -63,7 +64,7 @@ def axial_mip(volume: Scan) -> Scan:
     projects to the union of its labels (max), which is the tumour's footprint on the MIP.
     """
     require_ndim(volume, 3)
-    _require_finite(volume)  # a constant volume (an empty mask) projects fine
+    require_finite(volume)  # a constant volume (an empty mask) projects fine
     current = nib.orientations.io_orientation(volume.affine)  # row i: index axis i -> RAS axis
     si_index_axis = int(np.flatnonzero(current[:, 0] == 2)[0])
     to_lps = nib.orientations.ornt_transform(current,
@@ -129,7 +130,7 @@ def resize_square(image: Scan, size: int, *, fit: str = "pad",
     from skimage.transform import resize  # noqa: PLC0415 - heavy import, used only here
 
     require_ndim(image, 2)
-    _require_finite(image)
+    require_finite(image)
     if int(size) != size or size < 1:
         raise InputError("model size", f"expected a positive whole number of pixels, got {size}")
     if fit not in ("pad", "stretch"):
@@ -180,8 +181,3 @@ def _require_image(scan: Scan, role: str) -> None:
     if scan.kind != IMAGE:
         raise InputError(scan.name, f"the {role} must be an image, got a label map")
 
-
-def _require_finite(scan: Scan) -> None:
-    if np.issubdtype(scan.array.dtype, np.floating) and not np.all(np.isfinite(scan.array)):
-        bad = int(np.count_nonzero(~np.isfinite(scan.array)))
-        raise InputError(scan.name, f"contains {bad} NaN/Inf voxels")

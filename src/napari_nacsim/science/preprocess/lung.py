@@ -23,8 +23,8 @@ import dataclasses
 import numpy as np
 
 from ...core.errors import InputError
-from ...core.scan import IMAGE, LABELS, Scan, check_image_values, require_ndim
-from .registration import resample
+from ...core.scan import IMAGE, LABELS, Scan, check_image_values, require_finite, require_ndim
+from .resample import resample
 
 CROP_SHAPE = (16, 96, 96)          # (z, y, x) voxels, as in the paper (96 x 96 x 16)
 CROP_SPACING = (4.0, 3.0, 3.0)     # (z, y, x) mm; see the module docstring
@@ -78,7 +78,7 @@ class CropBox:
 def tumour_box(tumour_mask: Scan, *, shape=CROP_SHAPE, spacing=CROP_SPACING) -> CropBox:
     """The crop box centred on the centre of mass of the mask's non-zero voxels."""
     require_ndim(tumour_mask, 3)
-    _require_finite(tumour_mask, "tumour mask")
+    require_finite(tumour_mask, f"{tumour_mask.name} (tumour mask)")
     index_zyx = np.argwhere(tumour_mask.array != 0)
     if len(index_zyx) == 0:
         raise InputError(tumour_mask.name, "tumour mask is empty")
@@ -151,14 +151,9 @@ def hu_window(ct: Scan, level: float = HU_WINDOWS["lung"][0],
     if not (np.isfinite(level) and np.isfinite(width) and width > 0):
         raise InputError("HU window", f"need a finite level and a positive width, got level "
                                       f"{level}, width {width}")
-    _require_finite(ct, "CT")  # a constant crop (all air) is fine to window
+    require_finite(ct, f"{ct.name} (CT)")  # a constant crop (all air) is fine to window
     low = float(level) - float(width) / 2
     out = (ct.array.astype(np.float32) - np.float32(low)) / np.float32(width)
     np.clip(out, 0.0, 1.0, out=out)
     return ct.derive(out, step="hu_window", level=float(level), width=float(width))
 
-
-def _require_finite(scan: Scan, role: str) -> None:
-    if np.issubdtype(scan.array.dtype, np.floating) and not np.all(np.isfinite(scan.array)):
-        bad = int(np.count_nonzero(~np.isfinite(scan.array)))
-        raise InputError(scan.name, f"{role} contains {bad} NaN/Inf voxels")
