@@ -205,7 +205,11 @@ def survival_outcome(clinical: Mapping[str, Any], responder: bool,
 
 
 def kaplan_meier_median(months, death) -> float:
-    """Kaplan-Meier median survival (months); inf when the curve never reaches 0.5."""
+    """Kaplan-Meier median survival (months); inf when the curve never reaches 0.5.
+
+    Hand-written (a few lines) because the textbook definition, the first time S(t) <= 0.5,
+    is what the docs report; statsmodels' SurvfuncRight.quantile uses S(t) < 0.5.
+    """
     months, death = np.asarray(months, float), np.asarray(death, bool)
     order = np.lexsort((~death, months))  # deaths before censorings at tied times
     at_risk, surv = len(months), 1.0

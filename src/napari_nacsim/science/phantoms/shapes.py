@@ -145,7 +145,10 @@ def draw_tubes(grid: Grid, paths: list[np.ndarray], radii_mm: list[float]) -> np
         dense = np.stack([np.interp(t, np.arange(len(path)), path[:, i]) for i in range(3)], 1)
         idx = np.floor((dense + half) / spacing).astype(int)
         keep = np.all((idx >= 0) & (idx < grid.shape), axis=1)
-        layer = by_radius.setdefault(round(float(radius), 1), np.zeros(grid.shape, np.float32))
+        key = round(float(radius), 1)
+        if key not in by_radius:  # not setdefault: that would allocate a volume per path
+            by_radius[key] = np.zeros(grid.shape, np.float32)
+        layer = by_radius[key]
         layer[tuple(idx[keep].T)] = 1.0
     for radius, layer in by_radius.items():
         sigma = np.maximum(radius / spacing, 0.5)
