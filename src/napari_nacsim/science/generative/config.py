@@ -1,0 +1,79 @@
+"""Model configuration: one JSON file per configuration, the same code for all of them.
+
+A config names the family (whose schema gives the conditioning factors), the image size, the
+diffusers UNet / ControlNet / optional VAE arguments, the OpenCLIP text tower, the noise
+schedule, what trains in each stage, and (for configurations built on user weights, e.g.
+``sd21``) where the local weight files are. Paths in ``weights`` may use ``${NAME}``
+environment variables and are resolved relative to the config file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ...core.errors import InputError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+_REQUIRED = ("name", "family", "image_size", "image_channels", "unet", "controlnet", "text",
+             "scheduler")
+
+
+def builtin_config_path(name: str) -> Path:
+    path = CONFIG_DIR / f"{name}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise InputError("model config", f"{name!r} is not a bundled config (known: "
+                                         f"{', '.join(known)})")
+    return path
+
+
+def load_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """A bundled config by name (``breast_tiny``) or a JSON file path."""
+    path = Path(name_or_path)
+    if not path.suffix == ".json":
+        path = builtin_config_path(str(name_or_path))
+    if not path.exists():
+        raise InputError(path, "model config file does not exist")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"is not valid JSON ({err.msg} at line {err.lineno})") from None
+    config = validate_config(config, str(path))
+    if "weights" in config:
+        config["weights"] = {k: _resolve(v, path.parent) if isinstance(v, str) else v
+                             for k, v in config["weights"].items()}
+    return config
+
+
+def validate_config(config: dict[str, Any], subject: str = "model config") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise InputError(subject, "must be a JSON object")
+    missing = [k for k in _REQUIRED if k not in config]
+    if missing:
+        raise InputError(subject, f"field '{missing[0]}' is missing")
+    from ...core.schema import family_schema
+
+    family_schema(config["family"])  # raises for an unknown family
+    if int(config["image_size"]) % 8:
+        raise InputError(f"{subject}: field 'image_size'", "must be a multiple of 8")
+    return copy.deepcopy(config)
+
+
+def _resolve(value: str, base: Path) -> str:
+    def env(match):
+        name = match.group(1)
+        if name not in os.environ:
+            raise InputError("model config weights", f"environment variable ${{{name}}} is "
+                                                     "not set (it should point to your local "
+                                                     "weight files)")
+        return os.environ[name]
+
+    value = re.sub(r"\$\{(\w+)\}", env, value)
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())

@@ -1,0 +1,175 @@
+"""Training and evaluation data of the image-to-image generative models.
+
+A *paired cohort* is what the generative core trains on: per patient, the model input of
+every time point (aligned, normalised 2D images on one grid), the tumour masks on the same
+grid, and the clinical factors. It is family-agnostic (time points and variables come from
+the family's schema); the breast family fills it from synthetic phantom patients with the
+preprocessing pipeline (`breast_mips`), which is slow (registration), so prepared patients
+are cached as one ``.npz`` per patient and reused.
+
+The train/test split is a pure function of the patient ids and a seed (never of directory
+listing order), and is recorded by the training entrypoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ...core.errors import InputError
+from ...core.schema import BREAST, FamilySchema
+
+
+@dataclasses.dataclass
+class PairedCohort:
+    """Arrays over patients; time-point axis in schema order."""
+
+    family: FamilySchema
+    ids: list[str]
+    images: np.ndarray            # (N, T, H, W) float32 in [0, 1]
+    masks: np.ndarray             # (N, T, H, W) uint8 tumour masks
+    clinical: list[dict[str, Any]]
+    spacing: tuple[float, float]  # mm, (y, x)
+    truth: list[dict[str, Any]]   # per patient: phantom ground truth (JSON-able)
+    # Counterfactual ground truth (same patient, another scenario), where prepared:
+    cf_images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    cf_masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    cf_clinical: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, ids: Sequence[str]) -> "PairedCohort":
+        pos = [self.ids.index(i) for i in ids]
+        return PairedCohort(self.family, list(ids), self.images[pos], self.masks[pos],
+                            [self.clinical[p] for p in pos], self.spacing,
+                            [self.truth[p] for p in pos],
+                            {i: self.cf_images[i] for i in ids if i in self.cf_images},
+                            {i: self.cf_masks[i] for i in ids if i in self.cf_masks},
+                            {i: self.cf_clinical[i] for i in ids if i in self.cf_clinical})
+
+
+def split_ids(ids: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic patient-level split: sorted ids, permuted by ``seed``."""
+    ordered = sorted(ids)
+    if not 0.0 < test_fraction < 1.0:
+        raise InputError("test fraction", f"{test_fraction} must be between 0 and 1")
+    n_test = max(1, int(round(len(ordered) * test_fraction)))
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    test = sorted(ordered[i] for i in perm[:n_test])
+    train = [i for i in ordered if i not in set(test)]
+    return train, test
+
+
+def counterfactual_of(family: FamilySchema, clinical: dict[str, Any]) -> dict[str, Any]:
+    """The scenario a patient did *not* have: the first outcome variable flipped (breast:
+    pCR). Read from the schema, not hard-coded."""
+    outcome = next(v for v in family.condition_variables if v.outcome)
+    return {**clinical, outcome.name: not clinical[outcome.name]}
+
+
+# --- breast phantoms ------------------------------------------------------------------------
+
+def _mips_arrays(rendering, size: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    from ..preprocess.breast import resize_square
+    from ..preprocess.pipeline import breast_mips
+
+    visits = {tp: {**rendering.scans[tp], **rendering.masks[tp]} for tp in rendering.scans}
+    mips = breast_mips(visits)
+    images, masks = [], []
+    spacing = None
+    for tp in BREAST.timepoint_names:
+        image = resize_square(mips[tp]["mip"], size)
+        mask = resize_square(mips[tp]["tumour"], size)
+        images.append(np.clip(image.array, 0, 1).astype(np.float32))
+        masks.append((mask.array > 0).astype(np.uint8))
+        spacing = tuple(float(s) for s in image.spacing)
+    return np.stack(images), np.stack(masks), spacing
+
+
+def prepare_breast_patient(cohort_seed: int, index: int, size: int, counterfactual: bool,
+                           cache_dir: Path) -> Path:
+    """Render + preprocess one phantom patient (and optionally its counterfactual); cached."""
+    import json
+
+    from ...core.atomic import atomic_path
+    from ..phantoms import make_patient
+
+    path = Path(cache_dir) / f"s{cohort_seed}_i{index:04d}_{size}{'_cf' if counterfactual else ''}.npz"
+    if path.exists():
+        return path
+    patient = make_patient("breast", cohort_seed, index)
+    rendering = patient.render()
+    images, masks, spacing = _mips_arrays(rendering, size)
+    payload = dict(images=images, masks=masks, spacing=np.array(spacing), id=patient.id,
+                   clinical=json.dumps(rendering.clinical), truth=json.dumps(rendering.truth))
+    if counterfactual:
+        scenario = counterfactual_of(BREAST, rendering.clinical)
+        cf = patient.render(scenario)
+        cf_images, cf_masks, _ = _mips_arrays(cf, size)
+        payload.update(cf_images=cf_images, cf_masks=cf_masks,
+                       cf_clinical=json.dumps(cf.clinical), cf_truth=json.dumps(cf.truth))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **payload)
+    return path
+
+
+def _prepare_one(args):
+    return prepare_breast_patient(*args)
+
+
+def breast_phantom_cohort(cohort_seed: int, n_patients: int, size: int, *, cache_dir: Path,
+                          counterfactual_ids: Sequence[str] = (), jobs: int = 1,
+                          progress: Callable[[int, int], None] | None = None) -> PairedCohort:
+    """Prepare (or read from cache) ``n_patients`` synthetic breast patients at ``size``."""
+    import json
+
+    ids = [f"BR{i + 1:04d}" for i in range(n_patients)]
+    tasks = [(cohort_seed, i, size, ids[i] in set(counterfactual_ids), Path(cache_dir))
+             for i in range(n_patients)]
+    paths: list[Path] = []
+    if jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            for k, path in enumerate(pool.imap(_prepare_one, tasks)):
+                paths.append(path)
+                if progress:
+                    progress(k + 1, len(tasks))
+    else:
+        for k, task in enumerate(tasks):
+            paths.append(_prepare_one(task))
+            if progress:
+                progress(k + 1, len(tasks))
+    images, masks, clinical, truth = [], [], [], []
+    cf_images, cf_masks, cf_clinical = {}, {}, {}
+    spacing = None
+    for pid, path in zip(ids, paths):
+        with np.load(path) as z:
+            images.append(z["images"])
+            masks.append(z["masks"])
+            clinical.append(json.loads(str(z["clinical"])))
+            truth.append(json.loads(str(z["truth"])))
+            spacing = tuple(float(s) for s in z["spacing"])
+            if "cf_images" in z.files:
+                cf_images[pid] = z["cf_images"]
+                cf_masks[pid] = z["cf_masks"]
+                cf_clinical[pid] = json.loads(str(z["cf_clinical"]))
+                truth[-1]["counterfactual_truth"] = json.loads(str(z["cf_truth"]))
+    return PairedCohort(BREAST, ids, np.stack(images), np.stack(masks), clinical, spacing,
+                        truth, cf_images, cf_masks, cf_clinical)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

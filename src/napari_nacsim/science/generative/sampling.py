@@ -1,0 +1,116 @@
+"""Our sampling loop around diffusers schedulers (the diffusers pipelines need
+``transformers``; this does not).
+
+- Samplers: ``ddim`` (the paper: 200 steps), ``dpmpp`` (DPM-Solver++ 2M), ``unipc``; all are
+  derived from the training noise schedule.
+- Several scenarios of one patient are one batch; they share the initial noise, so the
+  generated images differ only by the scenario.
+- Work that does not change across steps is done once: the clinical context, the empty-prompt
+  context and the ControlNet's embedding of the control image.
+- Classifier-free guidance (``guidance_scale != 1``) keeps the learned clinical tokens in the
+  conditional branch; the unconditional branch replaces them with the empty prompt. (The NAC
+  reference code's guidance built its conditional branch without the tokens, so guidance
+  silently removed the clinical conditioning.)
+- Initial noise comes from a CPU generator seeded with ``seed``, so a seed means the same
+  noise on every device; on CPU, the same inputs and seed give bit-identical output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ...core.errors import InputError
+from .model import ControlledDiffusion, fixed_control_embedding, latent_factor
+
+SAMPLERS = ("ddim", "dpmpp", "unipc")
+DEFAULT_STEPS = {"ddim": 200, "dpmpp": 20, "unipc": 20}
+
+
+def make_sampler(model: ControlledDiffusion, sampler: str):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    config = model.scheduler.config
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False,
+                                         timestep_spacing="trailing")
+    if sampler == "dpmpp":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++",
+                                                       solver_order=2,
+                                                       timestep_spacing="trailing")
+    if sampler == "unipc":
+        return UniPCMultistepScheduler.from_config(config, timestep_spacing="trailing")
+    raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device", "CUDA was requested but no CUDA GPU is available")
+    return device
+
+
+@torch.no_grad()
+def generate(model: ControlledDiffusion, control_image: torch.Tensor,
+             scenarios: Sequence[Mapping[str, Any]], *, seed: int = 0, steps: int | None = None,
+             sampler: str = "dpmpp", guidance_scale: float = 1.0,
+             progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Generate one image per scenario from one pre-treatment image.
+
+    ``control_image``: (C, H, W) or (1, C, H, W) in [0, 1] at the model's size, on the
+    model's device. Returns (len(scenarios), C, H, W) float32 in [0, 1].
+    """
+    if sampler not in SAMPLERS:
+        raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
+    steps = int(steps or DEFAULT_STEPS[sampler])
+    if steps < 1:
+        raise InputError("steps", f"{steps} must be at least 1")
+    if not scenarios:
+        raise InputError("scenarios", "at least one scenario is needed")
+    param = next(model.unet.parameters())
+    device, dtype = param.device, param.dtype
+    if control_image.ndim == 3:
+        control_image = control_image[None]
+    size = model.config["image_size"]
+    if control_image.shape[-2:] != (size, size) or control_image.shape[0] != 1:
+        raise InputError("pre-treatment image", f"expected one {size}x{size} image, got "
+                                                f"shape {tuple(control_image.shape)}")
+    batch = len(scenarios)
+    guided = guidance_scale != 1.0
+
+    # Done once: contexts, control embedding, initial noise.
+    context = model.conditioner.context(scenarios).to(dtype)
+    null = model.conditioner.null_context(1).to(dtype)
+    control = model.control_input(control_image.to(device, dtype))
+    latent_size = size // latent_factor(model.config)
+    channels = model.unet.config.in_channels
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    noise = torch.randn((1, channels, latent_size, latent_size), generator=generator)
+
+    scheduler = make_sampler(model, sampler)
+    scheduler.set_timesteps(steps, device=device)
+    x = (noise * scheduler.init_noise_sigma).to(device, dtype).expand(batch, -1, -1, -1)
+    x = x.contiguous()
+    if guided:  # [conditional | unconditional] in one batch
+        context_in = torch.cat([context, null.expand(batch, -1, -1)])
+        n_in = 2 * batch
+    else:
+        context_in, n_in = context, batch
+    null_in = null.expand(n_in, -1, -1)
+    control_in = control.expand(n_in, -1, -1, -1)
+    timesteps = scheduler.timesteps
+    with fixed_control_embedding(model.controlnet, control_in):
+        for i, t in enumerate(timesteps):
+            x_in = torch.cat([x, x]) if guided else x
+            x_in = scheduler.scale_model_input(x_in, t)
+            out = model.denoise(x_in, t, context_in, null_in, control_in)
+            if guided:
+                cond, uncond = out.chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            x = scheduler.step(out, t, x, return_dict=False)[0]
+            if progress:
+                progress(i + 1, len(timesteps))
+    return model.decode(x).float()
