@@ -66,3 +66,12 @@ def test_overwrite_replaces_a_cohort_atomically(tmp_path):
     write_phantom_cohort("lung", 1, 1, out, jobs=1, overwrite=True)
     assert not (out / "stale.txt").exists()
     assert json.loads((out / "cohort.json").read_text())["generator"]["seed"] == 1
+
+
+def test_interrupted_run_leaves_no_partial_cohort(tmp_path):
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_phantom_cohort("lung", 2, 0, tmp_path / "c", jobs=1, progress=interrupt)
+    assert list(tmp_path.iterdir()) == []

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from ... import __version__
+from ...core.atomic import atomic_directory
 from ...core.cohort import Cohort, Patient
 from ...core.errors import InputError
 from ...core.scan_io import write_scan
@@ -68,10 +67,7 @@ def write_phantom_cohort(family: str, n_patients: int, seed: int, out_dir: str |
         raise InputError(out_dir, "exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise InputError(out_dir, "folder is not empty (choose a new folder or allow overwrite)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         jobs = max(1, min(jobs or min(2, os.cpu_count() or 1), n_patients))
         patients = []
         if jobs == 1:
@@ -94,12 +90,6 @@ def write_phantom_cohort(family: str, n_patients: int, seed: int, out_dir: str |
                           "seed": seed, "n_patients": n_patients},
         })
         cohort.save(staging / MANIFEST_NAME)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return out_dir / MANIFEST_NAME
 
 
