@@ -36,3 +36,28 @@ def nifti_file(tmp_path, volume):
     path = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(volume.T.copy(), oblique_affine()), str(path))
     return path, volume, oblique_affine()
+
+
+@pytest.fixture
+def dicom_folder(tmp_path, volume):
+    """A DICOM series (one file per slice) of ``volume`` with spacing (x, y, z) =
+    (0.8, 0.7, 2.5) mm and LPS origin (-10, 20, 5)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume.astype(np.int16))
+    image.SetSpacing((0.8, 0.7, 2.5))
+    image.SetOrigin((-10.0, 20.0, 5.0))
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        sl = image[:, :, k]
+        position = "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))
+        for tag, value in {"0020|000e": "1.2.826.0.1.3680043.2.1125.1",
+                           "0020|0032": position, "0020|0037": "1\\0\\0\\0\\1\\0",
+                           "0020|0013": str(k), "0008|0060": "MR"}.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)
+    return folder

@@ -42,6 +42,14 @@ def test_viewer_opens_nifti_with_spacing_as_scale(make_napari_viewer, nifti_file
     np.testing.assert_allclose(meta["affine"], affine)
 
 
+def test_viewer_opens_a_dicom_folder(make_napari_viewer, dicom_folder, volume):
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(dicom_folder), plugin="nacsim")
+    np.testing.assert_array_equal(layer.data, volume.astype(np.int16))
+    np.testing.assert_allclose(layer.scale, (2.5, 0.7, 0.8), atol=1e-4)
+    assert layer.metadata["nacsim"]["provenance"]["format"] == "dicom"
+
+
 def test_bad_file_notifies_instead_of_crashing(make_napari_viewer, tmp_path, monkeypatch,
                                                nifti_file):
     import napari.utils.notifications as notifications

@@ -8,7 +8,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from napari_nacsim.core.errors import InputError
 from napari_nacsim.core.scan import Scan, affine_from_spacing, check_image_values
@@ -59,23 +58,8 @@ def test_2d_scan_round_trip_and_labels(tmp_path):
     np.testing.assert_array_equal(back.array, [[0, 1], [2, 0]])
 
 
-def test_dicom_series_folder(tmp_path, volume):
-    image = sitk.GetImageFromArray(volume.astype(np.int16))
-    image.SetSpacing((0.8, 0.7, 2.5))
-    image.SetOrigin((-10.0, 20.0, 5.0))
-    folder = tmp_path / "dicom"
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        sl = image[:, :, k]
-        for tag, value in {"0020|000e": "1.2.826.0.1.3680043.2.1125.1",
-                           "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))),
-                           "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0013": str(k),
-                           "0008|0060": "MR"}.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
+def test_dicom_series_folder(dicom_folder, volume):
+    folder = dicom_folder
     scan = read_scan(folder)
     assert scan.shape == volume.shape
     np.testing.assert_array_equal(scan.array, volume.astype(np.int16))
