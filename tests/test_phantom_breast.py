@@ -12,7 +12,7 @@ from scipy import ndimage
 from napari_nacsim.core.errors import InputError
 from napari_nacsim.core.schema import BREAST
 from napari_nacsim.science import measure
-from napari_nacsim.science.phantoms import breast, shapes
+from napari_nacsim.science.phantoms import breast, breast_outcomes, shapes
 
 COHORT_SEED = 0
 COHORT_SIZE = 200
@@ -111,7 +111,7 @@ def test_truth_reports_what_the_masks_show(rendering):
             truth["tumour_area_mm2"]["T0"], truth["tumour_area_mm2"][t]))
         assert truth["reduction_percent"][t] == pytest.approx(
             truth["target_reduction_percent"][t], abs=3.0)
-    assert truth["subtype"] == breast.subtype_name(rendering.clinical["HR"],
+    assert truth["subtype"] == breast_outcomes.subtype_name(rendering.clinical["HR"],
                                                    rendering.clinical["HER2"])
     assert np.allclose(truth["misalignment_mm"]["T0"], np.eye(4))
 

@@ -12,7 +12,7 @@ import pytest
 from napari_nacsim.core.errors import InputError
 from napari_nacsim.core.schema import LUNG
 from napari_nacsim.science import measure
-from napari_nacsim.science.phantoms import base, lung, shapes
+from napari_nacsim.science.phantoms import base, lung, lung_outcomes, shapes
 
 COHORT = 0
 
@@ -178,7 +178,7 @@ def test_truth_is_json_and_consistent(rendering):
                         measure.volume_ml(tumour.array, tumour.spacing))
     assert truth["synthetic"] is True and truth["patient_id"] == "LU0003"
     assert truth["lobe_labels"] == {"1": "RUL", "2": "RML", "3": "RLL", "4": "LUL", "5": "LLL"}
-    assert truth["recist"] == lung.recist_category(truth["diameter_change_percent"])
+    assert truth["recist"] == lung_outcomes.recist_category(truth["diameter_change_percent"])
     assert truth["responder"] == (truth["recist"] in ("CR", "PR"))
     assert np.allclose(truth["misalignment"]["pre"], np.eye(4))
     post = np.asarray(truth["misalignment"]["post"])
@@ -283,17 +283,17 @@ def test_survival_model(population):
     responder = np.array([p.clinical["responder"] for p in population])
     assert np.all(months > 0) and np.all(months <= 60)
     assert 0.1 < 1 - death.mean() < 0.5  # some censored
-    km_r = lung.kaplan_meier_median(months[responder], death[responder])
-    km_n = lung.kaplan_meier_median(months[~responder], death[~responder])
+    km_r = lung_outcomes.kaplan_meier_median(months[responder], death[responder])
+    km_n = lung_outcomes.kaplan_meier_median(months[~responder], death[~responder])
     assert km_r > 1.5 * km_n, (km_r, km_n)
     assert 5 < km_n < 15
 
 
 def test_kaplan_meier_median():
-    assert lung.kaplan_meier_median([1, 2, 3, 4], [True] * 4) == 2
+    assert lung_outcomes.kaplan_meier_median([1, 2, 3, 4], [True] * 4) == 2
     # Censoring at 1 leaves 3 at risk: S = 2/3 after t=2, 1/3 after t=3.
-    assert lung.kaplan_meier_median([1, 2, 3, 4], [False, True, True, True]) == 3
-    assert lung.kaplan_meier_median([1, 2], [False, False]) == math.inf
+    assert lung_outcomes.kaplan_meier_median([1, 2, 3, 4], [False, True, True, True]) == 3
+    assert lung_outcomes.kaplan_meier_median([1, 2], [False, False]) == math.inf
 
 
 # --- counterfactual scenarios -------------------------------------------------------------
