@@ -2,9 +2,26 @@
 
 The NAC paper measures tumour size on maximum-intensity projections, so the size of a 3D
 breast tumour mask is the area of its axial projection (`projected_area_mm2`).
+
+On top of the sizes (`measure_tumour`: total and per connected component) this module holds
+the comparisons clinicians read:
+
+- `size_change`: follow-up vs baseline, in absolute units and percent, plus the NAC paper's
+  "size" number, the reduction relative to T0 (`reduction_percent`: 100 = vanished).
+- `match_percent`: how well a generated follow-up's tumour size matches the real
+  follow-up's, ``100 * min(generated, real) / max(generated, real)``. The paper reports
+  "generated size as a percentage of the real one", which rewards over-estimates above
+  100 %; the symmetric form makes 100 % perfect and lowers the score for over- and
+  under-estimates alike (a 2x over-estimate and a 2x under-estimate both score 50 %).
+- `dice`: overlap of two masks (segmentation quality).
+
+"No tumour found" is a result, not an error: a `TumourSize` of 0 with ``found == False``.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import numpy as np
 
@@ -40,3 +57,155 @@ def reduction_percent(baseline: float, followup: float) -> float:
     if baseline <= 0:
         return float("nan")
     return 100.0 * (1.0 - followup / baseline)
+
+
+# --- sizes per component, changes, match ------------------------------------------------------
+
+def size_unit(ndim: int) -> str:
+    return "mm²" if ndim == 2 else "mL"
+
+
+@dataclasses.dataclass(frozen=True)
+class TumourSize:
+    """Size of a tumour mask: total and per connected component (largest first)."""
+
+    total: float
+    unit: str                          # "mm²" (2D) or "mL" (3D)
+    components: tuple[float, ...] = ()
+    voxels: int = 0
+
+    @property
+    def found(self) -> bool:
+        return self.voxels > 0
+
+    @property
+    def n_components(self) -> int:
+        return len(self.components)
+
+    def describe(self) -> str:
+        if not self.found:
+            return f"no tumour found (size 0 {self.unit})"
+        text = f"{_fmt(self.total)} {self.unit}"
+        if self.n_components > 1:
+            parts = ", ".join(_fmt(c) for c in self.components[:5])
+            more = ", ..." if self.n_components > 5 else ""
+            text += f" in {self.n_components} separate parts ({parts}{more} {self.unit})"
+        return text
+
+    def to_json(self) -> dict:
+        return {"total": self.total, "unit": self.unit, "found": self.found,
+                "components": list(self.components), "voxels": self.voxels}
+
+
+def _fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def measure_tumour(mask: Scan, label: int | None = None) -> TumourSize:
+    """Tumour size of a mask scan: area in mm² on 2D images (MIPs), volume in mL on volumes
+    (from the voxel spacing). ``label`` picks one label value (default: every non-zero
+    voxel). Components are connected through faces, edges and corners (8/26 neighbours)."""
+    from scipy import ndimage
+
+    array = np.asarray(mask.array)
+    binary = array == label if label is not None else array != 0
+    unit = size_unit(mask.ndim)
+    # voxel_volume_mm3 is the pixel area on 2D scans; mm³ -> mL on volumes
+    scale = mask.voxel_volume_mm3 / (1000.0 if mask.ndim == 3 else 1.0)
+    n_voxels = int(np.count_nonzero(binary))
+    if n_voxels == 0:
+        return TumourSize(0.0, unit, (), 0)
+    labelled, n = ndimage.label(binary, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    counts = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
+    components = tuple(float(c * scale) for c in sorted(counts, reverse=True))
+    return TumourSize(float(n_voxels * scale), unit, components, n_voxels)
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeChange:
+    """A follow-up's tumour size against the baseline's."""
+
+    baseline: float
+    followup: float
+    unit: str
+
+    @property
+    def absolute(self) -> float:
+        """Follow-up minus baseline (negative = shrinkage)."""
+        return self.followup - self.baseline
+
+    @property
+    def percent(self) -> float:
+        """Change relative to the baseline in percent (-100 = vanished); NaN without a
+        baseline tumour."""
+        return 100.0 * self.absolute / self.baseline if self.baseline > 0 else float("nan")
+
+    @property
+    def reduction_percent(self) -> float:
+        """The NAC paper's "size": reduction relative to T0 (100 = vanished)."""
+        return reduction_percent(self.baseline, self.followup)
+
+    def describe(self) -> str:
+        sign = "+" if self.absolute > 0 else ""
+        text = f"{_fmt(self.baseline)} -> {_fmt(self.followup)} {self.unit} " \
+               f"({sign}{_fmt(self.absolute)} {self.unit}"
+        if self.baseline > 0:
+            text += f", {sign}{self.percent:.1f} %)"
+        else:
+            text += "; no tumour at baseline, so no percentage)"
+        return text
+
+    def to_json(self) -> dict:
+        return {"baseline": self.baseline, "followup": self.followup, "unit": self.unit,
+                "absolute": self.absolute, "percent": _json_number(self.percent),
+                "reduction_percent": _json_number(self.reduction_percent)}
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _size_and_unit(size, unit: str | None) -> tuple[float, str | None]:
+    if isinstance(size, TumourSize):
+        return size.total, size.unit
+    return float(size), unit
+
+
+def size_change(baseline: TumourSize | float, followup: TumourSize | float,
+                unit: str | None = None) -> SizeChange:
+    """Follow-up vs baseline. Accepts `TumourSize` (units must agree) or plain numbers."""
+    b, unit_b = _size_and_unit(baseline, unit)
+    f, unit_f = _size_and_unit(followup, unit)
+    if unit_b and unit_f and unit_b != unit_f:
+        raise ValueError(f"cannot compare a size in {unit_b} with one in {unit_f}")
+    for value in (b, f):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"tumour size {value!r} is not a finite non-negative number")
+    return SizeChange(b, f, unit_b or unit_f or "")
+
+
+def match_percent(generated: float, real: float) -> float:
+    """How well a generated tumour size matches the real one: ``100 * min / max``.
+
+    100 % is a perfect match; over- and under-estimates both lower it. Both sizes 0 (no
+    tumour in either) is a perfect match; a tumour in only one of them scores 0 %."""
+    generated, real = float(generated), float(real)
+    for value in (generated, real):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"tumour size {value!r} is not a finite non-negative number")
+    if generated == 0 and real == 0:
+        return 100.0
+    return 100.0 * min(generated, real) / max(generated, real)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two masks (non-zero = foreground); NaN when both are empty."""
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    total = int(a.sum()) + int(b.sum())
+    if total == 0:
+        return float("nan")
+    return 2.0 * int(np.logical_and(a, b).sum()) / total

@@ -95,12 +95,13 @@ def generate(model: ControlledDiffusion, control_image: torch.Tensor,
     x = (noise * scheduler.init_noise_sigma).to(device, dtype).expand(batch, -1, -1, -1)
     x = x.contiguous()
     if guided:  # [conditional | unconditional] in one batch
-        context_in = torch.cat([context, null.expand(batch, -1, -1)])
+        context_in = torch.cat([context, null.expand(batch, -1, -1)]).contiguous()
         n_in = 2 * batch
     else:
         context_in, n_in = context, batch
-    null_in = null.expand(n_in, -1, -1)
-    control_in = control.expand(n_in, -1, -1, -1)
+    # Materialised (not stride-0 views): convolutions on expanded views are very slow.
+    null_in = null.expand(n_in, -1, -1).contiguous()
+    control_in = control.expand(n_in, -1, -1, -1).contiguous()
     timesteps = scheduler.timesteps
     with fixed_control_embedding(model.controlnet, control_in):
         for i, t in enumerate(timesteps):

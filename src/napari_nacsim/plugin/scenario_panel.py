@@ -1,0 +1,104 @@
+"""The scenario panel: one input per clinical variable, generated from the family schema.
+
+Nothing here knows about pCR, PD-L1 or any other variable by name: the widgets come from
+`FamilySchema` (type, unit, plausible and reference ranges, derived values), so adding a
+variable to the schema adds its control. Binary variables are check boxes labelled with
+their positive state, categories are drop-downs, percentages are sliders, other numbers are
+spin boxes with their unit and reference range, derived values (NLR) are read-only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label
+
+from ..core.schema import BINARY, CATEGORICAL, FamilySchema, Variable
+
+TARGET = "target"  # the widget choosing the follow-up time point to generate
+
+
+def _default(var: Variable) -> Any:
+    if var.kind == BINARY:
+        return False
+    if var.kind == CATEGORICAL:
+        return var.categories[0]
+    lo, hi = var.normal or var.plausible or (0.0, 1.0)
+    return round((lo + hi) / 2, 2)
+
+
+def _control(var: Variable):
+    tooltip = var.description
+    if var.normal:
+        tooltip += f" (reference {var.normal[0]:g}-{var.normal[1]:g} {var.unit})".rstrip()
+    unit = f" ({var.unit})" if var.unit else ""
+    common = {"name": var.name, "tooltip": tooltip.strip() or None}
+    if var.kind == BINARY:
+        return CheckBox(text=var.states[1], value=False, **common)
+    if var.kind == CATEGORICAL:
+        return ComboBox(label=var.label, choices=list(var.categories), **common)
+    lo, hi = var.plausible or (0.0, 1e6)
+    kind = FloatSlider if var.unit == "%" else FloatSpinBox
+    widget = kind(label=f"{var.label}{unit}", min=lo, max=hi, step=0.1 if hi <= 100 else 1.0,
+                  **common)
+    widget.value = _default(var)
+    return widget
+
+
+class ScenarioPanel(Container):
+    """The clinical scenario of one what-if run: target time point + condition variables.
+
+    ``panel.scenario`` is the dict the engine takes (``{"target": "T2", "pCR": True, ...}``),
+    already validated by the schema; ``panel.changed`` fires on every edit.
+    """
+
+    def __init__(self, schema: FamilySchema, values: Mapping[str, Any] | None = None):
+        self.schema = schema
+        followups = [t for t in schema.timepoints if t.name != schema.baseline]
+        self._target = ComboBox(name=TARGET, label="Follow-up",
+                                choices=[(f"{t.name} · {t.label}", t.name) for t in followups],
+                                value=followups[-1].name)
+        self._inputs = {v.name: _control(v) for v in schema.condition_variables
+                        if v.derive is None}
+        self._derived = {v.name: Label(name=v.name, label=f"{v.label} (derived)",
+                                       tooltip=v.description or None)
+                         for v in schema.condition_variables if v.derive is not None}
+        super().__init__(widgets=[self._target, *self._inputs.values(), *self._derived.values()],
+                         labels=True)
+        for widget in self._inputs.values():
+            widget.changed.connect(self._update_derived)
+        if values:
+            self.set_values(values)
+        self._update_derived()
+
+    @property
+    def clinical(self) -> dict[str, Any]:
+        """Validated clinical values (derived ones computed)."""
+        raw = {name: widget.value for name, widget in self._inputs.items()}
+        return self.schema.validate_clinical(raw, subject="scenario", partial=True)
+
+    @property
+    def scenario(self) -> dict[str, Any]:
+        return {TARGET: self._target.value, **self.clinical}
+
+    def set_values(self, values: Mapping[str, Any]) -> None:
+        """Pre-fill from a patient's clinical data (unknown or outcome-only keys ignored)."""
+        known = {k: v for k, v in values.items() if k in self._inputs}
+        clean = self.schema.validate_clinical(known, subject="patient", partial=True)
+        for name, value in clean.items():
+            if name in self._inputs:  # derived values are recomputed, not set
+                self._inputs[name].value = value
+        if TARGET in values:
+            self._target.value = values[TARGET]
+
+    def _update_derived(self, *_):
+        try:
+            clinical = self.clinical
+        except ValueError as err:  # an InputError: show it where the value would be
+            for label in self._derived.values():
+                label.value = str(err).split(": ", 2)[-1]
+            return
+        for name, label in self._derived.items():
+            value = clinical.get(name)
+            unit = self.schema.variable(name).unit
+            label.value = "—" if value is None else f"{value:.2f} {unit}".strip()

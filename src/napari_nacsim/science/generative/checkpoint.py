@@ -1,0 +1,142 @@
+"""Checkpoints: one safetensors file per component + a JSON model card.
+
+The card records the family, schema version, image size, pixel spacing, intensity
+normalisation, the full config, how the model was trained (command, data, split, machine),
+its metrics and the sha256 of every weight file. Loading verifies every hash before reading
+a tensor, and nothing is unpickled (safetensors holds tensors only).
+
+Components: ``unet``, ``controlnet``, ``prompt_tokens``, ``text_tower`` (the frozen OpenCLIP
+text transformer; stored in float16 when the config says so, to keep bundles small),
+``vae`` (latent configurations only).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...core.atomic import atomic_path, write_json_atomic
+from ...core.errors import InputError
+from ...core.schema import family_schema
+from .data import file_sha256
+from .model import ControlledDiffusion
+
+CARD = "model_card.json"
+CARD_FORMAT = "nacsim-model-card/1"
+
+
+def _components(model: ControlledDiffusion) -> dict[str, torch.nn.Module]:
+    parts = {"unet": model.unet, "controlnet": model.controlnet,
+             "prompt_tokens": model.conditioner.tokens,
+             "text_tower": model.conditioner.text.tower}
+    if model.vae is not None:
+        parts["vae"] = model.vae
+    return parts
+
+
+def model_hash(card: dict[str, Any]) -> str:
+    """One id for a model: sha256 over its files' hashes (in name order)."""
+    import hashlib
+
+    files = card["files"]
+    joined = "".join(f"{name}:{files[name]['sha256']}" for name in sorted(files))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def save_checkpoint(model: ControlledDiffusion, folder: str | os.PathLike,
+                    card: dict[str, Any] | None = None) -> Path:
+    """Write every component + the card into ``folder`` (each file atomically)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    half_text = bool(model.config["text"].get("store_half", False))
+    files = {}
+    for name, module in _components(model).items():
+        state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+        if name == "text_tower" and half_text:
+            state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+        path = folder / f"{name}.safetensors"
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"component": name, "format": "pt"})
+        files[name] = {"path": path.name, "sha256": file_sha256(path),
+                       "bytes": path.stat().st_size}
+    schema = model.schema
+    full = {
+        "format": CARD_FORMAT,
+        "synthetic_output": True,
+        "family": schema.name,
+        "schema_version": schema.version,
+        "config": model.config,
+        "image_size": model.config["image_size"],
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **(card or {}),
+        "files": files,
+    }
+    full["model_hash"] = model_hash(full)
+    write_json_atomic(folder / CARD, full)
+    return folder
+
+
+def read_card(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / CARD
+    if not path.exists():
+        raise InputError(folder, f"is not a nacsim model folder (no {CARD})")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"is not valid JSON ({err.msg} at line {err.lineno})") from None
+    if card.get("format") != CARD_FORMAT or "files" not in card or "config" not in card:
+        raise InputError(path, f"is not a {CARD_FORMAT} model card")
+    return card
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
+    """Check that every weight file exists and matches its sha256; return the card."""
+    folder = Path(folder)
+    card = read_card(folder)
+    for name, entry in card["files"].items():
+        path = folder / entry["path"]
+        if not path.exists():
+            raise InputError(path, f"weight file of component '{name}' is missing")
+        digest = file_sha256(path)
+        if digest != entry["sha256"]:
+            raise InputError(path, f"sha256 {digest[:12]}... does not match the model card "
+                                   f"({entry['sha256'][:12]}...): the file is corrupt or was "
+                                   "changed")
+    schema = family_schema(card["family"])
+    if str(card.get("schema_version")) != schema.version:
+        raise InputError(folder / CARD, f"model was trained with {schema.name} schema version "
+                                        f"{card.get('schema_version')}, this nacsim has "
+                                        f"version {schema.version}")
+    return card
+
+
+def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> tuple[ControlledDiffusion, dict]:
+    """Verify hashes, build the model from the card's config, load the tensors (strict)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    card = verify_checkpoint(folder)
+    model = ControlledDiffusion(card["config"])
+    parts = _components(model)
+    if set(parts) != set(card["files"]):
+        raise InputError(folder / CARD, f"lists components {sorted(card['files'])}, the config "
+                                        f"needs {sorted(parts)}")
+    for name, module in parts.items():
+        state = load_file(str(folder / card["files"][name]["path"]))
+        own = module.state_dict()
+        state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise InputError(folder / card["files"][name]["path"],
+                             f"does not fit the config: {str(err).splitlines()[0]}") from None
+    model.to(device=device, dtype=dtype).eval()
+    return model, card

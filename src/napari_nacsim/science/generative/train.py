@@ -1,0 +1,295 @@
+"""Two-stage training of a family's generative model (used by ``training/train_nac.py``).
+
+Stage 1 pre-trains the base denoiser (the UNet, empty prompt) on unpaired images of every
+time point; it is then frozen. Stage 2 trains what the NAC paper trains - the ControlNet, the
+prompt tokens and (config ``train_unet_decoder``) the UNet decoder - on (T0, target, factors)
+triples whose target time is drawn per sample (T0 -> T0 identity pairs included), with the
+same random flips / 90-degree rotations applied to input and target. The clinical context is
+replaced by the empty prompt with probability ``cond_drop_prob`` so that classifier-free
+guidance has an unconditional branch.
+
+`accelerate` runs it on one CPU, one GPU or many (``accelerate launch``). Every random draw of
+a step comes from a generator seeded with (seed, stage, step), so a resumed run continues
+exactly as an uninterrupted one. Resume state (weights + optimizer moments) is written as
+safetensors + JSON; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...core.atomic import atomic_path, write_json_atomic
+from .checkpoint import save_checkpoint
+from .data import PairedCohort
+from .model import ControlledDiffusion, build_controlnet
+
+STATE = "train_state.json"
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Same random flip + 90-degree rotation for all channels of each sample (B, C, H, W)."""
+    out = []
+    for sample in images:
+        k = int(torch.randint(0, 4, (1,), generator=generator))
+        flip = bool(torch.randint(0, 2, (1,), generator=generator))
+        sample = torch.rot90(sample, k, dims=(-2, -1))
+        out.append(torch.flip(sample, dims=(-1,)) if flip else sample)
+    return torch.stack(out)
+
+
+def scenario_of(cohort: PairedCohort, i: int, time_index: int) -> dict[str, Any]:
+    clinical = cohort.clinical[i]
+    return {"time": cohort.family.timepoint_names[time_index],
+            **{v.name: clinical[v.name] for v in cohort.family.condition_variables}}
+
+
+def _diffusion_target(model: ControlledDiffusion, x0, noise, t):
+    if model.scheduler.config.prediction_type == "v_prediction":
+        return model.scheduler.get_velocity(x0, noise, t)
+    return noise
+
+
+def _noisy(model, x0, g):
+    n = x0.shape[0]
+    t = torch.randint(0, model.scheduler.config.num_train_timesteps, (n,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    return t, noise
+
+
+class _Stage1(nn.Module):
+    def __init__(self, model: ControlledDiffusion):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, t, noise, null):
+        m = self.model
+        x0 = m.encode_images(images)
+        x_t = m.scheduler.add_noise(x0, noise.to(x0), t.to(x0.device))
+        pred = m.base_denoise(x_t, t.to(x0.device), null)
+        return nn.functional.mse_loss(pred.float(), _diffusion_target(m, x0, noise.to(x0), t.to(x0.device)).float())
+
+
+class _Stage2(nn.Module):
+    def __init__(self, model: ControlledDiffusion):
+        super().__init__()
+        self.model = model
+
+    def forward(self, control, target, codes, drop, t, noise, null):
+        m = self.model
+        x0 = m.encode_images(target)
+        noise, t = noise.to(x0), t.to(x0.device)
+        x_t = m.scheduler.add_noise(x0, noise, t)
+        context = m.conditioner(codes)
+        context = torch.where(drop.to(x0.device)[:, None, None], null, context)
+        pred = m.denoise(x_t, t, context, null, m.control_input(control))
+        return nn.functional.mse_loss(pred.float(), _diffusion_target(m, x0, noise, t).float())
+
+
+def _save_resume(folder: Path, model: ControlledDiffusion, optimizer, stage: int, step: int,
+                 extra: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"opt.{idx}.{key}"] = value.detach().cpu().contiguous()
+    with atomic_path(folder / "resume.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(folder / STATE, {"stage": stage, "step": step,
+                                       "param_groups": opt["param_groups"], **extra})
+
+
+def _load_resume(folder: Path, model: ControlledDiffusion, make_optimizer):
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / STATE).read_text())
+    tensors = load_file(str(folder / "resume.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                          strict=True)
+    optimizer = make_optimizer(state["stage"])
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    return state, optimizer
+
+
+def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: int = 0,
+          stage1_steps: int | None = None, stage2_steps: int | None = None,
+          batch_size: int | None = None, checkpoint_every: int = 200, resume: bool = True,
+          cpu: bool = False, card: dict[str, Any] | None = None,
+          progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) both stages; write ``out/model`` (safetensors + card), the loss log
+    (``loss_log.csv``) and plot (``loss_curve.png``). Returns the model folder."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tcfg = config.get("training", {})
+    s1 = {**tcfg.get("stage1", {})}
+    s2 = {**tcfg.get("stage2", {})}
+    steps = {1: int(stage1_steps if stage1_steps is not None else s1.get("steps", 1000)),
+             2: int(stage2_steps if stage2_steps is not None else s2.get("steps", 2000))}
+    lrs = {1: float(s1.get("lr", 5e-4)), 2: float(s2.get("lr", 5e-4))}
+    bs = {1: int(batch_size or s1.get("batch_size", 8)), 2: int(batch_size or s2.get("batch_size", 8))}
+    drop_p = float(s2.get("cond_drop_prob", 0.1))
+    accelerator = Accelerator(cpu=cpu)
+    torch.manual_seed(seed)
+    model = ControlledDiffusion(config)
+
+    def make_optimizer(stage: int):
+        if stage == 1:
+            model.unet.requires_grad_(True)
+            params = list(model.unet.parameters())
+        else:
+            model.unet.requires_grad_(False)
+            for p in model.stage2_parameters():
+                p.requires_grad_(True)
+            params = model.stage2_parameters()
+        return torch.optim.AdamW(params, lr=lrs[stage], weight_decay=0.0)
+
+    stage, step = 1, 0
+    optimizer = None
+    if resume and (out / "resume" / STATE).exists():
+        state, optimizer = _load_resume(out / "resume", model, make_optimizer)
+        stage, step = state["stage"], state["step"]
+        log(f"resuming stage {stage} at step {step}")
+    images = torch.from_numpy(train_data.images).float()  # (N, T, H, W)
+    codes_cache = {}
+    n, n_t = images.shape[0], images.shape[1]
+    log_path = out / "loss_log.csv"
+    new_log = not log_path.exists() or step == 0 and stage == 1
+    log_file = open(log_path, "w" if new_log else "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["stage", "step", "loss", "lr", "seconds"])
+    started = time.time()
+    timing = {}
+    try:
+        while stage <= 2:
+            total = steps[stage]
+            if step == 0 and stage == 2:
+                # The ControlNet starts as a copy of the trained base encoder (zero convs).
+                model.controlnet = build_controlnet(model.config, model.unet)
+                optimizer = None
+            if optimizer is None:
+                optimizer = make_optimizer(stage)
+            wrapper = _Stage1(model) if stage == 1 else _Stage2(model)
+            wrapper, opt = accelerator.prepare(wrapper, optimizer)
+            device = accelerator.device
+            null = model.conditioner.null_context(bs[stage]).to(device)
+            bar = tqdm(total=total, initial=step, desc=f"stage {stage}", disable=not progress)
+            t_stage = time.time()
+            while step < total:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
+                idx = torch.randint(0, n, (bs[stage],), generator=g)
+                for group in opt.param_groups:
+                    group["lr"] = _lr_at(step, lrs[stage], min(100, total // 10 + 1), total)
+                if stage == 1:
+                    tp = torch.randint(0, n_t, (bs[stage],), generator=g)
+                    batch = augment(images[idx, tp][:, None], g).to(device)
+                    t, noise = _noisy(model, batch, g)
+                    loss = wrapper(batch, t, noise, null)
+                else:
+                    tp = torch.randint(0, n_t, (bs[stage],), generator=g)
+                    pair = augment(torch.stack([images[idx, 0], images[idx, tp]], 1), g)
+                    control, target = pair[:, :1].to(device), pair[:, 1:].to(device)
+                    keys = [(int(i), int(j)) for i, j in zip(idx, tp)]
+                    for key in keys:
+                        if key not in codes_cache:
+                            codes_cache[key] = model.conditioner.tokens.encode_values(
+                                [scenario_of(train_data, *key)])[0]
+                    codes = torch.stack([codes_cache[k] for k in keys])
+                    drop = torch.rand(bs[stage], generator=g) < drop_p
+                    t, noise = _noisy(model, target, g)
+                    loss = wrapper(control, target, codes, drop, t, noise, null)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]], 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                value = float(loss.detach())
+                writer.writerow([stage, step, f"{value:.6f}", f"{opt.param_groups[0]['lr']:.3g}",
+                                 f"{time.time() - started:.1f}"])
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+                if step % checkpoint_every == 0 or step == total:
+                    log_file.flush()
+                    if accelerator.is_main_process:
+                        _save_resume(out / "resume", model, optimizer, stage, step,
+                                     {"seed": seed})
+            bar.close()
+            timing[f"stage{stage}_seconds_this_run"] = round(time.time() - t_stage, 1)
+            stage, step, optimizer = stage + 1, 0, None
+            if stage == 2 and accelerator.is_main_process:
+                _save_resume(out / "resume", model, make_optimizer(2), 2, 0, {"seed": seed})
+    finally:
+        log_file.close()
+    losses = _plot_losses(log_path, out / "loss_curve.png")
+    model_dir = out / "model"
+    if accelerator.is_main_process:
+        full_card = {
+            **(card or {}),
+            "training": {**(card or {}).get("training", {}),
+                         "seed": seed, "stage1_steps": steps[1], "stage2_steps": steps[2],
+                         "batch_size": bs, "learning_rate": lrs, "cond_drop_prob": drop_p,
+                         "device": str(accelerator.device),
+                         "num_processes": accelerator.num_processes,
+                         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                         "torch": torch.__version__, **timing,
+                         "final_loss": losses},
+        }
+        save_checkpoint(model.to("cpu"), model_dir, full_card)
+    return model_dir
+
+
+def _plot_losses(log_path: Path, png: Path) -> dict[str, float]:
+    """Loss curve per stage (moving average); returns the last averaged loss of each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(log_path)))
+    final = {}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, stage in zip(axes, ("1", "2")):
+        vals = np.array([float(r["loss"]) for r in rows if r["stage"] == stage])
+        if vals.size:
+            k = max(1, min(50, vals.size // 10))
+            smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
+            ax.plot(vals, alpha=0.3, lw=0.7)
+            ax.plot(np.arange(k - 1, vals.size), smooth, lw=1.5)
+            final[f"stage{stage}"] = round(float(smooth[-1]), 5)
+        ax.set_title(f"stage {stage} ({'base denoiser' if stage == '1' else 'ControlNet + tokens'})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("MSE loss")
+        ax.set_yscale("log")
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return final

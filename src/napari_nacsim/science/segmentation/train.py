@@ -1,0 +1,242 @@
+"""Train an nnU-Net tumour segmenter on nacsim cases, through nnU-Net's own stages.
+
+``export -> fingerprint (+ nnU-Net's dataset integrity check) -> plan -> preprocess ->
+train -> package``. Every stage is nnU-Net's API, in nnU-Net's folders
+(``nnUNet_raw``/``_preprocessed``/``_results`` under a workspace), so a user can pick the
+run up with nnU-Net's own commands (``nnUNetv2_train``, ``nnUNetv2_predict``) as well.
+
+Two departures from ``nnUNetv2_train``, both for CPU practicality:
+- the trainer is ``nnUNetTrainer_nacsimCPU`` by default: nnU-Net's trainer with a short,
+  configurable schedule (`nnunet_trainers`);
+- nnU-Net's final validation (predicting every validation case with test-time mirroring
+  and worker processes) is skipped: with fold ``all`` it would predict the training set,
+  and nacsim measures its models on held-out patients instead
+  (``training/evaluate_segmenter.py``).
+
+The trained checkpoint is then packaged in nacsim's pickle-free format (`model_files`)
+with a model card that records the command, the data and the schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ...core.errors import InputError
+from ...core.schema import family_schema
+from . import nnunet_env
+from .dataset import FAMILY_INPUT, Case, export_dataset, tumour_fraction
+from .plans import CompactSettings
+
+DEFAULT_TRAINER = "nnUNetTrainer_nacsimCPU"
+DEFAULT_CONFIGURATION = {"breast": "2d", "lung": "3d_fullres"}
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    family: str
+    plan: str = "compact"                   # "compact" or "default" (nnU-Net's own)
+    compact: CompactSettings = dataclasses.field(default_factory=CompactSettings)
+    configuration: str | None = None        # default: 2d (breast MIPs), 3d_fullres (lung)
+    trainer: str = DEFAULT_TRAINER
+    fold: str = "all"                       # small sets: train on all cases
+    epochs: int = 100
+    iterations: int = 50                    # per epoch
+    val_iterations: int = 5
+    learning_rate: float = 1e-2
+    device: str = "auto"
+    dataset_id: int | None = None
+    dataset_name: str | None = None
+    processes: int | None = None            # nnU-Net preprocessing workers
+
+    def __post_init__(self):
+        self.family = family_schema(self.family).name
+        if self.plan not in ("compact", "default"):
+            raise InputError("--plan", f"{self.plan!r} is not 'compact' or 'default'")
+        self.configuration = self.configuration or DEFAULT_CONFIGURATION[self.family]
+        for name in ("epochs", "iterations", "val_iterations"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')}", "must be at least 1")
+        if not self.learning_rate > 0:
+            raise InputError("--lr", "must be positive")
+        if self.fold != "all":
+            try:
+                int(self.fold)
+            except ValueError:
+                raise InputError("--fold", f"{self.fold!r} is not 'all' or a fold number") \
+                    from None
+
+    def schedule_environment(self) -> dict[str, str]:
+        return {"NACSIM_NNUNET_EPOCHS": str(self.epochs),
+                "NACSIM_NNUNET_ITERATIONS": str(self.iterations),
+                "NACSIM_NNUNET_VAL_ITERATIONS": str(self.val_iterations),
+                "NACSIM_NNUNET_LR": repr(float(self.learning_rate))}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _log_to_stderr(message: str) -> None:
+    print(f"[train_segmenter] {message}", file=sys.stderr, flush=True)
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_cores": nnunet_env.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("nacsim", "nnunetv2", "torch", "dynamic_network_architectures"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def train_segmenter(cases: Sequence[Case], settings: TrainingSettings,
+                    workspace: str | os.PathLike | None, *,
+                    out: str | os.PathLike | None = None, command: str | None = None,
+                    data: dict[str, Any] | None = None, overwrite: bool = False,
+                    log: Callable[[str], None] = _log_to_stderr) -> dict[str, Any]:
+    """Run all stages; returns a summary (folders, timings, final pseudo Dice). With
+    ``out``, the trained model is also written there in nacsim's format."""
+    from .model_files import convert_results_folder
+    from .segmenter import resolve_device
+
+    device = resolve_device(settings.device)
+    env = nnunet_env.configure(
+        workspace, training=True, gpu=device.type == "cuda", force_paths=workspace is not None,
+        override={"nnUNet_def_n_proc": str(settings.processes)} if settings.processes else None)
+    for name in nnunet_env.PATH_VARIABLES:
+        if not os.environ.get(name):
+            raise InputError(name, "is not set: give a workspace folder (--workspace)")
+    log("nnU-Net environment: " + ", ".join(f"{k}={v}" for k, v in nnunet_env.describe().items()))
+    if settings.trainer != DEFAULT_TRAINER:
+        log(f"note: trainer {settings.trainer} ignores the nacsim schedule (--epochs etc.)")
+
+    # Imported only now: nnunetv2.configuration reads nnUNet_def_n_proc at import.
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset, preprocess_dataset)
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from .plans import plan_dataset
+
+    timings: dict[str, float] = {}
+    n_proc = int(os.environ["nnUNet_def_n_proc"])
+    started = time.time()
+
+    def stage(name: str):
+        timings[name] = round(time.time() - stage.t0, 2)
+        stage.t0 = time.time()
+        log(f"{name}: {timings[name]:.1f} s")
+    stage.t0 = time.time()
+
+    raw_root = Path(os.environ["nnUNet_raw"])
+    folder = export_dataset(cases, settings.family, raw_root, dataset_id=settings.dataset_id,
+                            name=settings.dataset_name, overwrite=overwrite,
+                            source=data or {})
+    dataset_name = folder.name
+    dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
+    if overwrite:  # derived from the raw dataset just replaced
+        for root in (os.environ["nnUNet_preprocessed"], os.environ["nnUNet_results"]):
+            shutil.rmtree(Path(root) / dataset_name, ignore_errors=True)
+    stage("export")
+
+    # nnU-Net's planner sets torch threads to nnUNet_n_proc_DA, which must then be >= 1.
+    planning_env = {"nnUNet_n_proc_DA": str(max(1, int(os.environ["nnUNet_n_proc_DA"])))}
+    with _environment(planning_env):
+        extract_fingerprint_dataset(dataset_id, num_processes=n_proc,
+                                    check_dataset_integrity=True, clean=True, verbose=False,
+                                    show_progress_bar=False)
+        stage("fingerprint + integrity check")
+        plans, plans_identifier = plan_dataset(
+            dataset_id, settings.compact if settings.plan == "compact" else None)
+        stage("plan")
+    if settings.configuration not in plans["configurations"]:
+        raise InputError("--configuration", f"{settings.configuration!r} was not planned for "
+                                            f"this dataset (planned: "
+                                            f"{', '.join(plans['configurations'])})")
+    preprocess_dataset(dataset_id, plans_identifier, [settings.configuration], [n_proc],
+                       verbose=False, show_progress_bar=False)
+    stage("preprocess")
+
+    fold = settings.fold if settings.fold == "all" else int(settings.fold)
+    with _environment(settings.schedule_environment()):
+        trainer = get_trainer_from_args(str(dataset_id), settings.configuration, fold,
+                                        settings.trainer, plans_identifier, device=device)
+        trainer.run_training()
+    stage("train")
+
+    try:
+        final_ema = float(trainer.logger.get_value("ema_fg_dice", step=-1))
+    except (KeyError, IndexError, TypeError):
+        final_ema = None
+    summary: dict[str, Any] = {
+        "dataset": dataset_name, "dataset_folder": str(folder),
+        "results_folder": trainer.output_folder_base, "plans_identifier": plans_identifier,
+        "configuration": settings.configuration, "fold": str(settings.fold),
+        "trainer": settings.trainer, "device": str(device),
+        "final_pseudo_dice_ema": final_ema,
+        "timings_s": timings, "duration_s": round(time.time() - started, 1),
+        "environment": {k: v for k, v in env.items() if not k.startswith("nnUNet_raw")},
+    }
+    if out is not None:
+        architecture = plans["configurations"][settings.configuration]["architecture"]
+        card = {
+            "name": Path(out).name if Path(out).name not in ("", ".") else dataset_name,
+            "family": settings.family,
+            "task": "tumour segmentation (labels: 0 background, 1 tumour)",
+            "input": FAMILY_INPUT[settings.family]["what"],
+            "intended_use": ("Measuring tumour size on nacsim model inputs. Trained on "
+                             "synthetic phantoms only: not validated on patient data."
+                             if (data or {}).get("synthetic") else
+                             "Measuring tumour size on nacsim model inputs."),
+            "training": {
+                "command": command,
+                "data": {**(data or {}), **tumour_fraction(cases)},
+                "settings": {**dataclasses.asdict(settings),
+                             "compact": dataclasses.asdict(settings.compact)
+                             if settings.plan == "compact" else None},
+                "architecture": {"class": architecture["network_class_name"],
+                                 "features_per_stage": architecture["arch_kwargs"].get(
+                                     "features_per_stage")},
+                "patch_size": plans["configurations"][settings.configuration]["patch_size"],
+                "batch_size": plans["configurations"][settings.configuration]["batch_size"],
+                "final_pseudo_dice_ema_on_training_cases": summary["final_pseudo_dice_ema"],
+                "duration_s": summary["duration_s"], "timings_s": timings,
+                "machine": _machine(), "versions": _versions(),
+            },
+            "metrics": {},
+        }
+        summary["model"] = str(convert_results_folder(trainer.output_folder_base, out,
+                                                      card=card, folds=[settings.fold],
+                                                      overwrite=overwrite))
+        stage("package")
+        summary["timings_s"] = timings
+    return summary

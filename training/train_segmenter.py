@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Train an nnU-Net v2 tumour segmenter for nacsim (breast MIPs or lung CT crops).
+
+Data: a cohort manifest (``--cohort``, see docs/cohort-manifest.md) or synthetic phantom
+patients rendered in memory (``--phantoms N --seed S``). Each visit with a tumour mask goes
+through nacsim's preprocessing (registration, subtraction MIP / CT crop) and becomes one
+nnU-Net case. Then nnU-Net's own stages run in a workspace (``nnUNet_raw``,
+``nnUNet_preprocessed``, ``nnUNet_results`` under ``--workspace``): fingerprint with the
+dataset integrity check, plan (``--plan compact``: a small U-Net for CPUs and bundling;
+``--plan default``: nnU-Net's own), preprocess, train. With ``--out`` the trained model is
+written in nacsim's pickle-free format with this command recorded in its model card.
+
+Examples::
+
+    # the bundled breast model (see docs/segmentation.md for the exact command and timing)
+    python training/train_segmenter.py --family breast --phantoms 48 --seed 1000 \\
+        --workspace /tmp/nnunet --out src/napari_nacsim/models/segmentation/breast
+
+    # a user's cohort on a GPU with nnU-Net's default plan and schedule lengths
+    python training/train_segmenter.py --cohort my_cohort/cohort.json --plan default \\
+        --epochs 1000 --iterations 250 --device cuda --workspace ~/nnunet
+
+The run can be continued or inspected with nnU-Net's commands, e.g.
+``nnUNetv2_train 501 2d all -tr nnUNetTrainer_nacsimCPU -p nnUNetPlans_nacsimCompact``
+(with ``nnUNet_extTrainer`` pointing at nacsim's trainer folder, which this script sets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from napari_nacsim.science.segmentation.plans import CompactSettings
+
+    compact = CompactSettings()
+    p = argparse.ArgumentParser(prog="train_segmenter.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cohort", type=Path, help="cohort manifest (cohort.json)")
+    source.add_argument("--phantoms", type=int, metavar="N",
+                        help="train on N synthetic phantom patients")
+    data.add_argument("--family", choices=["breast", "lung"],
+                      help="model family (required with --phantoms; read from a cohort)")
+    data.add_argument("--seed", type=int, default=0, help="phantom cohort seed (default 0)")
+    data.add_argument("--first-index", type=int, default=0,
+                      help="index of the first phantom patient (default 0)")
+    data.add_argument("--timepoints", nargs="+", metavar="TP",
+                      help="visits to use (default: all; the baseline is always included)")
+    data.add_argument("--size", type=int, default=128, help="breast MIP size (default 128)")
+    data.add_argument("--jobs", type=int, default=None,
+                      help="processes preparing the cases (default: up to 2)")
+
+    nn = p.add_argument_group("nnU-Net")
+    nn.add_argument("--workspace", type=Path, default=None,
+                    help="folder for nnUNet_raw/_preprocessed/_results (default: the "
+                         "nnUNet_* environment variables, else ./nnunet_workspace)")
+    nn.add_argument("--dataset-id", type=int, default=None,
+                    help="nnU-Net dataset id (default 501 breast, 502 lung)")
+    nn.add_argument("--dataset-name", default=None)
+    nn.add_argument("--plan", choices=["compact", "default"], default="compact")
+    nn.add_argument("--base-features", type=int, default=compact.base_features,
+                    help=f"compact plan: first-stage features (default {compact.base_features})")
+    nn.add_argument("--max-features", type=int, default=compact.max_features,
+                    help=f"compact plan: most features per stage (default {compact.max_features})")
+    nn.add_argument("--max-batch-size", type=int, default=compact.max_batch_size,
+                    help=f"compact plan: batch size cap (default {compact.max_batch_size})")
+    nn.add_argument("--min-edge", type=int, default=compact.min_edge_length,
+                    help="compact plan: smallest feature-map edge, larger means fewer stages "
+                         f"(default {compact.min_edge_length})")
+    nn.add_argument("--configuration", default=None,
+                    help="nnU-Net configuration (default: 2d for breast, 3d_fullres for lung)")
+    nn.add_argument("--trainer", default="nnUNetTrainer_nacsimCPU")
+    nn.add_argument("--fold", default="all", help="'all' (default) or 0-4")
+    nn.add_argument("--epochs", type=int, default=100)
+    nn.add_argument("--iterations", type=int, default=50, help="iterations per epoch")
+    nn.add_argument("--val-iterations", type=int, default=5)
+    nn.add_argument("--lr", type=float, default=1e-2, help="initial learning rate")
+    nn.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    nn.add_argument("--processes", type=int, default=None,
+                    help="nnU-Net preprocessing workers (default: cores - 1)")
+
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the trained model here (nacsim format: safetensors + JSON)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset/model of the same id/folder")
+    p.add_argument("--summary", type=Path, default=None, help="also write the summary JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+
+    from napari_nacsim.core.errors import InputError
+
+    try:
+        return _run(args, argv)
+    except InputError as err:
+        print(f"train_segmenter: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args, argv: list[str]) -> int:
+    import os
+
+    from napari_nacsim.core.errors import InputError
+    from napari_nacsim.science.segmentation import nnunet_env
+    from napari_nacsim.science.segmentation.dataset import cohort_cases, phantom_cases
+    from napari_nacsim.science.segmentation.plans import CompactSettings
+    from napari_nacsim.science.segmentation.train import TrainingSettings, train_segmenter
+
+    workspace = args.workspace
+    if workspace is None and not all(os.environ.get(v) for v in nnunet_env.PATH_VARIABLES):
+        workspace = Path("nnunet_workspace")
+    try:
+        compact = CompactSettings(args.base_features, args.max_features, args.max_batch_size,
+                                  args.min_edge)
+    except ValueError as err:
+        raise InputError("compact plan", str(err)) from None
+
+    if args.phantoms is not None:
+        if args.family is None:
+            raise InputError("--family", "is required with --phantoms")
+        family = args.family
+        cases = phantom_cases(family, args.phantoms, args.seed, timepoints=args.timepoints,
+                              size=args.size, first_index=args.first_index, jobs=args.jobs)
+        data = {"source": "nacsim phantoms", "synthetic": True, "family": family,
+                "seed": args.seed, "patients": args.phantoms, "first_index": args.first_index,
+                "timepoints": args.timepoints or "all"}
+    else:
+        family, cases = cohort_cases(args.cohort, timepoints=args.timepoints, size=args.size,
+                                     jobs=args.jobs)
+        if args.family and args.family != family:
+            raise InputError("--family", f"{args.family} does not match the cohort's {family}")
+        data = {"source": "cohort manifest", "manifest": str(args.cohort), "family": family,
+                "patients": len({c.patient_id for c in cases}),
+                "timepoints": args.timepoints or "all",
+                "synthetic": all(c.image.provenance.get("synthetic") for c in cases)}
+    data["cases"] = len(cases)
+    data["breast_mip_size"] = args.size if family == "breast" else None
+
+    settings = TrainingSettings(
+        family=family, plan=args.plan, compact=compact, configuration=args.configuration,
+        trainer=args.trainer, fold=args.fold, epochs=args.epochs, iterations=args.iterations,
+        val_iterations=args.val_iterations, learning_rate=args.lr, device=args.device,
+        dataset_id=args.dataset_id, dataset_name=args.dataset_name, processes=args.processes)
+    command = "python training/train_segmenter.py " + shlex.join(argv)
+    summary = train_segmenter(cases, settings, workspace, out=args.out, command=command,
+                              data=data, overwrite=args.overwrite)
+    text = json.dumps(summary, indent=2, default=str)
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
