@@ -163,3 +163,14 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_scan(scan, tmp_path / "x.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    out = write_scan(Scan(np.ones((2, 3, 4), np.float32), np.eye(4)), tmp_path / "p.nii.gz")
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (out, sidecar_path(out)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

@@ -65,3 +65,8 @@ def test_schema_is_the_single_source_for_conditioning():
     assert {"PD_L1", "ANC", "NLR"} <= lung_conditions
     assert "survival_months" not in lung_conditions
     assert BREAST.timepoint_names == ("T0", "T1", "T2") and BREAST.baseline == "T0"
+
+
+def test_display_names_typed_with_a_plain_hyphen():
+    assert BREAST.validate_clinical({"pCR": "non-pCR", "HR": "HR-", "HER2": "HER2+"}) == \
+        {"pCR": False, "HR": False, "HER2": True}

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .preprocess import add_preprocess_commands
 
     add_preprocess_commands(sub)
+    from .simulate import add_simulate_commands
+
+    add_simulate_commands(sub)
+    from .segment import add_segment_commands; add_segment_commands(sub)  # noqa: E702
     return parser
 
 

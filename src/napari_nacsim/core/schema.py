@@ -20,6 +20,11 @@ _TRUE = {"1", "true", "yes", "y", "positive", "pos", "+"}
 _FALSE = {"0", "false", "no", "n", "negative", "neg", "-"}
 
 
+def _ascii_signs(text: str) -> str:
+    """Display names use the typographic minus ("HER2−"); users type a hyphen."""
+    return text.replace("\u2212", "-").replace("\u2013", "-")
+
+
 @dataclasses.dataclass(frozen=True)
 class Variable:
     """One clinical variable.
@@ -53,10 +58,10 @@ class Variable:
                 return value
             if isinstance(value, (int, float)) and value in (0, 1):
                 return bool(value)
-            text = str(value).strip().lower()
-            if text in _TRUE or text == self.states[1].lower():
+            text = _ascii_signs(str(value).strip().lower())
+            if text in _TRUE or text == _ascii_signs(self.states[1].lower()):
                 return True
-            if text in _FALSE or text == self.states[0].lower():
+            if text in _FALSE or text == _ascii_signs(self.states[0].lower()):
                 return False
             raise InputError(field, f"= {value!r} is not a yes/no value "
                                     f"({self.states[0]}/{self.states[1]}, true/false, 0/1)")

@@ -278,13 +278,14 @@ def export_dataset(cases: Sequence[Case], family: str, raw_root: str | os.PathLi
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         raise InputError("dataset", "case identifiers are not unique")
-    ndim = FAMILY_INPUT[family]["ndim"]
+    spec = FAMILY_INPUT[family]
     for case in cases:
-        if case.image.ndim != ndim:
+        if case.image.ndim != spec["ndim"]:
             raise InputError(f"case {case.case_id}", f"is {case.image.ndim}D; the {family} "
-                                                     f"segmenter takes {FAMILY_INPUT[family]['what']}")
+                                                     f"segmenter takes {spec['what']}")
     dataset_id = DEFAULT_DATASET_IDS[family] if dataset_id is None else int(dataset_id)
-    folder = Path(raw_root) / dataset_folder_name(dataset_id, name or DEFAULT_DATASET_NAMES[family])
+    name = name or DEFAULT_DATASET_NAMES[family]
+    folder = Path(raw_root) / dataset_folder_name(dataset_id, name)
     others = [p for p in Path(raw_root).glob(f"Dataset{dataset_id:03d}_*") if p != folder] \
         if Path(raw_root).is_dir() else []
     if others:
@@ -297,7 +298,8 @@ def export_dataset(cases: Sequence[Case], family: str, raw_root: str | os.PathLi
         (staging / "imagesTr").mkdir()
         (staging / "labelsTr").mkdir()
         for case in cases:
-            write_nnunet_file(case.image, staging / "imagesTr" / f"{case.case_id}_0000{FILE_ENDING}")
+            write_nnunet_file(case.image,
+                              staging / "imagesTr" / f"{case.case_id}_0000{FILE_ENDING}")
             write_nnunet_file(case.label, staging / "labelsTr" / f"{case.case_id}{FILE_ENDING}",
                               label=True)
         (staging / "dataset.json").write_text(

@@ -25,10 +25,13 @@ class CompactSettings:
     max_features: int = 128      # cap on features per stage (nnU-Net: 512 in 2D, 320 in 3D)
     max_batch_size: int = 8      # cap on the planned batch size (CPU step time)
     min_edge_length: int = 4     # smallest feature map edge; larger = fewer stages
+    # nnU-Net computes the Dice loss over the whole batch in 2D ("batch_dice"), so large
+    # tumours dominate it; per-image Dice weighs a faded follow-up tumour like a large one.
+    batch_dice: bool = False
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            if getattr(self, field.name) < 1:
+            if field.name != "batch_dice" and getattr(self, field.name) < 1:
                 raise ValueError(f"compact plan: {field.name} must be >= 1")
 
 
@@ -59,6 +62,9 @@ def planner_class(settings: CompactSettings | None):
 
         def plan_experiment(self):
             plans = super().plan_experiment()
+            for configuration in plans["configurations"].values():
+                if "batch_dice" in configuration:
+                    configuration["batch_dice"] = bool(settings.batch_dice)
             # Say in the plans how they were made (nnU-Net ignores unknown keys).
             plans["nacsim_compact_plan"] = dataclasses.asdict(settings)
             self.plans = plans

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import io
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -121,7 +122,6 @@ class TumourSegmenter:
                  device: str | None = None, use_mirroring: bool | None = None,
                  tile_step_size: float = 0.5, threads: int | None = None):
         nnunet_env.configure()  # before nnunetv2 is first imported
-        import torch  # noqa: F401
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         model_family = (model.dataset_json.get("nacsim") or {}).get("family") or \
@@ -147,7 +147,9 @@ class TumourSegmenter:
             network.to(self.device), plans_manager, configuration_manager, model.parameters,
             model.dataset_json, model.trainer_name, model.mirroring_axes)
         self.spacing = tuple(float(s) for s in configuration_manager.spacing)
-        self.is_2d = len(configuration_manager.patch_size) == 2
+        # One prediction at a time: nnU-Net reloads the weights into the network per call
+        # (napari may call from several worker threads).
+        self._lock = threading.Lock()
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -173,7 +175,16 @@ class TumourSegmenter:
                 "family": self.family, "trainer": self.model.trainer_name,
                 "configuration": self.model.configuration, "device": str(self.device),
                 "mirroring": self.use_mirroring,
-                "files": {k: v.get("sha256") for k, v in (self.model.card.get("files") or {}).items()}}
+                "files": {name: info.get("sha256")
+                          for name, info in (self.model.card.get("files") or {}).items()}}
+
+    def model_spacing(self, ndim: int, current: list[float]) -> list[float]:
+        """The plans' voxel spacing in the input's axis order (nnU-Net stores it transposed)."""
+        spacing = list(self.spacing)
+        if ndim == 2 or len(spacing) == 2:
+            return [current[0], *spacing[-2:]]
+        backward = self.predictor.plans_manager.transpose_backward
+        return [spacing[i] for i in backward]
 
     # --- inference --------------------------------------------------------------------------
     def check_input(self, image: Scan) -> None:
@@ -185,8 +196,8 @@ class TumourSegmenter:
                 raise InputError(image.name, f"is {image.ndim}D with shape {image.shape}; the "
                                              f"{self.family} segmenter takes {spec['what']}")
         if self.family == "lung":
-            finite = image.array
-            if float(finite.min()) >= -0.5 and float(finite.max()) <= 1.5:
+            values = image.array
+            if float(values.min()) >= -0.5 and float(values.max()) <= 1.5:
                 raise InputError(image.name, "values lie in 0..1, like a windowed crop; the "
                                              "lung segmenter needs the CT in Hounsfield units")
 
@@ -198,9 +209,8 @@ class TumourSegmenter:
         if not spacing_known:
             # A plain image file has no voxel size: take it to be the model's, rather than
             # resampling with the 1 mm placeholder.
-            properties["spacing"] = [properties["spacing"][0], *self.spacing[-2:]] \
-                if image.ndim == 2 else list(self.spacing)
-        with _torch_threads(self.threads):
+            properties["spacing"] = self.model_spacing(image.ndim, properties["spacing"])
+        with self._lock, _torch_threads(self.threads):
             seg = self.predictor.predict_single_npy_array(array, properties, None, None, False)
         seg = np.asarray(seg).reshape(image.shape).astype(np.uint8)
         return image.derive(seg, step="segment_tumour", kind=LABELS, model=self.name,

@@ -1,0 +1,185 @@
+"""The real training entrypoint on a tiny cohort, and both ways of loading what it trained.
+
+``training/train_segmenter.py`` runs in a subprocess (as users run it, and so that
+nnU-Net's process-wide settings stay out of the test process): 3 synthetic breast patients,
+baseline MIPs only (no registration), nnU-Net's stages with the compact plan, 2 training
+iterations. Then the pickle-free package it wrote and nnU-Net's own results folder are
+loaded and must predict the same mask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_nacsim.cli.main import main as nacsim
+from napari_nacsim.core.errors import InputError
+from napari_nacsim.core.scan import LABELS
+from napari_nacsim.core.scan_io import read_scan, write_scan
+from napari_nacsim.science.segmentation import model_files
+from napari_nacsim.science.segmentation.dataset import phantom_cases
+from napari_nacsim.science.segmentation.segmenter import TumourSegmenter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update({"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "2"})
+    command = [sys.executable, str(REPO / "training" / "train_segmenter.py"),
+               "--family", "breast", "--phantoms", "3", "--seed", "3", "--timepoints", "T0",
+               "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
+               "--base-features", "4", "--max-features", "16", "--jobs", "1", "--threads", "1",
+               "--workspace", str(root / "nnunet"), "--out", str(root / "model"),
+               "--summary", str(root / "summary.json")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((root / "summary.json").read_text())
+    return root, summary
+
+
+@pytest.fixture(scope="module")
+def image():
+    return phantom_cases("breast", 1, 99, timepoints=["T0"], jobs=1)[0].image
+
+
+def test_entrypoint_runs_nnunet_stages_and_packages_the_model(trained):
+    root, summary = trained
+    assert set(summary["timings_s"]) == {"export", "fingerprint + integrity check", "plan",
+                                         "preprocess", "train", "package"}
+    assert summary["trainer"] == "nnUNetTrainer_nacsimCPU"
+    assert summary["plans_identifier"] == "nnUNetPlans_nacsimCompact"
+    results = Path(summary["results_folder"])
+    assert (results / "fold_all" / "checkpoint_final.pth").is_file()
+    plans = json.loads((results / "plans.json").read_text())
+    assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"][
+        "features_per_stage"][:3] == [4, 8, 16]
+    # nnU-Net ran exactly the schedule the short trainer was given
+    log = next((results / "fold_all").glob("training_log_*.txt")).read_text()
+    assert "num_epochs=1, num_iterations_per_epoch=2, num_val_iterations_per_epoch=1" in log
+
+    model = root / "model"
+    assert sorted(p.name for p in model.iterdir()) == [
+        "dataset.json", "fold_all.safetensors", "model.json", "plans.json"]
+    card = json.loads((model / "model.json").read_text())
+    assert card["training"]["command"].startswith("python training/train_segmenter.py "
+                                                  "--family breast --phantoms 3")
+    assert card["training"]["data"]["synthetic"] is True
+    assert card["training"]["data"]["cases"] == 3
+    assert card["family"] == "breast" and card["configuration"] == "2d"
+    for name, info in card["files"].items():
+        assert model_files.sha256(model / name) == info["sha256"]
+    assert not any(p.suffix in (".pth", ".pkl") for p in model.iterdir())
+
+
+def test_package_and_results_folder_predict_the_same(trained, image):
+    root, summary = trained
+    packaged = TumourSegmenter.from_folder(root / "model", family="breast")
+    original = TumourSegmenter.from_folder(summary["results_folder"], family="breast")
+    assert original.model.card["source"] == "nnU-Net results folder"
+    mask = packaged.segment(image)
+    assert mask.kind == LABELS and mask.shape == image.shape
+    assert np.allclose(mask.affine, image.affine) and mask.spacing == image.spacing
+    assert mask.provenance["synthetic"] is True
+    assert mask.provenance["history"][-1]["step"] == "segment_tumour"
+    assert set(np.unique(mask.array)) <= {0, 1}
+    np.testing.assert_array_equal(mask.array, original.segment(image).array)
+    # the weights are identical, not just the argmax
+    a = packaged.predictor.list_of_parameters[0]
+    b = original.predictor.list_of_parameters[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _NotATensor:
+    """Anything outside tensors/containers/numbers forces full unpickling."""
+
+
+def test_checkpoint_needing_full_unpickling_requires_trust(trained, image, tmp_path):
+    _, summary = trained
+    folder = tmp_path / "Dataset501_X" / Path(summary["results_folder"]).name
+    shutil.copytree(summary["results_folder"], folder)
+    checkpoint_file = folder / "fold_all" / "checkpoint_final.pth"
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    checkpoint["extra"] = _NotATensor()
+    torch.save(checkpoint, checkpoint_file)
+
+    with pytest.raises(model_files.UntrustedPickleError) as info:
+        TumourSegmenter.from_folder(folder, family="breast")
+    message = str(info.value)
+    assert "checkpoint_final.pth" in message and "_NotATensor" in message
+    assert "can run any code" in message and "trust_pickle=True" in message
+    assert "--trust-pickle" in message and "\n" not in message
+
+    trusted = TumourSegmenter.from_folder(folder, family="breast", trust_pickle=True)
+    reference = TumourSegmenter.from_folder(summary["results_folder"], family="breast")
+    np.testing.assert_array_equal(trusted.segment(image).array,
+                                  reference.segment(image).array)
+
+
+def test_tampered_or_unsafe_packages_are_refused(trained, tmp_path):
+    root, _ = trained
+    damaged = tmp_path / "damaged"
+    shutil.copytree(root / "model", damaged)
+    weights = damaged / "fold_all.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256 does not match"):
+        TumourSegmenter.from_folder(damaged)
+
+    unsafe = tmp_path / "unsafe"
+    shutil.copytree(root / "model", unsafe)
+    plans = json.loads((unsafe / "plans.json").read_text())
+    plans["configurations"]["2d"]["architecture"]["network_class_name"] = "os.system"
+    (unsafe / "plans.json").write_text(json.dumps(plans))
+    card = json.loads((unsafe / "model.json").read_text())
+    card["files"]["plans.json"]["sha256"] = model_files.sha256(unsafe / "plans.json")
+    (unsafe / "model.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match="'os.system'; nacsim only builds networks"):
+        TumourSegmenter.from_folder(unsafe)
+
+    with pytest.raises(InputError, match="is a breast model, not a lung one"):
+        TumourSegmenter.from_folder(root / "model", family="lung")
+
+
+def test_cli_segment_with_a_model_folder(trained, image, tmp_path, capsys):
+    root, _ = trained
+    image_file = write_scan(image, tmp_path / "mip.nii.gz")
+    baseline = image.derive(np.zeros(image.shape, np.uint8), kind=LABELS)
+    baseline.array[10:20, 10:20] = 1
+    baseline_file = write_scan(baseline, tmp_path / "base_mask.nii.gz")
+    out = tmp_path / "mask.nii.gz"
+    assert nacsim(["segment", str(image_file), "--family", "breast", "--model",
+                   str(root / "model"), "--out", str(out), "--baseline-mask",
+                   str(baseline_file)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote the tumour mask of {image_file}" in printed
+    assert "tumour: " in printed and "baseline: 400.0 mm²" in printed
+    assert "change vs baseline:" in printed and "synthetic" in printed
+    mask = read_scan(out)
+    assert mask.kind == LABELS and mask.shape == image.shape
+    assert np.allclose(mask.spacing, image.spacing)
+
+    # a checkpoint the restricted unpickler refuses: one-line error, exit status 2
+    results = root / "nnunet" / "nnUNet_results"
+    folder = next(results.glob("Dataset*/*__*__2d"))
+    bad = tmp_path / "bad" / folder.name
+    shutil.copytree(folder, bad)
+    with open(bad / "fold_all" / "checkpoint_final.pth", "wb") as f:
+        pickle.dump({"network_weights": {}, "x": _NotATensor()}, f, protocol=2)
+    assert nacsim(["segment", str(image_file), "--family", "breast", "--model", str(bad),
+                   "--out", str(tmp_path / "m2.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nacsim: error: ") and "--trust-pickle" in err
+    assert err.count("\n") == 1

@@ -1,0 +1,186 @@
+"""Evaluate a NAC model on the held-out synthetic patients of its training split.
+
+    python training/evaluate_nac.py --out artifacts/eval/dpmpp20 --sampler dpmpp --steps 20
+
+Per target time (T1, T2) and pCR group: PSNR, SSIM (scikit-image, data range 1), tumour size
+reduction vs T0 of generated and real follow-ups, and the match between generated and real
+follow-up tumour size. Factual scenarios are compared with the patient's real follow-up;
+counterfactual ones (pCR flipped) with the phantom's ground-truth rendering of that scenario.
+The pix2pix-style baseline is scored the same way.
+
+Tumour size = area of the tumour mask, measured identically on real and generated images by
+the bundled nnU-Net model (``--sizer nnunet``, the default, as the paper) or by the small
+U-Net segmenter trained with the baseline (``--sizer unet``, `baseline.train_segmenter`). Match definitions (100 = perfect; over- and under-estimates both
+lower it):
+- ``match`` (per patient, then averaged): 100 * min(gen, real) / max(gen, real); 100 when
+  both are empty.
+- ``group match``: the same on the group's mean sizes (the paper reports group-level
+  percentages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+
+import numpy as np
+
+
+def match(gen: float, real: float) -> float:
+    """The NAC paper's "match" as nacsim defines it (`science.measure.match_percent`)."""
+    from napari_nacsim.science.measure import match_percent
+
+    return match_percent(gen, real)
+
+
+def make_sizer(kind: str, baseline_dir: Path, spacing):
+    """(N, H, W) [0, 1] images -> (N, H, W) tumour masks."""
+    from napari_nacsim.science.generative.baseline import load_net, segment
+
+    if kind == "unet":
+        net, _ = load_net(baseline_dir / "segmenter.safetensors")
+        return lambda images: segment(net, images)
+    from napari_nacsim.core.scan import Scan, affine_from_spacing
+    from napari_nacsim.science.segmentation import load_segmenter
+
+    segmenter = load_segmenter("breast")
+    affine = affine_from_spacing(spacing)
+    return lambda images: np.stack([
+        (segmenter.segment(Scan(array=np.ascontiguousarray(im, np.float32), affine=affine)).array
+         > 0).astype(np.uint8) for im in images])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import platform
+
+    import torch
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from napari_nacsim.engine import load_model
+    from napari_nacsim.science.generative.baseline import load_net, pix2pix_predict
+    from napari_nacsim.science.generative.data import breast_phantom_cohort
+    from napari_nacsim.science.generative.sampling import generate
+
+    p = argparse.ArgumentParser(description="evaluate a NAC model on held-out phantoms")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
+    p.add_argument("--baseline", type=Path, default=Path("artifacts/eval"),
+                   help="folder with pix2pix.safetensors and segmenter.safetensors")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sampler", default="dpmpp")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--cache", type=Path, default=Path("artifacts/breast_cache"))
+    p.add_argument("--limit", type=int, default=None, help="first N test patients only")
+    p.add_argument("--sizer", choices=["nnunet", "unet"], default="nnunet",
+                   help="tumour segmenter measuring sizes (default: the bundled nnU-Net)")
+    args = p.parse_args(argv)
+
+    model = load_model(args.model, device="cpu")
+    split = model.card["data"]["split"]
+    size = model.image_size
+    cohort = breast_phantom_cohort(split["cohort_seed"], split["patients"], size,
+                                   cache_dir=args.cache, counterfactual_ids=split["test"])
+    test = cohort.subset(split["test"][: args.limit])
+    pix2pix, _ = load_net(args.baseline / "pix2pix.safetensors")
+    sizer = make_sizer(args.sizer, args.baseline, cohort.spacing)
+    pixel_mm2 = float(np.prod(cohort.spacing))
+    times = test.family.timepoint_names
+    rows = []
+    started = time.time()
+    gen_seconds = 0.0
+    for i, pid in enumerate(test.ids):
+        clinical = test.clinical[i]
+        cf = test.cf_clinical[pid]
+        entries = []  # (kind, time index, clinical, reference image, reference gt mask)
+        for kind, cl, imgs, msks in (("factual", clinical, test.images[i], test.masks[i]),
+                                     ("counterfactual", cf, test.cf_images[pid], test.cf_masks[pid])):
+            for t in range(1, len(times)):
+                entries.append((kind, t, cl, imgs[t], msks[t]))
+        scenarios = [{"time": times[t], **{v.name: cl[v.name] for v in test.family.condition_variables}}
+                     for _, t, cl, _, _ in entries]
+        t0 = test.images[i, 0]
+        g0 = time.perf_counter()
+        nac = generate(model.network, torch.from_numpy(t0)[None, None], scenarios,
+                       seed=args.seed, steps=args.steps, sampler=args.sampler,
+                       guidance_scale=args.guidance).numpy()[:, 0]
+        gen_seconds += time.perf_counter() - g0
+        codes = [[float(t)] + [float(cl[v.name]) for v in test.family.condition_variables]
+                 for _, t, cl, _, _ in entries]
+        base = pix2pix_predict(pix2pix, test, t0, codes)
+        refs = np.stack([e[3] for e in entries])
+        seg = sizer(np.concatenate([t0[None], refs, nac, base]))
+        n = len(entries)
+        size_t0 = seg[0].sum() * pixel_mm2
+        size_ref = seg[1:1 + n].sum(axis=(1, 2)) * pixel_mm2
+        for method, images, sizes in (("nac", nac, seg[1 + n:1 + 2 * n].sum(axis=(1, 2)) * pixel_mm2),
+                                      ("pix2pix", base, seg[1 + 2 * n:].sum(axis=(1, 2)) * pixel_mm2)):
+            for k, (kind, t, cl, ref, gt) in enumerate(entries):
+                rows.append({
+                    "patient": pid, "method": method, "kind": kind, "time": times[t],
+                    "pCR": bool(cl["pCR"]),
+                    "psnr": float(peak_signal_noise_ratio(ref, images[k], data_range=1.0)),
+                    "ssim": float(structural_similarity(ref, images[k], data_range=1.0)),
+                    "size_t0_mm2": float(size_t0), "size_generated_mm2": float(sizes[k]),
+                    "size_real_mm2": float(size_ref[k]),
+                    "size_truth_mm2": float(gt.sum() * pixel_mm2),
+                    "size_truth_t0_mm2": float(test.masks[i, 0].sum() * pixel_mm2),
+                    "match": match(float(sizes[k]), float(size_ref[k])),
+                })
+        print(f"{pid} done ({time.time() - started:.0f} s)", flush=True)
+
+    summary = summarise(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python training/evaluate_nac.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    result = {"command": command, "model_hash": model.model_hash, "sampler": args.sampler,
+              "steps": args.steps, "seed": args.seed, "guidance": args.guidance,
+              "sizer": args.sizer,
+              "n_test_patients": len(test.ids), "machine": platform.platform(),
+              "generation_seconds_total": round(gen_seconds, 1),
+              "summary": summary, "rows": rows}
+    (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    table = markdown(summary)
+    (args.out / "results.md").write_text(f"`{command}`\n\n{table}\n")
+    print(table)
+    return 0
+
+
+def summarise(rows):
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["kind"], r["time"], r["pCR"]), []).append(r)
+    out = []
+    for (method, kind, t, pcr), rs in sorted(groups.items()):
+        mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+        t0, gen, real = mean("size_t0_mm2"), mean("size_generated_mm2"), mean("size_real_mm2")
+        out.append({"method": method, "kind": kind, "time": t,
+                    "group": "pCR" if pcr else "non-pCR", "n": len(rs),
+                    "psnr": mean("psnr"), "ssim": mean("ssim"),
+                    "reduction_generated": 100 * (1 - gen / t0) if t0 else float("nan"),
+                    "reduction_real": 100 * (1 - real / t0) if t0 else float("nan"),
+                    "reduction_truth": 100 * (1 - mean("size_truth_mm2") / mean("size_truth_t0_mm2")),
+                    "match": mean("match"), "group_match": match(gen, real)})
+    return out
+
+
+def markdown(summary):
+    head = ("| method | scenario | time | group | n | PSNR | SSIM | reduction gen. % | "
+            "reduction real % (seg.) | reduction truth % (mask) | match % | group match % |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = [f"| {s['method']} | {s['kind']} | {s['time']} | {s['group']} | {s['n']} | "
+             f"{s['psnr']:.2f} | {s['ssim']:.3f} | {s['reduction_generated']:.1f} | "
+             f"{s['reduction_real']:.1f} | {s['reduction_truth']:.1f} | {s['match']:.1f} | "
+             f"{s['group_match']:.1f} |" for s in summary]
+    return head + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
