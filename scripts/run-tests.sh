@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 export QT_QPA_PLATFORM="${QT_QPA_PLATFORM:-xcb}"
+export PYTHONUTF8=1  # UTF-8 I/O even where the locale is plain ASCII (CI containers)
 # nnU-Net and ITK: stay within the 2 cores of a laptop/CI machine.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 if [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null 2>&1; then

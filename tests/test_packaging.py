@@ -41,6 +41,7 @@ def test_wheel_ships_the_manifest_and_entry_points(tmp_path):
 
 def test_npe2_validate_passes():
     npe2 = Path(sys.executable).with_name("npe2")
-    result = subprocess.run([str(npe2), "validate", "nacsim"], capture_output=True, text=True)
+    result = subprocess.run([str(npe2), "validate", "nacsim"], capture_output=True,
+                            encoding="utf-8", errors="replace")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid" in result.stdout
