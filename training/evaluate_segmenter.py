@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 TARGET_DICE = 0.85
+# True tumour size bins for the breakdown (mm² on breast MIPs, mL on lung crops).
+SIZE_BINS = {"breast": (0.0, 100.0, 250.0, float("inf")), "lung": (0.0, 2.0, 8.0, float("inf"))}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +91,19 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
+def _by_size(rows: list[dict], edges: tuple[float, ...]) -> dict:
+    """Mean Dice per true-size bin: where the misses are (visits with a tumour only)."""
+    out = {}
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = [r for r in rows if r["true_size"] > 0 and low <= r["true_size"] < high]
+        label = f"{low:g}-{high:g}" if high != float("inf") else f">={low:g}"
+        out[label] = {"visits": len(inside),
+                      "dice_mean": (sum(r["dice"] for r in inside) / len(inside)) if inside
+                      else None,
+                      "missed": sum(1 for r in inside if r["predicted_size"] == 0)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -140,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                      "mip_size": args.size if args.family == "breast" else None},
         "target_dice": TARGET_DICE,
         "per_timepoint": per_tp, "all": _summary(rows),
+        "by_true_size": _by_size(rows, SIZE_BINS[args.family]),
         "meets_target": all((s["dice_mean"] or 0) >= TARGET_DICE for s in per_tp.values()
                             if s["with_tumour"]),
         "seconds": {"prepare_cases": round(prepared, 1), "segment_all": round(segment_s, 1),
@@ -169,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {tp} | {s['with_tumour']} | {s['dice_mean']:.3f} | {s['dice_median']:.3f} | "
               f"{s['dice_min']:.3f} | {100 * s['share_dice_at_least_0.85']:.0f} % | "
               f"{s['size_error_percent_mean_abs']:.1f} % | {s['tumour_vanished']} |")
+    for label, b in result["by_true_size"].items():
+        if b["visits"]:
+            print(f"true size {label} {unit}: {b['visits']} visits, mean Dice "
+                  f"{b['dice_mean']:.3f}, {b['missed']} missed entirely")
     print(f"target mean Dice >= {TARGET_DICE} at every time point: "
           f"{'met' if result['meets_target'] else 'NOT met'} ({unit} sizes)")
     return 0

@@ -308,7 +308,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
                       "fully means unpickling, which can run any code hidden in the file. Load "
                       "it only if you trust where it came from, with trust_pickle=True (CLI: "
                       "--trust-pickle)") from None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # trust_pickle only
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise InputError(path, f"cannot read checkpoint ({type(err).__name__}: "
                                f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}"
