@@ -28,6 +28,7 @@ def test_configure_sets_folders_processes_and_trainer_path(tmp_path, monkeypatch
     assert os.environ["nnUNet_extTrainer"] == "/somewhere/else"
 
 
+@pytest.mark.filterwarnings("ignore:nnunetv2 was imported before nacsim configured it")
 def test_user_settings_win_unless_overridden(tmp_path, monkeypatch):
     monkeypatch.delenv("nnUNet_def_n_proc", raising=False)
     monkeypatch.setenv("nnUNet_raw", "/user/raw")
@@ -58,3 +59,12 @@ def test_short_trainer_is_found_by_nnunet_and_reads_its_schedule(monkeypatch):
     monkeypatch.setenv("NACSIM_NNUNET_EPOCHS", "0")
     with pytest.raises(ValueError, match="must be positive"):
         nacsim_trainers._schedule_value("NACSIM_NNUNET_EPOCHS", int, 100)
+
+
+def test_warns_when_nnunet_read_its_settings_before_nacsim(monkeypatch):
+    import nnunetv2.configuration as configuration
+
+    other = str(configuration.default_num_processes + 1)
+    with pytest.warns(RuntimeWarning, match=f"nnUNet_def_n_proc={other} is ignored"):
+        with nnunet_env.nnunet_environment(override={"nnUNet_def_n_proc": other}):
+            pass

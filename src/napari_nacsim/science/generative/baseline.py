@@ -23,7 +23,8 @@ from torch import nn
 
 from ...core.atomic import atomic_path, write_json_atomic
 from ...core.errors import InputError
-from .data import PairedCohort, file_sha256
+from ...core.checksum import file_sha256
+from .data import PairedCohort
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

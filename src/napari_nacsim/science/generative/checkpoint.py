@@ -23,7 +23,7 @@ import torch
 from ...core.atomic import atomic_path, write_json_atomic
 from ...core.errors import InputError
 from ...core.schema import family_schema
-from .data import file_sha256
+from ...core.checksum import file_sha256
 from .model import ControlledDiffusion
 
 CARD = "model_card.json"

@@ -14,8 +14,6 @@ listing order), and is recorded by the training entrypoint.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -166,10 +164,3 @@ def breast_phantom_cohort(cohort_seed: int, n_patients: int, size: int, *, cache
     return PairedCohort(BREAST, ids, np.stack(images), np.stack(masks), clinical, spacing,
                         truth, cf_images, cf_masks, cf_clinical)
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

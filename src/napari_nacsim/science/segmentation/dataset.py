@@ -26,15 +26,13 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ...core.atomic import atomic_path
+from ...core.atomic import atomic_directory, atomic_path
 from ...core.errors import InputError
 from ...core.scan import LABELS, Scan, check_image_values
 from ...core.schema import FamilySchema, family_schema
@@ -293,8 +291,7 @@ def export_dataset(cases: Sequence[Case], family: str, raw_root: str | os.PathLi
     if folder.exists() and not overwrite:
         raise InputError(folder, "already exists (choose another dataset id or allow overwrite)")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
+    with atomic_directory(folder) as staging:
         (staging / "imagesTr").mkdir()
         (staging / "labelsTr").mkdir()
         for case in cases:
@@ -304,12 +301,6 @@ def export_dataset(cases: Sequence[Case], family: str, raw_root: str | os.PathLi
                               label=True)
         (staging / "dataset.json").write_text(
             json.dumps(dataset_json(family, cases, **provenance), indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

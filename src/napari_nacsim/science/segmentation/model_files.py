@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from ...core.atomic import write_json_atomic
+from ...core.atomic import atomic_directory, write_json_atomic
+from ...core.checksum import file_sha256
 from ...core.errors import InputError
 
 FORMAT = "nacsim-nnunet-model"
@@ -57,12 +55,7 @@ class LoadedModel:
     card: dict[str, Any]
 
 
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256 = file_sha256  # the name used throughout this module
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -157,8 +150,7 @@ def write_model(out_dir: str | os.PathLike, *, plans: dict, dataset_json: dict,
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise InputError(out_dir, "already exists and is not empty (allow overwrite)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         (staging / "plans.json").write_text(json.dumps(plans, indent=2) + "\n")
         (staging / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
         for fold, state in parameters.items():
@@ -186,12 +178,6 @@ def write_model(out_dir: str | os.PathLike, *, plans: dict, dataset_json: dict,
         }
         write_json_atomic(staging / CARD, full_card)
         _make_readable(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
@@ -299,7 +285,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
         raise InputError(path, "checkpoint file does not exist")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # restricted
     except pickle.UnpicklingError as err:
         reason = _unpickling_reason(err)
         if not trust_pickle:
