@@ -5,8 +5,9 @@ One breast subtraction MIP (128 x 128) and one lung CT crop (16 x 96 x 96) of a 
 patient, each segmented ``--repeats`` times after ``--warmup`` runs, through the public API
 (`TumourSegmenter.segment`: nnU-Net preprocessing, sliding-window prediction without
 mirroring, resampling back, labels `Scan`). Torch uses ``--threads`` threads (default 2, the
-size of the reference machine). The machine's load is recorded, since other processes on a
-shared machine slow the numbers down.
+size of the reference machine; nnU-Net's own cap, ``nnUNet_def_n_proc``, is set to the
+same). The machine's load is recorded: other processes on a shared machine slow the numbers
+down, multi-threaded ones the most.
 
     python benchmarks/segmentation_latency.py --out docs/segmentation-latency.json
 """
@@ -36,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
-    import torch
-
     from napari_nacsim.core.schema import family_schema
     from napari_nacsim.science.segmentation import nnunet_env
+
+    # nnU-Net caps its inference threads at nnUNet_def_n_proc (read when it is imported).
+    nnunet_env.configure(override={"nnUNet_def_n_proc": str(args.threads)})
+    import torch
     from napari_nacsim.science.segmentation.dataset import phantom_cases
     from napari_nacsim.science.segmentation.segmenter import load_segmenter
 

@@ -183,3 +183,18 @@ def test_cli_segment_with_a_model_folder(trained, image, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("nacsim: error: ") and "--trust-pickle" in err
     assert err.count("\n") == 1
+
+
+def test_resume_finds_the_interrupted_run(trained, monkeypatch):
+    from napari_nacsim.science.segmentation.train import TrainingSettings, _previous_run
+
+    root, summary = trained
+    monkeypatch.setenv("nnUNet_preprocessed", str(root / "nnunet" / "nnUNet_preprocessed"))
+    raw = root / "nnunet" / "nnUNet_raw"
+    folder, plans, identifier = _previous_run(TrainingSettings("breast"), raw)
+    assert folder.name == summary["dataset"] and identifier == summary["plans_identifier"]
+    assert "2d" in plans["configurations"]
+    with pytest.raises(InputError, match="no dataset 502 .* nothing to resume"):
+        _previous_run(TrainingSettings("lung"), raw)
+    with pytest.raises(InputError, match="was not planned yet"):
+        _previous_run(TrainingSettings("breast", plan="default"), raw)

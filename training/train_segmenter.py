@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the trained model here (nacsim format: safetensors + JSON)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset/model of the same id/folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in the same workspace from nnU-Net's "
+                        "latest checkpoint (same arguments otherwise)")
     p.add_argument("--summary", type=Path, default=None, help="also write the summary JSON here")
     return p
 
@@ -133,7 +136,18 @@ def _run(args, argv: list[str]) -> int:
     import time
 
     started = time.time()
-    if args.phantoms is not None:
+    if args.resume:  # the cases were exported by the interrupted run
+        if args.family is None:
+            raise InputError("--family", "is required with --resume")
+        family, cases = args.family, None
+        data = {"source": "nacsim phantoms" if args.phantoms is not None else "cohort manifest",
+                "synthetic": args.phantoms is not None, "family": family}
+        if args.phantoms is not None:
+            data.update({"seed": args.seed, "patients": args.phantoms,
+                         "first_index": args.first_index, "timepoints": args.timepoints or "all"})
+        else:
+            data["manifest"] = str(args.cohort)
+    elif args.phantoms is not None:
         if args.family is None:
             raise InputError("--family", "is required with --phantoms")
         family = args.family
@@ -151,7 +165,7 @@ def _run(args, argv: list[str]) -> int:
                 "patients": len({c.patient_id for c in cases}),
                 "timepoints": args.timepoints or "all",
                 "synthetic": all(c.image.provenance.get("synthetic") for c in cases)}
-    data["cases"] = len(cases)
+    data["cases"] = len(cases) if cases else None
     data["prepare_cases_s"] = round(time.time() - started, 1)
     data["breast_mip_size"] = args.size if family == "breast" else None
 
@@ -163,7 +177,7 @@ def _run(args, argv: list[str]) -> int:
         threads=args.threads)
     command = "python training/train_segmenter.py " + shlex.join(argv)
     summary = train_segmenter(cases, settings, workspace, out=args.out, command=command,
-                              data=data, overwrite=args.overwrite)
+                              data=data, overwrite=args.overwrite, resume=args.resume)
     text = json.dumps(summary, indent=2, default=str)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)

@@ -120,13 +120,48 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def train_segmenter(cases: Sequence[Case], settings: TrainingSettings,
+def _count_cases(folder: Path) -> int | None:
+    import json
+
+    try:
+        return int(json.loads((folder / "dataset.json").read_text())["numTraining"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _previous_run(settings: TrainingSettings, raw_root: Path) -> tuple[Path, dict, str]:
+    """(raw dataset folder, plans, plans identifier) of the run ``resume`` continues."""
+    import json
+
+    from .dataset import DEFAULT_DATASET_IDS
+    from .plans import COMPACT_PLANS, DEFAULT_PLANS
+
+    dataset_id = settings.dataset_id or DEFAULT_DATASET_IDS[settings.family]
+    found = sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*")) if raw_root.is_dir() else []
+    if not found:
+        raise InputError("--resume", f"no dataset {dataset_id} in {raw_root}: nothing to resume")
+    identifier = COMPACT_PLANS if settings.plan == "compact" else DEFAULT_PLANS
+    plans_file = Path(os.environ["nnUNet_preprocessed"]) / found[0].name / f"{identifier}.json"
+    if not plans_file.is_file():
+        raise InputError(plans_file, "missing: the run to resume was not planned yet")
+    plans = json.loads(plans_file.read_text())
+    if settings.configuration not in plans.get("configurations", {}):
+        raise InputError("--configuration", f"{settings.configuration!r} is not in {plans_file}")
+    return found[0], plans, identifier
+
+
+def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
                     workspace: str | os.PathLike | None, *,
                     out: str | os.PathLike | None = None, command: str | None = None,
                     data: dict[str, Any] | None = None, overwrite: bool = False,
+                    resume: bool = False,
                     log: Callable[[str], None] = _log_to_stderr) -> dict[str, Any]:
     """Run all stages; returns a summary (folders, timings, final pseudo Dice). With
-    ``out``, the trained model is also written there in nacsim's format."""
+    ``out``, the trained model is also written there in nacsim's format.
+
+    ``resume`` continues an interrupted run in the same workspace: export, planning and
+    preprocessing are taken as done, and training goes on from nnU-Net's latest checkpoint
+    (``checkpoint_latest.pth``, saved every 10 epochs) like ``nnUNetv2_train --c``."""
     from .model_files import convert_results_folder
     from .segmenter import resolve_device
 
@@ -145,7 +180,7 @@ def train_segmenter(cases: Sequence[Case], settings: TrainingSettings,
     import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset, preprocess_dataset)
-    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
     from .plans import plan_dataset
 
@@ -160,33 +195,40 @@ def train_segmenter(cases: Sequence[Case], settings: TrainingSettings,
     stage.t0 = time.time()
 
     raw_root = Path(os.environ["nnUNet_raw"])
-    folder = export_dataset(cases, settings.family, raw_root, dataset_id=settings.dataset_id,
-                            name=settings.dataset_name, overwrite=overwrite,
-                            source=data or {})
-    dataset_name = folder.name
-    dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
-    if overwrite:  # derived from the raw dataset just replaced
-        for root in (os.environ["nnUNet_preprocessed"], os.environ["nnUNet_results"]):
-            shutil.rmtree(Path(root) / dataset_name, ignore_errors=True)
-    stage("export")
+    if resume:
+        folder, plans, plans_identifier = _previous_run(settings, raw_root)
+        dataset_name = folder.name
+        dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
+    else:
+        if not cases:
+            raise InputError("training data", "no cases")
+        folder = export_dataset(cases, settings.family, raw_root,
+                                dataset_id=settings.dataset_id, name=settings.dataset_name,
+                                overwrite=overwrite, source=data or {})
+        dataset_name = folder.name
+        dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
+        if overwrite:  # derived from the raw dataset just replaced
+            for root in (os.environ["nnUNet_preprocessed"], os.environ["nnUNet_results"]):
+                shutil.rmtree(Path(root) / dataset_name, ignore_errors=True)
+        stage("export")
 
-    # nnU-Net's planner sets torch threads to nnUNet_n_proc_DA, which must then be >= 1.
-    planning_env = {"nnUNet_n_proc_DA": str(max(1, int(os.environ["nnUNet_n_proc_DA"])))}
-    with _environment(planning_env):
-        extract_fingerprint_dataset(dataset_id, num_processes=n_proc,
-                                    check_dataset_integrity=True, clean=True, verbose=False,
-                                    show_progress_bar=False)
-        stage("fingerprint + integrity check")
-        plans, plans_identifier = plan_dataset(
-            dataset_id, settings.compact if settings.plan == "compact" else None)
-        stage("plan")
-    if settings.configuration not in plans["configurations"]:
-        raise InputError("--configuration", f"{settings.configuration!r} was not planned for "
-                                            f"this dataset (planned: "
-                                            f"{', '.join(plans['configurations'])})")
-    preprocess_dataset(dataset_id, plans_identifier, [settings.configuration], [n_proc],
-                       verbose=False, show_progress_bar=False)
-    stage("preprocess")
+        # nnU-Net's planner sets torch threads to nnUNet_n_proc_DA, which must be >= 1 then.
+        planning_env = {"nnUNet_n_proc_DA": str(max(1, int(os.environ["nnUNet_n_proc_DA"])))}
+        with _environment(planning_env):
+            extract_fingerprint_dataset(dataset_id, num_processes=n_proc,
+                                        check_dataset_integrity=True, clean=True,
+                                        verbose=False, show_progress_bar=False)
+            stage("fingerprint + integrity check")
+            plans, plans_identifier = plan_dataset(
+                dataset_id, settings.compact if settings.plan == "compact" else None)
+            stage("plan")
+        if settings.configuration not in plans["configurations"]:
+            raise InputError("--configuration", f"{settings.configuration!r} was not planned "
+                                                f"for this dataset (planned: "
+                                                f"{', '.join(plans['configurations'])})")
+        preprocess_dataset(dataset_id, plans_identifier, [settings.configuration], [n_proc],
+                           verbose=False, show_progress_bar=False)
+        stage("preprocess")
 
     fold = settings.fold if settings.fold == "all" else int(settings.fold)
     if settings.threads:
@@ -195,7 +237,11 @@ def train_segmenter(cases: Sequence[Case], settings: TrainingSettings,
         torch.set_num_threads(settings.threads)
     with _environment(settings.schedule_environment()):
         trainer = get_trainer_from_args(str(dataset_id), settings.configuration, fold,
-                                        settings.trainer, plans_identifier, device=device)
+                                        settings.trainer, plans_identifier,
+                                        continue_training=resume, device=device)
+        if resume:
+            maybe_load_checkpoint(trainer, True, False)
+            log(f"resumed at epoch {trainer.current_epoch}")
         trainer.run_training()
     stage("train")
 
@@ -225,7 +271,9 @@ def train_segmenter(cases: Sequence[Case], settings: TrainingSettings,
                              "Measuring tumour size on nacsim model inputs."),
             "training": {
                 "command": command,
-                "data": {**(data or {}), **tumour_fraction(cases)},
+                "data": {**(data or {}), **(tumour_fraction(cases) if cases else
+                                            {"cases": _count_cases(folder)})},
+                "resumed": resume,
                 "settings": {**dataclasses.asdict(settings),
                              "compact": dataclasses.asdict(settings.compact)
                              if settings.plan == "compact" else None},
