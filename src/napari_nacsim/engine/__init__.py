@@ -2,10 +2,20 @@
 
 Used identically by the CLI, the napari widgets and the evaluation. A model family is a
 plug-in: a checkpoint folder whose model card names its family (schema) and config.
+
+- `whatif`: load a model, simulate follow-ups of one image under scenarios.
+- `session`: a patient's what-if runs (arms to compare, every follow-up time, samples,
+  masks, sizes, deltas), reusing what does not change.
+- `results`: write a run to a folder (NIfTI + sidecars, report.json) and draw it.
+- `jobs`: cancellation and progress shared by long calls.
 """
 
+from .jobs import Cancelled, CancelToken
+from .session import AUTO, Arm, FollowUp, WhatIfRequest, WhatIfResult, WhatIfSession
 from .whatif import (BUNDLED_MODELS, WhatIfModel, bundled_model_path, load_model,
-                     parse_scenario, sample_case, simulate)
+                     model_grid, parse_scenario, sample_case, simulate)
 
-__all__ = ["BUNDLED_MODELS", "WhatIfModel", "bundled_model_path", "load_model",
-           "parse_scenario", "sample_case", "simulate"]
+__all__ = ["AUTO", "Arm", "BUNDLED_MODELS", "CancelToken", "Cancelled", "FollowUp",
+           "WhatIfModel", "WhatIfRequest", "WhatIfResult", "WhatIfSession",
+           "bundled_model_path", "load_model", "model_grid", "parse_scenario", "sample_case",
+           "simulate"]

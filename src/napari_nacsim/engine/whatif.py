@@ -102,7 +102,7 @@ def parse_scenario(text: str, family: FamilySchema | str = "breast") -> dict[str
     return normalise_scenario(schema, values, f"scenario {text!r}")
 
 
-def _model_grid(image: Scan, size: int) -> Scan:
+def model_grid(image: Scan, size: int) -> Scan:
     from ..science.preprocess.breast import resize_square
 
     require_ndim(image, 2, f"{image.name} (the model takes a 2D pre-treatment image, e.g. the "
@@ -134,7 +134,7 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
                  for k, s in enumerate(scenarios)]
     sampler = sampler or model.default_sampler
     steps = int(steps or model.default_steps)
-    grid = _model_grid(image, model.image_size)
+    grid = model_grid(image, model.image_size)
     param = next(model.network.unet.parameters())
     control = torch.from_numpy(np.ascontiguousarray(grid.array, np.float32))[None, None]
     started = time.perf_counter()

@@ -1,0 +1,366 @@
+"""A what-if session: one patient's pre-treatment image, a loaded generative model and a
+tumour segmenter; each run turns a scenario (and what to compare) into generated follow-ups
+with masks, sizes and deltas.
+
+What a run does, for a `WhatIfRequest`:
+
+- **arms**: the scenario of the panel, once per state of the compared variable (by default
+  the family's first outcome variable: pCR vs non-pCR for breast). Without a compared variable
+  there is one arm.
+- **every follow-up time point** of the family for every arm (breast: T1 and T2), in one
+  batch per sample, so the size-over-time plot and the compare grid come from one run; the
+  request's ``target`` is the time point the grid shows.
+- **samples**: ``samples`` > 1 repeats the batch with seeds ``seed, seed+1, ...``; each
+  follow-up then has a mean image, a per-pixel standard-deviation map, the size as mean ± SD
+  (and range) over the samples, and a mask of the pixels segmented as tumour in at least half
+  of the samples.
+
+What does not change is reused: the model and segmenter are loaded once (the engine caches
+them), the baseline is validated, resampled to the model grid and segmented once per image,
+and a finished run is remembered (toggling back to an earlier scenario costs nothing).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import time
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.scan import IMAGE, LABELS, Scan
+from ..core.schema import BINARY, FamilySchema, Variable
+from ..science.measure import SizeChange, TumourSize, measure_tumour, size_change
+from .jobs import CancelToken, Progress, Steps
+from .whatif import WhatIfModel, model_grid, simulate
+
+AUTO = "auto"  # compare the family's first binary outcome variable
+SYNTHETIC = "(synthetic)"
+
+
+@dataclasses.dataclass(frozen=True)
+class WhatIfRequest:
+    """What the user asked for: the clinical scenario and how to run it."""
+
+    clinical: Mapping[str, Any]        # conditioning values (the panel's scenario)
+    target: str                        # follow-up time point shown side by side
+    compare: Optional[str] = AUTO      # variable compared across its states; None = one arm
+    seed: int = 0
+    steps: Optional[int] = None        # None: the model's default
+    sampler: Optional[str] = None
+    samples: int = 1
+    guidance: float = 1.0
+
+    def key(self) -> tuple:
+        return (tuple(sorted((k, repr(v)) for k, v in self.clinical.items())), self.compare,
+                self.seed, self.steps, self.sampler, self.samples, self.guidance)
+
+
+@dataclasses.dataclass
+class FollowUp:
+    """One generated follow-up of one arm: the image(s), the mask and the size."""
+
+    time: str
+    title: str                     # "T2 · pCR · HR+ HER2− (synthetic)"
+    scenario: dict[str, Any]
+    samples: list[Scan]
+    image: Scan                    # the single sample, or the mean of the samples
+    spread: Optional[Scan]         # per-pixel standard deviation (samples > 1)
+    mask: Scan                     # tumour mask (majority of the samples' masks)
+    sizes: list[TumourSize]        # one per sample
+    change: SizeChange             # mean size vs the baseline
+
+    @property
+    def unit(self) -> str:
+        return self.sizes[0].unit
+
+    @property
+    def size_mean(self) -> float:
+        return float(np.mean([s.total for s in self.sizes]))
+
+    @property
+    def size_sd(self) -> float:
+        totals = [s.total for s in self.sizes]
+        return float(np.std(totals, ddof=1)) if len(totals) > 1 else 0.0
+
+    @property
+    def size_range(self) -> tuple[float, float]:
+        totals = [s.total for s in self.sizes]
+        return float(min(totals)), float(max(totals))
+
+    @property
+    def n_found(self) -> int:
+        return sum(s.found for s in self.sizes)
+
+    def describe_size(self) -> str:
+        """"412 mm²", "412 ± 35 mm² (n=4, 371–455)" or "no tumour found"."""
+        n = len(self.sizes)
+        if self.n_found == 0:
+            return f"no tumour found in {'any of the ' + str(n) + ' samples' if n > 1 else 'the image'}"
+        if n == 1:
+            return f"{self.size_mean:.0f} {self.unit}" if self.size_mean >= 10 else \
+                f"{self.size_mean:.2f} {self.unit}"
+        lo, hi = self.size_range
+        fmt = "{:.0f}" if self.size_mean >= 10 else "{:.2f}"
+        return (f"{fmt.format(self.size_mean)} ± {fmt.format(self.size_sd)} {self.unit} "
+                f"(n={n}, {fmt.format(lo)}–{fmt.format(hi)})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": self.time, "title": self.title, "scenario": self.scenario,
+                "samples": len(self.samples), "seeds": [s.provenance.get("seed")
+                                                        for s in self.samples],
+                "size_mean": self.size_mean, "size_sd": self.size_sd,
+                "size_min": self.size_range[0], "size_max": self.size_range[1],
+                "unit": self.unit, "tumour_found_in_samples": self.n_found,
+                "size_per_sample": [s.total for s in self.sizes],
+                "change_vs_baseline": self.change.to_json(),
+                "description": self.describe_size()}
+
+
+@dataclasses.dataclass
+class Arm:
+    """One compared scenario (e.g. pCR) and its follow-ups at every time point."""
+
+    label: str                     # "pCR", "non-pCR", or the scenario when nothing is compared
+    clinical: dict[str, Any]
+    followups: dict[str, FollowUp]
+
+
+@dataclasses.dataclass
+class WhatIfResult:
+    request: WhatIfRequest
+    family: FamilySchema
+    baseline: Scan                 # the pre-treatment image on the model grid
+    baseline_mask: Scan
+    baseline_size: TumourSize
+    arms: list[Arm]
+    model: dict[str, Any]          # name, hash, path, device
+    segmenter: dict[str, Any]
+    seconds: dict[str, float]
+
+    @property
+    def target(self) -> str:
+        return self.request.target
+
+    def shown(self) -> list[tuple[Arm, FollowUp]]:
+        """The follow-ups the compare grid shows (the target time of every arm)."""
+        return [(arm, arm.followups[self.target]) for arm in self.arms]
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """Rows of the size table: the baseline, then every arm at every follow-up."""
+        unit = self.baseline_size.unit
+        rows = [{"scenario": f"{self.family.baseline} baseline (measured)",
+                 "time": self.family.baseline, "size": self.baseline_size.describe(),
+                 "size_value": self.baseline_size.total, "delta": "—", "delta_percent": "—",
+                 "unit": unit}]
+        for arm in self.arms:
+            for tp, follow in arm.followups.items():
+                change = follow.change
+                pct = "n/a" if not np.isfinite(change.percent) else f"{change.percent:+.1f} %"
+                spread = f" ± {follow.size_sd:.0f}" if len(follow.samples) > 1 else ""
+                rows.append({"scenario": follow.title, "time": tp,
+                             "size": follow.describe_size(), "size_value": follow.size_mean,
+                             "delta": f"{change.absolute:+.0f}{spread} {unit}",
+                             "delta_percent": pct, "unit": unit})
+        return rows
+
+    def to_report(self) -> dict[str, Any]:
+        return {
+            "synthetic": True,
+            "label": "Generated follow-ups are SYNTHETIC counterfactuals, not measurements.",
+            "family": self.family.name,
+            "request": {**dataclasses.asdict(self.request),
+                        "clinical": dict(self.request.clinical)},
+            "model": self.model, "segmenter": self.segmenter,
+            "baseline": {"time": self.family.baseline, "size": self.baseline_size.to_json(),
+                         "description": self.baseline_size.describe(),
+                         "provenance": self.baseline.provenance},
+            "scenarios": [{"label": arm.label, "clinical": arm.clinical,
+                           "followups": {tp: f.to_json() for tp, f in arm.followups.items()}}
+                          for arm in self.arms],
+            "seconds": self.seconds,
+        }
+
+
+def compare_variable(schema: FamilySchema, compare: Optional[str]) -> Optional[Variable]:
+    """The variable whose states become the arms (``AUTO``: the first binary outcome)."""
+    if compare is None:
+        return None
+    if compare == AUTO:
+        return next((v for v in schema.condition_variables if v.outcome and v.kind == BINARY),
+                    None)
+    var = schema.variable(compare)
+    if var not in schema.condition_variables or var.kind != BINARY:
+        raise InputError(f"compare '{compare}'", "is not a yes/no variable the model is "
+                                                 "conditioned on")
+    return var
+
+
+def scenario_title(schema: FamilySchema, time_point: str, clinical: Mapping[str, Any],
+                   first: Optional[str] = None) -> str:
+    """``"T2 · pCR · HR+ HER2− (synthetic)"``: the compared variable first."""
+    names = [first] if first else []
+    names += [v.name for v in schema.condition_variables if v.name != first and
+              v.name in clinical and v.derive is None]
+    parts = [schema.variable(n).describe(clinical[n]) for n in names]
+    head = parts[:1] if first else []
+    rest = " ".join(parts[1:] if first else parts)
+    return " · ".join([time_point, *head, *([rest] if rest else [])]) + f" {SYNTHETIC}"
+
+
+def _image_hash(scan: Scan) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(scan.array).tobytes())
+    digest.update(np.asarray(scan.affine, float).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class WhatIfSession:
+    """One baseline image + models; `run` answers one request (cancellable)."""
+
+    RESULT_CACHE = 16
+
+    def __init__(self, model: WhatIfModel, segmenter: Any = None):
+        self.model = model
+        self.segmenter = segmenter
+        self.schema = model.family
+        self._baseline: Optional[tuple[str, Scan, Scan, TumourSize]] = None
+        self._results: collections.OrderedDict[tuple, WhatIfResult] = collections.OrderedDict()
+
+    # --- the baseline ------------------------------------------------------------------------
+    def baseline(self, image: Scan, steps: Optional[Steps] = None
+                 ) -> tuple[str, Scan, Scan, TumourSize]:
+        """The model-grid baseline, its mask and size; computed once per image."""
+        grid = model_grid(image, self.model.image_size)  # raises InputError on bad images
+        key = _image_hash(grid)
+        if self._baseline is None or self._baseline[0] != key:
+            mask = self._segment(grid)
+            self._baseline = (key, grid, mask, measure_tumour(mask))
+            self._results.clear()
+        if steps is not None:
+            steps.advance(1, "baseline segmented")
+        return self._baseline
+
+    def _segment(self, image: Scan) -> Scan:
+        if self.segmenter is None:
+            raise InputError("segmenter", "no tumour segmentation model is loaded")
+        return self.segmenter.segment(image)
+
+    # --- a run ------------------------------------------------------------------------------
+    def arms_of(self, request: WhatIfRequest) -> tuple[Optional[Variable], list[tuple[str, dict]]]:
+        schema = self.schema
+        clinical = schema.validate_clinical(dict(request.clinical), subject="scenario",
+                                            partial=True)
+        missing = [v.name for v in schema.condition_variables
+                   if v.derive is None and v.name not in clinical]
+        var = compare_variable(schema, request.compare)
+        if var is not None and var.name in missing:
+            missing.remove(var.name)
+        if missing:
+            raise InputError(f"scenario field '{missing[0]}'", "is missing")
+        if var is None:
+            return None, [(schema.describe({k: v for k, v in clinical.items()
+                                            if schema.variable(k).derive is None}), clinical)]
+        return var, [(var.describe(state), {**clinical, var.name: state})
+                     for state in (True, False)]
+
+    def run(self, image: Scan, request: WhatIfRequest, *, progress: Optional[Progress] = None,
+            cancel: Optional[CancelToken] = None) -> WhatIfResult:
+        schema = self.schema
+        followup_times = [t for t in schema.timepoint_names if t != schema.baseline]
+        if request.target not in followup_times:
+            raise InputError(f"target '{request.target}'",
+                             f"is not a follow-up time point ({', '.join(followup_times)})")
+        if not 1 <= int(request.samples) <= 64:
+            raise InputError("samples", f"{request.samples} must be between 1 and 64")
+        var, arms = self.arms_of(request)
+        steps_per_sample = int(request.steps or self.model.default_steps)
+        n_images = len(arms) * len(followup_times) * request.samples
+        steps = Steps(1 + request.samples * steps_per_sample + n_images, progress, cancel)
+        steps.check()
+        started = time.perf_counter()
+        key, grid, base_mask, base_size = self.baseline(image, steps)
+        cached = self._results.get((key, request.key()))
+        if cached is not None:
+            self._results.move_to_end((key, request.key()))
+            steps.advance(steps.total, "done (remembered)")
+            return dataclasses.replace(cached, request=request)
+        t_base = time.perf_counter() - started
+
+        scenarios = [{"time": tp, **clinical} for _, clinical in arms for tp in followup_times]
+        generated: list[list[Scan]] = [[] for _ in scenarios]
+        t0 = time.perf_counter()
+        for k in range(request.samples):
+            images = simulate(self.model, grid, scenarios, seed=request.seed + k,
+                              steps=request.steps, sampler=request.sampler,
+                              guidance_scale=request.guidance,
+                              progress=lambda i, n: steps.advance(1, f"generating sample "
+                                                                     f"{k + 1}/{request.samples}"))
+            for slot, img in zip(generated, images):
+                slot.append(img)
+        t_gen = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        result_arms = []
+        i = 0
+        for label, clinical in arms:
+            followups = {}
+            for tp in followup_times:
+                samples = generated[i]
+                i += 1
+                masks = []
+                for sample in samples:
+                    masks.append(self._segment(sample))
+                    steps.advance(1, f"segmenting {tp} {label}")
+                followups[tp] = self._followup(tp, label, var, clinical, samples, masks,
+                                               base_size)
+            result_arms.append(Arm(label, clinical, followups))
+        t_seg = time.perf_counter() - t0
+
+        result = WhatIfResult(
+            request=request, family=schema, baseline=grid, baseline_mask=base_mask,
+            baseline_size=base_size, arms=result_arms,
+            model={"name": self.model.card.get("title", self.model.path.name),
+                   "model_hash": self.model.model_hash, "path": str(self.model.path),
+                   "device": self.model.device},
+            segmenter=self.segmenter.describe() if hasattr(self.segmenter, "describe") else {},
+            seconds={"baseline": round(t_base, 3), "generation": round(t_gen, 3),
+                     "segmentation": round(t_seg, 3),
+                     "total": round(time.perf_counter() - started, 3)})
+        self._results[(key, request.key())] = result
+        while len(self._results) > self.RESULT_CACHE:
+            self._results.popitem(last=False)
+        return result
+
+    def _followup(self, tp: str, label: str, var: Optional[Variable], clinical: dict,
+                  samples: list[Scan], masks: list[Scan], base_size: TumourSize) -> FollowUp:
+        title = scenario_title(self.schema, tp, clinical, var.name if var else None)
+        sizes = [measure_tumour(m) for m in masks]
+        first = samples[0]
+        if len(samples) == 1:
+            image, spread, mask = first, None, masks[0]
+        else:
+            stack = np.stack([s.array for s in samples])
+            info = {"aggregate_of": len(samples),
+                    "seeds": [s.provenance.get("seed") for s in samples]}
+            image = _synthetic_like(first, stack.mean(axis=0), "mean of samples", info)
+            spread = _synthetic_like(first, stack.std(axis=0, ddof=1),
+                                     "per-pixel standard deviation of samples", info)
+            votes = np.stack([m.array > 0 for m in masks]).mean(axis=0)
+            mask = Scan(array=(votes >= 0.5).astype(np.uint8), affine=masks[0].affine,
+                        kind=LABELS, provenance={**masks[0].provenance, **info,
+                                                 "mask_rule": "tumour in at least half of "
+                                                              "the samples"})
+        mean_size = float(np.mean([s.total for s in sizes]))
+        change = size_change(base_size, mean_size, base_size.unit)
+        return FollowUp(tp, title, {"time": tp, **clinical}, samples, image, spread, mask,
+                        sizes, change)
+
+
+def _synthetic_like(template: Scan, array: np.ndarray, what: str, info: dict) -> Scan:
+    provenance = {**template.provenance, **info, "aggregate": what}
+    provenance.pop("seed", None)
+    return Scan(array=array.astype(np.float32), affine=template.affine, kind=IMAGE,
+                provenance=provenance)

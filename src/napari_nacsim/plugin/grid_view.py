@@ -1,0 +1,141 @@
+"""Side-by-side cells in napari's grid: each cell is an image with its overlays (a tumour
+contour), titled with the image layer's name, all cells sharing one camera.
+
+A *group* (e.g. "whatif" or "inspector") owns its layers, marked in their metadata. Showing a
+new set of cells updates the group's layers in place where a slot already exists (so rapid
+re-runs do not flicker or reset the view), adds the missing ones and removes the rest.
+
+Layout: napari places ``abs(stride)`` consecutive layers per grid cell; with a negative stride
+the groups are counted from the top of the layer list. Every cell has exactly ``STRIDE``
+layers, kept at the top of the list, first cell topmost; layers of the user are hidden while
+the grid is on (their visibility is restored when it is turned off), so they take no cell.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Sequence
+
+from .layers import METADATA_KEY
+
+STRIDE = 2  # an image and one overlay per cell
+# viewer -> {id(layer): layer} of the user's layers hidden while the grid is on
+_SAVED_VISIBILITY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _group_of(layer) -> str | None:
+    return (layer.metadata.get(METADATA_KEY) or {}).get("group")
+
+
+def _slot_of(layer) -> str | None:
+    return (layer.metadata.get(METADATA_KEY) or {}).get("slot")
+
+
+def group_layers(viewer, group: str) -> list:
+    return [layer for layer in viewer.layers if _group_of(layer) == group]
+
+
+def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
+               grid: bool = True, columns: int | None = None) -> list[list[Any]]:
+    """Display ``cells`` (each a list of ``STRIDE`` layer data tuples, image first) and return
+    the layers per cell."""
+    for cell in cells:
+        if len(cell) != STRIDE:
+            raise ValueError(f"every cell needs {STRIDE} layers, got {len(cell)}")
+    existing = {_slot_of(layer): layer for layer in group_layers(viewer, group)}
+    wanted = []
+    shown: list[list[Any]] = []
+    for i, cell in enumerate(cells):
+        row = []
+        for j, (data, kwargs, kind) in enumerate(cell):
+            slot = f"{group}:{i}:{j}"
+            kwargs = dict(kwargs)
+            meta = dict(kwargs.pop("metadata", {}) or {})
+            meta[METADATA_KEY] = {**(meta.get(METADATA_KEY) or {}), "group": group,
+                                  "slot": slot}
+            layer = existing.get(slot)
+            if layer is not None and layer._type_string == kind and \
+                    getattr(layer.data, "shape", None) == getattr(data, "shape", None):
+                _update_layer(layer, data, meta, kwargs)
+            else:
+                if layer is not None:
+                    viewer.layers.remove(layer)
+                layer = viewer.add_layer(_make_layer(data, meta, kwargs, kind))
+            layer.name_overlay.visible = grid and j == 0
+            wanted.append(slot)
+            row.append(layer)
+        shown.append(row)
+    for slot, layer in existing.items():
+        if slot not in wanted:
+            viewer.layers.remove(layer)
+    _order(viewer, [layer for row in shown for layer in row])
+    if grid:
+        enter_grid(viewer, group, len(cells), columns)
+    return shown
+
+
+def _make_layer(data, meta, kwargs, kind):
+    from napari.layers import Image, Labels
+
+    cls = {"image": Image, "labels": Labels}[kind]
+    return cls(data, metadata=meta, **kwargs)
+
+
+def _update_layer(layer, data, meta, kwargs) -> None:
+    layer.data = data
+    layer.metadata = meta
+    for key, value in kwargs.items():
+        if key in ("colormap",) and layer._type_string == "labels":
+            continue  # the tumour colour does not change between runs
+        try:
+            setattr(layer, key, value)
+        except (AttributeError, ValueError, TypeError):
+            pass  # an option napari only takes at construction; the old value is fine
+
+
+def _order(viewer, layers: list) -> None:
+    """First cell's layers on top, its image just below its overlay (see module docstring)."""
+    n = len(viewer.layers)
+    # Target list order, bottom -> top: ... cell k image, cell k overlay, ..., cell 0 overlay.
+    for position, layer in enumerate(reversed(_cellwise(layers))):
+        index = viewer.layers.index(layer)
+        target = n - len(layers) + position
+        if index != target:
+            viewer.layers.move(index, target if target < index else target + 1)
+
+
+def _cellwise(layers: list) -> list:
+    """[c0 image, c0 overlay, c1 image, ...] -> top-down order [c0 overlay, c0 image, ...]."""
+    out = []
+    for k in range(0, len(layers), STRIDE):
+        out.extend(reversed(layers[k:k + STRIDE]))
+    return out
+
+
+def enter_grid(viewer, group: str, n_cells: int, columns: int | None = None) -> None:
+    """Grid on, one cell per group cell; other layers hidden (visibility remembered)."""
+    saved = _SAVED_VISIBILITY.setdefault(viewer, {})
+    for layer in viewer.layers:
+        if _group_of(layer) != group:
+            if layer.visible and id(layer) not in saved:
+                saved[id(layer)] = layer
+            layer.visible = False
+        else:
+            layer.visible = True
+    columns = columns or (n_cells if n_cells <= 4 else (n_cells + 1) // 2)
+    viewer.grid.stride = -STRIDE
+    viewer.grid.shape = (-1, columns)
+    viewer.grid.enabled = True
+    viewer.reset_view()
+
+
+def leave_grid(viewer) -> None:
+    """Grid off; the user's layers visible again as they were."""
+    viewer.grid.enabled = False
+    viewer.grid.stride = 1
+    viewer.grid.shape = (-1, -1)
+    for layer in _SAVED_VISIBILITY.pop(viewer, {}).values():
+        if layer in viewer.layers:
+            layer.visible = True
+    for layer in viewer.layers:
+        layer.name_overlay.visible = False
