@@ -1,23 +1,25 @@
-"""`nacsim demo`: the main job on the embedded default (a synthetic breast patient).
+"""`nacsim demo`: the main job on the embedded default (a synthetic breast patient, the
+bundled generative and segmentation models).
 
-With a display (and no ``--out``) it opens napari with the sample patient. Without one it
-runs the published breast preprocessing on that patient (registration of T1/T2 to T0,
-subtraction, axial MIP, normalisation) and writes the MIPs, tumour masks, ``report.json``
-and a labelled ``comparison.png``.
+With a display (and no ``--out``) it opens napari with the sample patient and the what-if
+workspace docked. Without one (or with ``--out DIR``) it runs the same what-if loop
+headless: the patient's pre-treatment MIP, pCR vs non-pCR at every follow-up (T1, T2) with
+the patient's own HR/HER2, tumour masks by nnU-Net, and writes the images, masks,
+``report.json`` (sizes and deltas per scenario, plus the phantom's real follow-ups for
+reference) and ``comparison.png``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
-from ..core.atomic import atomic_path, write_json_atomic
 from ..core.errors import InputError
-from ..core.scan_io import write_scan
-from ..core.schema import BREAST
 
 DEFAULT_OUT = Path("nacsim-demo")
+DEMO_MARK = "nacsim demo"
 
 
 def display_available() -> bool:
@@ -26,86 +28,77 @@ def display_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run_demo(out: Path | None = None, viewer: str = "auto") -> int:
+def run_demo(out: Path | None = None, viewer: str = "auto", *, seed: int = 0,
+             steps: int | None = None) -> int:
     use_viewer = viewer == "yes" or (viewer == "auto" and out is None and display_available())
     if use_viewer:
         return open_viewer()
-    return write_demo(out or DEFAULT_OUT)
+    return write_demo(out or DEFAULT_OUT, seed=seed, steps=steps)
 
 
 def open_viewer() -> int:
     import napari
 
-    viewer = napari.Viewer(title="nacsim — synthetic breast patient")
+    viewer = napari.Viewer(title="nacsim — synthetic breast patient (what-if workspace)")
     viewer.open_sample("nacsim", "breast")
+    viewer.window.add_plugin_dock_widget("nacsim", "What-if workspace")
     napari.run()
     return 0
 
 
-def write_demo(out: Path) -> int:
-    from ..science.measure import area_mm2, reduction_percent
-    from ..science.phantoms import make_patient
-    from ..science.preprocess.pipeline import breast_mips
-
-    if out.exists() and not out.is_dir():
+def _check_out(out: Path) -> bool:
+    """The demo may replace an earlier demo's folder, never anything else."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
         raise InputError(out, "exists and is not a folder")
-    phantom = make_patient("breast", 0, 0)
-    rendering = phantom.render()
-    visits = {tp: {**rendering.scans[tp], **rendering.masks[tp]} for tp in rendering.scans}
-    mips = breast_mips(visits)
+    if not any(out.iterdir()):
+        return True
+    try:
+        earlier = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    if earlier.get("demo") != DEMO_MARK:
+        raise InputError(out, "is not empty and is not an earlier nacsim demo; choose "
+                              "another folder")
+    return True
 
-    report = {"patient": phantom.id, "synthetic": True,
-              "clinical": rendering.clinical,
-              "note": "Follow-ups are the synthetic patient's own (phantom) images, registered "
-                      "to T0; generated counterfactuals are added by the breast model.",
-              "timepoints": {}}
-    baseline_area = None
-    for tp, scans in mips.items():
-        write_scan(scans["mip"], out / f"{tp}_mip.nii.gz", overwrite=True)
-        write_scan(scans["tumour"], out / f"{tp}_tumour_mip.nii.gz", overwrite=True)
-        area = area_mm2(scans["tumour"].array, scans["tumour"].spacing)
-        baseline_area = area if baseline_area is None else baseline_area
-        report["timepoints"][tp] = {"tumour_area_mm2": round(area, 1),
-                                    "reduction_vs_T0_percent":
-                                        round(reduction_percent(baseline_area, area), 1)}
-    write_json_atomic(out / "report.json", report)
-    _comparison_figure(mips, report, out / "comparison.png")
-    print(f"wrote the demo for synthetic patient {phantom.id} to {out}/ "
-          f"(MIPs, masks, report.json, comparison.png)")
+
+def write_demo(out: Path, *, seed: int = 0, steps: int | None = None) -> int:
+    from ..engine import WhatIfRequest, WhatIfSession, load_model, sample_case
+    from ..engine.results import write_result
+    from ..science.measure import measure_tumour
+    from ..science.segmentation import load_segmenter
+
+    overwrite = _check_out(out)
+    case = sample_case(0)
+    model = load_model()
+    session = WhatIfSession(model, load_segmenter("breast"))
+    schema = model.family
+    compared = next(v.name for v in schema.condition_variables if v.outcome)
+    clinical = {k: v for k, v in case["clinical"].items()
+                if k in {v.name for v in schema.condition_variables}}
+    request = WhatIfRequest(clinical=clinical, target=schema.timepoint_names[-1], seed=seed,
+                            steps=steps)
+    result = session.run(case["mips"][schema.baseline]["mip"], request)
+
+    # The phantom's own follow-ups (its real scenario), measured the same way, for reference.
+    real = {}
+    for tp, scans in case["mips"].items():
+        size = measure_tumour(session.segmenter.segment(scans["mip"]))
+        real[tp] = {"size": size.total, "unit": size.unit, "description": size.describe()}
+    extra = {"demo": DEMO_MARK, "patient": case["patient"], "patient_clinical": case["clinical"],
+             "compared": compared,
+             "phantom_real_followups": {
+                 "note": f"the synthetic patient's own images ({compared} = "
+                         f"{case['clinical'][compared]}), segmented by the same model on the "
+                         "128x128 MIP grid",
+                 "sizes": real}}
+    write_result(result, out, overwrite=overwrite, extra_report=extra)
+    shown = ", ".join(f"{row['scenario'].replace(' (synthetic)', '')}: {row['size']}"
+                      for row in result.table_rows()[1:])
+    print(f"wrote the what-if demo for synthetic patient {case['patient']} to {out}/ "
+          f"(images, masks, report.json, comparison.png) in "
+          f"{result.seconds['total']:.1f} s of generation + segmentation\n"
+          f"baseline {result.baseline_size.describe()}; {shown}")
     return 0
-
-
-def _comparison_figure(mips, report, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tps = list(mips)
-    fig, axes = plt.subplots(1, len(tps), figsize=(4 * len(tps), 4.6), dpi=110)
-    for ax, tp in zip(axes, tps):
-        mip, mask = mips[tp]["mip"], mips[tp]["tumour"]
-        sy, sx = mip.spacing
-        extent = (0, mip.shape[1] * sx, mip.shape[0] * sy, 0)
-        ax.imshow(mip.array, cmap="gray", vmin=0, vmax=1, extent=extent)
-        # MIPs are in LPS layout (see axial_mip): anterior up, patient's right on the left.
-        if mask.array.any():
-            ax.contour(mask.array > 0, levels=[0.5], colors="red",
-                       linewidths=1.2, extent=(0, extent[1], 0, extent[2]), origin="upper")
-        info = report["timepoints"][tp]
-        delta = "" if tp == tps[0] else f", {-info['reduction_vs_T0_percent']:+.0f}% vs T0"
-        ax.set_title(f"{tp}: tumour {info['tumour_area_mm2']:.0f} mm²{delta}", fontsize=10)
-        ax.plot([10, 110], [extent[2] - 10] * 2, color="white", linewidth=2)  # 10 cm
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for x, y, text in ((0.02, 0.5, "R"), (0.98, 0.5, "L"), (0.5, 0.97, "A")):
-            ax.text(x, y, text, color="yellow", transform=ax.transAxes, ha="center",
-                    va="center", fontsize=9)
-    clinical = BREAST.describe(report["clinical"])
-    fig.suptitle(f"SYNTHETIC patient {report['patient']} ({clinical}) — subtraction MIPs, "
-                 "tumour contour in red, 10 cm scale bar", fontsize=10)
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)

@@ -85,7 +85,7 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(out=args.out, viewer=args.viewer)
+    return run_demo(out=args.out, viewer=args.viewer, seed=args.seed, steps=args.steps)
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the demo outputs here instead of opening napari")
     p.add_argument("--viewer", choices=["auto", "yes", "no"], default="auto",
                    help="open napari (auto: when a display is available and --out is not given)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the model's default)")
     p.set_defaults(func=cmd_demo)
 
     from .preprocess import add_preprocess_commands
