@@ -117,11 +117,18 @@ def test_sample_data(make_napari_viewer, family, n_timepoints):
     layers = viewer.open_sample("nacsim", family)
     names = [layer.name for layer in layers]
     assert all(name.endswith("(synthetic)") for name in names)
-    tumour_layers = [layer for layer in layers if "tumour" in layer.name]
+    for layer in layers:
+        assert layer.metadata["nacsim"]["synthetic"] is True
+        assert layer.metadata["nacsim"]["patient"]["clinical_values"]
+    # The breast patient also brings the model input: its T0 subtraction MIP (2D, shown).
+    model_input = [layer for layer in layers if layer.ndim == 2]
+    volumes = [layer for layer in layers if layer.ndim == 3]
+    assert len(model_input) == (2 if family == "breast" else 0)
+    tumour_layers = [layer for layer in volumes if "tumour" in layer.name]
     assert len(tumour_layers) == n_timepoints
     assert all(layer.__class__.__name__ == "Labels" for layer in tumour_layers)
-    images = [layer for layer in layers if layer.__class__.__name__ == "Image"]
-    for layer in layers:
+    images = [layer for layer in volumes if layer.__class__.__name__ == "Image"]
+    for layer in volumes:
         np.testing.assert_allclose(layer.scale, images[0].scale)
-        assert layer.metadata["nacsim"]["synthetic"] is True
-    assert sum(layer.visible for layer in images) == 1
+    shown = [layer for layer in layers if layer.visible and layer.__class__.__name__ == "Image"]
+    assert len(shown) == 1 and shown[0].ndim == (2 if family == "breast" else 3)

@@ -47,7 +47,10 @@ class Scan:
     # --- geometry -------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        return str(self.source) if self.source else "<in-memory scan>"
+        if self.source:
+            return str(self.source)
+        layer = self.provenance.get("layer_name")  # a napari layer (plugin.layers)
+        return f"layer '{layer}'" if layer else "<in-memory scan>"
 
     @property
     def ndim(self) -> int:

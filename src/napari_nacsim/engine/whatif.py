@@ -9,6 +9,7 @@ stretch of the patient as the input image.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -150,12 +151,16 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
                            scenario_text=f"{scenario['time']}: {schema.describe({k: v for k, v in scenario.items() if k != 'time'})}",
                            seed=int(seed), steps=steps, sampler=sampler,
                            guidance_scale=float(guidance_scale), device=model.device,
-                           seconds_for_batch=round(seconds, 3))
+                           seconds_for_batch=round(seconds, 3),
+                           generated_at=datetime.datetime.now(datetime.timezone.utc)
+                           .isoformat(timespec="seconds"))
         provenance = {**scan.provenance, "synthetic": True,
                       "generator": "nacsim generative model",
                       "label": "SYNTHETIC - generated counterfactual, not a measurement",
                       "scenario": scenario, "model_hash": model.model_hash, "seed": int(seed),
-                      "steps": steps, "sampler": sampler}
+                      "steps": steps, "sampler": sampler,
+                      "generated_at": scan.provenance.get("history", [{}])[-1].get(
+                          "generated_at")}
         results.append(Scan(array=scan.array, affine=scan.affine, kind=IMAGE,
                             provenance=provenance))
     return results

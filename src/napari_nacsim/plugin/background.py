@@ -85,13 +85,20 @@ class BackgroundRunner(QObject):
 
         def work():
             try:
+                keep_triton_out()
                 return job(token, lambda d, n, what="": self.progressed.emit(int(d), int(n),
                                                                              str(what)))
             finally:
                 self._idle.set()
 
         self._idle.clear()
-        worker = create_worker(work, _start_thread=False)
+        from superqt.utils import FunctionWorker
+
+        # Errors go to our handlers only: napari's worker class would also show each one as
+        # a traceback and superqt would re-raise it in the UI thread (every cancel, every
+        # bad file).
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True,
+                               _worker_class=FunctionWorker)
         worker.returned.connect(lambda value: self._on_returned(ticket, value, on_result))
         worker.errored.connect(lambda exc: self._on_errored(ticket, exc, on_error))
         worker.finished.connect(self._on_finished)
@@ -112,14 +119,15 @@ class BackgroundRunner(QObject):
             self._pbar = None
 
     def _on_progress(self, done: int, total: int, what: str) -> None:
-        if self._pbar is None:
+        pbar = self._pbar  # napari may process events while updating: keep our reference
+        if pbar is None:
             return
-        if self._pbar.total != total:
-            self._pbar.total = total
-        self._pbar.n = done
+        if pbar.total != total:
+            pbar.total = total
+        pbar.n = done
         if what:
-            self._pbar.set_description(f"{self.description}: {what}")
-        self._pbar.refresh()
+            pbar.set_description(f"{self.description}: {what}")
+        pbar.refresh()
 
     def _on_returned(self, ticket: int, value: Any, on_result: Callable) -> None:
         if ticket == self._ticket and self._pending is None:
@@ -142,6 +150,25 @@ class BackgroundRunner(QObject):
             self._start_pending()
         else:
             self.state_changed.emit("idle")
+
+
+def keep_triton_out() -> None:
+    """Never load triton inside a running napari on a machine without CUDA.
+
+    triton ships its own LLVM; loading it into a process whose OpenGL is Mesa's llvmpipe
+    (software rendering: VMs, remote desktops, Xvfb) crashes the process with a segmentation
+    fault. diffusers probes for triton on import (`torch.utils._triton`); without CUDA triton
+    has nothing to do, so the probe is answered "not installed" (the None entry makes
+    ``import triton`` raise ImportError, which the probe expects).
+    """
+    import sys
+
+    if "triton" in sys.modules:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.modules["triton"] = None  # type: ignore[assignment]
 
 
 def notify_error(exc: BaseException, context: str = "") -> None:

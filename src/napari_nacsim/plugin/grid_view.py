@@ -78,7 +78,14 @@ def _make_layer(data, meta, kwargs, kind):
     from napari.layers import Image, Labels
 
     cls = {"image": Image, "labels": Labels}[kind]
-    return cls(data, metadata=meta, **kwargs)
+    later = {k: kwargs.pop(k) for k in _SET_AFTER if k in kwargs}
+    layer = cls(data, metadata=meta, **kwargs)
+    for key, value in later.items():
+        setattr(layer, key, value)
+    return layer
+
+
+_SET_AFTER = ("contour",)  # napari takes these as properties, not constructor arguments
 
 
 def _update_layer(layer, data, meta, kwargs) -> None:

@@ -1,0 +1,133 @@
+"""The docked views of a what-if result: the size table and the size-over-time plot.
+
+Both only read a `WhatIfResult` (engine), so they show exactly what `report.json` holds.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QSizePolicy,
+                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ..engine.session import WhatIfResult
+
+COLUMNS = ("scenario", "tumour size", "Δ vs baseline", "Δ %")
+
+
+class SizeTable(QWidget):
+    """Tumour size and delta vs the baseline, per scenario and follow-up time."""
+
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        for col in range(1, len(COLUMNS)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
+        self.note = QLabel("Run a scenario to see tumour sizes.")
+        self.note.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.table)
+        layout.addWidget(self.note)
+        self.setMinimumHeight(180)
+
+    def show_result(self, result: WhatIfResult) -> None:
+        rows = result.table_rows()
+        self.table.setRowCount(len(rows))
+        target = result.target
+        for r, row in enumerate(rows):
+            values = (row["scenario"], row["size"], row["delta"], row["delta_percent"])
+            for c, value in enumerate(values):
+                item = QTableWidgetItem(str(value))
+                if c == 0:
+                    item.setToolTip(str(value))
+                if row["time"] == target:  # the time point shown side by side
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                if c > 0:
+                    item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+                self.table.setItem(r, c, item)
+        samples = result.request.samples
+        spread = (f"± is the standard deviation over {samples} samples (seeds "
+                  f"{result.request.seed}–{result.request.seed + samples - 1}): the model's "
+                  "sampling variability, not a clinical confidence interval. "
+                  if samples > 1 else "One sample per scenario (no spread shown). ")
+        self.note.setText(
+            f"Sizes by the nnU-Net tumour model on the {result.baseline.shape[0]}×"
+            f"{result.baseline.shape[1]} model grid ({result.baseline.spacing[0]:g} mm pixels). "
+            f"Rows marked (synthetic) are generated counterfactuals, not measurements. {spread}"
+            f"Bold: {target}, shown side by side.")
+
+    def rows_text(self) -> list[list[str]]:
+        return [[self.table.item(r, c).text() for c in range(self.table.columnCount())]
+                for r in range(self.table.rowCount())]
+
+
+class SizePlot(QWidget):
+    """Tumour size over T0 -> T1 -> T2 for each scenario (mean ± SD over samples)."""
+
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4.2, 3.0), dpi=90, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.canvas)
+        self.setMinimumHeight(220)
+        self.series: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        self._empty()
+
+    def _empty(self) -> None:
+        self.figure.clear()
+        ax = self.figure.add_subplot()
+        ax.text(0.5, 0.5, "tumour size over time appears here", ha="center", va="center",
+                transform=ax.transAxes, color="gray")
+        ax.set_axis_off()
+        self.canvas.draw_idle()
+
+    def show_result(self, result: WhatIfResult) -> None:
+        family = result.family
+        weeks = {t.name: t.weeks for t in family.timepoints}
+        base = family.baseline
+        self.figure.clear()
+        ax = self.figure.add_subplot()
+        self.series = {}
+        colours = ("tab:green", "tab:red", "tab:blue", "tab:orange", "tab:purple")
+        for k, arm in enumerate(result.arms):
+            times = [base, *arm.followups]
+            x = [weeks[t] for t in times]
+            y = [result.baseline_size.total, *[f.size_mean for f in arm.followups.values()]]
+            sd = [0.0, *[f.size_sd for f in arm.followups.values()]]
+            self.series[arm.label] = (x, y, sd)
+            colour = colours[k % len(colours)]
+            ax.errorbar(x, y, yerr=sd if any(sd) else None, marker="o", capsize=3,
+                        color=colour, label=f"{arm.label} (synthetic)")
+            ax.plot(x[:1], y[:1], marker="s", color="black", linestyle="none")
+        ax.set_xticks([weeks[t] for t in family.timepoint_names])
+        ax.set_xticklabels([f"{t}\n{weeks[t]:g} wk" for t in family.timepoint_names],
+                           fontsize=8)
+        ax.set_ylabel(f"tumour size ({result.baseline_size.unit})", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        n = result.request.samples
+        ax.set_title(f"{base} measured (■), follow-ups generated"
+                     f"{f'; mean ± SD of {n} samples' if n > 1 else ''}", fontsize=8)
+        self.canvas.draw_idle()
+
+    def values(self) -> dict[str, list[float]]:
+        return {label: list(np.round(y, 3)) for label, (_, y, _) in self.series.items()}
