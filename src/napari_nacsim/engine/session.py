@@ -192,8 +192,9 @@ def compare_variable(schema: FamilySchema, compare: Optional[str]) -> Optional[V
     if compare == AUTO:
         return next((v for v in schema.condition_variables if v.outcome and v.kind == BINARY),
                     None)
-    var = schema.variable(compare)
-    if var not in schema.condition_variables or var.kind != BINARY:
+    known = {v.name: v for v in schema.condition_variables}
+    var = known.get(compare)
+    if var is None or var.kind != BINARY:
         raise InputError(f"compare '{compare}'", "is not a yes/no variable the model is "
                                                  "conditioned on")
     return var
