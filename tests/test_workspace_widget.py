@@ -230,3 +230,21 @@ def test_closing_mid_run_leaves_no_thread(workspace, qtbot):
     assert widget.runner._idle.is_set()
     assert widget.result is None
     assert threading.active_count() <= threads_before + 1  # the pool may keep an idle thread
+
+
+def test_cohort_patient_opens_as_input_with_scenario_prefilled(workspace, qtbot, tmp_path):
+    from cohort_helpers import tiny_cohort
+
+    from napari_nacsim.core.cohort import load_cohort
+
+    viewer, widget = workspace
+    cohort = load_cohort(tiny_cohort(tmp_path / "cohort", n_patients=2, keep=("T0",)))
+    patient = cohort.patients[1]
+    widget.panel["HR"].value = not patient.clinical["HR"]
+    widget.open_cohort_patient(cohort, patient.id)
+    qtbot.waitUntil(lambda: patient.id in widget.input_combo.currentText(), timeout=60_000)
+    layer = viewer.layers[widget.input_combo.currentText()]
+    assert layer.ndim == 2 and layer.metadata["nacsim"]["patient"]["id"] == patient.id
+    assert widget.panel.clinical == {k: patient.clinical[k] for k in ("pCR", "HR", "HER2")}
+    assert any(patient.id in lyr.name and lyr.__class__.__name__ == "Labels"
+               for lyr in viewer.layers)

@@ -60,7 +60,7 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
             else:
                 if layer is not None:
                     viewer.layers.remove(layer)
-                layer = viewer.add_layer(_make_layer(data, meta, kwargs, kind))
+                layer = viewer.add_layer(make_layer(data, {**kwargs, "metadata": meta}, kind))
             layer.name_overlay.visible = grid and j == 0
             wanted.append(slot)
             row.append(layer)
@@ -74,12 +74,14 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
     return shown
 
 
-def _make_layer(data, meta, kwargs, kind):
+def make_layer(data, kwargs: dict, kind: str):
+    """A napari layer from a layer data tuple (also options napari only takes afterwards)."""
     from napari.layers import Image, Labels
 
     cls = {"image": Image, "labels": Labels}[kind]
+    kwargs = dict(kwargs)
     later = {k: kwargs.pop(k) for k in _SET_AFTER if k in kwargs}
-    layer = cls(data, metadata=meta, **kwargs)
+    layer = cls(data, **kwargs)
     for key, value in later.items():
         setattr(layer, key, value)
     return layer

@@ -26,7 +26,7 @@ from ..core.schema import BINARY, FamilySchema, family_schema
 from ..engine.jobs import CancelToken, Progress
 from ..engine.session import AUTO, WhatIfRequest, WhatIfResult, WhatIfSession
 from .background import BackgroundRunner, notify_error
-from .grid_view import group_layers, leave_grid, show_cells
+from .grid_view import group_layers, leave_grid, make_layer, show_cells
 from .layers import METADATA_KEY, layer_to_scan, scan_to_layer_data
 from .scenario_panel import TARGET, ScenarioPanel
 from .size_views import SizePlot, SizeTable
@@ -98,6 +98,11 @@ class WhatIfWorkspace(QWidget):
         layout.addWidget(banner)
 
         source = QFormLayout()
+        open_patient = QPushButton("Open a cohort patient…")
+        open_patient.setToolTip("pick a patient of a cohort manifest: its pre-treatment MIP "
+                                "opens as the input and its clinical values fill the scenario")
+        open_patient.clicked.connect(self._choose_cohort_patient)
+        source.addRow(open_patient)
         self.input_combo = QComboBox()
         self.input_combo.setToolTip("the pre-treatment image: the normalised subtraction MIP "
                                     "(sample data, `nacsim mip`, or a cohort patient)")
@@ -333,6 +338,52 @@ class WhatIfWorkspace(QWidget):
         return Scan(array=scan.array, affine=affine_from_spacing(spacing), kind=scan.kind,
                     provenance={**scan.provenance, "spacing_known": False,
                                 "spacing_assumed_mm": spacing})
+
+    # --- a cohort patient -----------------------------------------------------------------
+    def _choose_cohort_patient(self) -> None:
+        from qtpy.QtWidgets import QInputDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "Cohort manifest", "",
+                                              "cohort manifest (*.json)")
+        if not path:
+            return
+        try:
+            from ..core.cohort import load_cohort
+
+            cohort = load_cohort(path)
+        except InputError as err:
+            notify_error(err)
+            return
+        ids = [p.id for p in cohort.patients]
+        patient, ok = QInputDialog.getItem(self, "Patient", f"{len(ids)} patients in "
+                                           f"{Path(path).name}", ids, 0, False)
+        if ok:
+            self.open_cohort_patient(cohort, patient)
+
+    def open_cohort_patient(self, cohort, patient_id: str) -> int:
+        """Load the patient's baseline MIP off the UI thread, add it as the input layer and
+        pre-fill the scenario with the patient's clinical values."""
+        from ..engine.patients import baseline_input
+
+        self.status.setText(f"opening patient {patient_id}…")
+        return self.runner.submit(lambda token, progress: baseline_input(cohort, patient_id),
+                                  self._add_patient_layers)
+
+    def _add_patient_layers(self, case: dict) -> None:
+        base = family_schema("breast").baseline
+        meta = {"patient": {"id": case["patient"], "clinical_values": case["clinical"]}}
+        data, kwargs, kind = scan_to_layer_data(
+            case["image"], name=f"{case['patient']} {base} MIP · model input",
+            contrast_limits=[0, 1])
+        kwargs["metadata"][METADATA_KEY].update(meta)
+        image = self.viewer.add_layer(make_layer(data, kwargs, kind))
+        if case["mask"] is not None:
+            data, kwargs, kind = tumour_contour(case["mask"], f"{case['patient']} {base} "
+                                                             "MIP tumour (manifest)")
+            kwargs["metadata"][METADATA_KEY].update(meta)
+            self.viewer.add_layer(make_layer(data, kwargs, kind))
+        self.select_input(image.name)
+        self.status.setText(f"patient {case['patient']}: scenario filled from the manifest")
 
     # --- requests -----------------------------------------------------------------------
     def request(self) -> WhatIfRequest:
