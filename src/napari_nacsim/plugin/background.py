@@ -152,6 +152,35 @@ class BackgroundRunner(QObject):
             self.state_changed.emit("idle")
 
 
+class StopsWhenClosed:
+    """For dock widgets that own a `BackgroundRunner`: ``shutdown()`` runs when the widget is
+    closed, when napari's dock close button takes it out of its dock, and when the viewer
+    window closes — so no run outlives its widget. (Put it before QWidget in the bases.)"""
+
+    def shutdown(self) -> None:  # pragma: no cover - every widget defines its own
+        raise NotImplementedError
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt)
+        self.shutdown()
+        super().closeEvent(event)
+
+    def changeEvent(self, event) -> None:  # noqa: N802
+        from qtpy.QtCore import QEvent
+
+        # napari's close button takes the widget out of its dock (parent None)
+        if event.type() == QEvent.ParentChange and self.parent() is None:
+            self.shutdown()
+        super().changeEvent(event)
+
+    def hideEvent(self, event) -> None:  # noqa: N802
+        from qtpy.QtWidgets import QMainWindow
+
+        window = self.window()  # a floating dock is a window of its own: not a close
+        if isinstance(window, QMainWindow) and window.isHidden():  # the viewer is closing
+            self.shutdown()
+        super().hideEvent(event)
+
+
 def keep_triton_out() -> None:
     """Never load triton inside a running napari on a machine without CUDA.
 

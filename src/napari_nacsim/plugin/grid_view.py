@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from .layers import METADATA_KEY
 
 STRIDE = 2  # an image and one overlay per cell
+TITLE_POINTS = 7  # cell titles (the layer names) must fit a third of a laptop canvas
 # viewer -> {id(layer): layer} of the user's layers hidden while the grid is on
 _SAVED_VISIBILITY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -62,6 +63,7 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
                     viewer.layers.remove(layer)
                 layer = viewer.add_layer(make_layer(data, {**kwargs, "metadata": meta}, kind))
             layer.name_overlay.visible = grid and j == 0
+            layer.name_overlay.font_size = TITLE_POINTS
             wanted.append(slot)
             row.append(layer)
         shown.append(row)

@@ -43,6 +43,16 @@ def scan_to_layer_data(scan: Scan, name: str | None = None, **kwargs: Any) -> tu
     return scan.array, layer_kwargs, "labels" if scan.kind == LABELS else "image"
 
 
+def contour_layer_data(mask: Scan, name: str) -> tuple:
+    """A tumour mask as a red contour Labels layer with the image's scale."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    data, kwargs, kind = scan_to_layer_data(mask, name=name)
+    kwargs.update(contour=1, opacity=1.0, blending="translucent",
+                  colormap=DirectLabelColormap(color_dict={None: "transparent", 1: "red"}))
+    return data, kwargs, kind
+
+
 def guess_kind(scan: Scan) -> str:
     """Sidecar-less files: integer images named like masks are label layers."""
     if scan.kind == LABELS:

@@ -37,7 +37,8 @@ class SizeTable(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.table)
         layout.addWidget(self.note)
-        self.setMinimumHeight(180)
+        self.setMinimumHeight(170)
+        self.setMinimumWidth(520)
 
     def show_result(self, result: WhatIfResult) -> None:
         rows = result.table_rows()
@@ -86,7 +87,8 @@ class SizePlot(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.canvas)
-        self.setMinimumHeight(220)
+        self.setMinimumHeight(170)
+        self.setMinimumWidth(360)
         self.series: dict[str, tuple[list[float], list[float], list[float]]] = {}
         self._empty()
 

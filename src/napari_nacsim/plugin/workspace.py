@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox,
                             QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox,
                             QDoubleSpinBox, QVBoxLayout, QWidget)
@@ -24,10 +24,10 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
 from ..core.errors import InputError
 from ..core.schema import BINARY, FamilySchema, family_schema
 from ..engine.jobs import CancelToken, Progress
-from ..engine.session import AUTO, WhatIfRequest, WhatIfResult, WhatIfSession
-from .background import BackgroundRunner, notify_error
+from ..engine.session import WhatIfRequest, WhatIfResult, WhatIfSession
+from .background import BackgroundRunner, StopsWhenClosed, notify_error
 from .grid_view import group_layers, leave_grid, make_layer, show_cells
-from .layers import METADATA_KEY, layer_to_scan, scan_to_layer_data
+from .layers import METADATA_KEY, contour_layer_data, layer_to_scan, scan_to_layer_data
 from .scenario_panel import TARGET, ScenarioPanel
 from .size_views import SizePlot, SizeTable
 
@@ -36,16 +36,6 @@ log = logging.getLogger(__name__)
 GROUP = "whatif"
 SAMPLERS = ("dpmpp", "unipc", "ddim")
 DEBOUNCE_MS = 150  # coalesce bursts of edits (typing a number) into one request
-
-
-def tumour_contour(mask_scan, name: str) -> tuple:
-    """A tumour mask as a red contour Labels layer with the image's scale."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    data, kwargs, kind = scan_to_layer_data(mask_scan, name=name)
-    kwargs.update(contour=1, opacity=1.0, blending="translucent",
-                  colormap=DirectLabelColormap(color_dict={None: "transparent", 1: "red"}))
-    return data, kwargs, kind
 
 
 def image_cell(scan, name: str, **kwargs) -> tuple:
@@ -59,7 +49,7 @@ def _with(title: str, word: str) -> str:
     return title.replace(marker, f" {word}{marker}") if marker in title else f"{title} {word}"
 
 
-class WhatIfWorkspace(QWidget):
+class WhatIfWorkspace(StopsWhenClosed, QWidget):
     """Dock widget: scenario panel, model and run controls; results in the viewer."""
 
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
@@ -180,6 +170,11 @@ class WhatIfWorkspace(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        # Long layer and model names must not widen the dock (the grid needs the width).
+        for combo in (self.input_combo, self.model_combo, self.compare_combo):
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(16)
+        self.setMaximumWidth(460)
 
     # --- models -------------------------------------------------------------------------
     def _add_model(self, path: Optional[Path]) -> None:
@@ -192,6 +187,7 @@ class WhatIfWorkspace(QWidget):
             f" ({card['model_hash'][:8]})"
         self._models.append((text, path, card["family"]))
         self.model_combo.addItem(text)
+        self.model_combo.setItemData(self.model_combo.count() - 1, text, Qt.ToolTipRole)
         self.model_combo.setCurrentIndex(self.model_combo.count() - 1)
 
     def add_model_folder(self, folder: str | Path) -> bool:
@@ -378,7 +374,7 @@ class WhatIfWorkspace(QWidget):
         kwargs["metadata"][METADATA_KEY].update(meta)
         image = self.viewer.add_layer(make_layer(data, kwargs, kind))
         if case["mask"] is not None:
-            data, kwargs, kind = tumour_contour(case["mask"], f"{case['patient']} {base} "
+            data, kwargs, kind = contour_layer_data(case["mask"], f"{case['patient']} {base} "
                                                              "MIP tumour (manifest)")
             kwargs["metadata"][METADATA_KEY].update(meta)
             self.viewer.add_layer(make_layer(data, kwargs, kind))
@@ -463,7 +459,7 @@ class WhatIfWorkspace(QWidget):
         self.results_shown += 1
         cells = [[image_cell(result.baseline, f"{result.family.baseline} baseline "
                                               "(model input)"),
-                  tumour_contour(result.baseline_mask, f"{result.family.baseline} baseline "
+                  contour_layer_data(result.baseline_mask, f"{result.family.baseline} baseline "
                                                        "tumour")]]
         spreads = [f.spread for _, f in result.shown() if f.spread is not None]
         sd_max = max([float(np.nanmax(s.array)) for s in spreads] + [1e-6])
@@ -472,12 +468,12 @@ class WhatIfWorkspace(QWidget):
             title = follow.title if n == 1 else \
                 follow.title.replace(" (synthetic)", f" · mean of {n} (synthetic)")
             cells.append([image_cell(follow.image, title),
-                          tumour_contour(follow.mask, _with(title, "tumour"))])
+                          contour_layer_data(follow.mask, _with(title, "tumour"))])
             if follow.spread is not None:
                 sd_title = follow.title.replace(" (synthetic)", f" · SD of {n} (synthetic)")
                 cells.append([image_cell(follow.spread, sd_title, colormap="magma",
                                          contrast_limits=[0.0, sd_max]),
-                              tumour_contour(follow.mask, _with(sd_title, "tumour"))])
+                              contour_layer_data(follow.mask, _with(sd_title, "tumour"))])
         show_cells(self.viewer, GROUP, cells, grid=self.grid_mode.isChecked())
         self.table.show_result(result)
         self.plot.show_result(result)
@@ -494,8 +490,9 @@ class WhatIfWorkspace(QWidget):
         window = getattr(self.viewer, "window", None)
         if window is None or not hasattr(window, "add_dock_widget"):
             return
-        window.add_dock_widget(self.table, name="nacsim: tumour sizes", area="right")
-        window.add_dock_widget(self.plot, name="nacsim: size over time", area="right")
+        # Under the canvas: the grid keeps the full width, table and plot sit side by side.
+        window.add_dock_widget(self.table, name="nacsim: tumour sizes", area="bottom")
+        window.add_dock_widget(self.plot, name="nacsim: size over time", area="bottom")
         self._docks_added = True
 
     def _on_grid_toggled(self, on: bool) -> None:
@@ -547,10 +544,6 @@ class WhatIfWorkspace(QWidget):
             self.save_results(folder)
 
     # --- lifetime -----------------------------------------------------------------------
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt)
-        self.shutdown()
-        super().closeEvent(event)
-
     def shutdown(self) -> None:
         """Stop any run and wait for its thread (closing the widget mid-run)."""
         self._debounce.stop()

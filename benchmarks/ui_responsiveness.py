@@ -1,0 +1,142 @@
+"""Responsiveness of the napari what-if workspace while it generates (a real window).
+
+    xvfb-run -a python benchmarks/ui_responsiveness.py --out docs/benchmarks/ui_responsiveness.json
+
+Opens napari with the sample breast patient and the workspace, then measures, on the UI
+thread, the longest gap between ticks of a 5 ms timer (a stall the user would feel):
+
+- ``during_runs``: while the worker generates and segments (``--runs`` scenario toggles, each
+  waited for), i.e. the time the UI thread is blocked by the run itself;
+- ``showing_result``: the UI-thread time to put a result on screen (layers, table, plot);
+- ``toggling``: 100 scenario toggles in a burst (each submitting a run, superseding the one
+  before) until the last result is shown; also how many results were shown (should be 1).
+
+Also the latency of a scenario change (submit -> result shown) with the model loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    import napari
+    from qtpy.QtCore import QElapsedTimer, QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_nacsim.plugin.workspace import WhatIfWorkspace
+
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("nacsim", "breast")
+    widget = WhatIfWorkspace(viewer)
+    widget.auto_run.setChecked(False)
+    if args.steps:
+        widget.advanced.setChecked(True)
+        widget.steps.setValue(args.steps)
+    viewer.window.add_dock_widget(widget, area="right")
+    app = QApplication.instance()
+
+    clock = QElapsedTimer()
+    clock.start()
+    ticks: list[int] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(clock.elapsed()))
+    timer.start(5)
+
+    def wait_for(predicate, timeout_s=600.0):
+        end = time.monotonic() + timeout_s
+        while not predicate():
+            app.processEvents()
+            time.sleep(0.001)
+            if time.monotonic() > end:
+                raise TimeoutError("run did not finish")
+
+    def max_gap(since: int) -> float:
+        window = [t for t in ticks if t >= since]
+        return max((b - a for a, b in zip(window, window[1:])), default=0.0)
+
+    # Warm-up: loads the models (in the worker) and shows the first result.
+    widget.run()
+    wait_for(lambda: widget.results_shown == 1 and not widget.runner.running)
+
+    # Time to show a result on the UI thread, measured directly.
+    show_ms = []
+    for _ in range(3):
+        t = time.perf_counter()
+        widget._show_result(widget.result)
+        show_ms.append(1000 * (time.perf_counter() - t))
+
+    latencies, run_gaps = [], []
+    for k in range(args.runs):
+        widget.panel["HR"].value = not widget.panel["HR"].value
+        widget.panel["HER2"].value = bool(k % 2)
+        before = widget.results_shown
+        start = clock.elapsed()
+        running_since = None
+        t = time.perf_counter()
+        widget.run()
+        wait_for(lambda: widget.runner.running)
+        running_since = clock.elapsed()
+        wait_for(lambda: not widget.runner.running or widget.results_shown > before)
+        run_end = clock.elapsed()
+        run_gaps.append(max(b - a for a, b in zip(
+            [x for x in ticks if running_since <= x <= run_end],
+            [x for x in ticks if running_since <= x <= run_end][1:])) if
+            len([x for x in ticks if running_since <= x <= run_end]) > 1 else 0.0)
+        wait_for(lambda: widget.results_shown > before)
+        latencies.append(time.perf_counter() - t)
+        del start
+
+    before = widget.results_shown
+    since = clock.elapsed()
+    for k in range(100):
+        widget.panel["HR"].value = bool(k % 2)
+        widget.run()
+        app.processEvents()
+    wait_for(lambda: widget.results_shown > before and not widget.runner.running)
+    toggling_gap = max_gap(since)
+    timer.stop()
+    widget.shutdown()
+
+    import torch
+
+    result = {
+        "command": "xvfb-run -a python benchmarks/ui_responsiveness.py" + (
+            f" --steps {args.steps}" if args.steps else "") + f" --runs {args.runs}",
+        "machine": {"platform": platform.platform(), "cpu_cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "display": "Xvfb (software OpenGL)"},
+        "steps": widget.result.request.steps or widget._sessions and next(
+            iter(widget._sessions.values())).model.default_steps,
+        "scenario_change_to_result_s": {"median": round(statistics.median(latencies), 3),
+                                        "max": round(max(latencies), 3)},
+        "ui_max_stall_during_runs_ms": round(max(run_gaps), 1),
+        "ui_stall_per_run_ms": [round(g, 1) for g in run_gaps],
+        "ui_time_to_show_result_ms": {"median": round(statistics.median(show_ms), 1),
+                                      "max": round(max(show_ms), 1)},
+        "toggling_100_in_a_burst": {"max_stall_ms": round(toggling_gap, 1),
+                                    "results_shown": widget.results_shown - before},
+    }
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

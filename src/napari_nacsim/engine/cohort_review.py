@@ -1,0 +1,416 @@
+"""Review a model over a cohort with real follow-ups: per case, how far the generated
+follow-up is from the real one (the failure-case inspector's engine).
+
+A *case* is one patient at one follow-up time point that has real scans. For each case the
+patient's baseline is preprocessed like the model's training data (breast: registered,
+normalised subtraction MIPs), the model generates the follow-up under the patient's real
+scenario, and every image is measured by the same tumour segmenter, on the model grid:
+
+- **image**: SSIM and PSNR of generated vs real (scikit-image, data range 1, as
+  ``training/evaluate_nac.py``);
+- **size**: tumour size at baseline, real and generated; ``match`` (100 * min / max, see
+  `science.measure.match_percent`), the signed size error in percent of the real size, and
+  the Dice overlap of the generated and real masks;
+- **counterfactual** (only where ground truth exists, i.e. nacsim phantoms, whose generator
+  can render the scenario the patient did not have): the generated counterfactual against
+  that rendering, SSIM, PSNR and size match. ``None`` otherwise.
+
+Cases are yielded one by one (the UI fills its table as they come); patients without a
+follow-up, or without the values the model is conditioned on, are skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..core.atomic import atomic_path
+from ..core.cohort import Cohort, Patient, load_cohort, load_timepoint
+from ..core.errors import InputError
+from ..core.scan import IMAGE, Scan
+from ..core.schema import FamilySchema
+from ..science.measure import dice, match_percent, measure_tumour
+from .jobs import CancelToken, Progress, Steps
+from .whatif import BUNDLED_MODELS, WhatIfModel, load_model, model_grid, simulate
+
+DIFFERENCE = "generated minus real follow-up"
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One per-case number: its key (attribute and CSV column), how to show it."""
+
+    key: str
+    label: str            # table header without unit
+    unit: str             # "" / "dB" / "%" / "size" (the cohort's size unit: mm² or mL)
+    decimals: int
+    description: str
+    counterfactual: bool = False
+
+
+METRICS: tuple[Metric, ...] = (  # table and CSV order: what finds failures first
+    Metric("ssim", "SSIM", "", 2, "structural similarity, generated vs real follow-up"),
+    Metric("psnr", "PSNR", "dB", 2, "peak signal-to-noise ratio, generated vs real follow-up"),
+    Metric("match", "Match", "%", 1, "size match 100·min/max of generated and real "
+                                     "(100 = perfect)"),
+    Metric("size_error_percent", "Size error", "%", 1,
+           "(generated − real) / real size; empty when the real follow-up has no tumour"),
+    Metric("dice", "Dice", "", 2, "overlap of the generated and real tumour masks; empty "
+                                  "when neither has a tumour"),
+    Metric("size_t0", "Size T0", "size", 1, "tumour size at baseline (segmented)"),
+    Metric("size_real", "Size real", "size", 1, "tumour size of the real follow-up (segmented)"),
+    Metric("size_generated", "Size gen.", "size", 1,
+           "tumour size of the generated follow-up (segmented)"),
+    Metric("cf_ssim", "CF SSIM", "", 2, "counterfactual: SSIM of the generated counterfactual "
+                                        "vs the phantom's ground truth", True),
+    Metric("cf_psnr", "CF PSNR", "dB", 2, "counterfactual: PSNR vs the ground truth", True),
+    Metric("cf_match", "CF match", "%", 1, "counterfactual: size match 100·min/max of "
+                                           "generated and ground truth", True),
+    Metric("cf_size_truth", "CF size truth", "size", 1,
+           "counterfactual: tumour size of the ground-truth rendering (segmented)", True),
+    Metric("cf_size_generated", "CF size gen.", "size", 1,
+           "counterfactual: tumour size of the generated counterfactual (segmented)", True),
+)
+
+
+@dataclasses.dataclass
+class CaseImages:
+    """Everything on the model grid; generated images are synthetic Scans with provenance."""
+
+    baseline: Scan
+    baseline_mask: Scan
+    real: Scan
+    real_mask: Scan
+    generated: Scan
+    generated_mask: Scan
+    difference: Scan                         # generated - real, synthetic
+    counterfactual: Optional[Scan] = None    # generated under the scenario not had
+    counterfactual_mask: Optional[Scan] = None
+    counterfactual_truth: Optional[Scan] = None
+    counterfactual_truth_mask: Optional[Scan] = None
+
+
+@dataclasses.dataclass
+class CaseReview:
+    patient: str
+    baseline_time: str                       # the family's baseline time point (T0)
+    time: str                                # the follow-up time point
+    clinical: dict[str, Any]                 # the patient's real scenario (model conditions)
+    scenario_text: str                       # "non-pCR, HR+, HER2−"
+    counterfactual: Optional[dict[str, Any]]  # the flipped scenario, where ground truth exists
+    unit: str                                # size unit (mm² on MIPs)
+    metrics: dict[str, Optional[float]]      # METRICS keys -> value (None: not defined)
+    images: CaseImages
+    provenance: dict[str, Any]               # model, seed, steps, sampler, segmenter
+
+    @property
+    def key(self) -> str:
+        return f"{self.patient} {self.time}"
+
+    @property
+    def has_truth(self) -> bool:
+        return self.counterfactual is not None
+
+    def row(self) -> dict[str, Any]:
+        """A flat record (the CSV row)."""
+        row: dict[str, Any] = {"patient": self.patient, "time": self.time,
+                               "scenario": self.scenario_text,
+                               "counterfactual_scenario": self.provenance.get(
+                                   "counterfactual_text", "")}
+        for metric in METRICS:
+            row[column_name(metric, self.unit)] = self.metrics.get(metric.key)
+        for key in ("model_hash", "seed", "steps", "sampler", "segmenter"):
+            row[key] = self.provenance.get(key)
+        return row
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    patient: str
+    reason: str
+
+
+def column_name(metric: Metric, unit: str) -> str:
+    """CSV column: ``size_t0_mm2``, ``psnr_db``, ``match_percent``, ``ssim``."""
+    suffix = {"size": {"mm²": "mm2", "mL": "ml"}.get(unit, unit), "dB": "db",
+              "%": "percent" if "percent" not in metric.key else ""}.get(metric.unit, "")
+    return f"{metric.key}_{suffix}" if suffix else metric.key
+
+
+def metric_unit(metric: Metric, size_unit: str) -> str:
+    return size_unit if metric.unit == "size" else metric.unit
+
+
+# --- preprocessing per family -----------------------------------------------------------------
+
+def _breast_inputs(visits: Mapping[str, Mapping[str, Scan]], size: int) -> dict[str, Scan]:
+    """Time point -> normalised subtraction MIP on the model grid (follow-ups registered to
+    the baseline and on its intensity scale, as the model was trained)."""
+    from ..science.preprocess.breast import resize_square
+    from ..science.preprocess.pipeline import breast_mips
+
+    mips = breast_mips(visits)
+    out = {}
+    for tp, entry in mips.items():
+        grid = resize_square(entry["mip"], size)
+        # follow-ups on the baseline's window may overshoot it slightly
+        out[tp] = Scan(array=np.clip(grid.array, 0.0, 1.0).astype(np.float32),
+                       affine=grid.affine, kind=IMAGE, provenance=grid.provenance)
+    return out
+
+
+MODEL_INPUTS: dict[str, Callable[[Mapping[str, Mapping[str, Scan]], int], dict[str, Scan]]] = {
+    "breast": _breast_inputs,
+}
+
+
+# --- the review ---------------------------------------------------------------------------
+
+class CohortReview:
+    """Iterator over the `CaseReview` of every case of a cohort (see module docstring).
+
+    Construction validates (raises `InputError` for a bad manifest or a family without a
+    model) and loads the models; iterating does the work. ``skipped`` fills as it goes.
+    """
+
+    def __init__(self, cohort: Cohort | str | os.PathLike, *, model: WhatIfModel | None = None,
+                 segmenter: Any = None, seed: int = 0, steps: int | None = None,
+                 sampler: str | None = None, progress: Optional[Progress] = None,
+                 cancel: Optional[CancelToken] = None):
+        self.cohort = cohort if isinstance(cohort, Cohort) else load_cohort(cohort)
+        schema = self.cohort.family
+        self.source = str(cohort) if not isinstance(cohort, Cohort) else str(self.cohort.root)
+        if schema.name not in MODEL_INPUTS or (model is None and schema.name not in BUNDLED_MODELS):
+            raise InputError(self.source, f"no generative model for the {schema.name} family "
+                                          f"(models exist for: {', '.join(BUNDLED_MODELS)})")
+        if cancel is not None:
+            cancel.check()
+        self.model = model or load_model(family=schema.name)
+        if self.model.family.name != schema.name:
+            raise InputError(self.source, f"is a {schema.name} cohort but the model is for "
+                                          f"{self.model.family.name}")
+        if segmenter is None:
+            from ..science.segmentation import load_segmenter
+
+            segmenter = load_segmenter(schema.name)
+        self.segmenter = segmenter
+        self.seed, self.sampler = int(seed), sampler or self.model.default_sampler
+        self.steps = int(steps or self.model.default_steps)
+        if self.steps < 1:
+            raise InputError("steps", f"{self.steps} must be at least 1")
+        self.skipped: list[Skipped] = []
+        self.plan = [(p, self._followups(p)) for p in self.cohort.patients]
+        self.n_cases = sum(len(f) for _, f in self.plan)  # at most (patients may be skipped)
+        # per patient: preprocessing, every sampler step, measuring
+        self._steps = Steps(sum(2 + self.steps for _, f in self.plan if f), progress, cancel)
+        self._iter = self._run()
+
+    @property
+    def schema(self) -> FamilySchema:
+        return self.cohort.family
+
+    def __iter__(self) -> "CohortReview":
+        return self
+
+    def __next__(self) -> CaseReview:
+        return next(self._iter)
+
+    def _followups(self, patient: Patient) -> list[str]:
+        return [tp for tp in self.schema.timepoint_names
+                if tp != self.schema.baseline and tp in patient.scans]
+
+    def _conditions(self, patient: Patient) -> Optional[dict[str, Any]]:
+        variables = [v for v in self.schema.condition_variables if v.derive is None]
+        missing = [v.name for v in variables if v.name not in patient.clinical]
+        if missing:
+            self.skipped.append(Skipped(patient.id, f"no {missing[0]} value (the model is "
+                                                    "conditioned on it)"))
+            return None
+        return {v.name: patient.clinical[v.name] for v in variables}
+
+    def _run(self) -> Iterator[CaseReview]:
+        for patient, followups in self.plan:
+            self._steps.check()
+            if not followups:
+                self.skipped.append(Skipped(patient.id, "no follow-up scans"))
+                continue
+            clinical = self._conditions(patient)
+            if clinical is None:
+                self._steps.advance(2 + self.steps, f"{patient.id} skipped")
+                continue
+            yield from self._patient(patient, followups, clinical)
+
+    def _patient(self, patient: Patient, followups: list[str],
+                 clinical: dict[str, Any]) -> Iterator[CaseReview]:
+        from ..science.generative.data import counterfactual_of
+
+        schema, size = self.schema, self.model.image_size
+        steps = self._steps
+        steps.advance(0, f"{patient.id}: reading and registering scans")
+        visits = {tp: load_timepoint(patient, tp, schema) for tp in [schema.baseline, *followups]}
+        steps.check()  # registration takes seconds per follow-up: check before and after
+        inputs = MODEL_INPUTS[schema.name](visits, size)
+        baseline = model_grid(inputs[schema.baseline], size)
+        cf_clinical, truth = None, {}
+        if patient.extra.get("phantom"):
+            steps.advance(0, f"{patient.id}: rendering the counterfactual ground truth")
+            cf_clinical = counterfactual_of(schema, clinical)
+            truth = self._truth(patient, followups, cf_clinical)
+        steps.advance(1, f"{patient.id}: preprocessed")
+
+        scenarios = [{"time": tp, **clinical} for tp in followups]
+        if cf_clinical is not None:
+            scenarios += [{"time": tp, **cf_clinical} for tp in followups]
+        generated = simulate(self.model, baseline, scenarios, seed=self.seed, steps=self.steps,
+                             sampler=self.sampler,
+                             progress=lambda i, n: steps.advance(1, f"{patient.id}: generating"))
+
+        base_mask = self.segmenter.segment(baseline)
+        size_t0 = measure_tumour(base_mask)
+        provenance = {
+            "model": self.model.card.get("title", self.model.path.name),
+            "model_hash": self.model.model_hash, "seed": self.seed, "steps": self.steps,
+            "sampler": self.sampler,
+            "segmenter": getattr(self.segmenter, "name", type(self.segmenter).__name__),
+            "counterfactual_text": schema.describe(cf_clinical) if cf_clinical else "",
+        }
+        cases = []
+        for k, tp in enumerate(followups):
+            steps.check()
+            gen, real = generated[k], inputs[tp]
+            gen_mask, real_mask = self.segmenter.segment(gen), self.segmenter.segment(real)
+            metrics = _pair_metrics(gen, real, gen_mask, real_mask)
+            metrics["size_t0"] = size_t0.total
+            images = CaseImages(baseline, base_mask, real, real_mask, gen, gen_mask,
+                                _difference(gen, real))
+            if cf_clinical is not None:
+                cf, cf_truth = generated[len(followups) + k], truth[tp]
+                cf_mask, truth_mask = self.segmenter.segment(cf), self.segmenter.segment(cf_truth)
+                cf_metrics = _pair_metrics(cf, cf_truth, cf_mask, truth_mask)
+                metrics.update(cf_ssim=cf_metrics["ssim"], cf_psnr=cf_metrics["psnr"],
+                               cf_size_truth=cf_metrics["size_real"],
+                               cf_size_generated=cf_metrics["size_generated"],
+                               cf_match=cf_metrics["match"])
+                images.counterfactual, images.counterfactual_mask = cf, cf_mask
+                images.counterfactual_truth, images.counterfactual_truth_mask = cf_truth, truth_mask
+            cases.append(CaseReview(
+                patient=patient.id, baseline_time=schema.baseline, time=tp,
+                clinical=dict(clinical), scenario_text=schema.describe(clinical),
+                counterfactual=cf_clinical,
+                unit=size_t0.unit, metrics={m.key: metrics.get(m.key) for m in METRICS},
+                images=images, provenance=provenance))
+        steps.advance(1, f"{patient.id}: measured")
+        yield from cases
+
+    def _truth(self, patient: Patient, followups: list[str],
+               cf_clinical: dict[str, Any]) -> dict[str, Scan]:
+        """The phantom rendered under the counterfactual scenario, preprocessed like the real
+        scans: the ground truth of what the model should have generated."""
+        from ..science.phantoms.cohort import phantom_of
+
+        rendering = phantom_of(self.cohort, patient).render(cf_clinical)
+        tps = [self.schema.baseline, *followups]
+        visits = {tp: {**rendering.scans[tp], **rendering.masks.get(tp, {})} for tp in tps}
+        return MODEL_INPUTS[self.schema.name](visits, self.model.image_size)
+
+
+def review_cohort(cohort: Cohort | str | os.PathLike, *, model: WhatIfModel | None = None,
+                  segmenter: Any = None, seed: int = 0, steps: int | None = None,
+                  sampler: str | None = None, progress: Optional[Progress] = None,
+                  cancel: Optional[CancelToken] = None) -> CohortReview:
+    """Review ``cohort`` (a `Cohort` or a manifest path); iterate the result for the cases.
+    Raises `InputError` at once for a bad manifest or a family without a model;
+    `jobs.Cancelled` while iterating once ``cancel`` is tripped."""
+    return CohortReview(cohort, model=model, segmenter=segmenter, seed=seed, steps=steps,
+                        sampler=sampler, progress=progress, cancel=cancel)
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+def _pair_metrics(generated: Scan, reference: Scan, gen_mask: Scan, ref_mask: Scan
+                  ) -> dict[str, Optional[float]]:
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    a = np.asarray(reference.array, np.float64)
+    b = np.clip(np.asarray(generated.array, np.float64), 0.0, 1.0)
+    gen_size, ref_size = measure_tumour(gen_mask).total, measure_tumour(ref_mask).total
+    overlap = dice(gen_mask.array, ref_mask.array)
+    return {
+        "ssim": float(structural_similarity(a, b, data_range=1.0)),
+        "psnr": float(peak_signal_noise_ratio(a, b, data_range=1.0)),
+        "size_real": ref_size, "size_generated": gen_size,
+        "match": match_percent(gen_size, ref_size),
+        "size_error_percent": 100.0 * (gen_size - ref_size) / ref_size if ref_size > 0 else None,
+        "dice": overlap if math.isfinite(overlap) else None,
+    }
+
+
+def _difference(generated: Scan, real: Scan) -> Scan:
+    array = (np.asarray(generated.array, np.float32) - np.asarray(real.array, np.float32))
+    history = list(generated.provenance.get("history", []))
+    history.append({"step": "difference", "what": DIFFERENCE})
+    provenance = {**generated.provenance, "history": history, "difference": DIFFERENCE,
+                  "label": "SYNTHETIC - difference of a generated counterfactual and the real "
+                           "follow-up"}
+    return Scan(array=array, affine=generated.affine, kind=IMAGE, provenance=provenance)
+
+
+def summarise(cases: Sequence[CaseReview]) -> dict[str, Any]:
+    """Mean of every metric over the cases where it is defined, and the counts."""
+    means: dict[str, Optional[float]] = {}
+    for metric in METRICS:
+        values = [c.metrics.get(metric.key) for c in cases]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        means[metric.key] = float(np.mean(values)) if values else None
+    return {"n_cases": len(cases), "n_patients": len({c.patient for c in cases}),
+            "n_with_truth": sum(c.has_truth for c in cases),
+            "unit": cases[0].unit if cases else "", "means": means}
+
+
+def describe_summary(summary: Mapping[str, Any]) -> str:
+    """One line: "12 cases (6 patients) · mean SSIM 0.712 · PSNR 21.3 dB · match 81.2 % ..."."""
+    n, means, unit = summary["n_cases"], summary["means"], summary["unit"]
+    if not n:
+        return "no cases"
+    parts = [f"{n} case{'s' if n != 1 else ''} ({summary['n_patients']} patient"
+             f"{'s' if summary['n_patients'] != 1 else ''})"]
+    for key in ("ssim", "psnr", "match", "dice", "cf_ssim", "cf_match"):
+        metric = next(m for m in METRICS if m.key == key)
+        value = means.get(key)
+        if value is not None:
+            unit_text = metric_unit(metric, unit)
+            parts.append(f"{'mean ' if len(parts) == 1 else ''}{metric.label} "
+                         f"{value:.{metric.decimals}f}{' ' + unit_text if unit_text else ''}")
+    return " · ".join(parts)
+
+
+def cases_to_csv(cases: Sequence[CaseReview], path: str | os.PathLike) -> Path:
+    """Write one row per case (see `CaseReview.row`); empty cells where a metric is not
+    defined. Atomic: a reader never sees half a table."""
+    path = Path(path)
+    rows = [c.row() for c in cases]
+    unit = cases[0].unit if cases else "mm²"
+    header = ["patient", "time", "scenario", "counterfactual_scenario",
+              *(column_name(m, unit) for m in METRICS),
+              "model_hash", "seed", "steps", "sampler", "segmenter"]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _cell(v) for k, v in row.items()})
+    return path
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(round(value, 6))
+    return value

@@ -1,0 +1,323 @@
+"""The failure-case inspector: run the model over a cohort with real follow-ups and find the
+cases it gets wrong.
+
+A thin face over `engine.cohort_review`: the review runs in a `BackgroundRunner`; every case
+it yields is queued to the UI thread and added to a sortable table at once (so a long run
+can be read while it goes). Selecting a row shows the case in napari's grid: baseline, real
+follow-up, generated follow-up and the difference map, each with its tumour contour.
+Nothing here computes an image or a metric.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox,
+                            QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                            QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
+                            QWidget)
+
+from ..core.cohort import load_cohort
+from ..core.errors import InputError
+from ..engine.cohort_review import (METRICS, CaseReview, Skipped, cases_to_csv,
+                                    describe_summary, metric_unit, review_cohort, summarise)
+from ..engine.jobs import CancelToken, Progress
+from .background import BackgroundRunner, StopsWhenClosed, notify_error
+from .grid_view import show_cells
+from .layers import contour_layer_data, scan_to_layer_data
+
+GROUP = "inspector"
+FIXED_COLUMNS = ("Patient", "Time", "Scenario")
+CASE_ROLE = Qt.UserRole          # on the patient cell: index into `cases`
+SORT_ROLE = Qt.UserRole + 1      # on metric cells: the number the column sorts by
+DEFAULT = "model default"
+
+
+class _NumberItem(QTableWidgetItem):
+    """A metric cell: shows the rounded value, sorts by the number (missing values first)."""
+
+    def __init__(self, value: Optional[float], decimals: int):
+        missing = value is None or not math.isfinite(value)
+        super().__init__("—" if missing else f"{value:.{decimals}f}")
+        self.setData(SORT_ROLE, -math.inf if missing else float(value))
+        self.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        mine, theirs = self.data(SORT_ROLE), other.data(SORT_ROLE)
+        if mine is None or theirs is None:
+            return super().__lt__(other)
+        return mine < theirs
+
+
+def case_cells(case: CaseReview) -> list[list[tuple]]:
+    """The grid cells of a case: [image, tumour contour] each; generated layers are named
+    "... (synthetic)" by `scan_to_layer_data` (their provenance says so)."""
+    im, head = case.images, f"{case.patient} "
+    t0 = case.baseline_time
+    diff = np.asarray(im.difference.array)
+    limit = float(np.percentile(np.abs(diff), 99.5)) if diff.size else 0.0
+    limit = max(limit, 0.05)  # symmetric: white = no difference
+    same = {"contrast_limits": [0.0, 1.0]}  # real and generated on one contrast
+    return [
+        [scan_to_layer_data(im.baseline, name=f"{head}{t0} baseline", **same),
+         contour_layer_data(im.baseline_mask, f"{head}{t0} baseline tumour")],
+        [scan_to_layer_data(im.real, name=f"{head}{case.time} real", **same),
+         contour_layer_data(im.real_mask, f"{head}{case.time} real tumour")],
+        [scan_to_layer_data(im.generated, name=f"{head}{case.time} generated", **same),
+         contour_layer_data(im.generated_mask, f"{head}{case.time} generated tumour")],
+        [scan_to_layer_data(im.difference, name=f"{head}{case.time} generated − real",
+                            colormap="bwr", contrast_limits=[-limit, limit]),
+         contour_layer_data(im.generated_mask, f"{head}{case.time} generated tumour on difference")],
+    ]
+
+
+class CohortInspector(StopsWhenClosed, QWidget):
+    """Dock widget: manifest, run/cancel, the case table, summary and CSV export."""
+
+    case_ready = Signal(int, object)  # run number, CaseReview; emitted from the worker
+
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.runner = BackgroundRunner("nacsim cohort review", self)
+        self.runner.progressed.connect(self._on_progress)
+        self.runner.state_changed.connect(self._on_state)
+        self.case_ready.connect(self._on_case)
+        self.cases: list[CaseReview] = []
+        self.skipped: list[Skipped] = []
+        self._run_number = 0
+        self._closed = False
+        self._build()
+
+    # --- layout ---------------------------------------------------------------------------
+    def _build(self) -> None:
+        from ..science.generative.sampling import SAMPLERS
+
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("cohort.json with real follow-ups")
+        self.path_edit.returnPressed.connect(self.run)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.path_edit, 1)
+        path_row.addWidget(browse)
+
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 1000)
+        self.steps.setSpecialValueText(DEFAULT)  # 0: the model card's default
+        self.sampler = QComboBox()
+        self.sampler.addItems([DEFAULT, *SAMPLERS])
+        advanced = QGroupBox("Advanced")
+        form = QFormLayout(advanced)
+        form.addRow("Seed", self.seed)
+        form.addRow("Steps", self.steps)
+        form.addRow("Sampler", self.sampler)
+
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+
+        self.status = QLabel("Open a cohort manifest and press Run.")
+        self.status.setWordWrap(True)
+        self.table = self._make_table()
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.clicked.connect(lambda: self.export_csv())
+        self.export_button.setEnabled(False)
+
+        self.setMinimumWidth(560)  # room for the first metric columns
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Cohort manifest"))
+        layout.addLayout(path_row)
+        layout.addWidget(advanced)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.export_button)
+
+    def _make_table(self) -> QTableWidget:
+        table = QTableWidget(0, len(FIXED_COLUMNS) + len(METRICS))
+        table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        table.setSelectionMode(QAbstractItemView.SingleSelection)
+        table.verticalHeader().setVisible(False)
+        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        table.horizontalHeader().setStretchLastSection(False)
+        table.setSortingEnabled(True)
+        table.itemSelectionChanged.connect(self._on_select)
+        self._set_headers(table, "mm²")
+        return table
+
+    def _set_headers(self, table: QTableWidget, size_unit: str) -> None:
+        for col, text in enumerate(FIXED_COLUMNS):
+            table.setHorizontalHeaderItem(col, QTableWidgetItem(text))
+        for k, metric in enumerate(METRICS):
+            unit = metric_unit(metric, size_unit)
+            item = QTableWidgetItem(f"{metric.label} ({unit})" if unit else metric.label)
+            item.setToolTip(metric.description)
+            table.setHorizontalHeaderItem(len(FIXED_COLUMNS) + k, item)
+        self._show_counterfactual_columns(table, False)
+
+    def _show_counterfactual_columns(self, table: QTableWidget, shown: bool) -> None:
+        for k, metric in enumerate(METRICS):
+            if metric.counterfactual:
+                table.setColumnHidden(len(FIXED_COLUMNS) + k, not shown)
+
+    # --- actions --------------------------------------------------------------------------
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a cohort manifest",
+                                              self.path_edit.text(), "Cohort manifest (*.json)")
+        if path:
+            self.path_edit.setText(path)
+
+    def run(self) -> None:
+        """Validate the manifest here (fast, one-line errors at once) and review it in the
+        background."""
+        text = self.path_edit.text().strip()
+        if not text:
+            self._fail(InputError("cohort manifest", "choose a cohort.json first"))
+            return
+        try:
+            cohort = load_cohort(Path(text).expanduser())
+        except InputError as err:
+            self._fail(err)
+            return
+        self._run_number += 1
+        self._closed = False
+        number = self._run_number
+        self._clear()
+        options = {"seed": self.seed.value(), "steps": self.steps.value() or None,
+                   "sampler": None if self.sampler.currentText() == DEFAULT
+                   else self.sampler.currentText()}
+
+        def job(token: CancelToken, progress: Progress) -> list[Skipped]:
+            review = review_cohort(cohort, progress=progress, cancel=token, **options)
+            for case in review:
+                self.case_ready.emit(number, case)  # queued: the UI thread adds the row
+            return review.skipped
+
+        self.status.setText(f"Reviewing {len(cohort.patients)} patients of {Path(text).name}…")
+        self.runner.submit(job, lambda skipped: self._on_done(number, skipped),
+                           lambda exc: self._on_error(number, exc))
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def export_csv(self, path: str | Path | None = None) -> Optional[Path]:
+        """Write the table (in its current sort order) as CSV; asks for a file if no path."""
+        if not self.cases:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export the case table",
+                                                  "cohort_review.csv", "CSV (*.csv)")
+            if not path:
+                return None
+        try:
+            written = cases_to_csv(self.ordered_cases(), path)
+        except (InputError, OSError) as err:
+            notify_error(err, "CSV export")
+            return None
+        self.status.setText(f"Exported {len(self.cases)} cases to {written}")
+        return written
+
+    def ordered_cases(self) -> list[CaseReview]:
+        return [self.cases[self.table.item(row, 0).data(CASE_ROLE)]
+                for row in range(self.table.rowCount())]
+
+    # --- results --------------------------------------------------------------------------
+    def _clear(self) -> None:
+        self.cases, self.skipped = [], []
+        self.table.setRowCount(0)
+        self.summary.setText("")
+        self.export_button.setEnabled(False)
+
+    def _on_case(self, number: int, case: CaseReview) -> None:
+        if number != self._run_number or self._closed:
+            return  # a superseded run's case, still in the queue
+        if not self.cases:
+            self._set_headers(self.table, case.unit)
+        index = len(self.cases)
+        self.cases.append(case)
+        table = self.table
+        table.setSortingEnabled(False)  # Qt: inserting into a sorted table scrambles rows
+        row = table.rowCount()
+        table.insertRow(row)
+        first = QTableWidgetItem(case.patient)
+        first.setData(CASE_ROLE, index)
+        table.setItem(row, 0, first)
+        table.setItem(row, 1, QTableWidgetItem(case.time))
+        scenario = QTableWidgetItem(case.scenario_text)
+        if case.counterfactual is not None:
+            scenario.setToolTip(f"counterfactual: {case.provenance.get('counterfactual_text')}")
+        table.setItem(row, 2, scenario)
+        for k, metric in enumerate(METRICS):
+            item = _NumberItem(case.metrics.get(metric.key), metric.decimals)
+            item.setToolTip(metric.description)
+            table.setItem(row, len(FIXED_COLUMNS) + k, item)
+        table.setSortingEnabled(True)
+        if case.has_truth:
+            self._show_counterfactual_columns(table, True)
+        self.summary.setText(describe_summary(summarise(self.cases)))
+        self.export_button.setEnabled(True)
+
+    def _on_done(self, number: int, skipped: list[Skipped]) -> None:
+        if number != self._run_number or self._closed:
+            return
+        self.skipped = list(skipped)
+        text = f"Done: {len(self.cases)} cases"
+        if skipped:
+            shown = "; ".join(f"{s.patient}: {s.reason}" for s in skipped[:3])
+            more = "; …" if len(skipped) > 3 else ""
+            text += f"; {len(skipped)} patient(s) skipped ({shown}{more})"
+        self.status.setText(text + ". Select a row to inspect it.")
+
+    def _on_error(self, number: int, exc: Exception) -> None:
+        if number == self._run_number and not self._closed:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        notify_error(exc, "cohort review")
+        self.status.setText(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def _on_progress(self, done: int, total: int, what: str) -> None:
+        if not self._closed:
+            self.status.setText(f"{what or 'working'} ({done}/{total})")
+
+    def _on_state(self, state: str) -> None:
+        if self._closed:
+            return
+        self.cancel_button.setEnabled(state == "running")
+        if state == "cancelled":
+            self.status.setText(f"Cancelled after {len(self.cases)} cases.")
+
+    def _on_select(self) -> None:
+        rows = {index.row() for index in self.table.selectedIndexes()}
+        if len(rows) != 1:
+            return
+        item = self.table.item(rows.pop(), 0)
+        if item is not None:
+            self.show_case(self.cases[item.data(CASE_ROLE)])
+
+    def show_case(self, case: CaseReview) -> list[list[Any]]:
+        return show_cells(self.viewer, GROUP, case_cells(case), columns=2)  # 2 x 2: larger
+
+    # --- closing --------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop the run and wait for its thread (closing the widget or the viewer)."""
+        if not self._closed:
+            self._closed = True
+            self.runner.shutdown()
+

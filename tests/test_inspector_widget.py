@@ -1,0 +1,181 @@
+"""The failure-case inspector widget: a background review filling a sortable table, the
+selected case in the grid, CSV export, and no crash or stray thread on bad input, cancel or
+close (napari's fixtures; needs a display)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt, QThreadPool
+
+from cohort_helpers import tiny_cohort
+from napari_nacsim.engine.cohort_review import METRICS
+from napari_nacsim.plugin.grid_view import group_layers
+from napari_nacsim.plugin.inspector import FIXED_COLUMNS, GROUP, SORT_ROLE, CohortInspector
+
+pytestmark = pytest.mark.viewer
+
+WAIT_MS = 240_000
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    # 2 patients, T0 + T1; BR0002 as if real data (no ground truth: one registration less)
+    path = tiny_cohort(tmp_path_factory.mktemp("cohort") / "c", 2)
+    payload = json.loads(path.read_text())
+    payload["patients"][1].pop("extra")
+    path.write_text(json.dumps(payload))
+    return path
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    import napari.utils.notifications as notifications
+
+    messages: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", messages.append)
+    return messages
+
+
+@pytest.fixture
+def inspector(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = CohortInspector(viewer)
+    viewer.window.add_dock_widget(widget, name="Cohort inspector")
+    widget.steps.setValue(2)
+    yield viewer, widget
+    widget.shutdown()
+
+
+def column(key: str) -> int:
+    return len(FIXED_COLUMNS) + [m.key for m in METRICS].index(key)
+
+
+def no_threads_left() -> bool:
+    return QThreadPool.globalInstance().waitForDone(10_000)
+
+
+def test_review_fills_table_sorts_shows_case_and_exports(inspector, manifest, errors,
+                                                         qtbot, tmp_path):
+    viewer, widget = inspector
+    while_running = []
+    widget.case_ready.connect(lambda *_: while_running.append(
+        (widget.table.rowCount(), widget.runner.running)))
+    widget.path_edit.setText(str(manifest))
+    widget.run()
+    qtbot.waitUntil(lambda: len(widget.cases) == 2 and not widget.runner.running,
+                    timeout=WAIT_MS)
+    assert errors == []
+    assert while_running[0] == (1, True)  # the first row came while the run went on
+    assert widget.status.text().startswith("Done: 2 cases")
+    table = widget.table
+    headers = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    assert headers[:3] == ["Patient", "Time", "Scenario"]
+    assert "Size T0 (mm²)" in headers and "PSNR (dB)" in headers and "Match (%)" in headers
+    assert not table.isColumnHidden(column("cf_match"))  # phantoms have ground truth
+    assert "mean SSIM" in widget.summary.text()
+
+    table.sortItems(column("match"), Qt.DescendingOrder)
+    values = [table.item(r, column("match")).data(SORT_ROLE) for r in range(2)]
+    assert values == sorted(values, reverse=True)
+    text = table.item(0, column("ssim")).text()
+    assert len(text.split(".")[1]) == 2  # rounded for reading, sorted by the number
+    table.sortItems(0, Qt.DescendingOrder)
+    assert [table.item(r, 0).text() for r in range(2)] == ["BR0002", "BR0001"]
+
+    table.selectRow(1)  # BR0001
+    layers = group_layers(viewer, GROUP)
+    names = [layer.name for layer in layers]
+    assert len(layers) == 8 and viewer.grid.enabled
+    assert "BR0001 T1 generated (synthetic)" in names
+    assert "BR0001 T1 generated tumour (synthetic)" in names
+    assert "BR0001 T1 generated − real (synthetic)" in names
+    assert any(n.startswith("BR0001 T1 real") for n in names)
+    generated = viewer.layers["BR0001 T1 generated (synthetic)"]
+    provenance = generated.metadata["nacsim"]["provenance"]
+    assert provenance["synthetic"] and provenance["model_hash"] and provenance["steps"] == 2
+    for layer in layers:
+        np.testing.assert_allclose(layer.scale, generated.scale)
+        if layer._type_string == "labels":
+            assert layer.contour == 1
+    diff = viewer.layers["BR0001 T1 generated − real (synthetic)"]
+    assert diff.colormap.name == "bwr"
+    assert diff.contrast_limits[0] == pytest.approx(-diff.contrast_limits[1])
+
+    out = widget.export_csv(tmp_path / "cases.csv")
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["patient"] for r in rows] == ["BR0002", "BR0001"]  # the table's order
+    assert all(float(r["ssim"]) <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("bad", ["junk", "absent", "wrong family", "broken file"])
+def test_bad_manifest_notifies_in_one_line(inspector, manifest, errors, qtbot, tmp_path, bad):
+    viewer, widget = inspector
+    if bad == "junk":
+        path = tmp_path / "junk.json"
+        path.write_text("{ not a manifest")
+    elif bad == "absent":
+        path = tmp_path / "absent.json"
+    elif bad == "wrong family":  # breast patients in a lung manifest
+        payload = json.loads(manifest.read_text())
+        payload["family"] = "lung"
+        path = manifest.with_name("lung.json")
+        path.write_text(json.dumps(payload))
+    else:  # a valid manifest whose T1 scan is truncated: fails in the background run
+        payload = json.loads(manifest.read_text())
+        source = manifest.parent / payload["patients"][0]["scans"]["T1"]["pre"]
+        broken = tmp_path / "broken_T1_pre.nii.gz"
+        broken.write_bytes(source.read_bytes()[:200])
+        payload["patients"][0]["scans"]["T1"]["pre"] = str(broken)
+        path = manifest.with_name("broken.json")  # its other paths are relative
+        path.write_text(json.dumps(payload))
+    widget.path_edit.setText(str(path))
+    widget.run()  # must not raise
+    qtbot.waitUntil(lambda: len(errors) == 1 and not widget.runner.running, timeout=WAIT_MS)
+    assert "\n" not in errors[0]
+    assert (path.name if bad != "broken file" else "broken_T1_pre.nii.gz") in errors[0]
+    assert widget.table.rowCount() == 0
+    assert no_threads_left()
+
+
+def test_cancel_mid_run(inspector, manifest, errors, qtbot):
+    viewer, widget = inspector
+    widget.path_edit.setText(str(manifest))
+    with qtbot.waitSignal(widget.runner.progressed, timeout=WAIT_MS):
+        widget.run()
+    assert widget.cancel_button.isEnabled()
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
+    assert widget.status.text().startswith("Cancelled")
+    assert errors == [] and widget.run_button.isEnabled()
+    assert no_threads_left()
+
+
+def test_closing_mid_run_leaves_no_thread(inspector, manifest, errors, qtbot):
+    viewer, widget = inspector
+    widget.path_edit.setText(str(manifest))
+    with qtbot.waitSignal(widget.runner.progressed, timeout=WAIT_MS):
+        widget.run()
+    viewer.window.remove_dock_widget(widget)  # napari's close button does this
+    assert widget.runner._idle.is_set()  # shutdown waited for the job
+    assert no_threads_left()
+    qtbot.wait(50)  # queued signals of the finished worker arrive harmlessly
+    assert errors == []
+
+
+def test_closing_the_viewer_mid_run_stops_the_run(make_napari_viewer, manifest, errors, qtbot):
+    viewer = make_napari_viewer(show=True)
+    widget = CohortInspector(viewer)
+    viewer.window.add_dock_widget(widget, name="Cohort inspector")
+    widget.steps.setValue(2)
+    widget.path_edit.setText(str(manifest))
+    with qtbot.waitSignal(widget.runner.progressed, timeout=WAIT_MS):
+        widget.run()
+    viewer.close()
+    assert widget.runner._idle.is_set()
+    assert no_threads_left()
+    assert errors == []
