@@ -132,3 +132,18 @@ def test_sample_data(make_napari_viewer, family, n_timepoints):
         np.testing.assert_allclose(layer.scale, images[0].scale)
     shown = [layer for layer in layers if layer.visible and layer.__class__.__name__ == "Image"]
     assert len(shown) == 1 and shown[0].ndim == (2 if family == "breast" else 3)
+
+
+def test_widgets_open_like_napari_dash_w(make_napari_viewer):
+    """`napari -w nacsim` opens the first widget of the manifest (the what-if workspace);
+    `napari -w nacsim "Cohort inspector"` the inspector — through napari's own plugin API."""
+    from napari.plugins import _npe2
+
+    viewer = make_napari_viewer()
+    assert _npe2.get_widget_contribution("nacsim") is not None
+    dock, widget = viewer.window.add_plugin_dock_widget("nacsim")
+    assert type(widget).__name__ == "WhatIfWorkspace"
+    dock, inspector = viewer.window.add_plugin_dock_widget("nacsim", "Cohort inspector")
+    assert type(inspector).__name__ == "CohortInspector"
+    widget.shutdown()
+    inspector.shutdown()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import weakref
 from typing import Any, Sequence
 
+import numpy as np
+
 from .layers import METADATA_KEY
 
 STRIDE = 2  # an image and one overlay per cell
@@ -93,15 +95,27 @@ _SET_AFTER = ("contour",)  # napari takes these as properties, not constructor a
 
 
 def _update_layer(layer, data, meta, kwargs) -> None:
+    """Set what differs only: each napari setter refreshes the layer (a UI-thread cost)."""
     layer.data = data
     layer.metadata = meta
     for key, value in kwargs.items():
         if key in ("colormap",) and layer._type_string == "labels":
             continue  # the tumour colour does not change between runs
         try:
+            if _same(getattr(layer, key), value):
+                continue
             setattr(layer, key, value)
         except (AttributeError, ValueError, TypeError):
             pass  # an option napari only takes at construction; the old value is fine
+
+
+def _same(current, wanted) -> bool:
+    if isinstance(wanted, (str, bool)) or wanted is None:
+        return current == wanted or getattr(current, "name", None) == wanted
+    try:
+        return bool(np.allclose(np.asarray(current, float), np.asarray(wanted, float)))
+    except (TypeError, ValueError):
+        return False
 
 
 def _order(viewer, layers: list) -> None:
@@ -124,20 +138,32 @@ def _cellwise(layers: list) -> list:
 
 
 def enter_grid(viewer, group: str, n_cells: int, columns: int | None = None) -> None:
-    """Grid on, one cell per group cell; other layers hidden (visibility remembered)."""
-    saved = _SAVED_VISIBILITY.setdefault(viewer, {})
-    for layer in viewer.layers:
-        if _group_of(layer) != group:
-            if layer.visible and id(layer) not in saved:
-                saved[id(layer)] = layer
-            layer.visible = False
-        else:
-            layer.visible = True
+    """Grid on, one cell per group cell; other layers hidden (visibility remembered).
+
+    Only what changes is touched: napari re-lays the whole grid on every visibility change
+    (its cost grows with layers x cells), so changes are made with the grid off, and the
+    view is reset only when the layout itself changes (not on every re-run).
+    """
     columns = columns or (n_cells if n_cells <= 4 else (n_cells + 1) // 2)
+    shape = (-1, columns)
+    changes = [(layer, _group_of(layer) == group) for layer in viewer.layers
+               if layer.visible != (_group_of(layer) == group)]
+    same_layout = viewer.grid.enabled and viewer.grid.stride == -STRIDE and \
+        tuple(viewer.grid.shape) == shape
+    if same_layout and not changes:
+        return
+    if changes:
+        saved = _SAVED_VISIBILITY.setdefault(viewer, {})
+        viewer.grid.enabled = False
+        for layer, visible in changes:
+            if not visible and _group_of(layer) is None:
+                saved[id(layer)] = layer  # the user's layer: shown again by leave_grid
+            layer.visible = visible
     viewer.grid.stride = -STRIDE
-    viewer.grid.shape = (-1, columns)
+    viewer.grid.shape = shape
     viewer.grid.enabled = True
-    viewer.reset_view()
+    if not same_layout:
+        viewer.reset_view()
 
 
 def leave_grid(viewer) -> None:
