@@ -31,7 +31,7 @@ def test_workspace_compare_mode_screenshot(make_napari_viewer, qtbot):
     from napari_nacsim.plugin.workspace import WhatIfWorkspace
 
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1500, 900)
+    viewer.window._qt_window.resize(1600, 960)
     viewer.open_sample("nacsim", "breast")
     widget = WhatIfWorkspace(viewer)
     widget.auto_run.setChecked(False)
@@ -54,7 +54,7 @@ def test_inspector_screenshot(make_napari_viewer, qtbot, tmp_path):
     from napari_nacsim.plugin.inspector import CohortInspector
 
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1500, 900)
+    viewer.window._qt_window.resize(1600, 960)
     inspector = CohortInspector(viewer)
     viewer.window.add_dock_widget(inspector, name="nacsim inspector", area="right")
     manifest = tiny_cohort(tmp_path / "cohort", n_patients=2)

@@ -218,6 +218,12 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def _current_model(self) -> tuple[str, Optional[Path], str]:
         return self._models[self.model_combo.currentIndex()]
 
+    def _model_input(self) -> dict:
+        """What the current model's family takes as input (2D MIP, 3D CT crop)."""
+        from ..science.segmentation.dataset import FAMILY_INPUT
+
+        return FAMILY_INPUT[self._current_model()[2]]
+
     def _on_model_changed(self, *_):
         if not self._models:
             return
@@ -302,11 +308,12 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         if layer.rgb:
             raise InputError(f"layer '{layer.name}'", "is an RGB image; the model takes a "
                                                       "grey-level subtraction MIP")
-        if layer.ndim != 2:
+        family = self._current_model()[2]
+        spec = self._model_input()
+        if layer.ndim != spec["ndim"]:
             raise InputError(f"layer '{layer.name}'",
-                             f"is {layer.ndim}D; the breast model takes the 2D pre-treatment "
-                             "subtraction MIP (the sample patient's 'T0 MIP' layer, or "
-                             "`nacsim mip` on your DCE scans)")
+                             f"is {layer.ndim}D; the {family} model takes {spec['what']} "
+                             "of the pre-treatment visit")
         scan = layer_to_scan(np.asarray(layer.data),
                              {"name": layer.name, "scale": list(layer.scale),
                               "metadata": layer.metadata}, "image")
@@ -405,8 +412,9 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             for widget in self.panel:
                 if widget.name in {v.name for v in self.panel.schema.condition_variables}:
                     widget.enabled = widget.name != compared  # both states are generated
-        if self.auto_run.isChecked() and self.input_layer() is not None and \
-                self.input_layer().ndim == 2:
+        layer = self.input_layer()
+        if self.auto_run.isChecked() and layer is not None and \
+                layer.ndim == self._model_input()["ndim"]:
             self._debounce.start()
 
     def _on_advanced_toggled(self, on: bool) -> None:
@@ -457,8 +465,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def _show_result(self, result: WhatIfResult) -> None:
         self.result = result
         self.results_shown += 1
-        cells = [[image_cell(result.baseline, f"{result.family.baseline} baseline "
-                                              "(model input)"),
+        cells = [[image_cell(result.baseline, f"{result.family.baseline} baseline"),
                   contour_layer_data(result.baseline_mask, f"{result.family.baseline} baseline "
                                                        "tumour")]]
         spreads = [f.spread for _, f in result.shown() if f.spread is not None]
