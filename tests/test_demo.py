@@ -50,3 +50,29 @@ def test_demo_writes_pcr_vs_non_pcr_images_masks_report_and_figure(tmp_path, no_
     (other / "notes.txt").write_text("keep me")
     assert main(["demo", "--out", str(other), "--steps", "4"]) != 0
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.viewer
+def test_demo_with_a_display_opens_the_sample_patient_and_the_workspace(make_napari_viewer,
+                                                                        monkeypatch):
+    import napari
+
+    from napari_nacsim.cli import demo
+
+    opened = {}
+
+    def fake_viewer(**kwargs):
+        opened["viewer"] = make_napari_viewer()
+        return opened["viewer"]
+
+    monkeypatch.setattr(napari, "Viewer", fake_viewer)
+    monkeypatch.setattr(napari, "run", lambda: opened.setdefault("ran", True))
+    monkeypatch.setenv("DISPLAY", ":99")
+    assert demo.run_demo(out=None, viewer="auto") == 0
+    viewer = opened["viewer"]
+    assert opened["ran"] is True
+    assert any(layer.ndim == 2 and "MIP" in layer.name for layer in viewer.layers)
+    docks = viewer.window.dock_widgets
+    widget = next(w for w in docks.values() if type(w).__name__ == "WhatIfWorkspace")
+    assert "MIP" in widget.input_combo.currentText()
+    widget.shutdown()
