@@ -13,7 +13,7 @@ from qtpy.QtCore import Qt, QThreadPool
 
 from cohort_helpers import tiny_cohort
 from napari_nacsim.engine.cohort_review import METRICS
-from napari_nacsim.plugin.grid_view import group_layers
+from napari_nacsim.plugin.grid_view import grid_of, group_layers
 from napari_nacsim.plugin.inspector import FIXED_COLUMNS, GROUP, SORT_ROLE, CohortInspector
 
 pytestmark = pytest.mark.viewer
@@ -89,7 +89,7 @@ def test_review_fills_table_sorts_shows_case_and_exports(inspector, manifest, er
     table.selectRow(1)  # BR0001
     layers = group_layers(viewer, GROUP)
     names = [layer.name for layer in layers]
-    assert len(layers) == 8 and viewer.grid.enabled
+    assert len(layers) == 8 and grid_of(viewer).enabled
     assert "BR0001 T1 generated (synthetic)" in names
     assert "BR0001 T1 generated tumour (synthetic)" in names
     assert "BR0001 T1 generated − real (synthetic)" in names

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 
+from napari_nacsim.plugin.grid_view import grid_of
 from napari_nacsim.plugin.workspace import WhatIfWorkspace
 
 pytestmark = pytest.mark.viewer
@@ -91,9 +92,9 @@ def test_generate_segment_table_plot_and_provenance(workspace, qtbot):
             assert prov["scenario"]["time"] == "T2" and prov["steps"] == 3
             assert prov["seed"] == 0 and prov["sampler"] and prov["generated_at"]
             assert tuple(layer.contrast_limits) == (0.0, 1.0)
-    assert viewer.grid.enabled and viewer.grid.stride == -2
+    assert grid_of(viewer).enabled and grid_of(viewer).stride == -2
     # Only our cells are visible in compare mode: three viewboxes side by side.
-    assert viewer.grid.actual_shape(viewer.layers) == (1, 3)
+    assert grid_of(viewer).actual_shape(viewer.layers) == (1, 3)
     rows = widget.table.rows_text()
     assert len(rows) == 5 and rows[0][0].startswith("T0 baseline")
     assert any("T2 · pCR" in r[0] for r in rows) and all("mm²" in r[1] or "no tumour" in r[1]
@@ -110,7 +111,7 @@ def test_generate_segment_table_plot_and_provenance(workspace, qtbot):
                if "model_hash" in layer.metadata["nacsim"]["provenance"] and
                layer.__class__.__name__ == "Image")
     widget.grid_mode.setChecked(False)
-    assert not viewer.grid.enabled
+    assert not grid_of(viewer).enabled
     assert any(layer.visible for layer in viewer.layers if layer not in widget.result_layers())
 
 
@@ -128,7 +129,7 @@ def test_uncertainty_mean_sd_and_spread(workspace, qtbot):
         stack = np.stack([s.array for s in follow.samples])
         np.testing.assert_allclose(follow.image.array, stack.mean(0), atol=1e-6)
         np.testing.assert_allclose(follow.spread.array, stack.std(0, ddof=1), atol=1e-6)
-    assert viewer.grid.actual_shape(viewer.layers) == (2, 3)   # baseline + 2 x (mean, SD)
+    assert grid_of(viewer).actual_shape(viewer.layers) == (2, 3)   # baseline + 2 x (mean, SD)
     assert "±" in widget.table.rows_text()[1][1] and "sampling variability" in \
         widget.table.note.text()
 

@@ -34,6 +34,12 @@ def _slot_of(layer) -> str | None:
     return (layer.metadata.get(METADATA_KEY) or {}).get("slot")
 
 
+def grid_of(viewer):
+    """napari's grid model: ``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
 def group_layers(viewer, group: str) -> list:
     return [layer for layer in viewer.layers if _group_of(layer) == group]
 
@@ -144,33 +150,35 @@ def enter_grid(viewer, group: str, n_cells: int, columns: int | None = None) -> 
     (its cost grows with layers x cells), so changes are made with the grid off, and the
     view is reset only when the layout itself changes (not on every re-run).
     """
+    grid = grid_of(viewer)
     columns = columns or (n_cells if n_cells <= 4 else (n_cells + 1) // 2)
     shape = (-1, columns)
     changes = [(layer, _group_of(layer) == group) for layer in viewer.layers
                if layer.visible != (_group_of(layer) == group)]
-    same_layout = viewer.grid.enabled and viewer.grid.stride == -STRIDE and \
-        tuple(viewer.grid.shape) == shape
+    same_layout = grid.enabled and grid.stride == -STRIDE and \
+        tuple(grid.shape) == shape
     if same_layout and not changes:
         return
     if changes:
         saved = _SAVED_VISIBILITY.setdefault(viewer, {})
-        viewer.grid.enabled = False
+        grid.enabled = False
         for layer, visible in changes:
             if not visible and _group_of(layer) is None:
                 saved[id(layer)] = layer  # the user's layer: shown again by leave_grid
             layer.visible = visible
-    viewer.grid.stride = -STRIDE
-    viewer.grid.shape = shape
-    viewer.grid.enabled = True
+    grid.stride = -STRIDE
+    grid.shape = shape
+    grid.enabled = True
     if not same_layout:
         viewer.reset_view()
 
 
 def leave_grid(viewer) -> None:
     """Grid off; the user's layers visible again as they were."""
-    viewer.grid.enabled = False
-    viewer.grid.stride = 1
-    viewer.grid.shape = (-1, -1)
+    grid = grid_of(viewer)
+    grid.enabled = False
+    grid.stride = 1
+    grid.shape = (-1, -1)
     for layer in _SAVED_VISIBILITY.pop(viewer, {}).values():
         if layer in viewer.layers:
             layer.visible = True
