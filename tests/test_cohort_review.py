@@ -154,3 +154,17 @@ def test_engine_imports_no_qt_or_napari():
             "('qtpy', 'PyQt5', 'PySide2', 'PySide6', 'napari', 'magicgui')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_review_command_writes_the_table(manifest, tmp_path, capsys):
+    from napari_nacsim.cli.main import main
+
+    out = tmp_path / "cases.csv"
+    assert main(["review", str(manifest), "--csv", str(out), "--steps", str(STEPS),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 case (1 patient)" in printed and "skipped BR0002" in printed
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1 and rows[0]["patient"] == "BR0001"
+    assert main(["review", str(manifest), "--csv", str(out), "--quiet"]) == 2  # no overwrite
+    assert "already exists" in capsys.readouterr().err

@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .simulate import add_simulate_commands
 
     add_simulate_commands(sub)
-    from .segment import add_segment_commands; add_segment_commands(sub)  # noqa: E702
+    from .segment import add_segment_commands
+
+    add_segment_commands(sub)
+    from .review import add_review_command
+
+    add_review_command(sub)
     return parser
 
 

@@ -7,6 +7,9 @@ plug-in: a checkpoint folder whose model card names its family (schema) and conf
 - `session`: a patient's what-if runs (arms to compare, every follow-up time, samples,
   masks, sizes, deltas), reusing what does not change.
 - `results`: write a run to a folder (NIfTI + sidecars, report.json) and draw it.
+- `cohort_review`: run the model over a cohort with real follow-ups, per-case metrics (the
+  failure-case inspector, `nacsim review`).
+- `patients`: a cohort patient's baseline model input and clinical values.
 - `jobs`: cancellation and progress shared by long calls.
 """
 
