@@ -198,3 +198,63 @@ def test_resume_finds_the_interrupted_run(trained, monkeypatch):
         _previous_run(TrainingSettings("lung"), raw)
     with pytest.raises(InputError, match="was not planned yet"):
         _previous_run(TrainingSettings("breast", plan="default"), raw)
+
+
+@pytest.fixture(scope="module")
+def finetuned(trained, tmp_path_factory):
+    """Fine-tune the packaged model on the cases the first run left in its workspace:
+    ``--reuse-workspace --init-from``, with a learning rate so small that the weights must
+    stay those of the model it started from."""
+    root, _ = trained
+    work = tmp_path_factory.mktemp("finetune")
+    shutil.copytree(root / "nnunet", work / "nnunet")  # the first run's results stay as they are
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update({"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "2"})
+    command = [sys.executable, str(REPO / "training" / "train_segmenter.py"),
+               "--family", "breast", "--phantoms", "3", "--seed", "3", "--reuse-workspace",
+               "--init-from", str(root / "model"), "--epochs", "1", "--iterations", "1",
+               "--val-iterations", "1", "--lr", "1e-9", "--threads", "1",
+               "--workspace", str(work / "nnunet"), "--out", str(work / "model"),
+               "--summary", str(work / "summary.json")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work, json.loads((work / "summary.json").read_text())
+
+
+def test_finetuning_starts_from_the_given_model_and_records_it(trained, finetuned):
+    root, _ = trained
+    work, summary = finetuned
+    # no case preparation, export, planning or preprocessing: the workspace's are reused
+    assert set(summary["timings_s"]) == {"train", "package"}
+    assert summary["init_from"] == str(root / "model")
+    before = model_files.read_model(root / "model")
+    after = model_files.read_model(work / "model")
+    a, b = before.parameters[0], after.parameters[0]
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
+    card = after.card["training"]
+    assert card["reused_workspace"] is True
+    assert card["init_from"]["weights_sha256"] == before.card["files"][
+        "fold_all.safetensors"]["sha256"]
+    assert card["init_from"]["training"]["command"] == before.card["training"]["command"]
+    # every command behind the model, first to last
+    assert card["commands"] == [before.card["training"]["command"], card["command"]]
+    assert "--init-from" in card["commands"][1] and "--reuse-workspace" in card["commands"][1]
+    # the data description comes from the reused export
+    assert card["data"]["cases"] == 3 and card["data"]["seed"] == 3
+    assert card["data"]["prepared_by_an_earlier_run"] is True
+
+
+def test_init_from_refuses_another_architecture(trained):
+    from napari_nacsim.science.segmentation.train import (TrainingSettings,
+                                                          initialise_from_model,
+                                                          train_segmenter)
+
+    root, _ = trained
+    with pytest.raises(InputError, match="does not match this run's plans"):
+        initialise_from_model(torch.nn.Linear(2, 2), root / "model", "2d")
+    with pytest.raises(InputError, match="is a '2d' model"):
+        initialise_from_model(torch.nn.Linear(2, 2), root / "model", "3d_fullres")
+    with pytest.raises(InputError, match="cannot be combined with --resume"):
+        train_segmenter(None, TrainingSettings("breast"), None, resume=True,
+                        init_from=root / "model")

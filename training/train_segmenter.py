@@ -16,6 +16,11 @@ Examples::
     python training/train_segmenter.py --family breast --phantoms 48 --seed 1000 \\
         --workspace /tmp/nnunet --out src/napari_nacsim/models/segmentation/breast
 
+    # fine-tune the bundled model longer on the cases an earlier run left in its workspace
+    python training/train_segmenter.py --family breast --phantoms 64 --seed 1000 \\
+        --reuse-workspace --init-from src/napari_nacsim/models/segmentation/breast \\
+        --epochs 130 --iterations 30 --workspace /tmp/nnunet --out /tmp/breast_finetuned
+
     # a user's cohort on a GPU with nnU-Net's default plan and schedule lengths
     python training/train_segmenter.py --cohort my_cohort/cohort.json --plan default \\
         --epochs 1000 --iterations 250 --device cuda --workspace ~/nnunet
@@ -98,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in the same workspace from nnU-Net's "
                         "latest checkpoint (same arguments otherwise)")
+    p.add_argument("--reuse-workspace", action="store_true",
+                   help="train anew on the cases a previous run exported, planned and "
+                        "preprocessed in --workspace (skips case preparation; the data "
+                        "description in the model card is read from that export)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="start from the weights of a nacsim-format model (e.g. a bundled "
+                        "one) with the same architecture: fine-tuning; the model card "
+                        "records it and its training commands")
     p.add_argument("--summary", type=Path, default=None, help="also write the summary JSON here")
     return p
 
@@ -136,9 +149,11 @@ def _run(args, argv: list[str]) -> int:
     import time
 
     started = time.time()
-    if args.resume:  # the cases were exported by the interrupted run
+    if args.resume and args.reuse_workspace:
+        raise InputError("--reuse-workspace", "cannot be combined with --resume")
+    if args.resume or args.reuse_workspace:  # the cases were exported by an earlier run
         if args.family is None:
-            raise InputError("--family", "is required with --resume")
+            raise InputError("--family", "is required with --resume / --reuse-workspace")
         family, cases = args.family, None
         data = {"source": "nacsim phantoms" if args.phantoms is not None else "cohort manifest",
                 "synthetic": args.phantoms is not None, "family": family}
@@ -177,7 +192,8 @@ def _run(args, argv: list[str]) -> int:
         threads=args.threads)
     command = "python training/train_segmenter.py " + shlex.join(argv)
     summary = train_segmenter(cases, settings, workspace, out=args.out, command=command,
-                              data=data, overwrite=args.overwrite, resume=args.resume)
+                              data=data, overwrite=args.overwrite, resume=args.resume,
+                              reuse=args.reuse_workspace, init_from=args.init_from)
     text = json.dumps(summary, indent=2, default=str)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)

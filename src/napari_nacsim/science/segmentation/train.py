@@ -129,6 +129,18 @@ def _count_cases(folder: Path) -> int | None:
         return None
 
 
+def _exported_source(folder: Path) -> dict[str, Any] | None:
+    """The data description an earlier export wrote into the raw ``dataset.json``."""
+    import json
+
+    try:
+        nacsim = json.loads((folder / "dataset.json").read_text()).get("nacsim") or {}
+    except (OSError, ValueError):
+        return None
+    source = nacsim.get("source") if isinstance(nacsim, dict) else None
+    return dict(source) if isinstance(source, dict) and source else None
+
+
 def _previous_run(settings: TrainingSettings, raw_root: Path) -> tuple[Path, dict, str]:
     """(raw dataset folder, plans, plans identifier) of the run ``resume`` continues."""
     import json
@@ -150,18 +162,74 @@ def _previous_run(settings: TrainingSettings, raw_root: Path) -> tuple[Path, dic
     return found[0], plans, identifier
 
 
+def _unwrap(network):
+    """The plain module under nnU-Net's optional DDP / torch.compile wrappers."""
+    network = getattr(network, "module", network)      # DistributedDataParallel
+    return getattr(network, "_orig_mod", network)      # torch.compile's OptimizedModule
+
+
+def initialise_from_model(network, model_dir: str | os.PathLike,
+                          configuration: str) -> dict[str, Any]:
+    """Load the weights of a model in nacsim's format (e.g. a bundled model) into
+    ``network`` before training: fine-tuning, like ``nnUNetv2_train -pretrained_weights``
+    but from safetensors (hashes checked, no pickle). The architecture must be the same
+    (every parameter name and shape); returns what the model card records about it."""
+    from .model_files import read_model, weights_file
+
+    model = read_model(model_dir)
+    where = Path(model_dir)
+    if model.configuration != configuration:
+        raise InputError(where, f"is a {model.configuration!r} model; this run trains "
+                                f"{configuration!r}")
+    if len(model.parameters) != 1:
+        raise InputError(where, f"has {len(model.parameters)} folds; initialise from a "
+                                "single-fold model")
+    state = model.parameters[0]
+    target = _unwrap(network).state_dict()
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    wrong = sorted(k for k in set(target) & set(state)
+                   if tuple(target[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                           for what, names in (("missing", missing), ("unexpected", unexpected),
+                                               ("other shape", wrong)) if names)
+        raise InputError(where, f"its network does not match this run's plans ({detail})")
+    _unwrap(network).load_state_dict(state, strict=True)
+    fold = model.card["folds"][0]
+    return {"model": str(where), "name": model.card.get("name"),
+            "weights_sha256": model.card["files"][weights_file(fold)]["sha256"],
+            "training": model.card.get("training"), "metrics": model.card.get("metrics")}
+
+
+def training_commands(card_training: dict[str, Any] | None) -> list[str]:
+    """Every command that produced a model, first to last (following ``init_from``)."""
+    if not card_training:
+        return []
+    earlier = training_commands((card_training.get("init_from") or {}).get("training"))
+    return earlier + ([card_training["command"]] if card_training.get("command") else [])
+
+
 def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
                     workspace: str | os.PathLike | None, *,
                     out: str | os.PathLike | None = None, command: str | None = None,
                     data: dict[str, Any] | None = None, overwrite: bool = False,
-                    resume: bool = False,
+                    resume: bool = False, reuse: bool = False,
+                    init_from: str | os.PathLike | None = None,
                     log: Callable[[str], None] = _log_to_stderr) -> dict[str, Any]:
     """Run all stages; returns a summary (folders, timings, final pseudo Dice). With
     ``out``, the trained model is also written there in nacsim's format.
 
     ``resume`` continues an interrupted run in the same workspace: export, planning and
     preprocessing are taken as done, and training goes on from nnU-Net's latest checkpoint
-    (``checkpoint_latest.pth``, saved every 10 epochs) like ``nnUNetv2_train --c``."""
+    (``checkpoint_latest.pth``, saved every 10 epochs) like ``nnUNetv2_train --c``.
+    ``reuse`` also takes the workspace's export, plans and preprocessed data as done but
+    starts a new training (a new schedule; the previous run's checkpoints in the results
+    folder are replaced). ``init_from`` starts the network from a nacsim-format model's
+    weights (fine-tuning) instead of nnU-Net's random initialisation."""
+    if resume and init_from is not None:
+        raise InputError("--init-from", "cannot be combined with --resume (the checkpoint "
+                                        "being resumed holds the weights)")
     from .model_files import convert_results_folder
     from .segmenter import resolve_device
 
@@ -195,8 +263,11 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
     stage.t0 = time.time()
 
     raw_root = Path(os.environ["nnUNet_raw"])
-    if resume:
+    if resume or reuse:
         folder, plans, plans_identifier = _previous_run(settings, raw_root)
+        exported = _exported_source(folder)
+        if exported:  # what the workspace's cases really are, whatever the arguments say
+            data = {**(data or {}), **exported, "prepared_by_an_earlier_run": True}
         dataset_name = folder.name
         dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
     else:
@@ -242,6 +313,14 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
         if resume:
             maybe_load_checkpoint(trainer, True, False)
             log(f"resumed at epoch {trainer.current_epoch}")
+        initialised = None
+        if init_from is not None:  # as nnU-Net's run_training does for -pretrained_weights
+            if not trainer.was_initialized:
+                trainer.initialize()
+            initialised = initialise_from_model(trainer.network, init_from,
+                                                settings.configuration)
+            log(f"network initialised from {init_from} "
+                f"(weights sha256 {initialised['weights_sha256'][:12]})")
         trainer.run_training()
     stage("train")
 
@@ -256,6 +335,7 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
         "trainer": settings.trainer, "device": str(device),
         "final_pseudo_dice_ema": final_ema,
         "timings_s": timings, "duration_s": round(time.time() - started, 1),
+        "init_from": initialised["model"] if initialised else None,
         "environment": {k: v for k, v in env.items() if not k.startswith("nnUNet_raw")},
     }
     if out is not None:
@@ -274,6 +354,10 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
                 "data": {**(data or {}), **(tumour_fraction(cases) if cases else
                                             {"cases": _count_cases(folder)})},
                 "resumed": resume,
+                "reused_workspace": reuse,
+                "init_from": initialised,
+                "commands": training_commands({"command": command,
+                                               "init_from": initialised}),
                 "settings": {**dataclasses.asdict(settings),
                              "compact": dataclasses.asdict(settings.compact)
                              if settings.plan == "compact" else None},
