@@ -155,10 +155,8 @@ class BackgroundRunner(QObject):
 class StopsWhenClosed:
     """For dock widgets that own a `BackgroundRunner`: ``shutdown()`` runs when the widget is
     closed, when napari's dock close button takes it out of its dock, and when the viewer
-    window closes — so no run outlives its widget. (Put it before QWidget in the bases.)"""
-
-    def shutdown(self) -> None:  # pragma: no cover - every widget defines its own
-        raise NotImplementedError
+    window closes — so no run outlives its widget. (Put it before QWidget in the bases; the
+    widget defines ``shutdown``: cancel its runner and wait for the thread.)"""
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt)
         self.shutdown()

@@ -74,28 +74,40 @@ def _augment_pair(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if bool(torch.randint(0, 2, (1,), generator=g)) else x
 
 
-def train_pix2pix(cohort: PairedCohort, *, steps: int = 1500, batch: int = 16, lr: float = 1e-3,
-                  seed: int = 0, log: Callable[[int, float], None] | None = None) -> Pix2PixUNet:
-    torch.manual_seed(seed)
-    n_factors = len(cohort.family.timepoint_names) + len(cohort.family.condition_variables)
-    net = Pix2PixUNet(1 + n_factors, 1)
+def _fit(net: nn.Module, *, steps: int, lr: float, seed: int,
+         loss_at: Callable[[torch.Generator], torch.Tensor],
+         log: Callable[[int, float], None] | None) -> nn.Module:
+    """AdamW for ``steps`` steps; each step's random draws come from its own generator
+    (``seed``, step), so a run is reproducible."""
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    images = torch.from_numpy(cohort.images).float()
-    size = images.shape[-1]
     for step in range(steps):
-        g = torch.Generator().manual_seed(seed * 7919 + step)
-        idx = torch.randint(0, len(cohort), (batch,), generator=g)
-        tp = torch.randint(0, images.shape[1], (batch,), generator=g)
-        pair = _augment_pair(torch.stack([images[idx, 0], images[idx, tp]], 1), g)
-        planes = scenario_planes(cohort, [_codes(cohort, int(i), int(t)) for i, t in zip(idx, tp)], size)
-        pred = net(torch.cat([pair[:, :1] * 2 - 1, planes], 1))
-        loss = nn.functional.l1_loss(pred, pair[:, 1:] * 2 - 1)
+        loss = loss_at(torch.Generator().manual_seed(seed + step))
         opt.zero_grad()
         loss.backward()
         opt.step()
         if log:
             log(step, float(loss.detach()))
     return net.eval()
+
+
+def train_pix2pix(cohort: PairedCohort, *, steps: int = 1500, batch: int = 16, lr: float = 1e-3,
+                  seed: int = 0, log: Callable[[int, float], None] | None = None) -> Pix2PixUNet:
+    torch.manual_seed(seed)
+    n_factors = len(cohort.family.timepoint_names) + len(cohort.family.condition_variables)
+    net = Pix2PixUNet(1 + n_factors, 1)
+    images = torch.from_numpy(cohort.images).float()
+    size = images.shape[-1]
+
+    def loss_at(g: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, len(cohort), (batch,), generator=g)
+        tp = torch.randint(0, images.shape[1], (batch,), generator=g)
+        pair = _augment_pair(torch.stack([images[idx, 0], images[idx, tp]], 1), g)
+        planes = scenario_planes(cohort, [_codes(cohort, int(i), int(t))
+                                          for i, t in zip(idx, tp)], size)
+        pred = net(torch.cat([pair[:, :1] * 2 - 1, planes], 1))
+        return nn.functional.l1_loss(pred, pair[:, 1:] * 2 - 1)
+
+    return _fit(net, steps=steps, lr=lr, seed=seed * 7919, loss_at=loss_at, log=log)
 
 
 @torch.no_grad()
@@ -113,11 +125,10 @@ def train_segmenter(cohort: PairedCohort, *, steps: int = 1200, batch: int = 16,
     """Tumour segmenter on every time point's MIP (BCE + soft Dice)."""
     torch.manual_seed(seed)
     net = Pix2PixUNet(1, 1)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr)
     images = torch.from_numpy(cohort.images).float()
     masks = torch.from_numpy(cohort.masks).float()
-    for step in range(steps):
-        g = torch.Generator().manual_seed(seed * 104729 + step)
+
+    def loss_at(g: torch.Generator) -> torch.Tensor:
         idx = torch.randint(0, len(cohort), (batch,), generator=g)
         tp = torch.randint(0, images.shape[1], (batch,), generator=g)
         pair = _augment_pair(torch.stack([images[idx, tp], masks[idx, tp]], 1), g)
@@ -125,13 +136,9 @@ def train_segmenter(cohort: PairedCohort, *, steps: int = 1200, batch: int = 16,
         target = pair[:, 1:]
         prob = torch.sigmoid(logits)
         dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, target) + dice
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if log:
-            log(step, float(loss.detach()))
-    return net.eval()
+        return nn.functional.binary_cross_entropy_with_logits(logits, target) + dice
+
+    return _fit(net, steps=steps, lr=lr, seed=seed * 104729, loss_at=loss_at, log=log)
 
 
 @torch.no_grad()
