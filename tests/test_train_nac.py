@@ -102,3 +102,102 @@ def test_entrypoint_records_split_and_command(tmp_path, monkeypatch, cohort):
     card = json.loads((out / "model" / "model_card.json").read_text())
     assert card["data"]["split"]["test"] == split["test"]
     assert card["training"]["command"].startswith("python training/train_nac.py --out")
+
+
+# --- stage-2 options: tumour-weighted loss, balanced outcomes, starting from a model -------
+
+def test_tumour_weights_cover_the_grown_union_of_both_masks():
+    from napari_nacsim.science.generative.train import tumour_weights
+
+    masks = torch.zeros(1, 2, 9, 9)
+    masks[0, 0, 2, 2] = 1          # T0 tumour
+    masks[0, 1, 6, 6] = 1          # target tumour elsewhere
+    w = tumour_weights(masks, 10.0, 1)[0, 0]
+    assert w.shape == (9, 9)
+    assert w[1:4, 1:4].eq(11).all() and w[5:8, 5:8].eq(11).all()   # 3x3 around each
+    assert int(w.eq(11).sum()) == 18 and w[0, 8] == 1 and w[4, 4] == 1
+
+
+def test_weighted_mse_is_the_mse_without_weights_and_favours_the_tumour():
+    from napari_nacsim.science.generative.train import weighted_mse
+
+    pred, target = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    pred[0, 0, 0, 0] = 1.0                                  # an error inside the tumour
+    uniform = torch.ones(1, 1, 4, 4)
+    assert torch.isclose(weighted_mse(pred, target, uniform), weighted_mse(pred, target, None))
+    tumour = uniform.clone()
+    tumour[0, 0, 0, 0] = 16.0
+    # 16 / 31 of the loss instead of 1 / 16
+    assert torch.isclose(weighted_mse(pred, target, tumour), torch.tensor(16 / 31))
+    # a weight map on the image grid is pooled to a smaller (latent) grid
+    small = weighted_mse(torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2), torch.ones(1, 1, 4, 4))
+    assert torch.isclose(small, torch.tensor(1.0))
+
+
+def test_balanced_draws_give_each_outcome_half_of_the_batches():
+    from napari_nacsim.core.errors import InputError
+    from napari_nacsim.science.generative.train import balanced_probabilities
+
+    cohort = random_cohort(8)
+    cohort.clinical = [{**c, "pCR": i == 0} for i, c in enumerate(cohort.clinical)]  # 1 of 8
+    probs = balanced_probabilities(cohort, "pCR")
+    assert torch.isclose(probs[0], torch.tensor(0.5, dtype=probs.dtype))
+    assert torch.isclose(probs.sum(), torch.tensor(1.0, dtype=probs.dtype))
+    with pytest.raises(InputError, match="'size' is not a conditioning variable"):
+        balanced_probabilities(cohort, "size")
+
+
+def test_stage_2_continues_from_a_trained_model_with_the_weighted_loss(tmp_path, cohort):
+    start = train(micro_config(), cohort, tmp_path / "start", seed=0, stage1_steps=2,
+                  stage2_steps=2, batch_size=2, progress=False)
+    config = micro_config()
+    config["training"]["stage2"].update(tumour_weight=20.0, tumour_margin=1, balance="pCR")
+    folder = train(config, cohort, tmp_path / "tuned", seed=0, stage2_steps=2, batch_size=2,
+                   init_from=start, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "tuned" / "loss_log.csv")))
+    assert [r["stage"] for r in rows] == ["2", "2"]           # stage 1 skipped
+    a, b = _weights(start), _weights(folder)
+    enc = [k for k in a if k.startswith("unet.down_blocks")]
+    assert all(torch.equal(a[k], b[k]) for k in enc)         # base encoder still frozen
+    ctrl = [k for k in a if not k.startswith(("unet.", "tok."))]
+    assert any(not torch.equal(a[k], b[k]) for k in ctrl)    # ControlNet kept training
+    _, card = load_checkpoint(folder)
+    assert card["training"]["tumour_weight"] == 20.0 and card["training"]["balance"] == "pCR"
+    assert card["config"]["training"]["stage2"]["balance"] == "pCR"
+    # a different architecture cannot start from it
+    from napari_nacsim.core.errors import InputError
+
+    other = micro_config(image_size=24)
+    with pytest.raises(InputError, match="config differs in image_size"):
+        train(other, cohort, tmp_path / "bad", seed=0, stage2_steps=1, batch_size=2,
+              init_from=start, progress=False)
+
+
+def test_entrypoint_fine_tunes_and_records_the_chain(tmp_path, monkeypatch, cohort):
+    spec = importlib.util.spec_from_file_location("train_nac", ROOT / "training" / "train_nac.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    import napari_nacsim.science.generative.config as config_module
+    import napari_nacsim.science.generative.data as data_module
+
+    big = random_cohort(8)
+    monkeypatch.setattr(data_module, "breast_phantom_cohort", lambda *a, **k: big)
+    monkeypatch.setattr(config_module, "load_config", lambda name: micro_config())
+    start = tmp_path / "start"
+    assert script.main(["--out", str(start), "--patients", "8", "--stage1-steps", "1",
+                        "--stage2-steps", "1", "--batch-size", "2", "--quiet"]) == 0
+    out = tmp_path / "tuned"
+    assert script.main(["--out", str(out), "--patients", "8", "--stage2-steps", "1",
+                        "--batch-size", "2", "--init-from", str(start / "model"),
+                        "--tumour-weight", "5", "--stage2-lr", "1e-4", "--balance", "pCR",
+                        "--quiet"]) == 0
+    card = json.loads((out / "model" / "model_card.json").read_text())
+    training = card["training"]
+    assert training["tumour_weight"] == 5.0 and training["balance"] == "pCR"
+    assert training["learning_rate"]["2"] == 1e-4 and training["stage1_steps"] == 0
+    chain = training["init_from"]
+    assert chain["model"] == str(start / "model")
+    assert chain["training"]["command"].startswith("python training/train_nac.py --out")
+    # a model folder that is not one is refused with one line, no traceback
+    assert script.main(["--out", str(tmp_path / "bad"), "--patients", "8", "--init-from",
+                        str(tmp_path), "--quiet"]) == 2

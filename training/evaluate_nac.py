@@ -77,11 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--samples", type=int, default=1,
+                   help="samples per scenario (seeds seed, seed+1, ...), as the workspace's "
+                        "Samples: image metrics on their mean image, size = mean of the "
+                        "samples' sizes (default 1: a single sample, the paper's protocol)")
     p.add_argument("--cache", type=Path, default=Path("artifacts/breast_cache"))
     p.add_argument("--limit", type=int, default=None, help="first N test patients only")
     p.add_argument("--sizer", choices=["nnunet", "unet"], default="nnunet",
                    help="tumour segmenter measuring sizes (default: the bundled nnU-Net)")
     args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error("--samples must be at least 1")
 
     model = load_model(args.model, device="cpu")
     split = model.card["data"]["split"]
@@ -108,20 +114,22 @@ def main(argv: list[str] | None = None) -> int:
                      for _, t, cl, _, _ in entries]
         t0 = test.images[i, 0]
         g0 = time.perf_counter()
-        nac = generate(model.network, torch.from_numpy(t0)[None, None], scenarios,
-                       seed=args.seed, steps=args.steps, sampler=args.sampler,
-                       guidance_scale=args.guidance).numpy()[:, 0]
+        samples = np.stack([generate(model.network, torch.from_numpy(t0)[None, None], scenarios,
+                                     seed=args.seed + k, steps=args.steps, sampler=args.sampler,
+                                     guidance_scale=args.guidance).numpy()[:, 0]
+                            for k in range(args.samples)])      # (samples, n, H, W)
+        nac = samples.mean(0)
         gen_seconds += time.perf_counter() - g0
         codes = [[float(t)] + [float(cl[v.name]) for v in test.family.condition_variables]
                  for _, t, cl, _, _ in entries]
         base = pix2pix_predict(pix2pix, test, t0, codes)
         refs = np.stack([e[3] for e in entries])
-        seg = sizer(np.concatenate([t0[None], refs, nac, base]))
         n = len(entries)
-        size_t0 = seg[0].sum() * pixel_mm2
-        size_ref = seg[1:1 + n].sum(axis=(1, 2)) * pixel_mm2
-        for method, images, sizes in (("nac", nac, seg[1 + n:1 + 2 * n].sum(axis=(1, 2)) * pixel_mm2),
-                                      ("pix2pix", base, seg[1 + 2 * n:].sum(axis=(1, 2)) * pixel_mm2)):
+        seg = sizer(np.concatenate([t0[None], refs, base, *samples]))
+        areas = seg.sum(axis=(1, 2)) * pixel_mm2
+        size_t0, size_ref, size_base = areas[0], areas[1:1 + n], areas[1 + n:1 + 2 * n]
+        size_nac = areas[1 + 2 * n:].reshape(args.samples, n).mean(0)
+        for method, images, sizes in (("nac", nac, size_nac), ("pix2pix", base, size_base)):
             for k, (kind, t, cl, ref, gt) in enumerate(entries):
                 rows.append({
                     "patient": pid, "method": method, "kind": kind, "time": times[t],
@@ -142,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     result = {"command": command, "model_hash": model.model_hash, "sampler": args.sampler,
               "steps": args.steps, "seed": args.seed, "guidance": args.guidance,
+              "samples": args.samples,
               "sizer": args.sizer,
               "n_test_patients": len(test.ids), "machine": platform.platform(),
               "generation_seconds_total": round(gen_seconds, 1),

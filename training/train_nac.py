@@ -33,6 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage2-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
+                   help="continue stage 2 from a trained model folder (hashes verified; "
+                        "same architecture as --config; stage 1 is skipped)")
+    p.add_argument("--tumour-weight", type=float, default=None, metavar="W",
+                   help="stage-2 loss weight 1+W inside the tumour (T0 and target masks, "
+                        "grown by --tumour-margin pixels); default: the config's (0 = off)")
+    p.add_argument("--tumour-margin", type=int, default=None, metavar="PX",
+                   help="pixels the tumour masks are grown by for --tumour-weight")
+    p.add_argument("--stage2-lr", type=float, default=None, metavar="LR",
+                   help="stage-2 peak learning rate (default: the config's; lower it when "
+                        "continuing from a trained model with --init-from)")
+    p.add_argument("--balance", default=None, metavar="VARIABLE",
+                   help="draw every value of this conditioning variable (e.g. pCR) equally "
+                        "often in stage 2; 'none' turns a config's balancing off")
     p.add_argument("--cache", type=Path, default=Path("artifacts/breast_cache"),
                    help="prepared-patient cache folder")
     p.add_argument("--jobs", type=int, default=1, help="processes preparing patients")
@@ -43,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from napari_nacsim.core.errors import InputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args, argv)
+    except InputError as err:
+        print(f"train_nac: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args, argv: list[str] | None) -> int:
     import torch
 
     from napari_nacsim.core.atomic import write_json_atomic
@@ -50,9 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     from napari_nacsim.science.generative.data import breast_phantom_cohort, split_ids
     from napari_nacsim.science.generative.train import train
 
-    args = build_parser().parse_args(argv)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     config = load_config(args.config)
+    stage2 = config.setdefault("training", {}).setdefault("stage2", {})
+    if args.stage2_lr is not None:
+        stage2["lr"] = args.stage2_lr
+    if args.tumour_weight is not None:
+        stage2["tumour_weight"] = args.tumour_weight
+    if args.tumour_margin is not None:
+        stage2["tumour_margin"] = args.tumour_margin
+    if args.balance is not None:
+        stage2["balance"] = None if args.balance.lower() == "none" else args.balance
     if config["family"] != "breast":
         raise SystemExit(f"train_nac.py: family {config['family']!r} has no phantom data "
                          "loader here yet")
@@ -89,10 +122,18 @@ def main(argv: list[str] | None = None) -> int:
                             "tower acts as a fixed mixing of the learned tokens.")
         if config["text"].get("random_init") else "frozen pretrained OpenCLIP text tower",
     }
+    if args.init_from is not None:
+        from napari_nacsim.science.generative.checkpoint import model_hash, verify_checkpoint
+
+        start = verify_checkpoint(args.init_from)
+        card["training"]["init_from"] = {"model": str(args.init_from),
+                                         "model_hash": model_hash(start),
+                                         "training": start.get("training", {})}
     model_dir = train(config, cohort.subset(train_ids), args.out, seed=args.seed,
                       stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                       batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                       resume=not args.no_resume, cpu=args.cpu, card=card,
+                      init_from=args.init_from,
                       progress=not args.quiet)
     print(f"model written to {model_dir} in {time.time() - started:.0f} s")
     return 0

@@ -8,6 +8,13 @@ same random flips / 90-degree rotations applied to input and target. The clinica
 replaced by the empty prompt with probability ``cond_drop_prob`` so that classifier-free
 guidance has an unconditional branch.
 
+Two stage-2 options exist because the clinical effect is small in pixels (config
+``training.stage2``): ``tumour_weight`` multiplies the loss inside the tumour (the union of the
+T0 and target masks, grown by ``tumour_margin`` pixels) so that a tumour of a few pixels is
+not drowned by the rest of the image, and ``balance`` names a conditioning variable (breast:
+``pCR``) whose values are drawn equally often, so a minority outcome is seen as often as the
+majority. Stage 2 can also start from a trained model (``init_from``), which skips stage 1.
+
 `accelerate` runs it on one CPU, one GPU or many (``accelerate launch``). Every random draw of
 a step comes from a generator seeded with (seed, stage, step), so a resumed run continues
 exactly as an uninterrupted one. Resume state (weights + optimizer moments) is written as
@@ -16,6 +23,7 @@ safetensors + JSON; nothing is pickled.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -29,7 +37,8 @@ import torch
 from torch import nn
 
 from ...core.atomic import atomic_path, write_json_atomic
-from .checkpoint import save_checkpoint
+from ...core.errors import InputError
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import PairedCohort
 from .model import ControlledDiffusion, build_controlnet
 
@@ -84,7 +93,7 @@ class _Stage2(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, control, target, codes, drop, t, noise, null):
+    def forward(self, control, target, codes, drop, t, noise, null, weight=None):
         m = self.model
         x0 = m.encode_images(target)
         noise, t = noise.to(x0), t.to(x0.device)
@@ -92,7 +101,43 @@ class _Stage2(nn.Module):
         context = m.conditioner(codes)
         context = torch.where(drop.to(x0.device)[:, None, None], null, context)
         pred = m.denoise(x_t, t, context, null, m.control_input(control))
-        return nn.functional.mse_loss(pred.float(), _diffusion_target(m, x0, noise, t).float())
+        return weighted_mse(pred.float(), _diffusion_target(m, x0, noise, t).float(), weight)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor,
+                 weight: torch.Tensor | None) -> torch.Tensor:
+    """MSE with a per-pixel weight map (B, 1, H, W) in image space, pooled to the model's
+    grid (latent space is smaller), normalised per sample so the loss scale stays that of a
+    plain MSE; ``None`` is the plain MSE."""
+    if weight is None:
+        return nn.functional.mse_loss(pred, target)
+    if weight.shape[-1] != pred.shape[-1]:
+        weight = nn.functional.adaptive_avg_pool2d(weight, pred.shape[-2:])
+    weight = weight.to(pred)
+    per_pixel = ((pred - target) ** 2).mean(1, keepdim=True)
+    return ((per_pixel * weight).sum((1, 2, 3)) / weight.sum((1, 2, 3))).mean()
+
+
+def tumour_weights(masks: torch.Tensor, weight: float, margin: int) -> torch.Tensor:
+    """1 outside, ``1 + weight`` inside the union of the masks (B, K, H, W) grown by
+    ``margin`` pixels -> (B, 1, H, W)."""
+    union = (masks > 0).any(1, keepdim=True).float()
+    if margin > 0:
+        union = nn.functional.max_pool2d(union, 2 * margin + 1, stride=1, padding=margin)
+    return 1.0 + float(weight) * union
+
+
+def balanced_probabilities(cohort: PairedCohort, variable: str) -> torch.Tensor:
+    """Per-patient draw probabilities giving every value of ``variable`` the same share."""
+    names = [v.name for v in cohort.family.condition_variables]
+    if variable not in names:
+        raise InputError("training.stage2.balance", f"{variable!r} is not a conditioning "
+                                                    f"variable of {cohort.family.name} "
+                                                    f"(known: {', '.join(names)})")
+    values = [cohort.clinical[i][variable] for i in range(len(cohort))]
+    counts = {v: values.count(v) for v in set(values)}
+    probs = torch.tensor([1.0 / (counts[v] * len(counts)) for v in values], dtype=torch.float64)
+    return probs / probs.sum()
 
 
 def _save_resume(folder: Path, model: ControlledDiffusion, optimizer, stage: int, step: int,
@@ -140,9 +185,14 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
           stage1_steps: int | None = None, stage2_steps: int | None = None,
           batch_size: int | None = None, checkpoint_every: int = 200, resume: bool = True,
           cpu: bool = False, card: dict[str, Any] | None = None,
+          init_from: Path | None = None,
           progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) both stages; write ``out/model`` (safetensors + card), the loss log
-    (``loss_log.csv``) and plot (``loss_curve.png``). Returns the model folder."""
+    (``loss_log.csv``) and plot (``loss_curve.png``). Returns the model folder.
+
+    ``init_from``: a trained model folder (hashes verified) whose architecture matches
+    ``config``; training then continues stage 2 from its weights (stage 1 is skipped), with
+    the stage-2 settings of ``config``."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -156,9 +206,19 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
     lrs = {1: float(s1.get("lr", 5e-4)), 2: float(s2.get("lr", 5e-4))}
     bs = {1: int(batch_size or s1.get("batch_size", 8)), 2: int(batch_size or s2.get("batch_size", 8))}
     drop_p = float(s2.get("cond_drop_prob", 0.1))
+    tumour_weight = float(s2.get("tumour_weight", 0.0))
+    tumour_margin = int(s2.get("tumour_margin", 2))
+    balance = s2.get("balance")
     accelerator = Accelerator(cpu=cpu)
     torch.manual_seed(seed)
-    model = ControlledDiffusion(config)
+    if init_from is not None:
+        model, start_card = load_checkpoint(init_from)
+        model.train()
+        _check_same_architecture(config, start_card["config"], init_from)
+        model.config["training"] = copy.deepcopy(config.get("training", {}))
+        steps[1] = 0
+    else:
+        model = ControlledDiffusion(config)
 
     def make_optimizer(stage: int):
         if stage == 1:
@@ -171,13 +231,15 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
             params = model.stage2_parameters()
         return torch.optim.AdamW(params, lr=lrs[stage], weight_decay=0.0)
 
-    stage, step = 1, 0
+    stage, step = (2 if init_from is not None else 1), 0
     optimizer = None
     if resume and (out / "resume" / STATE).exists():
         state, optimizer = _load_resume(out / "resume", model, make_optimizer)
         stage, step = state["stage"], state["step"]
         log(f"resuming stage {stage} at step {step}")
     images = torch.from_numpy(train_data.images).float()  # (N, T, H, W)
+    masks = torch.from_numpy(train_data.masks > 0).float()
+    draw_probs = balanced_probabilities(train_data, balance) if balance else None
     codes_cache = {}
     n, n_t = images.shape[0], images.shape[1]
     log_path = out / "loss_log.csv"
@@ -191,7 +253,7 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
     try:
         while stage <= 2:
             total = steps[stage]
-            if step == 0 and stage == 2:
+            if step == 0 and stage == 2 and init_from is None:
                 # The ControlNet starts as a copy of the trained base encoder (zero convs).
                 model.controlnet = build_controlnet(model.config, model.unet)
                 optimizer = None
@@ -205,7 +267,11 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
             t_stage = time.time()
             while step < total:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
-                idx = torch.randint(0, n, (bs[stage],), generator=g)
+                if stage == 2 and draw_probs is not None:
+                    idx = torch.multinomial(draw_probs, bs[stage], replacement=True,
+                                            generator=g)
+                else:
+                    idx = torch.randint(0, n, (bs[stage],), generator=g)
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(step, lrs[stage], min(100, total // 10 + 1), total)
                 if stage == 1:
@@ -215,8 +281,11 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                     loss = wrapper(batch, t, noise, null)
                 else:
                     tp = torch.randint(0, n_t, (bs[stage],), generator=g)
-                    pair = augment(torch.stack([images[idx, 0], images[idx, tp]], 1), g)
-                    control, target = pair[:, :1].to(device), pair[:, 1:].to(device)
+                    pair = augment(torch.stack([images[idx, 0], images[idx, tp],
+                                                masks[idx, 0], masks[idx, tp]], 1), g)
+                    control, target = pair[:, :1].to(device), pair[:, 1:2].to(device)
+                    weight = (tumour_weights(pair[:, 2:], tumour_weight, tumour_margin)
+                              .to(device) if tumour_weight > 0 else None)
                     keys = [(int(i), int(j)) for i, j in zip(idx, tp)]
                     for key in keys:
                         if key not in codes_cache:
@@ -225,7 +294,7 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                     codes = torch.stack([codes_cache[k] for k in keys])
                     drop = torch.rand(bs[stage], generator=g) < drop_p
                     t, noise = _noisy(model, target, g)
-                    loss = wrapper(control, target, codes, drop, t, noise, null)
+                    loss = wrapper(control, target, codes, drop, t, noise, null, weight)
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]], 1.0)
                 opt.step()
@@ -256,6 +325,8 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
             "training": {**(card or {}).get("training", {}),
                          "seed": seed, "stage1_steps": steps[1], "stage2_steps": steps[2],
                          "batch_size": bs, "learning_rate": lrs, "cond_drop_prob": drop_p,
+                         "tumour_weight": tumour_weight, "tumour_margin": tumour_margin,
+                         "balance": balance,
                          "device": str(accelerator.device),
                          "num_processes": accelerator.num_processes,
                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -264,6 +335,16 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
         }
         save_checkpoint(model.to("cpu"), model_dir, full_card)
     return model_dir
+
+
+def _check_same_architecture(config: dict[str, Any], start: dict[str, Any], folder) -> None:
+    """Everything but the training settings must match the model training starts from."""
+    ours = {k: v for k, v in config.items() if k not in ("training", "description", "weights")}
+    theirs = {k: v for k, v in start.items() if k not in ("training", "description", "weights")}
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differ:
+        raise InputError(folder, f"cannot start from this model: its config differs in "
+                                 f"{', '.join(differ)}")
 
 
 def _plot_losses(log_path: Path, png: Path) -> dict[str, float]:
