@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance (default: the model's; > 1 doubles the batch)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     import numpy as np
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.model, device="cpu")
     load_seconds = time.perf_counter() - t
+    guidance = model.default_guidance if args.guidance is None else args.guidance
     size = model.image_size
     rng = np.random.default_rng(0)
     image = torch.from_numpy(rng.random((1, 1, size, size), dtype=np.float32))
@@ -48,11 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     pair = [{"time": "T2", "pCR": True, **clinical}, {"time": "T2", "pCR": False, **clinical}]
     results = []
     for sampler, steps in SETTINGS:
-        generate(model.network, image, pair, seed=0, steps=min(steps, 3), sampler=sampler)
+        generate(model.network, image, pair, seed=0, steps=min(steps, 3), sampler=sampler,
+                 guidance_scale=guidance)
         times = []
         for _ in range(args.repeats if steps <= 50 else 1):
             t = time.perf_counter()
-            generate(model.network, image, pair, seed=0, steps=steps, sampler=sampler)
+            generate(model.network, image, pair, seed=0, steps=steps, sampler=sampler,
+                     guidance_scale=guidance)
             times.append(time.perf_counter() - t)
         results.append({"sampler": sampler, "steps": steps,
                         "pair_seconds_median": round(statistics.median(times), 3),
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {"command": "python benchmarks/nac_latency.py " + " ".join(argv or sys.argv[1:]),
-              "model_hash": model.model_hash, "image_size": size,
+              "model_hash": model.model_hash, "image_size": size, "guidance": guidance,
               "load_seconds": round(load_seconds, 2), "peak_rss_mb": round(peak_mb, 1),
               "rss_before_import_mb": round(rss0 / 1024, 1),
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),

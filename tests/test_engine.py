@@ -91,3 +91,21 @@ def test_cli_simulate_errors_are_one_line(model_dir, tmp_path, capsys):
                str(model_dir), "--scenario", "time=T1,pCR=1,HR=1,HER2=1", "--out",
                str(tmp_path / "x")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_guidance_defaults_to_the_models_own_and_is_recorded(tmp_path, mip):
+    network = micro_model(seed=2)
+    network.config["default_guidance"] = 2.5
+    folder = save_checkpoint(network, tmp_path / "guided", {"title": "guided micro model"})
+    model = load_model(folder, device="cpu")
+    assert model.default_guidance == 2.5
+    scenario = [parse_scenario("time=T2,pCR=yes,HR=+,HER2=-")]
+    default = simulate(model, mip, scenario, seed=1, steps=2, sampler="ddim")[0]
+    explicit = simulate(model, mip, scenario, seed=1, steps=2, sampler="ddim",
+                        guidance_scale=2.5)[0]
+    unguided = simulate(model, mip, scenario, seed=1, steps=2, sampler="ddim",
+                        guidance_scale=1.0)[0]
+    assert default.provenance["guidance_scale"] == 2.5
+    assert unguided.provenance["guidance_scale"] == 1.0
+    assert np.array_equal(default.array, explicit.array)
+    assert not np.array_equal(default.array, unguided.array)

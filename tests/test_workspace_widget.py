@@ -67,6 +67,17 @@ def test_panel_defaults_from_schema_and_sample_patient(workspace):
                                                                                 "HER2")}
     assert widget.panel["pCR"].enabled is False               # both states are generated
     assert widget.panel["HR"].enabled is True
+    # Advanced starts at the model's own sampling defaults (its card) ...
+    from napari_nacsim.engine.whatif import bundled_model_path
+    from napari_nacsim.science.generative.checkpoint import read_card
+
+    config = read_card(bundled_model_path("breast"))["config"]
+    assert widget.guidance.value() == config.get("default_guidance", 1.0)
+    assert widget.sampler.currentText() == config.get("default_sampler", "dpmpp")
+    # ... which are what runs while Advanced is off
+    widget.advanced.setChecked(False)
+    request = widget.request()
+    assert (request.guidance, request.steps, request.sampler) == (None, None, None)
 
 
 def test_generate_segment_table_plot_and_provenance(workspace, qtbot):

@@ -65,7 +65,8 @@ def cmd_simulate(args) -> int:
     write_json_atomic(out / "simulation.json", {
         "synthetic": True, "case": case, "model": str(model.path),
         "model_hash": model.model_hash, "seed": args.seed, "sampler": generated[0].provenance["sampler"],
-        "steps": generated[0].provenance["steps"], "guidance_scale": args.guidance,
+        "steps": generated[0].provenance["steps"],
+        "guidance_scale": generated[0].provenance["guidance_scale"],
         "device": model.device, "outputs": written})
     print(f"wrote {len(written)} SYNTHETIC images to {out} (model {model.model_hash[:12]}, "
           f"seed {args.seed})")
@@ -83,8 +84,9 @@ def add_simulate_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
     p.add_argument("--sampler", choices=["ddim", "dpmpp", "unipc"], default=None)
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (1 = none; default: the model's, "
+                        "from its model card)")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", type=Path, required=True)

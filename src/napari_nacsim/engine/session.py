@@ -52,7 +52,7 @@ class WhatIfRequest:
     steps: Optional[int] = None        # None: the model's default
     sampler: Optional[str] = None
     samples: int = 1
-    guidance: float = 1.0
+    guidance: Optional[float] = None   # None: the model's default
 
     def key(self) -> tuple:
         return (tuple(sorted((k, repr(v)) for k, v in self.clinical.items())), self.compare,

@@ -60,6 +60,11 @@ class WhatIfModel:
     def default_steps(self) -> int:
         return int(self.card["config"].get("default_steps", 20))
 
+    @property
+    def default_guidance(self) -> float:
+        """The classifier-free guidance scale this model was evaluated with (1 = none)."""
+        return float(self.card["config"].get("default_guidance", 1.0))
+
 
 _CACHE: dict[tuple, WhatIfModel] = {}
 
@@ -122,9 +127,10 @@ def model_grid(image: Scan, size: int) -> Scan:
 
 def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, Any]], *,
              seed: int = 0, steps: int | None = None, sampler: str | None = None,
-             guidance_scale: float = 1.0,
+             guidance_scale: float | None = None,
              progress: Callable[[int, int], None] | None = None) -> list[Scan]:
-    """Generate one follow-up image per scenario (one batch; shared initial noise)."""
+    """Generate one follow-up image per scenario (one batch; shared initial noise).
+    ``steps``, ``sampler``, ``guidance_scale``: ``None`` = the model's defaults."""
     import torch
 
     from ..science.generative.conditioning import normalise_scenario
@@ -135,6 +141,7 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
                  for k, s in enumerate(scenarios)]
     sampler = sampler or model.default_sampler
     steps = int(steps or model.default_steps)
+    guidance_scale = float(model.default_guidance if guidance_scale is None else guidance_scale)
     grid = model_grid(image, model.image_size)
     param = next(model.network.unet.parameters())
     control = torch.from_numpy(np.ascontiguousarray(grid.array, np.float32))[None, None]
@@ -158,7 +165,7 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
                       "generator": "nacsim generative model",
                       "label": "SYNTHETIC - generated counterfactual, not a measurement",
                       "scenario": scenario, "model_hash": model.model_hash, "seed": int(seed),
-                      "steps": steps, "sampler": sampler,
+                      "steps": steps, "sampler": sampler, "guidance_scale": guidance_scale,
                       "generated_at": scan.provenance.get("history", [{}])[-1].get(
                           "generated_at")}
         results.append(Scan(array=scan.array, affine=scan.affine, kind=IMAGE,

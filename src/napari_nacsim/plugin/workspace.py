@@ -60,6 +60,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.runner.progressed.connect(self._on_progress)
         self.runner.state_changed.connect(self._on_state)
         self._models: list[tuple[str, Optional[Path], str]] = []  # text, folder, family
+        self._sampling_defaults: dict[str, tuple[int, str, float]] = {}  # steps, sampler, cfg
         self._sessions: dict[str, WhatIfSession] = {}
         self._schema: Optional[FamilySchema] = None
         self.result: Optional[WhatIfResult] = None
@@ -186,6 +187,10 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         text = (f"bundled: {title}" if path is None else f"{title} — {path}") + \
             f" ({card['model_hash'][:8]})"
         self._models.append((text, path, card["family"]))
+        config = card.get("config", {})
+        self._sampling_defaults[text] = (int(config.get("default_steps", 20)),
+                                         str(config.get("default_sampler", "dpmpp")),
+                                         float(config.get("default_guidance", 1.0)))
         self.model_combo.addItem(text)
         self.model_combo.setItemData(self.model_combo.count() - 1, text, Qt.ToolTipRole)
         self.model_combo.setCurrentIndex(self.model_combo.count() - 1)
@@ -230,7 +235,19 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         family = family_schema(self._current_model()[2])
         if self._schema is None or family.name != self._schema.name:
             self._set_schema(family)
+        self._show_sampling_defaults()
         self._on_scenario_changed()
+
+    def _show_sampling_defaults(self) -> None:
+        """The Advanced fields start at the model's own defaults (its card), which are also
+        what runs while Advanced is off."""
+        steps, sampler, guidance = self._sampling_defaults[self._current_model()[0]]
+        for widget, set_value in ((self.steps, lambda: self.steps.setValue(steps)),
+                                  (self.sampler, lambda: self.sampler.setCurrentText(sampler)),
+                                  (self.guidance, lambda: self.guidance.setValue(guidance))):
+            widget.blockSignals(True)
+            set_value()
+            widget.blockSignals(False)
 
     def _set_schema(self, schema: FamilySchema) -> None:
         self._schema = schema
@@ -402,7 +419,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             steps=self.steps.value() if advanced else None,
             sampler=self.sampler.currentText() if advanced else None,
             samples=self.samples.value() if advanced else 1,
-            guidance=self.guidance.value() if advanced else 1.0)
+            guidance=self.guidance.value() if advanced else None)
 
     def _on_scenario_changed(self, *_):
         if not self._ready:

@@ -23,7 +23,6 @@ safetensors + JSON; nothing is pickled.
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -39,6 +38,7 @@ from torch import nn
 from ...core.atomic import atomic_path, write_json_atomic
 from ...core.errors import InputError
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import validate_config
 from .data import PairedCohort
 from .model import ControlledDiffusion, build_controlnet
 
@@ -215,7 +215,8 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
         model, start_card = load_checkpoint(init_from)
         model.train()
         _check_same_architecture(config, start_card["config"], init_from)
-        model.config["training"] = copy.deepcopy(config.get("training", {}))
+        # Same network; the new run's config (training and sampling settings) describes it.
+        model.config = validate_config(config)
         steps[1] = 0
     else:
         model = ControlledDiffusion(config)
@@ -338,9 +339,12 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
 
 
 def _check_same_architecture(config: dict[str, Any], start: dict[str, Any], folder) -> None:
-    """Everything but the training settings must match the model training starts from."""
-    ours = {k: v for k, v in config.items() if k not in ("training", "description", "weights")}
-    theirs = {k: v for k, v in start.items() if k not in ("training", "description", "weights")}
+    """Everything but the training and sampling settings must match the model training
+    starts from."""
+    free = ("training", "description", "weights", "default_sampler", "default_steps",
+            "default_guidance")
+    ours = {k: v for k, v in config.items() if k not in free}
+    theirs = {k: v for k, v in start.items() if k not in free}
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
         raise InputError(folder, f"cannot start from this model: its config differs in "
