@@ -124,6 +124,29 @@ def test_tumour_sizes_is_the_render_path(patient, rendering):
             assert truth[key] == value, key
 
 
+def test_lesion_free_rendering_is_the_same_patient_without_its_tumour(patient, rendering):
+    free = patient.render(tumour=False)
+    assert free.truth["lesion_free"] is True and rendering.truth["lesion_free"] is False
+    for t in BREAST.timepoint_names:
+        assert not free.masks[t]["tumour"].array.any()
+        assert free.truth["tumour_area_mm2"][t] == 0.0
+        assert free.scans[t]["post"].provenance["lesion_free"] is True
+        assert "lesion_free" not in rendering.scans[t]["post"].provenance
+    # Same anatomy and nuisances: at T0 (no misalignment) the images differ only at the
+    # tumour (its soft edge reaches a little beyond the mask).
+    near = ndimage.binary_dilation(rendering.masks["T0"]["tumour"].array > 0, iterations=3)
+    for channel in ("pre", "post"):
+        differs = free.scans["T0"][channel].array != rendering.scans["T0"][channel].array
+        assert differs.any() and not (differs & ~near).any()
+    # ... and no enhancing tumour: the post-pre difference at the tumour's place drops
+    tumour = rendering.masks["T0"]["tumour"].array > 0
+    gain = {name: float(np.mean(r.scans["T0"]["post"].array[tumour]
+                                - r.scans["T0"]["pre"].array[tumour]))
+            for name, r in (("with", rendering), ("without", free))}
+    assert gain["without"] < 0.5 * gain["with"]
+    json.dumps(free.truth)
+
+
 def test_bad_scenarios_are_refused_with_the_field_named(patient):
     with pytest.raises(InputError, match="BR0001.*pCR"):
         patient.render({"pCR": "maybe"})

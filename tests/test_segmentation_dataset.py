@@ -94,6 +94,18 @@ def test_export_refuses_clashes_and_wrong_dimensions(tmp_path, breast_cases, lun
     assert not [p for p in raw.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_lesion_free_phantom_cases_have_empty_masks():
+    cases = phantom_cases("breast", 1, 11, first_index=2, timepoints=["T0"], jobs=1,
+                          lesion_free=True)
+    assert [c.case_id for c in cases] == ["BR0003-lesion-free_T0"]
+    assert cases[0].patient_id == "BR0003-lesion-free"
+    assert cases[0].label.shape == cases[0].image.shape == (128, 128)
+    assert not cases[0].label.array.any() and cases[0].image.array.std() > 0
+    assert cases[0].image.provenance.get("lesion_free") is True
+    with pytest.raises(InputError, match="breast only, not lung"):
+        phantom_cases("lung", 1, 11, jobs=1, lesion_free=True)
+
+
 def test_cases_from_a_cohort_manifest(tmp_path):
     from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
 

@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
     env.update({"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "2"})
     command = [sys.executable, str(REPO / "training" / "train_segmenter.py"),
                "--family", "breast", "--phantoms", "3", "--seed", "3", "--timepoints", "T0",
-               "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
+               "--lesion-free", "1", "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
                "--base-features", "4", "--max-features", "16", "--jobs", "1", "--threads", "1",
                "--workspace", str(root / "nnunet"), "--out", str(root / "model"),
                "--summary", str(root / "summary.json")]
@@ -76,7 +76,16 @@ def test_entrypoint_runs_nnunet_stages_and_packages_the_model(trained):
     assert card["training"]["command"].startswith("python training/train_segmenter.py "
                                                   "--family breast --phantoms 3")
     assert card["training"]["data"]["synthetic"] is True
-    assert card["training"]["data"]["cases"] == 3
+    # 3 tumour patients + 1 lesion-free one (patient index 3, drawn without its tumour)
+    assert card["training"]["data"]["cases"] == 4
+    assert card["training"]["data"]["lesion_free_patients"] == 1
+    raw = Path(summary["dataset_folder"])
+    exported = json.loads((raw / "dataset.json").read_text())["nacsim"]["cases"]
+    assert [c["case"] for c in exported] == ["BR0001_T0", "BR0002_T0", "BR0003_T0",
+                                             "BR0004-lesion-free_T0"]
+    for case in exported:
+        label = read_scan(raw / "labelsTr" / f"{case['case']}.nii.gz").array
+        assert (label.max() == 0) == case["case"].endswith("lesion-free_T0")
     assert card["family"] == "breast" and card["configuration"] == "2d"
     for name, info in card["files"].items():
         assert model_files.sha256(model / name) == info["sha256"]
@@ -241,8 +250,27 @@ def test_finetuning_starts_from_the_given_model_and_records_it(trained, finetune
     assert card["commands"] == [before.card["training"]["command"], card["command"]]
     assert "--init-from" in card["commands"][1] and "--reuse-workspace" in card["commands"][1]
     # the data description comes from the reused export
-    assert card["data"]["cases"] == 3 and card["data"]["seed"] == 3
+    assert card["data"]["cases"] == 4 and card["data"]["seed"] == 3
     assert card["data"]["prepared_by_an_earlier_run"] is True
+
+
+def test_lesion_free_is_refused_where_it_does_not_apply(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "training"))
+    try:
+        import train_segmenter
+    finally:
+        sys.path.pop(0)
+    common = ["--workspace", str(tmp_path / "nnunet"), "--epochs", "1"]
+    assert train_segmenter.main(["--family", "lung", "--phantoms", "1", "--lesion-free", "1",
+                                 *common]) == 2
+    assert "breast family only" in capsys.readouterr().err
+    assert train_segmenter.main(["--family", "breast", "--phantoms", "1", "--lesion-free",
+                                 "-1", *common]) == 2
+    assert "must be >= 0" in capsys.readouterr().err
+    assert train_segmenter.main(["--cohort", str(tmp_path / "cohort.json"), "--lesion-free",
+                                 "1", *common]) == 2
+    assert "needs --phantoms" in capsys.readouterr().err
+    assert not (tmp_path / "nnunet").exists()
 
 
 def test_init_from_refuses_another_architecture(trained):

@@ -5,8 +5,15 @@ Renders phantom patients of a cohort seed the model was not trained on, runs nac
 preprocessing (registration, MIP / crop) on every visit, segments the model input and
 compares with the phantom's true tumour mask. Reported per time point: mean / median / worst
 Dice over visits that have a tumour, the share of visits at Dice >= 0.85, and the tumour-size
-error (predicted vs true size, and the symmetric match of `measure.match_percent`). Visits
-whose tumour has vanished (Dice undefined) are counted apart, with the false-positive area.
+error (predicted vs true size, and the symmetric match of `measure.match_percent`).
+
+Dice definition: 2|P∩T| / (|P| + |T|) per visit whose true mask is not empty; a tumour the
+model misses entirely scores 0. A visit with an empty true mask (the tumour vanished) has no
+Dice in the means: such visits are counted apart, with how many predictions were empty too
+(Dice 1 under the usual "both empty = 1" convention) and the mean false-positive area.
+``--lesion-free M`` also segments the first M held-out patients rendered with no tumour at
+any visit (the same anatomy, `BreastPhantom.render(tumour=False)`) and reports the
+false-positive area per time point, apart from the Dice.
 
     python training/evaluate_segmenter.py --family breast --phantoms 16 --seed 7000 \\
         --out docs/segmentation-eval-breast.json
@@ -35,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--phantoms", type=int, default=16, help="held-out patients (default 16)")
     p.add_argument("--seed", type=int, default=7000, help="held-out cohort seed (default 7000)")
+    p.add_argument("--lesion-free", type=int, default=0, metavar="M",
+                   help="breast: also segment the first M held-out patients rendered with no "
+                        "tumour and report false positives (default 0)")
     p.add_argument("--size", type=int, default=128, help="breast MIP size (default 128)")
     p.add_argument("--jobs", type=int, default=None, help="processes preparing cases")
     p.add_argument("--device", default="cpu")
@@ -58,6 +68,7 @@ def record_in_card(folder: Path, result: dict, out: Path | None) -> None:
                                  for tp, s in result["per_timepoint"].items()
                                  if s["with_tumour"]},
         "held_out_data": result["held_out"],
+        "held_out_lesion_free": result["lesion_free"]["all"] if result["lesion_free"] else None,
         "command": result["command"], "date": result["date"],
         "details": str(out) if out else None,
     }
@@ -86,9 +97,20 @@ def _summary(rows: list[dict]) -> dict:
         else None,
     }
     if empty:
+        out["vanished_predicted_empty"] = sum(1 for r in empty if r["predicted_size"] == 0)
         out["vanished_false_positive_size_mean"] = float(np.mean([r["predicted_size"]
                                                                    for r in empty]))
     return out
+
+
+def _false_positives(rows: list[dict]) -> dict:
+    """Lesion-free visits: how often and how much the model marks anyway."""
+    import numpy as np
+
+    sizes = [r["predicted_size"] for r in rows]
+    return {"visits": len(rows), "with_false_positive": sum(1 for v in sizes if v > 0),
+            "false_positive_size_mean": float(np.mean(sizes)) if sizes else None,
+            "false_positive_size_max": float(np.max(sizes)) if sizes else None}
 
 
 def _by_size(rows: list[dict], edges: tuple[float, ...]) -> dict:
@@ -122,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--seed", f"{args.seed} is the seed the model was trained on; "
                                        "held-out patients need another seed")
         started = time.time()
+        if args.lesion_free < 0:
+            raise InputError("--lesion-free", f"{args.lesion_free} must be >= 0")
         cases = phantom_cases(args.family, args.phantoms, args.seed, size=args.size,
                               jobs=args.jobs)
+        free_cases = phantom_cases(args.family, args.lesion_free, args.seed, size=args.size,
+                                   jobs=args.jobs, lesion_free=True) if args.lesion_free else []
         prepared = time.time() - started
     except InputError as err:
         print(f"evaluate_segmenter: error: {err}", file=sys.stderr)
@@ -142,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                      "unit": true.unit, "match_percent": match_percent(predicted.total,
                                                                        true.total)})
     segment_s = time.time() - t0
+    free_rows = []
+    for case in free_cases:
+        free_rows.append({"case": case.case_id, "timepoint": case.timepoint,
+                          "predicted_size": measure_tumour(segmenter.segment(case.image)).total})
 
     schema = family_schema(args.family)
     per_tp = {tp: _summary([r for r in rows if r["timepoint"] == tp])
@@ -152,10 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         "family": args.family, "model": segmenter.describe(),
         "model_training_data": training,
         "held_out": {"source": "nacsim phantoms", "seed": args.seed, "patients": args.phantoms,
-                     "mip_size": args.size if args.family == "breast" else None},
+                     "mip_size": args.size if args.family == "breast" else None,
+                     "lesion_free_patients": args.lesion_free},
         "target_dice": TARGET_DICE,
         "per_timepoint": per_tp, "all": _summary(rows),
         "by_true_size": _by_size(rows, SIZE_BINS[args.family]),
+        "lesion_free": ({"patients": args.lesion_free, "note": "the first patients of the "
+                         "held-out seed rendered with no tumour; not part of the Dice",
+                         "per_timepoint": {tp: _false_positives([r for r in free_rows
+                                                                 if r["timepoint"] == tp])
+                                           for tp in schema.timepoint_names},
+                         "all": _false_positives(free_rows), "cases": free_rows}
+                        if free_rows else None),
         "meets_target": all((s["dice_mean"] or 0) >= TARGET_DICE for s in per_tp.values()
                             if s["with_tumour"]),
         "seconds": {"prepare_cases": round(prepared, 1), "segment_all": round(segment_s, 1),
@@ -189,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         if b["visits"]:
             print(f"true size {label} {unit}: {b['visits']} visits, mean Dice "
                   f"{b['dice_mean']:.3f}, {b['missed']} missed entirely")
+    if free_rows:
+        for tp, fp in result["lesion_free"]["per_timepoint"].items():
+            print(f"lesion-free {tp}: {fp['with_false_positive']} of {fp['visits']} visits with "
+                  f"a false positive, mean {fp['false_positive_size_mean']:.1f} {unit} "
+                  f"(max {fp['false_positive_size_max']:.1f})")
     print(f"target mean Dice >= {TARGET_DICE} at every time point: "
           f"{'met' if result['meets_target'] else 'NOT met'} ({unit} sizes)")
     return 0

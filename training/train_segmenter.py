@@ -21,6 +21,11 @@ Examples::
         --reuse-workspace --init-from src/napari_nacsim/models/segmentation/breast \\
         --epochs 130 --iterations 30 --workspace /tmp/nnunet --out /tmp/breast_finetuned
 
+    # fine-tune it on a larger set: 112 tumour patients and 32 lesion-free ones
+    python training/train_segmenter.py --family breast --phantoms 112 --seed 1000 \
+        --lesion-free 32 --init-from src/napari_nacsim/models/segmentation/breast \
+        --epochs 160 --iterations 30 --workspace /tmp/nnunet2 --out /tmp/breast_finetuned
+
     # a user's cohort on a GPU with nnU-Net's default plan and schedule lengths
     python training/train_segmenter.py --cohort my_cohort/cohort.json --plan default \\
         --epochs 1000 --iterations 250 --device cuda --workspace ~/nnunet
@@ -57,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="index of the first phantom patient (default 0)")
     data.add_argument("--timepoints", nargs="+", metavar="TP",
                       help="visits to use (default: all; the baseline is always included)")
+    data.add_argument("--lesion-free", type=int, default=0, metavar="M",
+                      help="with --phantoms (breast): also M lesion-free phantom patients, "
+                           "the patients after the N tumour patients (indices first-index+N "
+                           "...) rendered with no tumour at any visit; their visits are cases "
+                           "with empty masks, so the model also sees MIPs without a tumour "
+                           "(default 0)")
     data.add_argument("--size", type=int, default=128, help="breast MIP size (default 128)")
     data.add_argument("--jobs", type=int, default=None,
                       help="processes preparing the cases (default: up to 2)")
@@ -149,6 +160,11 @@ def _run(args, argv: list[str]) -> int:
     import time
 
     started = time.time()
+    if args.lesion_free < 0:
+        raise InputError("--lesion-free", f"{args.lesion_free} must be >= 0")
+    if args.lesion_free and args.family not in (None, "breast"):
+        raise InputError("--lesion-free", "lesion-free phantoms exist for the breast family "
+                                          "only")
     if args.resume and args.reuse_workspace:
         raise InputError("--reuse-workspace", "cannot be combined with --resume")
     if args.resume or args.reuse_workspace:  # the cases were exported by an earlier run
@@ -159,7 +175,8 @@ def _run(args, argv: list[str]) -> int:
                 "synthetic": args.phantoms is not None, "family": family}
         if args.phantoms is not None:
             data.update({"seed": args.seed, "patients": args.phantoms,
-                         "first_index": args.first_index, "timepoints": args.timepoints or "all"})
+                         "first_index": args.first_index, "timepoints": args.timepoints or "all",
+                         "lesion_free_patients": args.lesion_free})
         else:
             data["manifest"] = str(args.cohort)
     elif args.phantoms is not None:
@@ -168,10 +185,18 @@ def _run(args, argv: list[str]) -> int:
         family = args.family
         cases = phantom_cases(family, args.phantoms, args.seed, timepoints=args.timepoints,
                               size=args.size, first_index=args.first_index, jobs=args.jobs)
+        if args.lesion_free:
+            cases += phantom_cases(family, args.lesion_free, args.seed,
+                                   timepoints=args.timepoints, size=args.size,
+                                   first_index=args.first_index + args.phantoms,
+                                   jobs=args.jobs, lesion_free=True)
         data = {"source": "nacsim phantoms", "synthetic": True, "family": family,
                 "seed": args.seed, "patients": args.phantoms, "first_index": args.first_index,
-                "timepoints": args.timepoints or "all"}
+                "timepoints": args.timepoints or "all", "lesion_free_patients": args.lesion_free}
     else:
+        if args.lesion_free:
+            raise InputError("--lesion-free", "needs --phantoms (a cohort brings its own "
+                                              "visits)")
         family, cases = cohort_cases(args.cohort, timepoints=args.timepoints, size=args.size,
                                      jobs=args.jobs)
         if args.family and args.family != family:

@@ -431,7 +431,8 @@ class BreastPhantom:
             "reduction_percent": {t: measure.reduction_percent(areas["T0"], areas[t])
                                   for t in FOLLOWUPS},
             "target_reduction_percent": {t: 100.0 * course[t].target_reduction
-                                         for t in FOLLOWUPS},
+                                         if course[t].target_reduction is not None
+                                         else float("nan") for t in FOLLOWUPS},
             "tumour_scale": {t: v.scale for t, v in course.items()},
         }
 
@@ -470,17 +471,26 @@ class BreastPhantom:
         pre[box] += alpha * (signal_pre - pre[box])
         post[box] += alpha * (signal_post - post[box])
 
-    def render(self, scenario: Mapping[str, Any] | None = None) -> Rendering:
+    def render(self, scenario: Mapping[str, Any] | None = None, *,
+               tumour: bool = True) -> Rendering:
+        """Images and masks of every visit under ``scenario``. ``tumour=False`` draws the
+        same patient with no tumour at any visit (empty masks; anatomy, feeder vessels and
+        nuisances unchanged): lesion-free images, e.g. negatives for segmenter training."""
         clinical = self.scenario(scenario)
-        course = self._course(clinical)
+        if tumour:
+            course = self._course(clinical)
+        else:
+            nothing = (slice(0, 0),) * 3, np.zeros((0, 0, 0), bool)
+            course = {t: _TumourAt(0.0, *nothing, 0.0, None) for t in BREAST.timepoint_names}
         grid, config = self.grid, self.config
         base_pre, base_post, _ = self._anatomy_images()
         scans: dict[str, dict] = {}
         masks: dict[str, dict] = {}
         contrast = {}
-        for t, tumour in course.items():
+        for t, visit_tumour in course.items():
             pre, post = base_pre.copy(), base_post.copy()
-            self._tumour_signal(pre, post, tumour.scale, tumour.target_reduction or 0.0)
+            self._tumour_signal(pre, post, visit_tumour.scale,
+                                visit_tumour.target_reduction or 0.0)
             # Per-visit nuisances, from the visit's own streams: the same under any scenario.
             nuisance = self._rng(f"acquisition:{t}")
             contrast[t] = float(nuisance.uniform(1 - config.contrast_jitter,
@@ -495,12 +505,14 @@ class BreastPhantom:
             provenance = dict(timepoint=t, patient=self.id, cohort_seed=self.cohort_seed,
                               index=self.index, scenario=dict(clinical), family=BREAST.name,
                               phantom=GENERATOR)
+            if not tumour:
+                provenance["lesion_free"] = True
             scans[t] = {
                 channel: phantom_scan(shapes.rician(noise, image * bias, sigma), grid,
                                       channel=channel, **provenance)
                 for channel, image in (("pre", pre), ("post", post))}
             label = np.zeros(grid.shape, np.uint8)
-            label[tumour.box] = tumour.mask
+            label[visit_tumour.box] = visit_tumour.mask
             masks[t] = {"tumour": phantom_scan(label, grid, kind="labels", channel="tumour",
                                                **provenance)}
         truth = {
@@ -509,6 +521,7 @@ class BreastPhantom:
             "factual": dict(self.clinical),
             "scenario": dict(clinical),
             "counterfactual": clinical != self.clinical,
+            "lesion_free": not tumour,
             **self._sizes(clinical, course),
             "tumour_area_unit": "mm² of the axial projection (MIP) of the tumour mask",
             "latent_quantiles": dict(self.latents),

@@ -51,6 +51,8 @@ FAMILY_INPUT = {
 DEFAULT_DATASET_IDS = {"breast": 501, "lung": 502}
 DEFAULT_DATASET_NAMES = {"breast": "NacsimBreastMIP", "lung": "NacsimLungCrop"}
 DEFAULT_MIP_SIZE = 128
+LESION_FREE_FAMILIES = ("breast",)   # phantoms that can be drawn without their tumour
+LESION_FREE_SUFFIX = "lesion-free"
 
 
 @dataclasses.dataclass
@@ -145,14 +147,15 @@ def cases_from_visits(family: str, patient_id: str, visits: Mapping[str, Mapping
 
 
 def _phantom_patient_cases(family: str, seed: int, index: int, timepoints: tuple[str, ...],
-                           size: int) -> list[Case]:
+                           size: int, lesion_free: bool = False) -> list[Case]:
     from ..phantoms import make_patient
 
     phantom = make_patient(family, seed, index)
-    rendering = phantom.render()
+    rendering = phantom.render(tumour=False) if lesion_free else phantom.render()
     visits = {tp: {**rendering.scans[tp], **rendering.masks.get(tp, {})}
               for tp in rendering.scans if tp in timepoints}
-    return cases_from_visits(family, phantom.id, visits, size=size)
+    patient_id = f"{phantom.id}-{LESION_FREE_SUFFIX}" if lesion_free else phantom.id
+    return cases_from_visits(family, patient_id, visits, size=size)
 
 
 def _cohort_patient_cases(manifest: str, patient_id: str, timepoints: tuple[str, ...],
@@ -204,14 +207,23 @@ def _run_jobs(job: Callable, arguments: list[tuple], jobs: int | None,
 
 def phantom_cases(family: str, n_patients: int, seed: int, *,
                   timepoints: Sequence[str] | None = None, size: int = DEFAULT_MIP_SIZE,
-                  first_index: int = 0, jobs: int | None = None,
+                  first_index: int = 0, jobs: int | None = None, lesion_free: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> list[Case]:
-    """Cases of ``n_patients`` synthetic patients (rendered in memory, not written)."""
+    """Cases of ``n_patients`` synthetic patients (rendered in memory, not written).
+
+    ``lesion_free``: the patients are rendered with no tumour at any visit (breast only,
+    `BreastPhantom.render(tumour=False)`); every case has an empty mask and its patient id
+    ends in ``-lesion-free`` (e.g. ``BR0065-lesion-free_T1``)."""
     schema = family_schema(family)
     if n_patients < 1:
         raise InputError("--phantoms", f"{n_patients} patients: need at least 1")
+    if lesion_free and schema.name not in LESION_FREE_FAMILIES:
+        raise InputError("--lesion-free", f"lesion-free phantoms exist for "
+                                          f"{', '.join(LESION_FREE_FAMILIES)} only, not "
+                                          f"{schema.name}")
     tps = _check_timepoints(schema, timepoints)
-    args = [(schema.name, seed, i, tps, size) for i in range(first_index, first_index + n_patients)]
+    args = [(schema.name, seed, i, tps, size, lesion_free)
+            for i in range(first_index, first_index + n_patients)]
     return _run_jobs(_phantom_patient_cases, args, jobs, progress)
 
 
