@@ -74,3 +74,34 @@ def test_not_a_model_folder(tmp_path):
     (tmp_path / CARD).write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         load_checkpoint(tmp_path)
+
+
+def test_sampling_defaults_change_the_card_not_the_weights(tmp_path):
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    from napari_nacsim.engine import load_model
+
+    folder = save_checkpoint(micro_model(seed=5), tmp_path / "model", {"title": "micro"})
+    before = json.loads((folder / CARD).read_text())
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "set_sampling_defaults", root / "training" / "set_sampling_defaults.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(folder), "--steps", "7", "--guidance", "2",
+                        "--evidence", "test"]) == 0
+    card = verify_checkpoint(folder)                       # weights still verify
+    assert card["model_hash"] == before["model_hash"] and card["files"] == before["files"]
+    assert (card["config"]["default_steps"], card["config"]["default_guidance"]) == (7, 2.0)
+    entry = card["sampling_defaults_history"][-1]
+    assert entry["to"] == {"default_steps": 7, "default_guidance": 2.0}
+    assert entry["evidence"] == "test" and "--steps 7" in entry["command"]
+    model = load_model(folder, device="cpu")
+    assert (model.default_steps, model.default_guidance) == (7, 2.0)
+    # bad values are refused with one line and leave the card alone
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    assert script.main([str(copy), "--sampler", "euler", "--evidence", "x"]) == 2
+    assert script.main([str(copy), "--guidance", "0.5", "--evidence", "x"]) == 2
+    assert json.loads((copy / CARD).read_text()) == card

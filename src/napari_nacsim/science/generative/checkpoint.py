@@ -83,6 +83,40 @@ def save_checkpoint(model: ControlledDiffusion, folder: str | os.PathLike,
     return folder
 
 
+SAMPLING_DEFAULTS = ("default_steps", "default_sampler", "default_guidance")
+
+
+def set_sampling_defaults(folder: str | os.PathLike, changes: dict[str, Any],
+                          record: dict[str, Any]) -> dict[str, Any]:
+    """Change how a trained model is run by default (steps, sampler, guidance) in its card.
+
+    The weights, their hashes and the model hash stay the same (it is the same network;
+    every generated image records the settings it was made with). Each change is appended
+    to the card's ``sampling_defaults_history`` with ``record`` (command, evidence)."""
+    from .sampling import SAMPLERS
+
+    folder = Path(folder)
+    card = verify_checkpoint(folder)
+    unknown = sorted(set(changes) - set(SAMPLING_DEFAULTS))
+    if unknown:
+        raise InputError("sampling defaults", f"unknown setting {unknown[0]!r} (known: "
+                                              f"{', '.join(SAMPLING_DEFAULTS)})")
+    if "default_steps" in changes and int(changes["default_steps"]) < 1:
+        raise InputError("--steps", f"{changes['default_steps']} must be at least 1")
+    if "default_sampler" in changes and changes["default_sampler"] not in SAMPLERS:
+        raise InputError("--sampler", f"{changes['default_sampler']!r} is not one of "
+                                      f"{', '.join(SAMPLERS)}")
+    if "default_guidance" in changes and not float(changes["default_guidance"]) >= 1.0:
+        raise InputError("--guidance", f"{changes['default_guidance']} must be at least 1")
+    before = {k: card["config"].get(k) for k in changes}
+    card["config"].update(changes)
+    card.setdefault("sampling_defaults_history", []).append({
+        "changed": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "from": before, "to": dict(changes), **record})
+    write_json_atomic(folder / CARD, card)
+    return card
+
+
 def read_card(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / CARD
     if not path.exists():
