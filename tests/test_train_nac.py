@@ -84,7 +84,9 @@ def test_split_is_deterministic_and_patient_level():
     assert split_ids(ids, 0.25, 8)[1] != test_ids
 
 
-def test_entrypoint_records_split_and_command(tmp_path, monkeypatch, cohort):
+@pytest.fixture
+def train_nac_script(monkeypatch):
+    """training/train_nac.py on an 8-patient random cohort and the micro config."""
     spec = importlib.util.spec_from_file_location("train_nac", ROOT / "training" / "train_nac.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -94,6 +96,11 @@ def test_entrypoint_records_split_and_command(tmp_path, monkeypatch, cohort):
     big = random_cohort(8)
     monkeypatch.setattr(data_module, "breast_phantom_cohort", lambda *a, **k: big)
     monkeypatch.setattr(config_module, "load_config", lambda name: micro_config())
+    return script
+
+
+def test_entrypoint_records_split_and_command(tmp_path, train_nac_script):
+    script = train_nac_script
     out = tmp_path / "run"
     assert script.main(["--out", str(out), "--patients", "8", "--stage1-steps", "1",
                         "--stage2-steps", "1", "--batch-size", "2", "--quiet"]) == 0
@@ -173,16 +180,8 @@ def test_stage_2_continues_from_a_trained_model_with_the_weighted_loss(tmp_path,
               init_from=start, progress=False)
 
 
-def test_entrypoint_fine_tunes_and_records_the_chain(tmp_path, monkeypatch, cohort):
-    spec = importlib.util.spec_from_file_location("train_nac", ROOT / "training" / "train_nac.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    import napari_nacsim.science.generative.config as config_module
-    import napari_nacsim.science.generative.data as data_module
-
-    big = random_cohort(8)
-    monkeypatch.setattr(data_module, "breast_phantom_cohort", lambda *a, **k: big)
-    monkeypatch.setattr(config_module, "load_config", lambda name: micro_config())
+def test_entrypoint_fine_tunes_and_records_the_chain(tmp_path, train_nac_script):
+    script = train_nac_script
     start = tmp_path / "start"
     assert script.main(["--out", str(start), "--patients", "8", "--stage1-steps", "1",
                         "--stage2-steps", "1", "--batch-size", "2", "--quiet"]) == 0

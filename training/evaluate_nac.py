@@ -173,6 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _size_stats(rs) -> dict:
+    """Group-level size statistics of rows: reductions vs T0 (generated, real, truth) and
+    the group match on the mean sizes."""
+    mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+    t0, gen, real = mean("size_t0_mm2"), mean("size_generated_mm2"), mean("size_real_mm2")
+    return {"reduction_generated": 100 * (1 - gen / t0) if t0 else float("nan"),
+            "reduction_real": 100 * (1 - real / t0) if t0 else float("nan"),
+            "reduction_truth": 100 * (1 - mean("size_truth_mm2") / mean("size_truth_t0_mm2")),
+            "group_match": match(gen, real)}
+
+
 def summarise(rows):
     groups = {}
     for r in rows:
@@ -180,14 +191,10 @@ def summarise(rows):
     out = []
     for (method, kind, t, pcr), rs in sorted(groups.items()):
         mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
-        t0, gen, real = mean("size_t0_mm2"), mean("size_generated_mm2"), mean("size_real_mm2")
         out.append({"method": method, "kind": kind, "time": t,
                     "group": "pCR" if pcr else "non-pCR", "n": len(rs),
-                    "psnr": mean("psnr"), "ssim": mean("ssim"),
-                    "reduction_generated": 100 * (1 - gen / t0) if t0 else float("nan"),
-                    "reduction_real": 100 * (1 - real / t0) if t0 else float("nan"),
-                    "reduction_truth": 100 * (1 - mean("size_truth_mm2") / mean("size_truth_t0_mm2")),
-                    "match": mean("match"), "group_match": match(gen, real)})
+                    "psnr": mean("psnr"), "ssim": mean("ssim"), "match": mean("match"),
+                    **_size_stats(rs)})
     return out
 
 
@@ -205,14 +212,8 @@ def summarise_pooled(rows, time_point):
             rs = [r for r in mine if r["time"] == time_point and r["pCR"] == pcr]
             if not rs:
                 continue
-            mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
-            t0, gen, real = mean("size_t0_mm2"), mean("size_generated_mm2"), mean("size_real_mm2")
-            entry["groups"].append({
-                "group": "pCR" if pcr else "non-pCR", "n": len(rs),
-                "reduction_generated": 100 * (1 - gen / t0) if t0 else float("nan"),
-                "reduction_real": 100 * (1 - real / t0) if t0 else float("nan"),
-                "reduction_truth": 100 * (1 - mean("size_truth_mm2") / mean("size_truth_t0_mm2")),
-                "group_match": match(gen, real)})
+            entry["groups"].append({"group": "pCR" if pcr else "non-pCR", "n": len(rs),
+                                    **_size_stats(rs)})
         out.append(entry)
     return {"time": time_point, "methods": out}
 

@@ -52,18 +52,23 @@ class WhatIfModel:
     def model_hash(self) -> str:
         return self.card["model_hash"]
 
+    def _sampling_defaults(self) -> dict[str, Any]:
+        from ..science.generative.checkpoint import sampling_defaults
+
+        return sampling_defaults(self.card["config"])
+
     @property
     def default_sampler(self) -> str:
-        return self.card["config"].get("default_sampler", "dpmpp")
+        return self._sampling_defaults()["default_sampler"]
 
     @property
     def default_steps(self) -> int:
-        return int(self.card["config"].get("default_steps", 20))
+        return self._sampling_defaults()["default_steps"]
 
     @property
     def default_guidance(self) -> float:
-        """The classifier-free guidance scale this model was evaluated with (1 = none)."""
-        return float(self.card["config"].get("default_guidance", 1.0))
+        """The classifier-free guidance scale the model runs with (1 = none)."""
+        return self._sampling_defaults()["default_guidance"]
 
 
 _CACHE: dict[tuple, WhatIfModel] = {}

@@ -60,7 +60,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.runner.progressed.connect(self._on_progress)
         self.runner.state_changed.connect(self._on_state)
         self._models: list[tuple[str, Optional[Path], str]] = []  # text, folder, family
-        self._sampling_defaults: dict[str, tuple[int, str, float]] = {}  # steps, sampler, cfg
+        self._sampling_defaults: dict[str, dict] = {}  # per model text: its card's defaults
         self._sessions: dict[str, WhatIfSession] = {}
         self._schema: Optional[FamilySchema] = None
         self.result: Optional[WhatIfResult] = None
@@ -180,17 +180,14 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     # --- models -------------------------------------------------------------------------
     def _add_model(self, path: Optional[Path]) -> None:
         from ..engine.whatif import bundled_model_path
-        from ..science.generative.checkpoint import read_card
+        from ..science.generative.checkpoint import read_card, sampling_defaults
 
         card = read_card(path if path is not None else bundled_model_path("breast"))
         title = card.get("title") or (path.name if path else "breast")
         text = (f"bundled: {title}" if path is None else f"{title} — {path}") + \
             f" ({card['model_hash'][:8]})"
         self._models.append((text, path, card["family"]))
-        config = card.get("config", {})
-        self._sampling_defaults[text] = (int(config.get("default_steps", 20)),
-                                         str(config.get("default_sampler", "dpmpp")),
-                                         float(config.get("default_guidance", 1.0)))
+        self._sampling_defaults[text] = sampling_defaults(card["config"])
         self.model_combo.addItem(text)
         self.model_combo.setItemData(self.model_combo.count() - 1, text, Qt.ToolTipRole)
         self.model_combo.setCurrentIndex(self.model_combo.count() - 1)
@@ -241,10 +238,11 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def _show_sampling_defaults(self) -> None:
         """The Advanced fields start at the model's own defaults (its card), which are also
         what runs while Advanced is off."""
-        steps, sampler, guidance = self._sampling_defaults[self._current_model()[0]]
-        for widget, set_value in ((self.steps, lambda: self.steps.setValue(steps)),
-                                  (self.sampler, lambda: self.sampler.setCurrentText(sampler)),
-                                  (self.guidance, lambda: self.guidance.setValue(guidance))):
+        defaults = self._sampling_defaults[self._current_model()[0]]
+        for widget, set_value in (
+                (self.steps, lambda: self.steps.setValue(defaults["default_steps"])),
+                (self.sampler, lambda: self.sampler.setCurrentText(defaults["default_sampler"])),
+                (self.guidance, lambda: self.guidance.setValue(defaults["default_guidance"]))):
             widget.blockSignals(True)
             set_value()
             widget.blockSignals(False)

@@ -83,7 +83,16 @@ def save_checkpoint(model: ControlledDiffusion, folder: str | os.PathLike,
     return folder
 
 
-SAMPLING_DEFAULTS = ("default_steps", "default_sampler", "default_guidance")
+# How a model runs when the user does not choose, with the values for cards without them.
+SAMPLING_DEFAULTS = {"default_steps": 20, "default_sampler": "dpmpp", "default_guidance": 1.0}
+
+
+def sampling_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A card config's sampling defaults (steps, sampler, guidance), typed, with fallbacks."""
+    values = {k: config.get(k, v) for k, v in SAMPLING_DEFAULTS.items()}
+    return {"default_steps": int(values["default_steps"]),
+            "default_sampler": str(values["default_sampler"]),
+            "default_guidance": float(values["default_guidance"])}
 
 
 def set_sampling_defaults(folder: str | os.PathLike, changes: dict[str, Any],

@@ -37,7 +37,7 @@ from torch import nn
 
 from ...core.atomic import atomic_path, write_json_atomic
 from ...core.errors import InputError
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import SAMPLING_DEFAULTS, load_checkpoint, save_checkpoint
 from .config import validate_config
 from .data import PairedCohort
 from .model import ControlledDiffusion, build_controlnet
@@ -341,8 +341,7 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
 def _check_same_architecture(config: dict[str, Any], start: dict[str, Any], folder) -> None:
     """Everything but the training and sampling settings must match the model training
     starts from."""
-    free = ("training", "description", "weights", "default_sampler", "default_steps",
-            "default_guidance")
+    free = ("training", "description", "weights", *SAMPLING_DEFAULTS)
     ours = {k: v for k, v in config.items() if k not in free}
     theirs = {k: v for k, v in start.items() if k not in free}
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
