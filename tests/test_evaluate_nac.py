@@ -62,7 +62,7 @@ def test_evaluation_end_to_end_on_micro_model(tmp_path, monkeypatch):
     save_net(seg, base / "segmenter.safetensors", {})
     import napari_nacsim.science.generative.data as data_module
 
-    monkeypatch.setattr(data_module, "breast_phantom_cohort", lambda *a, **k: cohort)
+    monkeypatch.setattr(data_module, "phantom_cohort", lambda *a, **k: cohort)
     evaluate = _script("evaluate_nac")
     out = tmp_path / "eval"
     assert evaluate.main(["--model", str(model_dir), "--baseline", str(base), "--out", str(out),

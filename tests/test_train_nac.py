@@ -94,7 +94,7 @@ def train_nac_script(monkeypatch):
     import napari_nacsim.science.generative.data as data_module
 
     big = random_cohort(8)
-    monkeypatch.setattr(data_module, "breast_phantom_cohort", lambda *a, **k: big)
+    monkeypatch.setattr(data_module, "phantom_cohort", lambda *a, **k: big)
     monkeypatch.setattr(config_module, "load_config", lambda name: micro_config())
     return script
 

@@ -40,7 +40,7 @@ def match(gen: float, real: float) -> float:
     return match_percent(gen, real)
 
 
-def make_sizer(kind: str, baseline_dir: Path, spacing):
+def make_sizer(kind: str, baseline_dir: Path, spacing, family):
     """(N, H, W) [0, 1] images -> (N, H, W) tumour masks."""
     from napari_nacsim.science.generative.baseline import load_net, segment
 
@@ -48,9 +48,7 @@ def make_sizer(kind: str, baseline_dir: Path, spacing):
         net, _ = load_net(baseline_dir / "segmenter.safetensors")
         return lambda images: segment(net, images)
     from napari_nacsim.core.scan import Scan, affine_from_spacing
-    from napari_nacsim.science.segmentation import load_segmenter
-
-    segmenter = load_segmenter("breast")
+    segmenter = family.load_segmenter()
     affine = affine_from_spacing(spacing)
     return lambda images: np.stack([
         (segmenter.segment(Scan(array=np.ascontiguousarray(im, np.float32), affine=affine)).array
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_nacsim.engine import load_model
     from napari_nacsim.science.generative.baseline import load_net, pix2pix_predict
-    from napari_nacsim.science.generative.data import breast_phantom_cohort
+    from napari_nacsim.science.generative.data import phantom_cohort, phantom_ids
     from napari_nacsim.science.generative.sampling import generate
 
     p = argparse.ArgumentParser(description="evaluate a NAC model on held-out phantoms")
@@ -99,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         args.guidance = model.default_guidance
     split = model.card["data"]["split"]
     size = model.image_size
-    extra = [f"BR{i + 1:04d}" for i in range(split["patients"],
-                                              split["patients"] + max(0, args.extra_patients))]
+    n_all = split["patients"] + max(0, args.extra_patients)
+    extra = phantom_ids(model.family, split["cohort_seed"], n_all)[split["patients"]:]
     held_out = split["test"] + extra
-    cohort = breast_phantom_cohort(split["cohort_seed"], split["patients"] + len(extra), size,
-                                   cache_dir=args.cache, counterfactual_ids=held_out)
+    cohort = phantom_cohort(model.family, split["cohort_seed"], n_all, size,
+                            cache_dir=args.cache, counterfactual_ids=held_out)
     test = cohort.subset(held_out[: args.limit])
     pix2pix, _ = load_net(args.baseline / "pix2pix.safetensors")
-    sizer = make_sizer(args.sizer, args.baseline, cohort.spacing)
+    sizer = make_sizer(args.sizer, args.baseline, cohort.spacing, model.family)
     pixel_mm2 = float(np.prod(cohort.spacing))
     times = test.family.timepoint_names
     rows = []

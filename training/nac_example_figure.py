@@ -37,16 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     from napari_nacsim.core.atomic import atomic_path
     from napari_nacsim.core.scan import Scan, affine_from_spacing
     from napari_nacsim.engine import load_model
-    from napari_nacsim.science.generative.data import breast_phantom_cohort
+    from napari_nacsim.science.generative.data import phantom_cohort
     from napari_nacsim.science.generative.sampling import generate
-    from napari_nacsim.science.segmentation import load_segmenter
 
     model = load_model(args.model, device="cpu")
     split = model.card["data"]["split"]
-    cohort = breast_phantom_cohort(split["cohort_seed"], split["patients"], model.image_size,
-                                   cache_dir=args.cache, counterfactual_ids=split["test"])
+    cohort = phantom_cohort(model.family, split["cohort_seed"], split["patients"],
+                            model.image_size, cache_dir=args.cache,
+                            counterfactual_ids=split["test"])
     test = cohort.subset(split["test"][: args.patients])
-    segmenter = load_segmenter("breast")
+    segmenter = model.family.load_segmenter()
     affine = affine_from_spacing(cohort.spacing)
     pixel_mm2 = float(np.prod(cohort.spacing))
     columns = ["T0 (real)", "T1 real", "T1 pCR", "T1 non-pCR", "T2 real", "T2 pCR",

@@ -21,7 +21,7 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 def main(argv: list[str] | None = None) -> int:
     from napari_nacsim.science.generative.baseline import save_net, train_pix2pix, train_segmenter
-    from napari_nacsim.science.generative.data import breast_phantom_cohort
+    from napari_nacsim.science.generative.data import phantom_cohort
 
     p = argparse.ArgumentParser(description="pix2pix-style baseline + tumour segmenter")
     p.add_argument("--split", type=Path, required=True, help="split.json of the NAC training run")
@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=Path("artifacts/breast_cache"))
     args = p.parse_args(argv)
     split = json.loads(args.split.read_text())
-    cohort = breast_phantom_cohort(split["cohort_seed"], split["patients"], args.size,
-                                   cache_dir=args.cache, counterfactual_ids=split["test"])
+    # split.json names its family since the family registry; older ones are breast
+    cohort = phantom_cohort(split.get("family", "breast"), split["cohort_seed"],
+                            split["patients"], args.size, cache_dir=args.cache,
+                            counterfactual_ids=split["test"])
     train = cohort.subset(split["train"])
     command = "python training/pix2pix_baseline.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

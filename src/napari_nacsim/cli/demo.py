@@ -1,12 +1,13 @@
-"""`nacsim demo`: the main job on the embedded default (a synthetic breast patient, the
-bundled generative and segmentation models).
+"""`nacsim demo`: the main job on the embedded default (a synthetic patient of a family —
+by default the first with a bundled model, breast — and the bundled generative and
+segmentation models).
 
 With a display (and no ``--out``) it opens napari with the sample patient and the what-if
 workspace docked. Without one (or with ``--out DIR``) it runs the same what-if loop
-headless: the patient's pre-treatment MIP, pCR vs non-pCR at every follow-up (T1, T2) with
-the patient's own HR/HER2, tumour masks by nnU-Net, and writes the images, masks,
-``report.json`` (sizes and deltas per scenario, plus the phantom's real follow-ups for
-reference) and ``comparison.png``.
+headless: the patient's pre-treatment model input, the family's default comparison (breast:
+pCR vs non-pCR with the patient's own HR/HER2) at every follow-up, tumour masks by nnU-Net,
+and writes the images, masks, ``report.json`` (sizes and deltas per scenario, plus the
+phantom's real follow-ups for reference) and ``comparison.png``.
 """
 
 from __future__ import annotations
@@ -29,18 +30,25 @@ def display_available() -> bool:
 
 
 def run_demo(out: Path | None = None, viewer: str = "auto", *, seed: int = 0,
-             steps: int | None = None) -> int:
+             steps: int | None = None, family: str | None = None) -> int:
+    from ..engine import default_family
+    from ..families import get_family
+
+    chosen = get_family(family or default_family())
+    if chosen.bundled_generator is None:
+        raise InputError("--family", f"{chosen.name} has no bundled generative model yet")
     use_viewer = viewer == "yes" or (viewer == "auto" and out is None and display_available())
     if use_viewer:
-        return open_viewer()
-    return write_demo(out or DEFAULT_OUT, seed=seed, steps=steps)
+        return open_viewer(chosen)
+    return write_demo(out or DEFAULT_OUT, seed=seed, steps=steps, family=chosen.name)
 
 
-def open_viewer() -> int:
+def open_viewer(family) -> int:
     import napari
 
-    viewer = napari.Viewer(title="nacsim — synthetic breast patient (what-if workspace)")
-    viewer.open_sample("nacsim", "breast")
+    viewer = napari.Viewer(title=f"nacsim — synthetic {family.name} patient (what-if "
+                                 "workspace)")
+    viewer.open_sample("nacsim", family.name)  # the manifest's sample keys are family names
     viewer.window.add_plugin_dock_widget("nacsim", "What-if workspace")
     napari.run()
     return 0
@@ -64,35 +72,38 @@ def _check_out(out: Path) -> bool:
     return True
 
 
-def write_demo(out: Path, *, seed: int = 0, steps: int | None = None) -> int:
-    from ..engine import WhatIfRequest, WhatIfSession, load_model, sample_case
+def write_demo(out: Path, *, seed: int = 0, steps: int | None = None,
+               family: str | None = None) -> int:
+    from ..engine import WhatIfRequest, WhatIfSession, default_family, load_model
     from ..engine.results import write_result
+    from ..families import get_family
     from ..science.measure import measure_tumour
-    from ..science.segmentation import load_segmenter
 
     overwrite = _check_out(out)
-    case = sample_case(0)
-    model = load_model()
-    session = WhatIfSession(model, load_segmenter("breast"))
-    schema = model.family
-    compared = next(v.name for v in schema.condition_variables if v.outcome)
+    chosen = get_family(family or default_family())
+    case = chosen.sample_case(0)
+    model = load_model(family=chosen.name)
+    session = WhatIfSession(model, chosen.load_segmenter())
+    schema = chosen.schema
+    comparison = chosen.default_comparison()
+    compared = comparison.variable.name if comparison is not None else None
     clinical = {k: v for k, v in case["clinical"].items()
                 if k in {v.name for v in schema.condition_variables}}
     request = WhatIfRequest(clinical=clinical, target=schema.timepoint_names[-1], seed=seed,
                             steps=steps)
-    result = session.run(case["mips"][schema.baseline]["mip"], request)
+    result = session.run(case["inputs"][schema.baseline]["image"], request)
 
     # The phantom's own follow-ups (its real scenario), measured the same way, for reference.
     real = {}
-    for tp, scans in case["mips"].items():
-        size = measure_tumour(session.segmenter.segment(scans["mip"]))
+    for tp, scans in case["inputs"].items():
+        size = measure_tumour(session.segmenter.segment(chosen.to_segmenter(scans["image"])))
         real[tp] = {"size": size.total, "unit": size.unit, "description": size.describe()}
     extra = {"demo": DEMO_MARK, "patient": case["patient"], "patient_clinical": case["clinical"],
              "compared": compared,
              "phantom_real_followups": {
                  "note": f"the synthetic patient's own images ({compared} = "
-                         f"{case['clinical'][compared]}), segmented by the same model on the "
-                         "128x128 MIP grid",
+                         f"{case['clinical'].get(compared)}), segmented by the same model on "
+                         f"the {chosen.model_input.short_name} grid of its training",
                  "sizes": real}}
     write_result(result, out, overwrite=overwrite, extra_report=extra)
     shown = ", ".join(f"{row['scenario'].replace(' (synthetic)', '')}: {row['size']}"

@@ -85,19 +85,22 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(out=args.out, viewer=args.viewer, seed=args.seed, steps=args.steps)
+    return run_demo(out=args.out, viewer=args.viewer, seed=args.seed, steps=args.steps,
+                    family=args.family)
 
 
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..families import family_names  # CLI choices come from the family registry
+
     parser = _Parser(prog="nacsim", description="Counterfactual follow-up images for cancer "
                      "treatment response (breast NAC, lung immunotherapy).")
     parser.add_argument("--version", action="version", version=f"nacsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("phantoms", help="write a synthetic cohort (NIfTI + cohort manifest)")
-    p.add_argument("family", choices=["breast", "lung"])
+    p.add_argument("family", choices=family_names())
     p.add_argument("--patients", type=int, default=20, help="number of patients (default 20)")
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
@@ -125,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps (default: the model's default)")
+    p.add_argument("--family", choices=family_names(), default=None,
+                   help="the sample patient's model family (default: the first with a "
+                        "bundled model)")
     p.set_defaults(func=cmd_demo)
 
     from .preprocess import add_preprocess_commands

@@ -45,11 +45,11 @@ def _size_lines(mask, args, label: str) -> tuple[list[str], dict]:
 
 
 def cmd_segment(args) -> int:
-    from ..science.segmentation.segmenter import load_segmenter
+    from ..families import get_family
 
     image = read_scan(args.image)
-    segmenter = load_segmenter(args.family, args.model, trust_pickle=args.trust_pickle,
-                               device=args.device)
+    segmenter = get_family(args.family).load_segmenter(args.model, trust_pickle=args.trust_pickle,
+                                                       device=args.device)
     mask = segmenter.segment(image)
     write_scan(mask, args.out, overwrite=args.overwrite,
                extra={"segmentation_model": segmenter.describe()})
@@ -80,11 +80,13 @@ def cmd_measure(args) -> int:
 
 
 def add_segment_commands(sub) -> None:
+    from ..families import family_names
+
     p = sub.add_parser("segment", help="tumour mask of a MIP (breast) or CT crop (lung) with "
                                        "nnU-Net, and its size")
     p.add_argument("image", type=Path, help="breast subtraction MIP (2D) or lung CT crop in HU "
                                             "(3D), e.g. from `nacsim mip` / `nacsim crop`")
-    p.add_argument("--family", choices=["breast", "lung"], required=True)
+    p.add_argument("--family", choices=family_names(), required=True)
     p.add_argument("--model", type=Path, default=None,
                    help="model folder: nacsim format or an nnU-Net results folder "
                         "(default: the bundled model)")

@@ -15,25 +15,26 @@ def cmd_simulate(args) -> int:
 
     if (args.input is None) == (args.sample is None):
         raise InputError("simulate", "give exactly one of --input FILE or --sample N")
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, family=args.family, device=args.device)
+    family = model.family
+    if args.family is not None and args.family != family.name:
+        raise InputError(args.model, f"is a {family.name} model, not a {args.family} one")
     if args.input is not None:
         image = read_scan(args.input)
         case = {"input": str(args.input)}
         clinical = {}
     else:
-        sample = sample_case(args.sample, size=model.image_size)
-        image = sample["mips"]["T0"]["mip"]
+        sample = sample_case(args.sample, family=family.name, size=model.image_size)
+        image = sample["inputs"][family.schema.baseline]["image"]
         case = {"sample_patient": sample["patient"], "cohort_seed": 0}
         clinical = sample["clinical"]
-    texts = args.scenario or []
-    if not texts:
-        if not clinical:
-            raise InputError("--scenario", "at least one scenario is needed with --input, "
-                                           "e.g. --scenario time=T2,pCR=yes,HR=+,HER2=-")
-        # A sample patient: its own factors, pCR and non-pCR at every follow-up time.
-        texts = [f"time={t},pCR={p},HR={clinical['HR']},HER2={clinical['HER2']}"
-                 for t in model.family.timepoint_names[1:] for p in ("yes", "no")]
-    scenarios = [parse_scenario(t, model.family) for t in texts]
+    if args.scenario:
+        scenarios = [parse_scenario(t, family) for t in args.scenario]
+    elif clinical:
+        scenarios = default_scenarios(family, clinical)
+    else:
+        raise InputError("--scenario", "at least one scenario is needed with --input, e.g. "
+                                       f"--scenario {example_scenario(family)}")
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -61,7 +62,8 @@ def cmd_simulate(args) -> int:
         write_scan(scan, path, overwrite=args.overwrite)
         written.append({"file": path.name, "scenario": scenario})
     if args.sample is not None:  # the sample's input, for side-by-side viewing
-        write_scan(image, out / "input_T0.nii.gz", overwrite=args.overwrite)
+        write_scan(image, out / f"input_{family.schema.baseline}.nii.gz",
+                   overwrite=args.overwrite)
     write_json_atomic(out / "simulation.json", {
         "synthetic": True, "case": case, "model": str(model.path),
         "model_hash": model.model_hash, "seed": args.seed, "sampler": generated[0].provenance["sampler"],
@@ -73,10 +75,49 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def default_scenarios(family, clinical) -> list[dict]:
+    """A sample patient's scenarios: its own clinical values under each arm of the family's
+    default comparison (breast: pCR and non-pCR), at every follow-up time."""
+    from ..science.generative.conditioning import TIME_FACTOR, normalise_scenario
+
+    own = {v.name: clinical[v.name] for v in family.schema.condition_variables
+           if v.derive is None and v.name in clinical}
+    comparison = family.default_comparison()
+    arms = [{comparison.variable.name: value} for value in comparison.values] \
+        if comparison is not None else [{}]
+    return [normalise_scenario(family.schema, {TIME_FACTOR: tp, **own, **arm})
+            for tp in family.followup_times for arm in arms]
+
+
+def example_scenario(family) -> str:
+    """``time=T2,pCR=yes,HR=+,HER2=-``: a scenario in the syntax of --scenario."""
+    from ..core.schema import BINARY, CATEGORICAL
+
+    parts = [f"time={family.followup_times[-1]}"]
+    for var in family.schema.condition_variables:
+        if var.derive is not None:
+            continue
+        if var.kind == BINARY:
+            parts.append(f"{var.name}=yes")
+        elif var.kind == CATEGORICAL:
+            parts.append(f"{var.name}={var.categories[0]}")
+        else:
+            lo, hi = var.normal or var.plausible or (0.0, 1.0)
+            parts.append(f"{var.name}={(lo + hi) / 2:g}")
+    return ",".join(parts)
+
+
 def add_simulate_commands(sub) -> None:
+    from ..families import family_names
+
     p = sub.add_parser("simulate", help="generate follow-up images under clinical scenarios "
                                         "(synthetic, labelled as such)")
-    p.add_argument("--input", type=Path, help="pre-treatment model input (2D MIP, NIfTI)")
+    p.add_argument("--family", choices=family_names(), default=None,
+                   help="model family (default: the model's; without --model, the first "
+                        "family with a bundled model)")
+    p.add_argument("--input", type=Path, help="pre-treatment model input (breast: the 2D "
+                                              "MIP of `nacsim mip`; lung: the CT crop of "
+                                              "`nacsim crop`), NIfTI")
     p.add_argument("--sample", type=int, help="use synthetic sample patient N instead")
     p.add_argument("--scenario", action="append",
                    help="e.g. time=T2,pCR=yes,HR=+,HER2=- (repeat for several; default for "

@@ -245,12 +245,11 @@ LUNG = FamilySchema(
     ),
 )
 
-FAMILIES: dict[str, FamilySchema] = {s.name: s for s in (BREAST, LUNG)}
-
-
 def family_schema(name: str) -> FamilySchema:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise InputError("family", f"{name!r} is not a model family "
-                                   f"(known: {', '.join(FAMILIES)})") from None
+    """The clinical schema of a registered model family (`napari_nacsim.families`).
+
+    The registry is imported here, lazily: it is the plug-in point where families (built-in
+    or your own) are listed; their schemas are plain data, so core stays free of torch."""
+    from ..families import get_family
+
+    return get_family(name).schema

@@ -1,7 +1,8 @@
 """The what-if service: a case + scenarios -> generated follow-up images with provenance.
 
 Used identically by the CLI, the napari widgets and the evaluation. A model family is a
-plug-in: a checkpoint folder whose model card names its family (schema) and config.
+plug-in (`napari_nacsim.families`): the engine asks the family of a model (its card names
+it) what its input is, how visits become inputs, what to compare, how to measure.
 
 - `whatif`: load a model, simulate follow-ups of one image under scenarios.
 - `session`: a patient's what-if runs (arms to compare, every follow-up time, samples,
@@ -15,10 +16,10 @@ plug-in: a checkpoint folder whose model card names its family (schema) and conf
 
 from .jobs import Cancelled, CancelToken
 from .session import AUTO, Arm, FollowUp, WhatIfRequest, WhatIfResult, WhatIfSession
-from .whatif import (BUNDLED_MODELS, WhatIfModel, bundled_model_path, load_model,
-                     model_grid, parse_scenario, sample_case, simulate)
+from .whatif import (WhatIfModel, bundled_model_path, default_family, load_model, model_grid,
+                     parse_scenario, sample_case, simulate)
 
-__all__ = ["AUTO", "Arm", "BUNDLED_MODELS", "CancelToken", "Cancelled", "FollowUp",
+__all__ = ["AUTO", "Arm", "CancelToken", "Cancelled", "FollowUp",
            "WhatIfModel", "WhatIfRequest", "WhatIfResult", "WhatIfSession",
-           "bundled_model_path", "load_model", "model_grid", "parse_scenario", "sample_case",
+           "bundled_model_path", "default_family", "load_model", "model_grid", "parse_scenario", "sample_case",
            "simulate"]

@@ -2,8 +2,8 @@
 follow-up is from the real one (the failure-case inspector's engine).
 
 A *case* is one patient at one follow-up time point that has real scans. For each case the
-patient's baseline is preprocessed like the model's training data (breast: registered,
-normalised subtraction MIPs), the model generates the follow-up under the patient's real
+patient's baseline is preprocessed like the model's training data, the family's way (breast:
+registered, normalised subtraction MIPs; lung: CT crops around the tumour), the model generates the follow-up under the patient's real
 scenario, and every image is measured by the same tumour segmenter, on the model grid:
 
 - **image**: SSIM and PSNR of generated vs real (scikit-image, data range 1, as
@@ -26,7 +26,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -35,9 +35,10 @@ from ..core.cohort import Cohort, Patient, load_cohort, load_timepoint
 from ..core.errors import InputError
 from ..core.scan import IMAGE, Scan
 from ..core.schema import FamilySchema
+from ..families import ModelFamily, get_family
 from ..science.measure import dice, match_percent, measure_tumour
 from .jobs import CancelToken, Progress, Steps
-from .whatif import BUNDLED_MODELS, WhatIfModel, load_model, model_grid, simulate
+from .whatif import WhatIfModel, load_model, model_grid, simulate
 
 DIFFERENCE = "generated minus real follow-up"
 
@@ -108,6 +109,8 @@ class CaseReview:
     metrics: dict[str, Optional[float]]      # METRICS keys -> value (None: not defined)
     images: CaseImages
     provenance: dict[str, Any]               # model, seed, steps, sampler, segmenter
+    # the family's model predictions under the real scenario (name -> {"label", "value", ...})
+    predictions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -125,6 +128,8 @@ class CaseReview:
                                    "counterfactual_text", "")}
         for metric in METRICS:
             row[column_name(metric, self.unit)] = self.metrics.get(metric.key)
+        for name, prediction in self.predictions.items():
+            row[f"predicted_{name}"] = prediction.get("value")
         for key in ("model_hash", "seed", "steps", "sampler", "segmenter"):
             row[key] = self.provenance.get(key)
         return row
@@ -147,29 +152,6 @@ def metric_unit(metric: Metric, size_unit: str) -> str:
     return size_unit if metric.unit == "size" else metric.unit
 
 
-# --- preprocessing per family -----------------------------------------------------------------
-
-def _breast_inputs(visits: Mapping[str, Mapping[str, Scan]], size: int) -> dict[str, Scan]:
-    """Time point -> normalised subtraction MIP on the model grid (follow-ups registered to
-    the baseline and on its intensity scale, as the model was trained)."""
-    from ..science.preprocess.breast import resize_square
-    from ..science.preprocess.pipeline import breast_mips
-
-    mips = breast_mips(visits)
-    out = {}
-    for tp, entry in mips.items():
-        grid = resize_square(entry["mip"], size)
-        # follow-ups on the baseline's window may overshoot it slightly
-        out[tp] = Scan(array=np.clip(grid.array, 0.0, 1.0).astype(np.float32),
-                       affine=grid.affine, kind=IMAGE, provenance=grid.provenance)
-    return out
-
-
-MODEL_INPUTS: dict[str, Callable[[Mapping[str, Mapping[str, Scan]], int], dict[str, Scan]]] = {
-    "breast": _breast_inputs,
-}
-
-
 # --- the review ---------------------------------------------------------------------------
 
 class CohortReview:
@@ -184,22 +166,18 @@ class CohortReview:
                  sampler: str | None = None, progress: Optional[Progress] = None,
                  cancel: Optional[CancelToken] = None):
         self.cohort = cohort if isinstance(cohort, Cohort) else load_cohort(cohort)
-        schema = self.cohort.family
+        self.family: ModelFamily = get_family(self.cohort.family)
         self.source = str(cohort) if not isinstance(cohort, Cohort) else str(self.cohort.root)
-        if schema.name not in MODEL_INPUTS or (model is None and schema.name not in BUNDLED_MODELS):
-            raise InputError(self.source, f"no generative model for the {schema.name} family "
-                                          f"(models exist for: {', '.join(BUNDLED_MODELS)})")
+        if model is None and self.family.bundled_generator is None:
+            raise InputError(self.source, f"the {self.family.name} family has no bundled "
+                                          "generative model yet; pass a model folder")
         if cancel is not None:
             cancel.check()
-        self.model = model or load_model(family=schema.name)
-        if self.model.family.name != schema.name:
-            raise InputError(self.source, f"is a {schema.name} cohort but the model is for "
-                                          f"{self.model.family.name}")
-        if segmenter is None:
-            from ..science.segmentation import load_segmenter
-
-            segmenter = load_segmenter(schema.name)
-        self.segmenter = segmenter
+        self.model = model or load_model(family=self.family.name)
+        if self.model.family.name != self.family.name:
+            raise InputError(self.source, f"is a {self.family.name} cohort but the model is "
+                                          f"for {self.model.family.name}")
+        self.segmenter = segmenter if segmenter is not None else self.family.load_segmenter()
         self.seed, self.sampler = int(seed), sampler or self.model.default_sampler
         self.steps = int(steps or self.model.default_steps)
         if self.steps < 1:
@@ -248,19 +226,17 @@ class CohortReview:
 
     def _patient(self, patient: Patient, followups: list[str],
                  clinical: dict[str, Any]) -> Iterator[CaseReview]:
-        from ..science.generative.data import counterfactual_of
-
-        schema, size = self.schema, self.model.image_size
+        schema, family = self.schema, self.family
         steps = self._steps
         steps.advance(0, f"{patient.id}: reading and registering scans")
         visits = {tp: load_timepoint(patient, tp, schema) for tp in [schema.baseline, *followups]}
         steps.check()  # registration takes seconds per follow-up: check before and after
-        inputs = MODEL_INPUTS[schema.name](visits, size)
-        baseline = model_grid(inputs[schema.baseline], size)
+        inputs = self._on_grid(family.model_inputs(visits))
+        baseline = model_grid(self.model, inputs[schema.baseline])
         cf_clinical, truth = None, {}
         if patient.extra.get("phantom"):
             steps.advance(0, f"{patient.id}: rendering the counterfactual ground truth")
-            cf_clinical = counterfactual_of(schema, clinical)
+            cf_clinical = family.counterfactual(clinical)
             truth = self._truth(patient, followups, cf_clinical)
         steps.advance(1, f"{patient.id}: preprocessed")
 
@@ -271,7 +247,7 @@ class CohortReview:
                              sampler=self.sampler,
                              progress=lambda i, n: steps.advance(1, f"{patient.id}: generating"))
 
-        base_mask = self.segmenter.segment(baseline)
+        base_mask = self._segment(baseline)
         size_t0 = measure_tumour(base_mask)
         provenance = {
             "model": self.model.card.get("title", self.model.path.name),
@@ -280,19 +256,21 @@ class CohortReview:
             "segmenter": getattr(self.segmenter, "name", type(self.segmenter).__name__),
             "counterfactual_text": schema.describe(cf_clinical) if cf_clinical else "",
         }
+        value_range = family.model_input.value_range or family.model_input.display_range
+        predictions = family.predictions(self.model, baseline, clinical)
         cases = []
         for k, tp in enumerate(followups):
             steps.check()
             gen, real = generated[k], inputs[tp]
-            gen_mask, real_mask = self.segmenter.segment(gen), self.segmenter.segment(real)
-            metrics = _pair_metrics(gen, real, gen_mask, real_mask)
+            gen_mask, real_mask = self._segment(gen), self._segment(real)
+            metrics = _pair_metrics(gen, real, gen_mask, real_mask, value_range)
             metrics["size_t0"] = size_t0.total
             images = CaseImages(baseline, base_mask, real, real_mask, gen, gen_mask,
                                 _difference(gen, real))
             if cf_clinical is not None:
                 cf, cf_truth = generated[len(followups) + k], truth[tp]
-                cf_mask, truth_mask = self.segmenter.segment(cf), self.segmenter.segment(cf_truth)
-                cf_metrics = _pair_metrics(cf, cf_truth, cf_mask, truth_mask)
+                cf_mask, truth_mask = self._segment(cf), self._segment(cf_truth)
+                cf_metrics = _pair_metrics(cf, cf_truth, cf_mask, truth_mask, value_range)
                 metrics.update(cf_ssim=cf_metrics["ssim"], cf_psnr=cf_metrics["psnr"],
                                cf_size_truth=cf_metrics["size_real"],
                                cf_size_generated=cf_metrics["size_generated"],
@@ -304,9 +282,18 @@ class CohortReview:
                 clinical=dict(clinical), scenario_text=schema.describe(clinical),
                 counterfactual=cf_clinical,
                 unit=size_t0.unit, metrics={m.key: metrics.get(m.key) for m in METRICS},
-                images=images, provenance=provenance))
+                images=images, provenance=provenance, predictions=predictions))
         steps.advance(1, f"{patient.id}: measured")
         yield from cases
+
+    def _segment(self, image: Scan) -> Scan:
+        return self.segmenter.segment(self.family.to_segmenter(image))
+
+    def _on_grid(self, inputs: Mapping[str, Mapping[str, Scan]]) -> dict[str, Scan]:
+        """Time point -> model input on the model grid (follow-ups registered to the
+        baseline and on its intensity scale, as the model was trained)."""
+        return {tp: self.family.resample(entry["image"], self.model.grid)
+                for tp, entry in inputs.items()}
 
     def _truth(self, patient: Patient, followups: list[str],
                cf_clinical: dict[str, Any]) -> dict[str, Scan]:
@@ -314,10 +301,8 @@ class CohortReview:
         scans: the ground truth of what the model should have generated."""
         from ..science.phantoms.cohort import phantom_of
 
-        rendering = phantom_of(self.cohort, patient).render(cf_clinical)
-        tps = [self.schema.baseline, *followups]
-        visits = {tp: {**rendering.scans[tp], **rendering.masks.get(tp, {})} for tp in tps}
-        return MODEL_INPUTS[self.schema.name](visits, self.model.image_size)
+        phantom = phantom_of(self.cohort, patient)
+        return self._on_grid(self.family.counterfactual_truth(phantom, cf_clinical))
 
 
 def review_cohort(cohort: Cohort | str | os.PathLike, *, model: WhatIfModel | None = None,
@@ -333,17 +318,20 @@ def review_cohort(cohort: Cohort | str | os.PathLike, *, model: WhatIfModel | No
 
 # --- metrics ------------------------------------------------------------------------------
 
-def _pair_metrics(generated: Scan, reference: Scan, gen_mask: Scan, ref_mask: Scan
-                  ) -> dict[str, Optional[float]]:
+def _pair_metrics(generated: Scan, reference: Scan, gen_mask: Scan, ref_mask: Scan,
+                  value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, Optional[float]]:
+    """Image and size agreement; SSIM and PSNR over the model's value range (breast MIPs:
+    [0, 1]; CT: the display window in HU)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    a = np.asarray(reference.array, np.float64)
-    b = np.clip(np.asarray(generated.array, np.float64), 0.0, 1.0)
+    lo, hi = value_range
+    a = np.clip(np.asarray(reference.array, np.float64), lo, hi)
+    b = np.clip(np.asarray(generated.array, np.float64), lo, hi)
     gen_size, ref_size = measure_tumour(gen_mask).total, measure_tumour(ref_mask).total
     overlap = dice(gen_mask.array, ref_mask.array)
     return {
-        "ssim": float(structural_similarity(a, b, data_range=1.0)),
-        "psnr": float(peak_signal_noise_ratio(a, b, data_range=1.0)),
+        "ssim": float(structural_similarity(a, b, data_range=hi - lo)),
+        "psnr": float(peak_signal_noise_ratio(a, b, data_range=hi - lo)),
         "size_real": ref_size, "size_generated": gen_size,
         "match": match_percent(gen_size, ref_size),
         "size_error_percent": 100.0 * (gen_size - ref_size) / ref_size if ref_size > 0 else None,
@@ -398,6 +386,7 @@ def cases_to_csv(cases: Sequence[CaseReview], path: str | os.PathLike) -> Path:
     unit = cases[0].unit if cases else "mm²"
     header = ["patient", "time", "scenario", "counterfactual_scenario",
               *(column_name(m, unit) for m in METRICS),
+              *sorted({f"predicted_{n}" for c in cases for n in c.predictions}),
               "model_hash", "seed", "steps", "sampler", "segmenter"]
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:

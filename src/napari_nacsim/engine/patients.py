@@ -7,24 +7,20 @@ import os
 from typing import Any
 
 from ..core.cohort import Cohort, load_cohort, load_timepoint
-from ..core.errors import InputError
+from ..families import get_family
 
 
 def baseline_input(cohort: Cohort | str | os.PathLike, patient_id: str) -> dict[str, Any]:
-    """``{"patient", "clinical", "image", "mask"}``: the baseline model input (breast: the
-    normalised subtraction MIP of T0; no registration is needed at the baseline), its tumour
-    mask MIP when the manifest has one (else None) and the validated clinical values."""
-    from ..science.preprocess.pipeline import breast_mips
-
+    """``{"patient", "family", "clinical", "image", "mask", "extra"}``: the baseline model input made
+    the family's way (breast: the normalised subtraction MIP of T0; lung: the CT crop around
+    the tumour), its tumour mask when the manifest has one (else None) and the validated
+    clinical values. No registration is needed at the baseline."""
     if not isinstance(cohort, Cohort):
         cohort = load_cohort(cohort)
-    schema = cohort.family
-    if schema.name != "breast":
-        raise InputError(f"cohort family '{schema.name}'",
-                         "has no generative model yet (only breast)")
+    family = get_family(cohort.family)
     patient = cohort.patient(patient_id)
-    base = schema.baseline
-    visit = load_timepoint(patient, base, schema)
-    mips = breast_mips({base: visit})[base]
-    return {"patient": patient.id, "clinical": dict(patient.clinical), "image": mips["mip"],
-            "mask": mips.get("tumour"), "extra": dict(patient.extra)}
+    base = family.schema.baseline
+    visit = load_timepoint(patient, base, family.schema)
+    inputs = family.model_inputs({base: visit})[base]
+    return {"patient": patient.id, "family": family.name, "clinical": dict(patient.clinical),
+            "image": inputs["image"], "mask": inputs.get("tumour"), "extra": dict(patient.extra)}

@@ -43,7 +43,7 @@ def write_result(result: WhatIfResult, out: str | Path, *, overwrite: bool = Fal
         report.update(extra_report)
     files: dict[str, str] = {}
     with atomic_directory(out) as staging:
-        base = result.family.baseline
+        base = result.schema.baseline
         files["baseline"] = _write(result.baseline, staging / f"{base}_baseline.nii.gz")
         files["baseline_mask"] = _write(result.baseline_mask,
                                         staging / f"{base}_baseline_tumour.nii.gz")
@@ -81,33 +81,42 @@ def comparison_figure(result: WhatIfResult, path: str | Path, *, dpi: int = 110)
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure  # no pyplot: no global state, safe off the UI thread
 
-    times = [t for t in result.family.timepoint_names if t != result.family.baseline]
+    family = result.family
+    times = family.followup_times
+    base = result.schema.baseline
+    # 3D results: every panel shows the slice where the baseline tumour is largest
+    plane = family.display_slice(result.baseline_mask)
     rows, cols = len(result.arms), 1 + len(times)
     fig = Figure(figsize=(3.0 * cols, 3.1 * rows + 0.5 + 0.28 * (1 + rows * len(times))),
                  dpi=dpi)
     table_h = 0.28 * (2 + rows * len(times))
     grid = fig.add_gridspec(rows + 1, cols, height_ratios=[3.0] * rows + [table_h])
     for r, arm in enumerate(result.arms):
-        panels = [(f"{result.family.baseline} baseline (measured)\n"
+        predicted = arm.describe_predictions()
+        panels = [(f"{base} baseline (measured)\n"
                    f"{result.baseline_size.describe()}", result.baseline, result.baseline_mask)]
         for tp in times:
             follow = arm.followups[tp]
             change = follow.change
             pct = f", {change.percent:+.0f} %" if np.isfinite(change.percent) else ""
-            panels.append((f"{tp} · {arm.label} (synthetic)\n{follow.describe_size()}{pct}",
+            panels.append((f"{tp} · {arm.label} (synthetic)\n{follow.describe_size()}{pct}"
+                           + (f"\n{predicted}" if predicted else ""),
                            follow.image, follow.mask))
         for c, (title, image, mask) in enumerate(panels):
             ax = fig.add_subplot(grid[r, c])
-            _draw(ax, image, mask)
+            _draw(ax, family, image, mask, plane)
             ax.set_title(title, fontsize=8)
     ax = fig.add_subplot(grid[rows, :])
     ax.axis("off")
     body = [[row["scenario"].replace(" (synthetic)", " *"), row["size"], row["delta"],
              row["delta_percent"]] for row in result.table_rows()]
-    table = ax.table(cellText=body, colLabels=["scenario", "tumour size", "Δ vs baseline",
-                                               "Δ %"],
-                     loc="upper center", cellLoc="left", colLoc="left",
-                     colWidths=[0.46, 0.26, 0.16, 0.1])
+    labels, widths = ["scenario", "tumour size", "Δ vs baseline", "Δ %"], [0.46, 0.26, 0.16, 0.1]
+    if result.has_predictions:
+        for line, row in zip(body, result.table_rows()):
+            line.append(row["predictions"])
+        labels, widths = labels + ["predicted"], [0.34, 0.22, 0.13, 0.08, 0.23]
+    table = ax.table(cellText=body, colLabels=labels, loc="upper center", cellLoc="left",
+                     colLoc="left", colWidths=widths)
     table.auto_set_font_size(False)
     table.set_fontsize(7.5)
     request = result.request
@@ -121,22 +130,25 @@ def comparison_figure(result: WhatIfResult, path: str | Path, *, dpi: int = 110)
     return path
 
 
-def _draw(ax, image, mask) -> None:
-    sy, sx = image.spacing
-    h, w = image.shape
+def _draw(ax, family, image, mask, plane) -> None:
+    """One panel: the image (the family's plane of a volume) in its display window, the
+    tumour contour, a 5 cm scale bar and the orientation letters."""
+    array, (sy, sx) = family.figure_plane(image, plane)
+    h, w = array.shape
     extent = (0, w * sx, h * sy, 0)
-    ax.imshow(np.clip(image.array, 0, 1), cmap="gray", vmin=0, vmax=1, extent=extent,
+    lo, hi = family.model_input.display_range
+    ax.imshow(np.clip(array, lo, hi), cmap="gray", vmin=lo, vmax=hi, extent=extent,
               interpolation="nearest")
-    if np.any(mask.array):
-        my, mx = mask.spacing
-        mh, mw = mask.shape
-        ax.contour(mask.array > 0, levels=[0.5], colors="red", linewidths=1.0,
+    outline, (my, mx) = family.figure_plane(mask, plane)
+    if np.any(outline):
+        mh, mw = outline.shape
+        ax.contour(outline > 0, levels=[0.5], colors="red", linewidths=1.0,
                    extent=(0, mw * mx, 0, mh * my), origin="upper")
-    # MIPs are in LPS display layout (see preprocess.breast.axial_mip): anterior up.
     ax.plot([8, 58], [extent[2] - 8] * 2, color="white", linewidth=2)  # 5 cm scale bar
     ax.text(33, extent[2] - 12, "5 cm", color="white", fontsize=6, ha="center")
-    ax.text(0.03, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=7, va="center")
-    ax.text(0.97, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=7, va="center",
-            ha="right")
+    _, _, left, right = family.orientation
+    for text, x, y, ha, va in ((left, 0.03, 0.5, "left", "center"),
+                               (right, 0.97, 0.5, "right", "center")):
+        ax.text(x, y, text, color="yellow", transform=ax.transAxes, fontsize=7, va=va, ha=ha)
     ax.set_xticks([])
     ax.set_yticks([])

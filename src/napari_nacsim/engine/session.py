@@ -4,9 +4,10 @@ with masks, sizes and deltas.
 
 What a run does, for a `WhatIfRequest`:
 
-- **arms**: the scenario of the panel, once per state of the compared variable (by default
-  the family's first outcome variable: pCR vs non-pCR for breast). Without a compared variable
-  there is one arm.
+- **arms**: the scenario of the panel, once per compared value of one variable (by default
+  the family's comparison: pCR vs non-pCR for breast, PD-L1 <1 % vs >=50 % for lung; any
+  variable at two or more values the user picks). Without a compared variable there is one
+  arm. The family may attach model predictions to each arm (e.g. a response probability).
 - **every follow-up time point** of the family for every arm (breast: T1 and T2), in one
   batch per sample, so the size-over-time plot and the compare grid come from one run; the
   request's ``target`` is the time point the grid shows.
@@ -26,18 +27,19 @@ import collections
 import dataclasses
 import hashlib
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..core.errors import InputError
 from ..core.scan import IMAGE, LABELS, Scan
-from ..core.schema import BINARY, FamilySchema, Variable
+from ..core.schema import FamilySchema, Variable
+from ..families import Comparison, ModelFamily
 from ..science.measure import SizeChange, TumourSize, measure_tumour, size_change
 from .jobs import CancelToken, Progress, Steps
 from .whatif import WhatIfModel, model_grid, simulate
 
-AUTO = "auto"  # compare the family's first binary outcome variable
+AUTO = "auto"  # compare what the family compares by default
 SYNTHETIC = "(synthetic)"
 
 
@@ -47,7 +49,9 @@ class WhatIfRequest:
 
     clinical: Mapping[str, Any]        # conditioning values (the panel's scenario)
     target: str                        # follow-up time point shown side by side
-    compare: Optional[str] = AUTO      # variable compared across its states; None = one arm
+    compare: Optional[str] = AUTO      # variable compared across values; None = one arm
+    compare_values: Optional[tuple] = None  # its values (None: both states of a yes/no
+    #                                         variable, every category, or the family default)
     seed: int = 0
     steps: Optional[int] = None        # None: the model's default
     sampler: Optional[str] = None
@@ -55,8 +59,9 @@ class WhatIfRequest:
     guidance: Optional[float] = None   # None: the model's default
 
     def key(self) -> tuple:
+        values = None if self.compare_values is None else tuple(map(repr, self.compare_values))
         return (tuple(sorted((k, repr(v)) for k, v in self.clinical.items())), self.compare,
-                self.seed, self.steps, self.sampler, self.samples, self.guidance)
+                values, self.seed, self.steps, self.sampler, self.samples, self.guidance)
 
 
 @dataclasses.dataclass
@@ -124,15 +129,27 @@ class FollowUp:
 class Arm:
     """One compared scenario (e.g. pCR) and its follow-ups at every time point."""
 
-    label: str                     # "pCR", "non-pCR", or the scenario when nothing is compared
+    label: str                     # "pCR", "PD-L1 TPS 50 %", or the scenario when nothing is compared
     clinical: dict[str, Any]
     followups: dict[str, FollowUp]
+    # Model predictions for this scenario (the family's; e.g. a response probability):
+    # name -> {"label", "value", "unit", "meaning"}.
+    predictions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def describe_predictions(self) -> str:
+        """``"P(response) 0.42 · risk 1.3× cohort"``, or "" without predictions."""
+        return " · ".join(f"{p['label']} {_number(p['value'])}{p.get('unit', '')}"
+                          for p in self.predictions.values())
+
+
+def _number(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 @dataclasses.dataclass
 class WhatIfResult:
     request: WhatIfRequest
-    family: FamilySchema
+    family: ModelFamily
     baseline: Scan                 # the pre-treatment image on the model grid
     baseline_mask: Scan
     baseline_size: TumourSize
@@ -145,6 +162,14 @@ class WhatIfResult:
     def target(self) -> str:
         return self.request.target
 
+    @property
+    def schema(self) -> FamilySchema:
+        return self.family.schema
+
+    @property
+    def has_predictions(self) -> bool:
+        return any(arm.predictions for arm in self.arms)
+
     def shown(self) -> list[tuple[Arm, FollowUp]]:
         """The follow-ups the compare grid shows (the target time of every arm)."""
         return [(arm, arm.followups[self.target]) for arm in self.arms]
@@ -152,10 +177,11 @@ class WhatIfResult:
     def table_rows(self) -> list[dict[str, Any]]:
         """Rows of the size table: the baseline, then every arm at every follow-up."""
         unit = self.baseline_size.unit
-        rows = [{"scenario": f"{self.family.baseline} baseline (measured)",
-                 "time": self.family.baseline, "size": self.baseline_size.describe(),
+        base = self.schema.baseline
+        rows = [{"scenario": f"{base} baseline (measured)",
+                 "time": base, "size": self.baseline_size.describe(),
                  "size_value": self.baseline_size.total, "delta": "—", "delta_percent": "—",
-                 "unit": unit}]
+                 "unit": unit, "predictions": ""}]
         for arm in self.arms:
             for tp, follow in arm.followups.items():
                 change = follow.change
@@ -164,7 +190,8 @@ class WhatIfResult:
                 rows.append({"scenario": follow.title, "time": tp,
                              "size": follow.describe_size(), "size_value": follow.size_mean,
                              "delta": f"{change.absolute:+.0f}{spread} {unit}",
-                             "delta_percent": pct, "unit": unit})
+                             "delta_percent": pct, "unit": unit,
+                             "predictions": arm.describe_predictions()})
         return rows
 
     def to_report(self) -> dict[str, Any]:
@@ -175,29 +202,29 @@ class WhatIfResult:
             "request": {**dataclasses.asdict(self.request),
                         "clinical": dict(self.request.clinical)},
             "model": self.model, "segmenter": self.segmenter,
-            "baseline": {"time": self.family.baseline, "size": self.baseline_size.to_json(),
+            "baseline": {"time": self.schema.baseline, "size": self.baseline_size.to_json(),
                          "description": self.baseline_size.describe(),
                          "provenance": self.baseline.provenance},
             "scenarios": [{"label": arm.label, "clinical": arm.clinical,
+                           **({"predictions": arm.predictions} if arm.predictions else {}),
                            "followups": {tp: f.to_json() for tp, f in arm.followups.items()}}
                           for arm in self.arms],
             "seconds": self.seconds,
         }
 
 
-def compare_variable(schema: FamilySchema, compare: Optional[str]) -> Optional[Variable]:
-    """The variable whose states become the arms (``AUTO``: the first binary outcome)."""
+def comparison_of(family: ModelFamily, compare: Optional[str],
+                  values: Optional[Sequence[Any]] = None) -> Optional[Comparison]:
+    """The arms of a request: ``AUTO`` = the family's default comparison (its values unless
+    ``values`` are given), a variable name = that variable at ``values``, None = one arm."""
     if compare is None:
         return None
     if compare == AUTO:
-        return next((v for v in schema.condition_variables if v.outcome and v.kind == BINARY),
-                    None)
-    known = {v.name: v for v in schema.condition_variables}
-    var = known.get(compare)
-    if var is None or var.kind != BINARY:
-        raise InputError(f"compare '{compare}'", "is not a yes/no variable the model is "
-                                                 "conditioned on")
-    return var
+        default = family.default_comparison()
+        if default is None or not values:
+            return default
+        return family.comparison(default.variable.name, values)
+    return family.comparison(compare, values)
 
 
 def scenario_title(schema: FamilySchema, time_point: str, clinical: Mapping[str, Any],
@@ -226,7 +253,8 @@ class WhatIfSession:
     def __init__(self, model: WhatIfModel, segmenter: Any = None):
         self.model = model
         self.segmenter = segmenter
-        self.schema = model.family
+        self.family = model.family
+        self.schema = model.schema
         self._baseline: Optional[tuple[str, Scan, Scan, TumourSize]] = None
         self._results: collections.OrderedDict[tuple, WhatIfResult] = collections.OrderedDict()
 
@@ -234,7 +262,7 @@ class WhatIfSession:
     def baseline(self, image: Scan, steps: Optional[Steps] = None
                  ) -> tuple[str, Scan, Scan, TumourSize]:
         """The model-grid baseline, its mask and size; computed once per image."""
-        grid = model_grid(image, self.model.image_size)  # raises InputError on bad images
+        grid = model_grid(self.model, image)  # raises InputError on bad images
         key = _image_hash(grid)
         if self._baseline is None or self._baseline[0] != key:
             mask = self._segment(grid)
@@ -247,30 +275,36 @@ class WhatIfSession:
     def _segment(self, image: Scan) -> Scan:
         if self.segmenter is None:
             raise InputError("segmenter", "no tumour segmentation model is loaded")
-        return self.segmenter.segment(image)
+        return self.segmenter.segment(self.family.to_segmenter(image))
 
     # --- a run ------------------------------------------------------------------------------
     def arms_of(self, request: WhatIfRequest) -> tuple[Optional[Variable], list[tuple[str, dict]]]:
+        """The compared variable (or None) and the arms: (label, clinical values)."""
         schema = self.schema
         clinical = schema.validate_clinical(dict(request.clinical), subject="scenario",
                                             partial=True)
         missing = [v.name for v in schema.condition_variables
                    if v.derive is None and v.name not in clinical]
-        var = compare_variable(schema, request.compare)
-        if var is not None and var.name in missing:
-            missing.remove(var.name)
+        comparison = comparison_of(self.family, request.compare, request.compare_values)
+        if comparison is not None and comparison.variable.name in missing:
+            missing.remove(comparison.variable.name)
         if missing:
             raise InputError(f"scenario field '{missing[0]}'", "is missing")
-        if var is None:
+        if comparison is None:
             return None, [(schema.describe({k: v for k, v in clinical.items()
                                             if schema.variable(k).derive is None}), clinical)]
-        return var, [(var.describe(state), {**clinical, var.name: state})
-                     for state in (True, False)]
+        var = comparison.variable
+        arms = []
+        for label, value in zip(comparison.labels(), comparison.values):
+            # derived variables (NLR) follow the compared value, validated like any scenario
+            values = {k: v for k, v in clinical.items() if schema.variable(k).derive is None}
+            arms.append((label, schema.validate_clinical({**values, var.name: value},
+                                                         subject="scenario", partial=True)))
+        return var, arms
 
     def run(self, image: Scan, request: WhatIfRequest, *, progress: Optional[Progress] = None,
             cancel: Optional[CancelToken] = None) -> WhatIfResult:
-        schema = self.schema
-        followup_times = [t for t in schema.timepoint_names if t != schema.baseline]
+        followup_times = self.family.followup_times
         if request.target not in followup_times:
             raise InputError(f"target '{request.target}'",
                              f"is not a follow-up time point ({', '.join(followup_times)})")
@@ -317,11 +351,12 @@ class WhatIfSession:
                     steps.advance(1, f"segmenting {tp} {label}")
                 followups[tp] = self._followup(tp, label, var, clinical, samples, masks,
                                                base_size)
-            result_arms.append(Arm(label, clinical, followups))
+            result_arms.append(Arm(label, clinical, followups,
+                                   self.family.predictions(self.model, grid, clinical)))
         t_seg = time.perf_counter() - t0
 
         result = WhatIfResult(
-            request=request, family=schema, baseline=grid, baseline_mask=base_mask,
+            request=request, family=self.family, baseline=grid, baseline_mask=base_mask,
             baseline_size=base_size, arms=result_arms,
             model={"name": self.model.card.get("title", self.model.path.name),
                    "model_hash": self.model.model_hash, "path": str(self.model.path),

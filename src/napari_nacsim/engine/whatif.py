@@ -17,18 +17,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.scan import IMAGE, Scan, check_image_values, require_ndim
-from ..core.schema import FamilySchema, family_schema
-
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-BUNDLED_MODELS = {"breast": "breast_nac"}
+from ..core.scan import IMAGE, Scan
+from ..core.schema import FamilySchema
+from ..families import ModelFamily, family_names, get_family
 
 
-def bundled_model_path(family: str = "breast") -> Path:
-    if family not in BUNDLED_MODELS:
-        raise InputError("family", f"no bundled model for {family!r} (bundled: "
-                                   f"{', '.join(BUNDLED_MODELS)})")
-    return MODELS_DIR / BUNDLED_MODELS[family]
+def default_family() -> str:
+    """The family used when none is named: the first registered one with a bundled model."""
+    return next((n for n in family_names() if get_family(n).bundled_generator), family_names()[0])
+
+
+def bundled_model_path(family: str | None = None) -> Path:
+    return get_family(family or default_family()).bundled_generator_path()
 
 
 @dataclasses.dataclass
@@ -41,12 +41,26 @@ class WhatIfModel:
     device: str
 
     @property
-    def family(self) -> FamilySchema:
-        return family_schema(self.card["family"])
+    def family(self) -> ModelFamily:
+        """The model family (registry entry) the model belongs to."""
+        return get_family(self.card["family"])
+
+    @property
+    def schema(self) -> FamilySchema:
+        return self.family.schema
 
     @property
     def image_size(self) -> int:
         return int(self.card["config"]["image_size"])
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The model-input grid shape: ``grid_shape`` of the config, or a square of
+        ``image_size`` pixels for 2D models."""
+        config = self.card["config"]
+        if config.get("grid_shape"):
+            return tuple(int(n) for n in config["grid_shape"])
+        return (self.image_size, self.image_size)
 
     @property
     def model_hash(self) -> str:
@@ -74,9 +88,10 @@ class WhatIfModel:
 _CACHE: dict[tuple, WhatIfModel] = {}
 
 
-def load_model(path: str | Path | None = None, *, family: str = "breast",
+def load_model(path: str | Path | None = None, *, family: str | None = None,
                device: str = "auto", half: bool | None = None) -> WhatIfModel:
-    """Load (hash-verified) a model folder; ``None`` = the bundled default of ``family``.
+    """Load (hash-verified) a model folder; ``None`` = the bundled default of ``family``
+    (default: `default_family`).
 
     ``device``: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``. ``half``:
     float16 on CUDA (default: the config's ``half_precision``); always float32 on CPU.
@@ -99,11 +114,11 @@ def load_model(path: str | Path | None = None, *, family: str = "breast",
     return _CACHE[key]
 
 
-def parse_scenario(text: str, family: FamilySchema | str = "breast") -> dict[str, Any]:
+def parse_scenario(text: str, family: ModelFamily | FamilySchema | str) -> dict[str, Any]:
     """``"time=T2,pCR=yes,HR=+,HER2=-"`` -> a validated scenario dict."""
     from ..science.generative.conditioning import normalise_scenario
 
-    schema = family_schema(family) if isinstance(family, str) else family
+    schema = get_family(family).schema
     values: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
@@ -113,21 +128,10 @@ def parse_scenario(text: str, family: FamilySchema | str = "breast") -> dict[str
     return normalise_scenario(schema, values, f"scenario {text!r}")
 
 
-def model_grid(image: Scan, size: int) -> Scan:
-    from ..science.preprocess.breast import resize_square
-
-    require_ndim(image, 2, f"{image.name} (the model takes a 2D pre-treatment image, e.g. the "
-                           "subtraction MIP written by `nacsim mip`)")
-    if image.kind != IMAGE:
-        raise InputError(image.name, "is a label map; the model needs the pre-treatment image")
-    check_image_values(image)
-    arr = image.array.astype(np.float32)
-    if arr.min() < -1e-3 or arr.max() > 1 + 1e-3:
-        raise InputError(image.name, f"values {arr.min():g}..{arr.max():g} are outside [0, 1]; "
-                                     "use the normalised model input written by `nacsim mip`")
-    if image.shape == (size, size):
-        return image
-    return resize_square(image, size)
+def model_grid(model: WhatIfModel, image: Scan) -> Scan:
+    """``image`` validated and resampled onto ``model``'s input grid (the family says what
+    fits and how to get there; `InputError` naming the image otherwise)."""
+    return model.family.to_model_grid(image, model.grid)
 
 
 def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, Any]], *,
@@ -141,13 +145,13 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
     from ..science.generative.conditioning import normalise_scenario
     from ..science.generative.sampling import generate
 
-    schema = model.family
+    schema = model.schema
     scenarios = [normalise_scenario(schema, s, f"scenario {k + 1}")
                  for k, s in enumerate(scenarios)]
     sampler = sampler or model.default_sampler
     steps = int(steps or model.default_steps)
     guidance_scale = float(model.default_guidance if guidance_scale is None else guidance_scale)
-    grid = model_grid(image, model.image_size)
+    grid = model_grid(model, image)
     param = next(model.network.unet.parameters())
     control = torch.from_numpy(np.ascontiguousarray(grid.array, np.float32))[None, None]
     started = time.perf_counter()
@@ -160,7 +164,7 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
         scan = grid.derive(array.astype(np.float32), step="generate",
                            model=model.card.get("title", model.path.name),
                            model_hash=model.model_hash, scenario=scenario,
-                           scenario_text=f"{scenario['time']}: {schema.describe({k: v for k, v in scenario.items() if k != 'time'})}",
+                           scenario_text=_scenario_text(schema, scenario),
                            seed=int(seed), steps=steps, sampler=sampler,
                            guidance_scale=float(guidance_scale), device=model.device,
                            seconds_for_batch=round(seconds, 3),
@@ -178,15 +182,17 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
     return results
 
 
-def sample_case(index: int = 0, *, cohort_seed: int = 0, size: int | None = None
-                ) -> dict[str, Any]:
-    """A synthetic sample patient: its clinical values and T0/T1/T2 model inputs (MIPs)."""
-    from ..science.phantoms import make_patient
-    from ..science.preprocess.pipeline import breast_mips
+def _scenario_text(schema: FamilySchema, scenario: Mapping[str, Any]) -> str:
+    """``"T2: pCR, HR+, HER2−"``: the target time point, then the clinical values."""
+    from ..science.generative.conditioning import TIME_FACTOR
 
-    patient = make_patient("breast", cohort_seed, index)
-    rendering = patient.render()
-    visits = {tp: {**rendering.scans[tp], **rendering.masks[tp]} for tp in rendering.scans}
-    mips = breast_mips(visits, size=size)
-    return {"patient": patient.id, "clinical": dict(rendering.clinical), "mips": mips,
-            "truth": rendering.truth}
+    rest = {k: v for k, v in scenario.items() if k != TIME_FACTOR}
+    return f"{scenario[TIME_FACTOR]}: {schema.describe(rest)}"
+
+
+def sample_case(index: int = 0, *, family: str | None = None, cohort_seed: int = 0,
+                size: int | None = None) -> dict[str, Any]:
+    """A synthetic sample patient of ``family``: its clinical values and the model inputs
+    of every time point (``inputs``: time point -> ``{"image", "tumour"}``)."""
+    return get_family(family or default_family()).sample_case(index, cohort_seed=cohort_seed,
+                                                               size=size)

@@ -1,32 +1,39 @@
-"""napari sample data: one synthetic patient per family, every time point and mask."""
+"""napari sample data: one synthetic patient per family, every time point and mask.
+
+A family whose model input is a 2D image derived from the volumes (breast: the subtraction
+MIP) brings that model input too, shown, with the volumes hidden; a family whose model
+input is a volume (lung: the CT) shows its baseline volume and tumour mask.
+"""
 
 from __future__ import annotations
 
-from ..science.phantoms import make_patient
+from ..families import get_family
 from .layers import scan_to_layer_data
 
 SAMPLE_SEED = 0  # the sample patients are patient #1 of the seed-0 cohorts
 
 
 def patient_layers(family: str, index: int = 0, seed: int = SAMPLE_SEED) -> list:
-    phantom = make_patient(family, seed, index)
+    chosen = get_family(family)
+    phantom = chosen.make_phantom(seed, index)
     rendering = phantom.render()
-    clinical = rendering.family.describe(rendering.clinical)
+    schema = chosen.schema
+    clinical = schema.describe(rendering.clinical)
+    derived_input = chosen.model_input.ndim == 2
     layers = []
-    for timepoint in rendering.family.timepoint_names:
+    for timepoint in schema.timepoint_names:
+        baseline = timepoint == schema.baseline
         for channel, scan in rendering.scans.get(timepoint, {}).items():
             layers.append(scan_to_layer_data(
                 scan, name=f"{phantom.id} {timepoint} {channel} (synthetic)",
-                visible=family != "breast" and timepoint == rendering.family.baseline and
-                channel == channels_shown(rendering.family.name)))
+                visible=not derived_input and baseline and channel == chosen.sample_channel))
         for mask, scan in rendering.masks.get(timepoint, {}).items():
             layers.append(scan_to_layer_data(
                 scan, name=f"{phantom.id} {timepoint} {mask} (synthetic)",
-                visible=family != "breast" and timepoint == rendering.family.baseline and
-                mask == "tumour",
+                visible=not derived_input and baseline and mask == "tumour",
                 opacity=0.5))
-    if family == "breast":
-        layers.extend(_model_input_layers(phantom.id, rendering))
+    if derived_input:
+        layers.extend(_model_input_layers(chosen, phantom.id, rendering))
     for _, kwargs, _ in layers:
         kwargs["metadata"]["nacsim"]["patient"] = {
             "id": phantom.id, "clinical": clinical,
@@ -34,27 +41,32 @@ def patient_layers(family: str, index: int = 0, seed: int = SAMPLE_SEED) -> list
     return layers
 
 
-def _model_input_layers(patient_id: str, rendering) -> list:
-    """The breast model's input: the T0 subtraction MIP (no registration needed at T0) and
-    its tumour-mask MIP, shown; the volumes stay hidden."""
-    from ..science.preprocess.pipeline import breast_mips
+def _model_input_layers(family, patient_id: str, rendering) -> list:
+    """The model's input at the baseline (no registration needed there) and its tumour
+    mask, the input shown."""
+    from ..families import rendering_visits
 
-    t0 = rendering.family.baseline
-    mips = breast_mips({t0: {**rendering.scans[t0], **rendering.masks[t0]}})[t0]
-    return [scan_to_layer_data(mips["mip"], name=f"{patient_id} {t0} MIP · model input "
-                                                  "(synthetic)", contrast_limits=[0, 1]),
-            scan_to_layer_data(mips["tumour"], name=f"{patient_id} {t0} MIP tumour "
-                                                    "(synthetic)",
-                               opacity=0.4, visible=False)]
+    base = family.schema.baseline
+    entry = family.model_inputs({base: rendering_visits(rendering)[base]})[base]
+    what = family.model_input.short_name
+    layers = [scan_to_layer_data(entry["image"], name=f"{patient_id} {base} {what} · model "
+                                                      "input (synthetic)",
+                                 contrast_limits=list(family.model_input.display_range))]
+    if "tumour" in entry:
+        layers.append(scan_to_layer_data(entry["tumour"], name=f"{patient_id} {base} {what} "
+                                                               "tumour (synthetic)",
+                                         opacity=0.4, visible=False))
+    return layers
 
 
-def channels_shown(family: str) -> str:
-    return {"breast": "post", "lung": "ct"}[family]
-
-
+# One function per sample of the napari manifest (npe2 manifests are static files).
 def breast_patient() -> list:
-    return patient_layers("breast")
+    from ..families.breast import BreastFamily
+
+    return patient_layers(BreastFamily.name)
 
 
 def lung_patient() -> list:
-    return patient_layers("lung")
+    from ..families.lung import LungFamily
+
+    return patient_layers(LungFamily.name)

@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QSizePolicy,
 from ..engine.session import WhatIfResult
 
 COLUMNS = ("scenario", "tumour size", "Δ vs baseline", "Δ %")
+PREDICTIONS = "predicted"  # a column shown when the model attaches predictions
 
 
 class SizeTable(QWidget):
@@ -42,10 +43,14 @@ class SizeTable(QWidget):
 
     def show_result(self, result: WhatIfResult) -> None:
         rows = result.table_rows()
+        columns = COLUMNS + ((PREDICTIONS,) if result.has_predictions else ())
+        self.table.setColumnCount(len(columns))
+        self.table.setHorizontalHeaderLabels(columns)
         self.table.setRowCount(len(rows))
         target = result.target
         for r, row in enumerate(rows):
-            values = (row["scenario"], row["size"], row["delta"], row["delta_percent"])
+            values = (row["scenario"], row["size"], row["delta"], row["delta_percent"]) + \
+                ((row["predictions"],) if result.has_predictions else ())
             for c, value in enumerate(values):
                 item = QTableWidgetItem(str(value))
                 if c == 0:
@@ -54,7 +59,7 @@ class SizeTable(QWidget):
                     font = item.font()
                     font.setBold(True)
                     item.setFont(font)
-                if c > 0:
+                if 0 < c < len(COLUMNS):
                     item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self.table.setItem(r, c, item)
         samples = result.request.samples
@@ -62,9 +67,10 @@ class SizeTable(QWidget):
                   f"{result.request.seed}–{result.request.seed + samples - 1}): the model's "
                   "sampling variability, not a clinical confidence interval. "
                   if samples > 1 else "One sample per scenario (no spread shown). ")
+        grid = "×".join(str(n) for n in result.baseline.shape)
+        spacing = " × ".join(f"{s:g}" for s in result.baseline.spacing)
         self.note.setText(
-            f"Sizes by the nnU-Net tumour model on the {result.baseline.shape[0]}×"
-            f"{result.baseline.shape[1]} model grid ({result.baseline.spacing[0]:g} mm pixels). "
+            f"Sizes by the tumour segmenter on the {grid} model grid ({spacing} mm voxels). "
             f"Rows marked (synthetic) are generated counterfactuals, not measurements. {spread}"
             f"Bold: {target}, shown side by side.")
 
@@ -101,7 +107,7 @@ class SizePlot(QWidget):
         self.canvas.draw_idle()
 
     def show_result(self, result: WhatIfResult) -> None:
-        family = result.family
+        family = result.schema
         weeks = {t.name: t.weeks for t in family.timepoints}
         base = family.baseline
         self.figure.clear()

@@ -19,10 +19,11 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox,
                             QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox,
-                            QDoubleSpinBox, QVBoxLayout, QWidget)
+                            QDoubleSpinBox, QLineEdit, QVBoxLayout, QWidget)
 
 from ..core.errors import InputError
-from ..core.schema import BINARY, FamilySchema, family_schema
+from ..core.schema import BINARY, CATEGORICAL, FamilySchema, family_schema
+from ..families import family_names, get_family
 from ..engine.jobs import CancelToken, Progress
 from ..engine.session import WhatIfRequest, WhatIfResult, WhatIfSession
 from .background import BackgroundRunner, StopsWhenClosed, notify_error
@@ -38,8 +39,8 @@ SAMPLERS = ("dpmpp", "unipc", "ddim")
 DEBOUNCE_MS = 150  # coalesce bursts of edits (typing a number) into one request
 
 
-def image_cell(scan, name: str, **kwargs) -> tuple:
-    kwargs.setdefault("contrast_limits", [0.0, 1.0])  # every cell the same contrast
+def image_cell(scan, name: str, window=(0.0, 1.0), **kwargs) -> tuple:
+    kwargs.setdefault("contrast_limits", list(window))  # every cell the same contrast
     return scan_to_layer_data(scan, name=name, **kwargs)
 
 
@@ -73,7 +74,10 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.run)
         self._build()
-        self._add_model(None)
+        # every family's bundled model (the registry lists them); the first one selected
+        bundled = [n for n in family_names() if get_family(n).bundled_generator]
+        for name in reversed(bundled):
+            self._add_model(None, name)
         self._refresh_layers()
         layers = self.viewer.layers.events
         for event in (layers.inserted, layers.removed, layers.reordered):
@@ -90,13 +94,14 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
         source = QFormLayout()
         open_patient = QPushButton("Open a cohort patient…")
-        open_patient.setToolTip("pick a patient of a cohort manifest: its pre-treatment MIP "
-                                "opens as the input and its clinical values fill the scenario")
+        open_patient.setToolTip("pick a patient of a cohort manifest: its pre-treatment model "
+                                "input (breast: the subtraction MIP; lung: the CT crop) opens "
+                                "as the input and its clinical values fill the scenario")
         open_patient.clicked.connect(self._choose_cohort_patient)
         source.addRow(open_patient)
         self.input_combo = QComboBox()
-        self.input_combo.setToolTip("the pre-treatment image: the normalised subtraction MIP "
-                                    "(sample data, `nacsim mip`, or a cohort patient)")
+        self.input_combo.setToolTip("the pre-treatment image the selected model takes (sample "
+                                    "data, `nacsim mip` / `nacsim crop`, or a cohort patient)")
         self.input_combo.currentIndexChanged.connect(self._on_input_changed)
         source.addRow("Pre-treatment image", self.input_combo)
         self.model_combo = QComboBox()
@@ -108,9 +113,15 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         row.addWidget(add_model)
         source.addRow("Model", row)
         self.compare_combo = QComboBox()
-        self.compare_combo.setToolTip("generate both states of this variable side by side")
-        self.compare_combo.currentIndexChanged.connect(self._on_scenario_changed)
+        self.compare_combo.setToolTip("generate the scenario once per value of this variable, "
+                                      "side by side")
+        self.compare_combo.currentIndexChanged.connect(self._on_compare_changed)
         source.addRow("Compare", self.compare_combo)
+        self.compare_values = QLineEdit()
+        self.compare_values.setToolTip("the values compared, separated by commas (numbers in "
+                                       "the variable's unit, or category names)")
+        self.compare_values.editingFinished.connect(self._on_scenario_changed)
+        source.addRow("Values", self.compare_values)
         layout.addLayout(source)
 
         self.panel_box = QGroupBox("Scenario")
@@ -166,7 +177,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.progress.setTextVisible(True)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.status = QLabel("Pick the pre-treatment image (2D subtraction MIP).")
+        self.status = QLabel("Pick the pre-treatment image.")
         self.status.setWordWrap(True)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -178,12 +189,12 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.setMaximumWidth(460)
 
     # --- models -------------------------------------------------------------------------
-    def _add_model(self, path: Optional[Path]) -> None:
-        from ..engine.whatif import bundled_model_path
+    def _add_model(self, path: Optional[Path], family: Optional[str] = None) -> None:
+        """Add a model folder, or (``path`` None) the bundled model of ``family``."""
         from ..science.generative.checkpoint import read_card, sampling_defaults
 
-        card = read_card(path if path is not None else bundled_model_path("breast"))
-        title = card.get("title") or (path.name if path else "breast")
+        card = read_card(path if path is not None else get_family(family).bundled_generator_path())
+        title = card.get("title") or (path.name if path else family)
         text = (f"bundled: {title}" if path is None else f"{title} — {path}") + \
             f" ({card['model_hash'][:8]})"
         self._models.append((text, path, card["family"]))
@@ -220,11 +231,16 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def _current_model(self) -> tuple[str, Optional[Path], str]:
         return self._models[self.model_combo.currentIndex()]
 
-    def _model_input(self) -> dict:
-        """What the current model's family takes as input (2D MIP, 3D CT crop)."""
-        from ..science.segmentation.dataset import FAMILY_INPUT
+    def _model_folder(self) -> Path:
+        _, path, family = self._current_model()
+        return path if path is not None else get_family(family).bundled_generator_path()
 
-        return FAMILY_INPUT[self._current_model()[2]]
+    def _family(self):
+        return get_family(self._current_model()[2])
+
+    def _model_input(self):
+        """What the current model's family takes as input (2D MIP, 3D CT crop)."""
+        return self._family().model_input
 
     def _on_model_changed(self, *_):
         if not self._models:
@@ -232,6 +248,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         family = family_schema(self._current_model()[2])
         if self._schema is None or family.name != self._schema.name:
             self._set_schema(family)
+            self.status.setText(f"Pick the pre-treatment image: {self._model_input().what}.")
         self._show_sampling_defaults()
         self._on_scenario_changed()
 
@@ -257,14 +274,23 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.panel_layout.addWidget(self.panel.native)
         self.compare_combo.blockSignals(True)
         self.compare_combo.clear()
-        binaries = [v for v in schema.condition_variables if v.kind == BINARY]
-        default = next((v for v in binaries if v.outcome), None)
-        for var in binaries:
-            self.compare_combo.addItem(f"{var.states[1]} vs {var.states[0]}", var.name)
+        family = get_family(schema.name)
+        default = family.default_comparison()
+        self._compare_defaults = {}
+        variables = [v for v in schema.condition_variables if v.derive is None]
+        if default is not None:  # the family's comparison first
+            variables.sort(key=lambda v: v.name != default.variable.name)
+        for var in variables:
+            values = default.values if default is not None and \
+                var.name == default.variable.name else _default_values(var)
+            self._compare_defaults[var.name] = values
+            self.compare_combo.addItem(" vs ".join(var.describe(v) for v in values)
+                                       if var.kind != CATEGORICAL else f"{var.label}: each "
+                                       "category", var.name)
         self.compare_combo.addItem("nothing (one scenario)", None)
-        if default is not None:
-            self.compare_combo.setCurrentIndex(binaries.index(default))
+        self.compare_combo.setCurrentIndex(0 if default is not None else len(variables))
         self.compare_combo.blockSignals(False)
+        self._show_compare_values()
         self._prefill_from_layer()
 
     # --- input layer --------------------------------------------------------------------
@@ -273,6 +299,21 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
         return [layer for layer in self.viewer.layers if isinstance(layer, Image) and
                 (layer.metadata.get(METADATA_KEY) or {}).get("group") is None]
+
+    def _show_compare_values(self) -> None:
+        """The Values field shows the compared values (editable for numbers and categories;
+        a yes/no variable is compared in both states)."""
+        name = self.compare_combo.currentData()
+        values = self._compare_defaults.get(name, ())
+        var = self._schema.variable(name) if name is not None else None
+        self.compare_values.blockSignals(True)
+        self.compare_values.setText(", ".join(_value_text(v) for v in values))
+        self.compare_values.setEnabled(var is not None and var.kind != BINARY)
+        self.compare_values.blockSignals(False)
+
+    def _on_compare_changed(self, *_):
+        self._show_compare_values()
+        self._on_scenario_changed()
 
     def _refresh_layers(self, *_):
         current = self.input_combo.currentText()
@@ -283,10 +324,12 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.input_combo.addItems(names)
         if current in names:
             self.input_combo.setCurrentIndex(names.index(current))
-        else:  # prefer a 2D model input (a MIP)
-            preferred = [i for i, layer in enumerate(layers) if layer.ndim == 2]
-            mips = [i for i in preferred if "mip" in names[i].lower()]
-            pick = (mips or preferred or [0])[0]
+        else:  # prefer a layer that is the model's input (sample data say so in the name)
+            spec = self._model_input() if self._models else None
+            preferred = [i for i, layer in enumerate(layers)
+                         if spec is not None and layer.ndim == spec.ndim]
+            named = [i for i in preferred if "model input" in names[i].lower()]
+            pick = (named or preferred or [0])[0]
             if names:
                 self.input_combo.setCurrentIndex(pick)
         self.input_combo.blockSignals(False)
@@ -325,10 +368,10 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
                                                       "grey-level subtraction MIP")
         family = self._current_model()[2]
         spec = self._model_input()
-        if layer.ndim != spec["ndim"]:
+        if layer.ndim != spec.ndim:
             raise InputError(f"layer '{layer.name}'",
-                             f"is {layer.ndim}D; the {family} model takes {spec['what']} "
-                             "of the pre-treatment visit")
+                             f"is {layer.ndim}D; the {family} model takes {spec.what} "
+                             f"of the pre-treatment visit: {spec.how_to_make}")
         scan = layer_to_scan(np.asarray(layer.data),
                              {"name": layer.name, "scale": list(layer.scale),
                               "metadata": layer.metadata}, "image")
@@ -344,10 +387,8 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
         from ..core.scan import Scan, affine_from_spacing
         from ..science.generative.checkpoint import read_card
-        from ..engine.whatif import bundled_model_path
 
-        _, path, _ = self._current_model()
-        card = read_card(path if path is not None else bundled_model_path("breast"))
+        card = read_card(self._model_folder())
         fov = [s * card["image_size"] for s in card["spacing_mm"]]
         spacing = [f / n for f, n in zip(fov, scan.shape)]
         show_warning(f"layer '{name}': no voxel spacing (scale 1); assuming the model's "
@@ -388,16 +429,17 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
                                   self._add_patient_layers)
 
     def _add_patient_layers(self, case: dict) -> None:
-        base = family_schema("breast").baseline
+        family = get_family(case["family"])
+        base, what = family.schema.baseline, family.model_input.short_name
         meta = {"patient": {"id": case["patient"], "clinical_values": case["clinical"]}}
         data, kwargs, kind = scan_to_layer_data(
-            case["image"], name=f"{case['patient']} {base} MIP · model input",
-            contrast_limits=[0, 1])
+            case["image"], name=f"{case['patient']} {base} {what} · model input",
+            contrast_limits=list(family.model_input.display_range))
         kwargs["metadata"][METADATA_KEY].update(meta)
         image = self.viewer.add_layer(make_layer(data, kwargs, kind))
         if case["mask"] is not None:
             data, kwargs, kind = contour_layer_data(case["mask"], f"{case['patient']} {base} "
-                                                             "MIP tumour (manifest)")
+                                                             f"{what} tumour (manifest)")
             kwargs["metadata"][METADATA_KEY].update(meta)
             self.viewer.add_layer(make_layer(data, kwargs, kind))
         self.select_input(image.name)
@@ -410,9 +452,14 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         scenario = self.panel.scenario  # validated by the schema
         target = scenario.pop(TARGET)
         compare = self.compare_combo.currentData()
+        values = None
+        if compare is not None and self._schema.variable(compare).kind != BINARY:
+            values = tuple(v.strip() for v in self.compare_values.text().split(",") if v.strip())
+            # parsed and checked like any scenario value (one-line errors naming the field)
+            values = get_family(self._schema.name).comparison(compare, values).values
         advanced = self.advanced.isChecked()
         return WhatIfRequest(
-            clinical=scenario, target=target, compare=compare,
+            clinical=scenario, target=target, compare=compare, compare_values=values,
             seed=self.seed.value() if advanced else 0,
             steps=self.steps.value() if advanced else None,
             sampler=self.sampler.currentText() if advanced else None,
@@ -429,7 +476,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
                     widget.enabled = widget.name != compared  # both states are generated
         layer = self.input_layer()
         if self.auto_run.isChecked() and layer is not None and \
-                layer.ndim == self._model_input()["ndim"]:
+                layer.ndim == self._model_input().ndim:
             self._debounce.start()
 
     def _on_advanced_toggled(self, on: bool) -> None:
@@ -461,10 +508,9 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         """Models load once per model (in the worker thread, never on the UI thread)."""
         if label not in self._sessions:
             from ..engine.whatif import load_model
-            from ..science.segmentation import load_segmenter
 
-            model = load_model(path)
-            self._sessions[label] = WhatIfSession(model, load_segmenter(model.card["family"]))
+            model = load_model(path if path is not None else self._model_folder())
+            self._sessions[label] = WhatIfSession(model, model.family.load_segmenter())
         return self._sessions[label]
 
     def cancel(self) -> None:
@@ -480,16 +526,16 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def _show_result(self, result: WhatIfResult) -> None:
         self.result = result
         self.results_shown += 1
-        cells = [[image_cell(result.baseline, f"{result.family.baseline} baseline"),
-                  contour_layer_data(result.baseline_mask, f"{result.family.baseline} baseline "
-                                                       "tumour")]]
+        base, window = result.schema.baseline, result.family.model_input.display_range
+        cells = [[image_cell(result.baseline, f"{base} baseline", window),
+                  contour_layer_data(result.baseline_mask, f"{base} baseline tumour")]]
         spreads = [f.spread for _, f in result.shown() if f.spread is not None]
         sd_max = max([float(np.nanmax(s.array)) for s in spreads] + [1e-6])
         for arm, follow in result.shown():
             n = len(follow.samples)
             title = follow.title if n == 1 else \
                 follow.title.replace(" (synthetic)", f" · mean of {n} (synthetic)")
-            cells.append([image_cell(follow.image, title),
+            cells.append([image_cell(follow.image, title, window),
                           contour_layer_data(follow.mask, _with(title, "tumour"))])
             if follow.spread is not None:
                 sd_title = follow.title.replace(" (synthetic)", f" · SD of {n} (synthetic)")
@@ -573,3 +619,18 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
     def result_layers(self) -> list:
         return group_layers(self.viewer, GROUP)
+
+
+def _default_values(var) -> tuple:
+    """Values compared when a variable is picked: both states, every category, or for a
+    number the ends of its reference range (else of its plausible range)."""
+    if var.kind == BINARY:
+        return (True, False)
+    if var.kind == CATEGORICAL:
+        return tuple(var.categories)
+    lo, hi = var.normal or var.plausible or (0.0, 1.0)
+    return (float(lo), float(hi))
+
+
+def _value_text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -2,10 +2,11 @@
 
 A *paired cohort* is what the generative core trains on: per patient, the model input of
 every time point (aligned, normalised 2D images on one grid), the tumour masks on the same
-grid, and the clinical factors. It is family-agnostic (time points and variables come from
-the family's schema); the breast family fills it from synthetic phantom patients with the
-preprocessing pipeline (`breast_mips`), which is slow (registration), so prepared patients
-are cached as one ``.npz`` per patient and reused.
+grid, and the clinical factors. It is family-agnostic: time points and variables come from
+the family's schema, and `phantom_cohort` fills it from a family's synthetic phantom
+patients with the family's preprocessing (`ModelFamily.model_inputs`; breast: registration
+and subtraction MIPs), which can be slow, so prepared patients are cached as one ``.npz``
+per patient and reused.
 
 The train/test split is a pure function of the patient ids and a seed (never of directory
 listing order), and is recorded by the training entrypoint.
@@ -20,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...core.errors import InputError
-from ...core.schema import BREAST, FamilySchema
+from ...core.schema import FamilySchema
 
 
 @dataclasses.dataclass
@@ -64,52 +65,55 @@ def split_ids(ids: Sequence[str], test_fraction: float, seed: int) -> tuple[list
     return train, test
 
 
-def counterfactual_of(family: FamilySchema, clinical: dict[str, Any]) -> dict[str, Any]:
-    """The scenario a patient did *not* have: the first outcome variable flipped (breast:
-    pCR). Read from the schema, not hard-coded."""
-    outcome = next(v for v in family.condition_variables if v.outcome)
-    return {**clinical, outcome.name: not clinical[outcome.name]}
+def counterfactual_of(family: Any, clinical: dict[str, Any]) -> dict[str, Any]:
+    """The scenario a patient did *not* have (breast: pCR flipped): the family says which
+    (`ModelFamily.counterfactual`)."""
+    from ...families import get_family
+
+    return get_family(family).counterfactual(clinical)
 
 
-# --- breast phantoms ------------------------------------------------------------------------
+# --- phantom cohorts ------------------------------------------------------------------------
 
-def _mips_arrays(rendering, size: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    from ..preprocess.breast import resize_square
-    from ..preprocess.pipeline import breast_mips
+def _input_arrays(family: Any, rendering, size: int
+                  ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """A rendering's model inputs and tumour masks on the model grid, in schema order."""
+    from ...families import rendering_visits
 
-    visits = {tp: {**rendering.scans[tp], **rendering.masks[tp]} for tp in rendering.scans}
-    mips = breast_mips(visits)
+    inputs = family.model_inputs(rendering_visits(rendering))
+    grid = (size,) * family.model_input.ndim
     images, masks = [], []
     spacing = None
-    for tp in BREAST.timepoint_names:
-        image = resize_square(mips[tp]["mip"], size)
-        mask = resize_square(mips[tp]["tumour"], size)
-        images.append(np.clip(image.array, 0, 1).astype(np.float32))
+    for tp in family.schema.timepoint_names:
+        image = family.resample(inputs[tp]["image"], grid)
+        mask = family.resample(inputs[tp]["tumour"], grid)
+        images.append(np.asarray(image.array, np.float32))
         masks.append((mask.array > 0).astype(np.uint8))
         spacing = tuple(float(s) for s in image.spacing)
     return np.stack(images), np.stack(masks), spacing
 
 
-def prepare_breast_patient(cohort_seed: int, index: int, size: int, counterfactual: bool,
-                           cache_dir: Path) -> Path:
+def prepare_phantom_patient(family: Any, cohort_seed: int, index: int, size: int,
+                            counterfactual: bool, cache_dir: Path) -> Path:
     """Render + preprocess one phantom patient (and optionally its counterfactual); cached."""
     import json
 
     from ...core.atomic import atomic_path
-    from ..phantoms import make_patient
+    from ...families import get_family
 
-    path = Path(cache_dir) / f"s{cohort_seed}_i{index:04d}_{size}{'_cf' if counterfactual else ''}.npz"
+    family = get_family(family)
+    name = f"{family.name}_s{cohort_seed}_i{index:04d}_{size}{'_cf' if counterfactual else ''}"
+    path = Path(cache_dir) / f"{name}.npz"
     if path.exists():
         return path
-    patient = make_patient("breast", cohort_seed, index)
+    patient = family.make_phantom(cohort_seed, index)
     rendering = patient.render()
-    images, masks, spacing = _mips_arrays(rendering, size)
+    images, masks, spacing = _input_arrays(family, rendering, size)
     payload = dict(images=images, masks=masks, spacing=np.array(spacing), id=patient.id,
                    clinical=json.dumps(rendering.clinical), truth=json.dumps(rendering.truth))
     if counterfactual:
-        scenario = counterfactual_of(BREAST, rendering.clinical)
-        cf = patient.render(scenario)
-        cf_images, cf_masks, _ = _mips_arrays(cf, size)
+        cf = patient.render(family.counterfactual(rendering.clinical))
+        cf_images, cf_masks, _ = _input_arrays(family, cf, size)
         payload.update(cf_images=cf_images, cf_masks=cf_masks,
                        cf_clinical=json.dumps(cf.clinical), cf_truth=json.dumps(cf.truth))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,18 +124,33 @@ def prepare_breast_patient(cohort_seed: int, index: int, size: int, counterfactu
 
 
 def _prepare_one(args):
-    return prepare_breast_patient(*args)
+    return prepare_phantom_patient(*args)
 
 
-def breast_phantom_cohort(cohort_seed: int, n_patients: int, size: int, *, cache_dir: Path,
-                          counterfactual_ids: Sequence[str] = (), jobs: int = 1,
-                          progress: Callable[[int, int], None] | None = None) -> PairedCohort:
-    """Prepare (or read from cache) ``n_patients`` synthetic breast patients at ``size``."""
+def phantom_ids(family: Any, cohort_seed: int, n_patients: int) -> list[str]:
+    """The patient ids of the first ``n_patients`` phantoms of a cohort (cheap: drawing a
+    phantom's parameters renders nothing)."""
+    from ...families import get_family
+
+    family = get_family(family)
+    return [family.make_phantom(cohort_seed, i).id for i in range(n_patients)]
+
+
+def phantom_cohort(family: Any, cohort_seed: int, n_patients: int, size: int, *,
+                   cache_dir: Path, counterfactual_ids: Sequence[str] = (), jobs: int = 1,
+                   progress: Callable[[int, int], None] | None = None) -> PairedCohort:
+    """Prepare (or read from cache) ``n_patients`` synthetic patients of ``family`` (a
+    registered family or its name) on a model grid of ``size`` pixels per side.
+    ``jobs`` > 1 prepares in worker processes (built-in families only: a family registered
+    at run time is unknown to a fresh worker)."""
     import json
 
-    ids = [f"BR{i + 1:04d}" for i in range(n_patients)]
-    tasks = [(cohort_seed, i, size, ids[i] in set(counterfactual_ids), Path(cache_dir))
-             for i in range(n_patients)]
+    from ...families import get_family
+
+    family = get_family(family)
+    ids = phantom_ids(family, cohort_seed, n_patients)
+    tasks = [(family.name, cohort_seed, i, size, ids[i] in set(counterfactual_ids),
+              Path(cache_dir)) for i in range(n_patients)]
     paths: list[Path] = []
     if jobs > 1:
         import multiprocessing as mp
@@ -143,7 +162,7 @@ def breast_phantom_cohort(cohort_seed: int, n_patients: int, size: int, *, cache
                     progress(k + 1, len(tasks))
     else:
         for k, task in enumerate(tasks):
-            paths.append(_prepare_one(task))
+            paths.append(prepare_phantom_patient(family, *task[1:]))
             if progress:
                 progress(k + 1, len(tasks))
     images, masks, clinical, truth = [], [], [], []
@@ -161,6 +180,5 @@ def breast_phantom_cohort(cohort_seed: int, n_patients: int, size: int, *, cache
                 cf_masks[pid] = z["cf_masks"]
                 cf_clinical[pid] = json.loads(str(z["cf_clinical"]))
                 truth[-1]["counterfactual_truth"] = json.loads(str(z["cf_truth"]))
-    return PairedCohort(BREAST, ids, np.stack(images), np.stack(masks), clinical, spacing,
-                        truth, cf_images, cf_masks, cf_clinical)
-
+    return PairedCohort(family.schema, ids, np.stack(images), np.stack(masks), clinical,
+                        spacing, truth, cf_images, cf_masks, cf_clinical)

@@ -6,7 +6,8 @@ A phantom patient is a pure function of ``(cohort_seed, index)``: its anatomy, n
 same patient under a scenario it did not have is the counterfactual ground truth that the
 evaluation scores generated images against.
 
-Families register a ``make_patient(cohort_seed, index)`` factory in `FACTORIES`.
+A model family says how its phantoms are made (``ModelFamily.make_phantom`` in
+`napari_nacsim.families`); ``make_patient(name, cohort_seed, index)`` asks it.
 """
 
 from __future__ import annotations

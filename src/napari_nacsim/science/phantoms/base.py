@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
 from ...core.errors import InputError
 from ...core.scan import Scan
-from ...core.schema import FamilySchema, family_schema
+from ...core.schema import FamilySchema
 from .shapes import Grid
 
 
@@ -67,14 +67,12 @@ def phantom_scan(array: np.ndarray, grid: Grid, *, kind: str = "image", **proven
                 provenance={"synthetic": True, "generator": "nacsim phantom", **provenance})
 
 
-def _factories() -> dict[str, Callable[[int, int], PhantomPatient]]:
-    from . import breast, lung
-
-    return {"breast": breast.make_patient, "lung": lung.make_patient}
-
-
 def make_patient(family: str, cohort_seed: int, index: int) -> PhantomPatient:
-    family_schema(family)  # clear error for unknown families
+    """Phantom patient ``index`` of cohort ``cohort_seed`` of a registered family (the family
+    says how its phantoms are made: `napari_nacsim.families`)."""
+    from ...families import get_family
+
+    chosen = get_family(family)  # clear error for unknown families
     if index < 0:
         raise InputError("patient index", f"{index} must be >= 0")
-    return _factories()[family](int(cohort_seed), int(index))
+    return chosen.make_phantom(int(cohort_seed), int(index))

@@ -35,24 +35,23 @@ import numpy as np
 from ...core.atomic import atomic_directory, atomic_path
 from ...core.errors import InputError
 from ...core.scan import LABELS, Scan, check_image_values
-from ...core.schema import FamilySchema, family_schema
+from ...core.schema import FamilySchema
 
 SLICE_SPACING_2D = 999.0  # nnU-Net's spacing for the non-axis of 2D images
 FILE_ENDING = ".nii.gz"
 TUMOUR_LABEL = 1
 
-# What each family's segmenter takes: the model input made by the preprocessing pipeline.
-FAMILY_INPUT = {
-    "breast": {"image": "mip", "ndim": 2, "channel": "MIP",
-               "what": "a 2D breast subtraction MIP (nacsim mip / breast_mips)"},
-    "lung": {"image": "ct", "ndim": 3, "channel": "CT",
-             "what": "a 3D lung CT crop in Hounsfield units (nacsim crop / lung_crops)"},
-}
-DEFAULT_DATASET_IDS = {"breast": 501, "lung": 502}
-DEFAULT_DATASET_NAMES = {"breast": "NacsimBreastMIP", "lung": "NacsimLungCrop"}
+# What each family's segmenter takes, its dataset id and name, whether its phantoms can be
+# drawn lesion-free: the family registry (`ModelFamily.segmenter_input`, `.segmentation`).
 DEFAULT_MIP_SIZE = 128
-LESION_FREE_FAMILIES = ("breast",)   # phantoms that can be drawn without their tumour
 LESION_FREE_SUFFIX = "lesion-free"
+
+
+def family_of(family: str):
+    """The registered model family of a name (`napari_nacsim.families`)."""
+    from ...families import get_family
+
+    return get_family(family)
 
 
 @dataclasses.dataclass
@@ -125,21 +124,18 @@ def cases_from_visits(family: str, patient_id: str, visits: Mapping[str, Mapping
                       *, size: int = DEFAULT_MIP_SIZE) -> list[Case]:
     """Run the family's preprocessing on one patient's visits (time point -> channel/mask ->
     scan) and return one case per visit that has a tumour mask."""
-    from ..preprocess.pipeline import breast_mips, lung_crops
-
-    schema = family_schema(family)
-    spec = FAMILY_INPUT[schema.name]
-    if schema.name == "breast":
-        inputs = breast_mips(visits, size=size)
-    else:
-        inputs = lung_crops(visits)
+    chosen = family_of(family)
+    schema = chosen.schema
+    # 2D inputs are resized to the segmenter's square grid; 3D crops have a fixed grid
+    inputs = chosen.model_inputs(visits, size=size if chosen.segmenter_input.ndim == 2 else None)
     cases = []
     for timepoint in schema.timepoint_names:
         entry = inputs.get(timepoint)
         if entry is None or "tumour" not in entry:
             continue
-        image = entry[spec["image"]]
-        check_image_values(image, f"patient {patient_id} {timepoint} {spec['image']}")
+        image = chosen.to_segmenter(entry["image"])
+        check_image_values(image, f"patient {patient_id} {timepoint} "
+                                  f"{chosen.segmenter_input.short_name}")
         label = entry["tumour"]
         label = label.derive((label.array > 0).astype(np.uint8), kind=LABELS)
         cases.append(Case(case_id(patient_id, timepoint), patient_id, timepoint, image, label))
@@ -214,13 +210,17 @@ def phantom_cases(family: str, n_patients: int, seed: int, *,
     ``lesion_free``: the patients are rendered with no tumour at any visit (breast only,
     `BreastPhantom.render(tumour=False)`); every case has an empty mask and its patient id
     ends in ``-lesion-free`` (e.g. ``BR0065-lesion-free_T1``)."""
-    schema = family_schema(family)
+    chosen = family_of(family)
+    schema = chosen.schema
     if n_patients < 1:
         raise InputError("--phantoms", f"{n_patients} patients: need at least 1")
-    if lesion_free and schema.name not in LESION_FREE_FAMILIES:
+    if lesion_free and not (chosen.segmentation and chosen.segmentation.lesion_free):
+        from ...families import family_names
+
+        able = [n for n in family_names() if family_of(n).segmentation and
+                family_of(n).segmentation.lesion_free]
         raise InputError("--lesion-free", f"lesion-free phantoms exist for "
-                                          f"{', '.join(LESION_FREE_FAMILIES)} only, not "
-                                          f"{schema.name}")
+                                          f"{', '.join(able)} only, not {schema.name}")
     tps = _check_timepoints(schema, timepoints)
     args = [(schema.name, seed, i, tps, size, lesion_free)
             for i in range(first_index, first_index + n_patients)]
@@ -257,18 +257,18 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 def dataset_json(family: str, cases: Sequence[Case], **extra: Any) -> dict[str, Any]:
     """nnU-Net's ``dataset.json`` for these cases (with nacsim's provenance added)."""
-    spec = FAMILY_INPUT[family]
+    spec = family_of(family).segmenter_input
     return {
-        "channel_names": {"0": spec["channel"]},
+        "channel_names": {"0": spec.channel},
         "labels": {"background": 0, "tumour": TUMOUR_LABEL},
         "numTraining": len(cases),
         "file_ending": FILE_ENDING,
         "overwrite_image_reader_writer": "SimpleITKIO",
         "name": f"nacsim {family} tumour segmentation",
-        "description": f"{spec['what']} with its tumour mask, one case per visit",
+        "description": f"{spec.what} with its tumour mask, one case per visit",
         "nacsim": {
             "family": family,
-            "input": spec["what"],
+            "input": spec.what,
             "cases": [{"case": c.case_id, "patient": c.patient_id, "timepoint": c.timepoint,
                        "synthetic": bool(c.image.provenance.get("synthetic"))} for c in cases],
             **extra,
@@ -281,20 +281,22 @@ def export_dataset(cases: Sequence[Case], family: str, raw_root: str | os.PathLi
                    overwrite: bool = False, **provenance: Any) -> Path:
     """Write ``cases`` as the nnU-Net raw dataset ``raw_root/DatasetXXX_Name``; returns its
     folder. Written under a temporary name and renamed, so it is complete or absent."""
-    schema = family_schema(family)
-    family = schema.name
+    chosen = family_of(family)
+    family = chosen.name
     if not cases:
         raise InputError("dataset", "no cases to export")
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         raise InputError("dataset", "case identifiers are not unique")
-    spec = FAMILY_INPUT[family]
+    spec = chosen.segmenter_input
     for case in cases:
-        if case.image.ndim != spec["ndim"]:
+        if case.image.ndim != spec.ndim:
             raise InputError(f"case {case.case_id}", f"is {case.image.ndim}D; the {family} "
-                                                     f"segmenter takes {spec['what']}")
-    dataset_id = DEFAULT_DATASET_IDS[family] if dataset_id is None else int(dataset_id)
-    name = name or DEFAULT_DATASET_NAMES[family]
+                                                     f"segmenter takes {spec.what}")
+    if chosen.segmentation is None:
+        raise InputError(f"{family} family", "has no nnU-Net segmentation settings")
+    dataset_id = chosen.segmentation.dataset_id if dataset_id is None else int(dataset_id)
+    name = name or chosen.segmentation.dataset_name
     folder = Path(raw_root) / dataset_folder_name(dataset_id, name)
     others = [p for p in Path(raw_root).glob(f"Dataset{dataset_id:03d}_*") if p != folder] \
         if Path(raw_root).is_dir() else []

@@ -26,14 +26,14 @@ from ...core.errors import InputError
 from ...core.scan import LABELS, Scan, check_image_values
 from ...core.schema import family_schema
 from . import nnunet_env
-from .dataset import FAMILY_INPUT, nnunet_input
+from .dataset import family_of, nnunet_input
 from .model_files import LoadedModel, read_any
 
-MODELS_ROOT = Path(__file__).resolve().parents[2] / "models" / "segmentation"
 
 
 def bundled_model_dir(family: str) -> Path:
-    return MODELS_ROOT / family_schema(family).name
+    """Where the family's bundled segmenter lives (the family registry says)."""
+    return family_of(family).bundled_segmenter_path()
 
 
 def resolve_device(device: str | None = None):
@@ -190,16 +190,17 @@ class TumourSegmenter:
     def check_input(self, image: Scan) -> None:
         """Clear messages for images this model cannot segment."""
         check_image_values(image)
-        if self.family in FAMILY_INPUT:
-            spec = FAMILY_INPUT[self.family]
-            if image.ndim != spec["ndim"]:
-                raise InputError(image.name, f"is {image.ndim}D with shape {image.shape}; the "
-                                             f"{self.family} segmenter takes {spec['what']}")
-        if self.family == "lung":
+        if self.family is None:
+            return
+        spec = family_of(self.family).segmenter_input
+        if image.ndim != spec.ndim:
+            raise InputError(image.name, f"is {image.ndim}D with shape {image.shape}; the "
+                                         f"{self.family} segmenter takes {spec.what}")
+        if spec.value_range is None:  # physical units (CT in HU), not a normalised image
             values = image.array
             if float(values.min()) >= -0.5 and float(values.max()) <= 1.5:
                 raise InputError(image.name, "values lie in 0..1, like a windowed crop; the "
-                                             "lung segmenter needs the CT in Hounsfield units")
+                                             f"{self.family} segmenter needs the CT in Hounsfield units")
 
     def segment(self, image: Scan) -> Scan:
         """The tumour mask of ``image`` (labels 0/1) on the same grid."""
@@ -232,8 +233,8 @@ def load_segmenter(family: str | None = None, model: str | os.PathLike | None = 
     folder ``model`` (nacsim format or nnU-Net results folder)."""
     if model is None:
         if family is None:
-            raise InputError("segmentation", "give a family (breast or lung) or a model folder")
-        return _bundled(family_schema(family).name, str(resolve_device(device)))
+            raise InputError("segmentation", "give a model family or a model folder")
+        return _bundled(family_of(family).name, str(resolve_device(device)))
     return TumourSegmenter.from_folder(model, family=family, trust_pickle=trust_pickle,
                                        device=device)
 

@@ -32,11 +32,10 @@ from typing import Any, Callable, Sequence
 from ...core.errors import InputError
 from ...core.schema import family_schema
 from . import nnunet_env
-from .dataset import FAMILY_INPUT, Case, export_dataset, tumour_fraction
+from .dataset import Case, export_dataset, family_of, tumour_fraction
 from .plans import CompactSettings
 
 DEFAULT_TRAINER = "nnUNetTrainer_nacsimCPU"
-DEFAULT_CONFIGURATION = {"breast": "2d", "lung": "3d_fullres"}
 
 
 @dataclasses.dataclass
@@ -61,7 +60,8 @@ class TrainingSettings:
         self.family = family_schema(self.family).name
         if self.plan not in ("compact", "default"):
             raise InputError("--plan", f"{self.plan!r} is not 'compact' or 'default'")
-        self.configuration = self.configuration or DEFAULT_CONFIGURATION[self.family]
+        # the family's nnU-Net configuration ("2d" for MIPs, "3d_fullres" for CT crops)
+        self.configuration = self.configuration or family_of(self.family).segmentation.configuration
         for name in ("epochs", "iterations", "val_iterations"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')}", "must be at least 1")
@@ -145,10 +145,9 @@ def _previous_run(settings: TrainingSettings, raw_root: Path) -> tuple[Path, dic
     """(raw dataset folder, plans, plans identifier) of the run ``resume`` continues."""
     import json
 
-    from .dataset import DEFAULT_DATASET_IDS
     from .plans import COMPACT_PLANS, DEFAULT_PLANS
 
-    dataset_id = settings.dataset_id or DEFAULT_DATASET_IDS[settings.family]
+    dataset_id = settings.dataset_id or family_of(settings.family).segmentation.dataset_id
     found = sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*")) if raw_root.is_dir() else []
     if not found:
         raise InputError("--resume", f"no dataset {dataset_id} in {raw_root}: nothing to resume")
@@ -344,7 +343,7 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
             "name": Path(out).name if Path(out).name not in ("", ".") else dataset_name,
             "family": settings.family,
             "task": "tumour segmentation (labels: 0 background, 1 tumour)",
-            "input": FAMILY_INPUT[settings.family]["what"],
+            "input": family_of(settings.family).segmenter_input.what,
             "intended_use": ("Measuring tumour size on nacsim model inputs. Trained on "
                              "synthetic phantoms only: not validated on patient data."
                              if (data or {}).get("synthetic") else

@@ -1,0 +1,251 @@
+"""What a model family provides to the rest of nacsim: the plug-in interface.
+
+A *model family* (breast NAC, lung ImmunoDiff, or one of your own) is one object that
+answers every question whose answer differs between families: its clinical schema, what
+its model takes as input and how a user's image gets there, how a patient's visits become
+model inputs, its phantom patients and their counterfactual ground truth, its bundled
+generative model and segmenter, how tumours are measured and shown, and which scenarios
+are compared by default. The engine, the CLI, the widgets and the training entrypoints
+ask the family; none of them tests a family's name.
+
+Subclass `ModelFamily`, fill in the class attributes and the methods that raise
+`NotImplementedError` (or keep the defaults), and register an instance with
+`napari_nacsim.families.register_family`. Heavy imports (torch, ANTs, nnU-Net) happen
+inside the methods, so that listing the families stays cheap and the core layer can read
+their schemas without importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.scan import IMAGE, Scan, check_image_values, require_ndim
+from ..core.schema import BINARY, CATEGORICAL, FamilySchema, Variable
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+Visits = Mapping[str, Mapping[str, Scan]]  # time point -> channel or mask name -> scan
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """What an image must look like for a family's models (generator and segmenter)."""
+
+    ndim: int                                   # 2 (a MIP) or 3 (a CT crop)
+    what: str                                   # "a 2D breast subtraction MIP (nacsim mip)"
+    how_to_make: str                            # the command or action that makes one
+    value_range: Optional[tuple[float, float]]  # None: physical units (HU), not normalised
+    display_range: tuple[float, float]          # default window of the viewer and figure
+    channel: str                                # nnU-Net channel name ("MIP", "CT")
+    short_name: str                             # "MIP", "CT crop" (layer names, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationSpec:
+    """How the family's nnU-Net segmenter is trained and found."""
+
+    dataset_id: int
+    dataset_name: str
+    configuration: str               # nnU-Net configuration ("2d", "3d_fullres")
+    lesion_free: bool = False        # phantoms can be drawn without their tumour
+    input_size: Optional[int] = None  # 2D inputs are resized to this square grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The arms of a comparison: one variable at two or more values."""
+
+    variable: Variable
+    values: tuple[Any, ...]
+
+    def labels(self) -> list[str]:
+        return [self.variable.describe(v) for v in self.values]
+
+
+class ModelFamily:
+    """Base class of the model families (see the module docstring)."""
+
+    name: str = ""
+    schema: FamilySchema
+    model_input: ModelInput
+    segmenter_input: ModelInput
+    segmentation: Optional[SegmentationSpec] = None
+    bundled_generator: Optional[str] = None   # folder under models/ (None: none yet)
+    bundled_segmenter: Optional[str] = None   # folder under models/segmentation/
+    sample_channel: str = ""                  # the channel shown when a sample opens
+    orientation: tuple[str, str, str, str] = ("A", "P", "R", "L")  # top, bottom, left, right
+    training_data: str = ""                   # model cards: what the phantom data are
+    normalisation: str = ""                   # model cards: how images become model inputs
+
+    # --- schema ------------------------------------------------------------------------------
+    @property
+    def title(self) -> str:
+        return self.schema.title
+
+    @property
+    def followup_times(self) -> list[str]:
+        return [t for t in self.schema.timepoint_names if t != self.schema.baseline]
+
+    # --- models ------------------------------------------------------------------------------
+    def bundled_generator_path(self) -> Path:
+        if self.bundled_generator is None:
+            raise InputError("family", f"{self.name!r} has no bundled generative model yet; "
+                                       "pass a model folder")
+        return MODELS_DIR / self.bundled_generator
+
+    def bundled_segmenter_path(self) -> Path:
+        if self.bundled_segmenter is None:
+            raise InputError("family", f"{self.name!r} has no bundled tumour segmenter")
+        return MODELS_DIR / "segmentation" / self.bundled_segmenter
+
+    def load_segmenter(self, path: str | Path | None = None, *, device: str = "auto",
+                       trust_pickle: bool = False) -> Any:
+        """The tumour segmenter (an object with ``segment(scan) -> labels scan``)."""
+        from ..science.segmentation import load_segmenter
+
+        return load_segmenter(self.name, path, device=device, trust_pickle=trust_pickle)
+
+    # --- images ------------------------------------------------------------------------------
+    def check_model_input(self, image: Scan) -> None:
+        """Raise `InputError` (one line naming the image) when ``image`` cannot be the
+        family's model input."""
+        spec = self.model_input
+        require_ndim(image, spec.ndim, f"{image.name} (the {self.name} model takes "
+                                       f"{spec.what}; {spec.how_to_make})")
+        if image.kind != IMAGE:
+            raise InputError(image.name, "is a label map; the model needs the pre-treatment "
+                                         "image")
+        check_image_values(image)
+        if spec.value_range is not None:
+            lo, hi = spec.value_range
+            arr = image.array
+            a_min, a_max = float(np.min(arr)), float(np.max(arr))
+            if a_min < lo - 1e-3 or a_max > hi + 1e-3:
+                raise InputError(image.name, f"values {a_min:g}..{a_max:g} are outside "
+                                             f"[{lo:g}, {hi:g}]; {spec.how_to_make}")
+
+    def to_model_grid(self, image: Scan, grid: Sequence[int]) -> Scan:
+        """A user's pre-treatment image on the model grid (validated; the same stretch of
+        the patient, resampled when its grid differs)."""
+        self.check_model_input(image)
+        if tuple(image.shape) == tuple(grid):
+            return image
+        return self.resample(image, grid)
+
+    def resample(self, scan: Scan, grid: Sequence[int]) -> Scan:
+        """``scan`` (image or labels) resampled onto ``grid`` (model-input shape); images are
+        clipped to the model's value range."""
+        raise NotImplementedError
+
+    def model_inputs(self, visits: Visits, *, size: Optional[int] = None
+                     ) -> dict[str, dict[str, Scan]]:
+        """A patient's visits -> time point -> ``{"image": model input, "tumour": mask}``
+        (the mask where the visit has one), follow-ups aligned to the baseline."""
+        raise NotImplementedError
+
+    def to_segmenter(self, generated: Scan) -> Scan:
+        """A generated (or model-input) image as the segmenter takes it."""
+        return generated
+
+    # --- patients ----------------------------------------------------------------------------
+    def make_phantom(self, cohort_seed: int, index: int) -> Any:
+        """Synthetic patient ``index`` of the phantom cohort ``cohort_seed`` (a
+        `science.phantoms.PhantomPatient`)."""
+        raise NotImplementedError
+
+    def counterfactual(self, clinical: Mapping[str, Any]) -> dict[str, Any]:
+        """The scenario a patient did *not* have, whose phantom rendering is the
+        counterfactual ground truth (default: the first outcome variable flipped)."""
+        outcome = next((v for v in self.schema.condition_variables if v.outcome), None)
+        if outcome is None or outcome.kind != BINARY:
+            raise InputError(f"{self.name} family", "has no yes/no outcome to flip")
+        return {**clinical, outcome.name: not clinical[outcome.name]}
+
+    def counterfactual_truth(self, phantom: Any, clinical: Mapping[str, Any], *,
+                             size: Optional[int] = None) -> dict[str, dict[str, Scan]]:
+        """The model inputs of ``phantom`` rendered under ``clinical`` (same latent draws):
+        what a perfect model would generate for that scenario."""
+        rendering = phantom.render(dict(clinical))
+        return self.model_inputs(rendering_visits(rendering), size=size)
+
+    def sample_case(self, index: int = 0, *, cohort_seed: int = 0,
+                    size: Optional[int] = None) -> dict[str, Any]:
+        """A phantom patient as a case: ``{"patient", "clinical", "inputs", "truth"}`` with
+        ``inputs`` = time point -> ``{"image", "tumour"}`` (see `model_inputs`)."""
+        phantom = self.make_phantom(cohort_seed, index)
+        rendering = phantom.render()
+        return {"patient": phantom.id, "clinical": dict(rendering.clinical),
+                "inputs": self.model_inputs(rendering_visits(rendering), size=size),
+                "truth": rendering.truth}
+
+    # --- scenarios ---------------------------------------------------------------------------
+    def default_comparison(self) -> Optional[Comparison]:
+        """What the workspace and the demo compare by default: the first yes/no outcome
+        the model is conditioned on, both states."""
+        var = next((v for v in self.schema.condition_variables
+                    if v.outcome and v.kind == BINARY), None)
+        return Comparison(var, (True, False)) if var is not None else None
+
+    def comparison(self, variable: str, values: Optional[Sequence[Any]] = None) -> Comparison:
+        """Arms over ``variable`` at ``values`` (validated); without values, every state of a
+        yes/no or categorical variable."""
+        known = {v.name: v for v in self.schema.condition_variables if v.derive is None}
+        var = known.get(variable)
+        if var is None:
+            raise InputError(f"compare '{variable}'", "is not a variable the model is "
+                                                      f"conditioned on ({', '.join(known)})")
+        if values is None or len(values) == 0:
+            if var.kind == BINARY:
+                values = (True, False)
+            elif var.kind == CATEGORICAL:
+                values = var.categories
+            else:
+                raise InputError(f"compare '{variable}'", "is a number: give the values to "
+                                                          "compare (e.g. 0 and 50)")
+        parsed = tuple(var.parse(v, "compare") for v in values)
+        if len(parsed) < 2:
+            raise InputError(f"compare '{variable}'", "needs at least two values")
+        if len(set(map(repr, parsed))) != len(parsed):
+            raise InputError(f"compare '{variable}'", "values repeat: "
+                                                      f"{', '.join(map(str, values))}")
+        return Comparison(var, parsed)
+
+    # --- predictions -------------------------------------------------------------------------
+    def predictions(self, generator: Any, baseline: Scan, clinical: Mapping[str, Any]
+                    ) -> dict[str, dict[str, Any]]:
+        """Model predictions per scenario beside the images (e.g. a response probability):
+        name -> ``{"label", "value", "unit", "meaning"}``. None by default."""
+        return {}
+
+    # --- display -----------------------------------------------------------------------------
+    def display_slice(self, mask: Optional[Scan]) -> Optional[int]:
+        """For 3D inputs: the slice to show (the one with the largest tumour area in
+        ``mask``, else the middle). None for 2D."""
+        if self.model_input.ndim != 3:
+            return None
+        if mask is None or not np.any(mask.array):
+            return None if mask is None else mask.shape[0] // 2
+        areas = np.count_nonzero(np.asarray(mask.array).reshape(mask.shape[0], -1), axis=1)
+        return int(np.argmax(areas))
+
+    def figure_plane(self, scan: Scan, index: Optional[int]) -> tuple[np.ndarray, tuple]:
+        """The 2D array drawn for ``scan`` in the report figure and its (row, column)
+        spacing: the image itself (2D) or slice ``index`` (3D)."""
+        if scan.ndim == 2:
+            return np.asarray(scan.array), tuple(scan.spacing)
+        z = scan.shape[0] // 2 if index is None else int(index)
+        return np.asarray(scan.array[z]), tuple(scan.spacing[1:])
+
+    def __repr__(self) -> str:
+        return f"<model family {self.name!r}: {self.title}>"
+
+
+def rendering_visits(rendering: Any) -> dict[str, dict[str, Scan]]:
+    """A phantom `Rendering` as visits: time point -> its scans and masks."""
+    return {tp: {**rendering.scans[tp], **rendering.masks.get(tp, {})}
+            for tp in rendering.scans}

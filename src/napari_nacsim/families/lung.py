@@ -1,0 +1,72 @@
+"""The lung family: ImmunoDiff on CT crops around the tumour (seed paper 004).
+
+Model input: the 3D CT crop in Hounsfield units (16 x 96 x 96 voxels, `preprocess.lung`),
+cut around the baseline tumour; the post-treatment CT is registered to the pre-treatment one
+and cut with the same box. Tumour size: volume in mL and the RECIST longest diameter.
+Comparison by default: PD-L1 TPS below 1 % against 50 % or more.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from ..core.errors import InputError
+from ..core.scan import Scan
+from ..core.schema import LUNG
+from .base import Comparison, ModelFamily, ModelInput, SegmentationSpec, Visits
+
+CT_CROP_INPUT = ModelInput(
+    ndim=3,
+    what="a 3D lung CT crop in Hounsfield units (16 x 96 x 96 voxels around the tumour)",
+    how_to_make="cut it from the CT and its tumour mask with `nacsim crop --ct CT "
+                "--tumour MASK` (or, in the workspace, 'Open a cohort patient…')",
+    value_range=None,
+    display_range=(-1350.0, 150.0),   # the lung window: level -600 HU, width 1500 HU
+    channel="CT",
+    short_name="CT crop",
+)
+
+PD_L1_LOW, PD_L1_HIGH = 0.0, 50.0   # the clinical strata "< 1 %" and ">= 50 %"
+
+
+class LungFamily(ModelFamily):
+    name = LUNG.name
+    schema = LUNG
+    model_input = CT_CROP_INPUT
+    segmenter_input = CT_CROP_INPUT
+    segmentation = SegmentationSpec(dataset_id=502, dataset_name="NacsimLungCrop",
+                                    configuration="3d_fullres")
+    bundled_generator = None          # ImmunoDiff is not trained yet
+    bundled_segmenter = LUNG.name
+    sample_channel = "ct"
+    orientation = ("A", "P", "R", "L")   # axial slices in LPS storage order
+    training_data = ("synthetic phantom patients (nacsim phantoms lung), preprocessed "
+                     "with lung_crops")
+    normalisation = "CT crop in Hounsfield units, 16 x 96 x 96 voxels around the tumour"
+
+    def make_phantom(self, cohort_seed: int, index: int) -> Any:
+        from ..science.phantoms import lung
+
+        return lung.make_patient(int(cohort_seed), int(index))
+
+    def model_inputs(self, visits: Visits, *, size: Optional[int] = None
+                     ) -> dict[str, dict[str, Scan]]:
+        from ..science.preprocess.pipeline import lung_crops
+
+        return {tp: {("image" if key == "ct" else key): scan for key, scan in entry.items()}
+                for tp, entry in lung_crops(visits).items()}
+
+    def resample(self, scan: Scan, grid: Sequence[int]) -> Scan:
+        if tuple(scan.shape) != tuple(grid):
+            raise InputError(scan.name, f"has shape {scan.shape}, the model's crop is "
+                                        f"{tuple(grid)}; {self.model_input.how_to_make}")
+        return scan
+
+    def counterfactual(self, clinical):
+        """The other PD-L1 stratum (all else fixed): the phantom's response probability
+        depends on it, so its rendering is the counterfactual ground truth."""
+        high = float(clinical["PD_L1"]) >= PD_L1_HIGH
+        return {**clinical, "PD_L1": PD_L1_LOW if high else PD_L1_HIGH}
+
+    def default_comparison(self) -> Optional[Comparison]:
+        return self.comparison("PD_L1", (PD_L1_LOW, PD_L1_HIGH))
