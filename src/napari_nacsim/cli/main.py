@@ -7,14 +7,22 @@ Bad input ends the program with exit status 2 and one line on stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .. import __version__
 from ..core.errors import InputError
 
 EXIT_BAD_INPUT = 2
+# Arguments naming what a command writes: each is checked for writability before the command
+# starts, so that a long run does not end in a PermissionError.
+OUTPUT_ARGUMENTS = ("out", "labels_out", "tumour_out", "csv")
+# Commands that read scans from paths, and so take --dicom-series.
+SCAN_READING_COMMANDS = ("info", "register", "mip", "crop", "segment", "measure", "simulate")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +87,17 @@ def cmd_info(args) -> int:
           f"\n  spacing: {tuple(round(s, 4) for s in scan.spacing)} mm\n  orientation: "
           f"{scan.orientation}\n  dtype: {arr.dtype}\n  values: {value_range}"
           f"\n  synthetic: {bool(scan.provenance.get('synthetic'))}")
+    prov = scan.provenance
+    if prov.get("format") == "dicom":
+        print(f"  DICOM series: number {prov.get('series_number') or '?'} "
+              f"'{prov.get('series_description', '')}', {prov.get('n_files')} files, UID "
+              f"{prov.get('series_uid')} ({prov.get('n_series_in_folder')} in the folder)")
+    if arr.dtype.kind == "f":  # NaN/Inf voxels: every processing step refuses them
+        for label, count in (("NaN", np.count_nonzero(np.isnan(arr))),
+                             ("Inf", np.count_nonzero(np.isinf(arr)))):
+            if count:
+                print(f"  {label} voxels: {count} ({100.0 * count / arr.size:.3g} % of "
+                      f"{arr.size})")
     return 0
 
 
@@ -145,15 +164,70 @@ def build_parser() -> argparse.ArgumentParser:
     from .review import add_review_command
 
     add_review_command(sub)
+    for name in SCAN_READING_COMMANDS:
+        sub.choices[name].add_argument(
+            "--dicom-series", metavar="NUMBER|UID", default=None,
+            help="for a DICOM folder holding several series: the series to read (its series "
+                 "number or SeriesInstanceUID); or give one of the series' files instead of "
+                 "the folder")
     return parser
+
+
+class _Held(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _held_warnings():
+    """Hold back the Python warnings and log messages of libraries (torch, nibabel, ...)
+    during a command: they are shown after a successful run, and dropped when it ends in a
+    one-line error, which they would only bury."""
+    held = _Held()
+    root = logging.getLogger()
+    root.addHandler(held)  # a handler on the root keeps logging's last resort (stderr) quiet
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    finally:
+        root.removeHandler(held)
+    for w in caught:  # reached only on success: an exception skips this
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    for record in held.records:
+        logging.getLogger(record.name).handle(record)
+
+
+def _close_progress_bars() -> None:
+    """A command that fails mid-way leaves its progress bar drawn: clear it, so that the
+    error is the only line left."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.leave = False
+        bar.close()
+
+
+def _run(args) -> int:
+    from ..core.atomic import require_writable
+    from ..core.scan_io import dicom_series
+
+    for dest in OUTPUT_ARGUMENTS:
+        if getattr(args, dest, None) is not None:
+            require_writable(getattr(args, dest))
+    with dicom_series(getattr(args, "dicom_series", None)), _held_warnings():
+        return int(args.func(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return _run(args)
     except InputError as err:
+        _close_progress_bars()
         print(f"nacsim: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

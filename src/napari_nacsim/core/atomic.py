@@ -56,6 +56,34 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def require_writable(path: str | os.PathLike) -> None:
+    """Refuse (with `InputError`) an output that cannot be written, before any work starts.
+
+    ``path`` is an output file or folder, existing or not. Where it (or the nearest existing
+    folder above it, since missing folders are created) cannot receive files, the problem is
+    reported now rather than as a PermissionError after a long run. The test is a real one:
+    a temporary file is created there and removed (permission bits alone do not tell, e.g.
+    on read-only mounts or for root).
+    """
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        where = path
+    else:
+        where = path.parent
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            raise InputError(path, f"cannot be written: {where} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as err:
+        raise InputError(path, f"cannot be written: no files can be created in {where} "
+                               f"({err.strerror or type(err).__name__})") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
