@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..core.atomic import require_writable
 from ..core.errors import InputError
 
 DEFAULT_OUT = Path("nacsim-demo")
@@ -80,6 +81,7 @@ def write_demo(out: Path, *, seed: int = 0, steps: int | None = None,
     from ..science.measure import measure_tumour
 
     overwrite = _check_out(out)
+    require_writable(out)  # also the default folder (main checks an explicit --out)
     chosen = get_family(family or default_family())
     case = chosen.sample_case(0)
     model = load_model(family=chosen.name)
