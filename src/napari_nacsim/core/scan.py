@@ -142,6 +142,26 @@ def require_same_grid(a: Scan, b: Scan, what: str = "images") -> None:
                                  f"({what})")
 
 
+def require_same_geometry(reference: Scan, other: Scan, what: str) -> None:
+    """``other`` must lie on ``reference``'s voxel grid: same shape, spacing, origin and axis
+    directions (a mask drawn on an image). Position tolerance: 1 % of the smallest voxel."""
+    require_same_grid(reference, other, what)
+    tolerance = 0.01 * min(reference.spacing)
+    origin_a, origin_b = reference.affine[:3, 3], other.affine[:3, 3]
+    if not np.allclose(origin_a, origin_b, atol=tolerance):
+        raise InputError(other.name, f"origin {np.round(origin_b, 2).tolist()} mm does not match "
+                                     f"{reference.name} {np.round(origin_a, 2).tolist()} mm "
+                                     f"({what})")
+    axes_a = reference.affine[:3, :3] / np.linalg.norm(reference.affine[:3, :3], axis=0)
+    axes_b = other.affine[:3, :3] / np.linalg.norm(other.affine[:3, :3], axis=0)
+    cosines = np.clip(np.sum(axes_a * axes_b, axis=0), -1.0, 1.0)
+    angle = float(np.degrees(np.arccos(cosines.min())))
+    if angle > 0.05:
+        raise InputError(other.name, f"voxel axes ({other.orientation}) point up to "
+                                     f"{angle:.1f} degrees away from those of {reference.name} "
+                                     f"({reference.orientation}) ({what})")
+
+
 def affine_from_spacing(spacing_zyx, origin_xyz=(0.0, 0.0, 0.0)) -> np.ndarray:
     """RAS affine for an axis-aligned grid; ``spacing_zyx`` in array order (2 or 3 values)."""
     spacing = tuple(float(s) for s in spacing_zyx)

@@ -23,7 +23,8 @@ import dataclasses
 import numpy as np
 
 from ...core.errors import InputError
-from ...core.scan import IMAGE, LABELS, Scan, check_image_values, require_finite, require_ndim
+from ...core.scan import (IMAGE, LABELS, Scan, check_image_values, require_finite, require_ndim,
+                          require_same_geometry)
 from .resample import resample
 
 CROP_SHAPE = (16, 96, 96)          # (z, y, x) voxels, as in the paper (96 x 96 x 16)
@@ -126,12 +127,11 @@ def crop_around_tumour(ct: Scan, tumour_mask: Scan, *, shape=CROP_SHAPE,
     if ct.kind != IMAGE:
         raise InputError(ct.name, "the CT must be an image, got a label map")
     check_image_values(ct, f"{ct.name} (CT)")
+    # A mask on another grid is another scan's mask (or was resampled): its crop would be
+    # wrong or empty, so it is refused rather than cut at whatever world position it has.
+    require_same_geometry(ct, tumour_mask, "the tumour mask must be on the CT's grid; is it "
+                                           "the mask of this scan?")
     box = tumour_box(tumour_mask, shape=shape, spacing=spacing)
-    inside = np.linalg.inv(ct.affine) @ np.append(box.centre_ras, 1.0)
-    if np.any(inside[:3] < -0.5) or np.any(inside[:3] > np.array(ct.shape[::-1]) - 0.5):
-        raise InputError(tumour_mask.name, f"the tumour (centre at RAS "
-                         f"{np.round(box.centre_ras, 1).tolist()} mm) lies outside the CT "
-                         f"{ct.name}; is it the mask of this scan?")
     mask_crop = _crop(tumour_mask, box, labels=True, fill=0)
     if not np.any(mask_crop.array):
         raise InputError(tumour_mask.name, f"tumour is smaller than one crop voxel "
