@@ -31,6 +31,9 @@ class Scan:
     kind: str = IMAGE
     source: Path | None = None
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # For a scan made in memory: the file (or layer) it was made from and the steps since,
+    # so that a message about it names what the user gave (see `name`).
+    lineage: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.array.ndim not in (2, 3):
@@ -49,6 +52,9 @@ class Scan:
     def name(self) -> str:
         if self.source:
             return str(self.source)
+        if self.lineage:  # e.g. "post.nii.gz after subtraction, axial_mip"
+            origin, steps = self.lineage[0], self.lineage[1:]
+            return f"{origin} after {', '.join(steps)}" if steps else origin
         layer = self.provenance.get("layer_name")  # a napari layer (plugin.layers)
         return f"layer '{layer}'" if layer else "<in-memory scan>"
 
@@ -99,8 +105,14 @@ class Scan:
         provenance = {**self.provenance, "history": history}
         if self.source and "derived_from" not in provenance:
             provenance["derived_from"] = str(self.source)
+        lineage = self.lineage if self.lineage and not self.source else (self.name,)
+        if lineage == ("<in-memory scan>",):
+            lineage = ()
+        elif step:
+            lineage = (*lineage, step)
         return Scan(array=array, affine=self.affine if affine is None else affine,
-                    kind=self.kind if kind is None else kind, provenance=provenance)
+                    kind=self.kind if kind is None else kind, provenance=provenance,
+                    lineage=lineage)
 
 
 def require_finite(scan: Scan, what: str | None = None) -> None:

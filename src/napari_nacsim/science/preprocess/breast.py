@@ -44,6 +44,12 @@ def subtraction(pre: Scan, post: Scan) -> Scan:
                                     "(same shape and spacing); register the series first")
     difference = post.array.astype(np.float32) - pre.array.astype(np.float32)
     np.maximum(difference, 0.0, out=difference)
+    if not np.any(difference):  # would surface later as a constant MIP, naming neither file
+        same = "is identical to" if np.array_equal(pre.array, post.array) else \
+            "has no voxel brighter than"
+        raise InputError(post.name, f"{same} the pre-contrast {pre.name}, so the subtraction "
+                                    "is empty; are the pre- and post-contrast files swapped "
+                                    "or the same series?")
     return post.derive(difference, step="subtraction", pre_contrast=pre.name,
                        post_contrast=post.name, negative_values="clipped to 0")
 
