@@ -1,12 +1,14 @@
 """Train a NAC model (breast by default) in two stages on a synthetic phantom cohort.
 
     python training/train_nac.py --config breast_tiny --out artifacts/nac_tiny
-    accelerate launch training/train_nac.py --config breast_tiny --out ...   # many GPUs
+    accelerate launch --num_processes 8 training/train_nac.py --config breast_tiny --out ...
 
 Resumable: run the same command again and it continues from the last checkpoint in
-``--out/resume``. Writes ``--out/model`` (safetensors + model card with this command),
-``--out/split.json`` (deterministic patient-level split), ``--out/loss_log.csv`` and
-``--out/loss_curve.png``.
+``--out/resume`` (also with another number of processes). Writes ``--out/model``
+(safetensors + model card with this command), ``--out/split.json`` (deterministic
+patient-level split), ``--out/loss_log.csv`` and ``--out/loss_curve.png``. With N processes
+(``accelerate launch``, docs/training.md) ``--batch-size`` is per process, every process
+trains on its own share of each step's samples, and only the main process writes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--stage1-steps", type=int, default=None)
     p.add_argument("--stage2-steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per step and process (default: the config's); with N "
+                        "processes a step sees N times as many")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
                    help="continue stage 2 from a trained model folder (hashes verified; "
@@ -52,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="processes preparing patients")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
+    p.add_argument("--log-samples", action="store_true",
+                   help="every process writes the patients and time points it drew at each "
+                        "step to --out/samples/rank<k>.csv")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, argv: list[str] | None) -> int:
     import torch
+    from accelerate import PartialState
 
     from napari_nacsim.core.atomic import write_json_atomic
     from napari_nacsim.science.generative.config import load_config
@@ -93,9 +101,13 @@ def _run(args, argv: list[str] | None) -> int:
     ids = [f"BR{i + 1:04d}" for i in range(args.patients)]
     train_ids, test_ids = split_ids(ids, test_fraction, args.cohort_seed)
     started = time.time()
-    cohort = breast_phantom_cohort(args.cohort_seed, args.patients, config["image_size"],
-                                   cache_dir=args.cache, counterfactual_ids=test_ids,
-                                   jobs=args.jobs)
+    # One process state for the whole run (the trainer's Accelerator shares it). With many
+    # processes the main one prepares (and caches) the patients first, the others read them.
+    processes = PartialState(cpu=args.cpu)
+    with processes.main_process_first():
+        cohort = breast_phantom_cohort(args.cohort_seed, args.patients, config["image_size"],
+                                       cache_dir=args.cache, counterfactual_ids=test_ids,
+                                       jobs=args.jobs)
     prep_seconds = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
     split = {"cohort": "nacsim breast phantoms", "cohort_seed": args.cohort_seed,
@@ -103,9 +115,12 @@ def _run(args, argv: list[str] | None) -> int:
              "rule": "sorted ids permuted by numpy default_rng(cohort_seed); first "
                      "round(n * test_fraction) are test",
              "train": train_ids, "test": test_ids}
-    write_json_atomic(args.out / "split.json", split)
-    command = "python training/train_nac.py " + " ".join(shlex.quote(a) for a in
-                                                         (argv if argv is not None else sys.argv[1:]))
+    if processes.is_main_process:
+        write_json_atomic(args.out / "split.json", split)
+    launcher = (f"accelerate launch --num_processes {processes.num_processes}"
+                if processes.num_processes > 1 else "python")
+    command = f"{launcher} training/train_nac.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     card = {
         "title": f"nacsim {config['family']} NAC model ({config['name']})",
         "spacing_mm": list(cohort.spacing),
@@ -133,9 +148,11 @@ def _run(args, argv: list[str] | None) -> int:
                       stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                       batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                       resume=not args.no_resume, cpu=args.cpu, card=card,
-                      init_from=args.init_from,
+                      init_from=args.init_from, sample_log=args.log_samples,
                       progress=not args.quiet)
-    print(f"model written to {model_dir} in {time.time() - started:.0f} s")
+    if processes.is_main_process:
+        print(f"model written to {model_dir} in {time.time() - started:.0f} s "
+              f"({processes.num_processes} process(es))")
     return 0
 
 

@@ -15,10 +15,16 @@ not drowned by the rest of the image, and ``balance`` names a conditioning varia
 ``pCR``) whose values are drawn equally often, so a minority outcome is seen as often as the
 majority. Stage 2 can also start from a trained model (``init_from``), which skips stage 1.
 
-`accelerate` runs it on one CPU, one GPU or many (``accelerate launch``). Every random draw of
-a step comes from a generator seeded with (seed, stage, step), so a resumed run continues
-exactly as an uninterrupted one. Resume state (weights + optimizer moments) is written as
-safetensors + JSON; nothing is pickled.
+`accelerate` runs it on one CPU, one GPU or many (``accelerate launch``, docs/training.md).
+Every random draw of a step comes from a generator seeded with (seed, stage, step), so a
+resumed run continues exactly as an uninterrupted one. With N processes, every process draws
+the whole global batch (N x the per-process batch size) from that generator and trains on its
+own slice of it (process k: samples k*B ... (k+1)*B - 1); the gradients are averaged over the
+processes, so N processes with batch B take the same steps as one process with batch N*B (up
+to floating-point summation order). Only the main process writes (loss log, plot, resume
+state, model folder). Resume state (weights + optimizer moments + step) is written as
+safetensors + JSON, does not depend on the number of processes (a run can be resumed with
+another), and nothing is pickled.
 """
 
 from __future__ import annotations
@@ -45,12 +51,19 @@ from .model import ControlledDiffusion, build_controlnet
 STATE = "train_state.json"
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Same random flip + 90-degree rotation for all channels of each sample (B, C, H, W)."""
+def augment(images: torch.Tensor, generator: torch.Generator,
+            keep: slice | None = None) -> torch.Tensor:
+    """Same random flip + 90-degree rotation for all channels of each sample (B, C, H, W).
+
+    ``keep``: transform and return only these samples; the draws are still made for every
+    sample, so the random stream (and what the kept samples get) does not depend on it."""
     out = []
-    for sample in images:
+    kept = range(len(images))[keep] if keep is not None else range(len(images))
+    for i, sample in enumerate(images):
         k = int(torch.randint(0, 4, (1,), generator=generator))
         flip = bool(torch.randint(0, 2, (1,), generator=generator))
+        if i not in kept:
+            continue
         sample = torch.rot90(sample, k, dims=(-2, -1))
         out.append(torch.flip(sample, dims=(-1,)) if flip else sample)
     return torch.stack(out)
@@ -68,10 +81,9 @@ def _diffusion_target(model: ControlledDiffusion, x0, noise, t):
     return noise
 
 
-def _noisy(model, x0, g):
-    n = x0.shape[0]
-    t = torch.randint(0, model.scheduler.config.num_train_timesteps, (n,), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
+def _noisy(model, shape, g):
+    t = torch.randint(0, model.scheduler.config.num_train_timesteps, (shape[0],), generator=g)
+    noise = torch.randn(shape, generator=g)
     return t, noise
 
 
@@ -185,14 +197,17 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
           stage1_steps: int | None = None, stage2_steps: int | None = None,
           batch_size: int | None = None, checkpoint_every: int = 200, resume: bool = True,
           cpu: bool = False, card: dict[str, Any] | None = None,
-          init_from: Path | None = None,
+          init_from: Path | None = None, sample_log: bool = False,
           progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) both stages; write ``out/model`` (safetensors + card), the loss log
     (``loss_log.csv``) and plot (``loss_curve.png``). Returns the model folder.
 
-    ``init_from``: a trained model folder (hashes verified) whose architecture matches
-    ``config``; training then continues stage 2 from its weights (stage 1 is skipped), with
-    the stage-2 settings of ``config``."""
+    ``batch_size`` (and the config's) is per process: N processes train on batches of N times
+    that size (the model card records both). ``init_from``: a trained model folder (hashes
+    verified) whose architecture matches ``config``; training then continues stage 2 from its
+    weights (stage 1 is skipped), with the stage-2 settings of ``config``. ``sample_log``:
+    every process also writes the patients and time points it drew at each step to
+    ``out/samples/rank<k>.csv`` (to check how the data is shared out)."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -210,6 +225,10 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
     tumour_margin = int(s2.get("tumour_margin", 2))
     balance = s2.get("balance")
     accelerator = Accelerator(cpu=cpu)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    if not main:
+        log = lambda message: None  # noqa: E731 - one voice: the main process's
     torch.manual_seed(seed)
     if init_from is not None:
         model, start_card = load_checkpoint(init_from)
@@ -222,11 +241,13 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
         model = ControlledDiffusion(config)
 
     def make_optimizer(stage: int):
+        # Only what the stage trains requires grad: many processes average the gradients of
+        # exactly those parameters (DistributedDataParallel expects every one to get one).
+        model.requires_grad_(False)
         if stage == 1:
             model.unet.requires_grad_(True)
             params = list(model.unet.parameters())
         else:
-            model.unet.requires_grad_(False)
             for p in model.stage2_parameters():
                 p.requires_grad_(True)
             params = model.stage2_parameters()
@@ -234,21 +255,45 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
 
     stage, step = (2 if init_from is not None else 1), 0
     optimizer = None
+    processes = []  # one entry per run of this training: where it started, on how many
     if resume and (out / "resume" / STATE).exists():
         state, optimizer = _load_resume(out / "resume", model, make_optimizer)
         stage, step = state["stage"], state["step"]
+        processes = list(state.get("processes", []))
         log(f"resuming stage {stage} at step {step}")
+        if processes and processes[-1]["num_processes"] != world:
+            before = processes[-1]["effective_batch_size"][str(stage)]
+            log(f"note: the checkpoint was written by {processes[-1]['num_processes']} "
+                f"process(es), this run has {world}" + (
+                    f": the effective batch size changes from {before} to {bs[stage] * world}"
+                    if before != bs[stage] * world else ""))
+    processes.append({"stage": stage, "step": step, "num_processes": world,
+                      "effective_batch_size": {str(k): v * world for k, v in bs.items()}})
     images = torch.from_numpy(train_data.images).float()  # (N, T, H, W)
     masks = torch.from_numpy(train_data.masks > 0).float()
     draw_probs = balanced_probabilities(train_data, balance) if balance else None
     codes_cache = {}
     n, n_t = images.shape[0], images.shape[1]
     log_path = out / "loss_log.csv"
-    new_log = not log_path.exists() or step == 0 and stage == 1
-    log_file = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(["stage", "step", "loss", "lr", "seconds"])
+    writer = log_file = samples_file = None
+    if main:
+        new_log = not log_path.exists() or step == 0 and stage == 1
+        if not new_log:  # steps logged after the checkpoint being resumed are redone
+            _trim_log(log_path, stage, step)
+        log_file = open(log_path, "w" if new_log else "a", newline="")
+        writer = csv.writer(log_file)
+        if new_log:
+            writer.writerow(["stage", "step", "loss", "lr", "seconds"])
+    if sample_log:
+        path = out / "samples" / f"rank{rank}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists() or step == 0 and stage == 1
+        if not fresh:
+            _trim_log(path, stage, step)
+        samples_file = open(path, "w" if fresh else "a", newline="")
+        samples_writer = csv.writer(samples_file)
+        if fresh:
+            samples_writer.writerow(["stage", "step", "num_processes", "patients", "times"])
     started = time.time()
     timing = {}
     try:
@@ -264,63 +309,76 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
             wrapper, opt = accelerator.prepare(wrapper, optimizer)
             device = accelerator.device
             null = model.conditioner.null_context(bs[stage]).to(device)
-            bar = tqdm(total=total, initial=step, desc=f"stage {stage}", disable=not progress)
+            # Every process draws the global batch; this one trains on its slice of it.
+            n_global, mine = bs[stage] * world, slice(rank * bs[stage], (rank + 1) * bs[stage])
+            bar = tqdm(total=total, initial=step, desc=f"stage {stage}",
+                       disable=not (progress and main))
             t_stage = time.time()
             while step < total:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
                 if stage == 2 and draw_probs is not None:
-                    idx = torch.multinomial(draw_probs, bs[stage], replacement=True,
+                    idx = torch.multinomial(draw_probs, n_global, replacement=True,
                                             generator=g)
                 else:
-                    idx = torch.randint(0, n, (bs[stage],), generator=g)
+                    idx = torch.randint(0, n, (n_global,), generator=g)
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(step, lrs[stage], min(100, total // 10 + 1), total)
+                tp = torch.randint(0, n_t, (n_global,), generator=g)
                 if stage == 1:
-                    tp = torch.randint(0, n_t, (bs[stage],), generator=g)
-                    batch = augment(images[idx, tp][:, None], g).to(device)
-                    t, noise = _noisy(model, batch, g)
-                    loss = wrapper(batch, t, noise, null)
+                    batch = augment(images[idx, tp][:, None], g, mine)
+                    t, noise = _noisy(model, (n_global, *batch.shape[1:]), g)
+                    loss = wrapper(batch.to(device), t[mine], noise[mine], null)
                 else:
-                    tp = torch.randint(0, n_t, (bs[stage],), generator=g)
                     pair = augment(torch.stack([images[idx, 0], images[idx, tp],
-                                                masks[idx, 0], masks[idx, tp]], 1), g)
+                                                masks[idx, 0], masks[idx, tp]], 1), g, mine)
                     control, target = pair[:, :1].to(device), pair[:, 1:2].to(device)
                     weight = (tumour_weights(pair[:, 2:], tumour_weight, tumour_margin)
                               .to(device) if tumour_weight > 0 else None)
-                    keys = [(int(i), int(j)) for i, j in zip(idx, tp)]
+                    keys = [(int(i), int(j)) for i, j in zip(idx[mine], tp[mine])]
                     for key in keys:
                         if key not in codes_cache:
                             codes_cache[key] = model.conditioner.tokens.encode_values(
                                 [scenario_of(train_data, *key)])[0]
                     codes = torch.stack([codes_cache[k] for k in keys])
-                    drop = torch.rand(bs[stage], generator=g) < drop_p
-                    t, noise = _noisy(model, target, g)
-                    loss = wrapper(control, target, codes, drop, t, noise, null, weight)
+                    drop = torch.rand(n_global, generator=g)[mine] < drop_p
+                    t, noise = _noisy(model, (n_global, *target.shape[1:]), g)
+                    loss = wrapper(control, target, codes, drop, t[mine], noise[mine], null,
+                                   weight)
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]], 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                value = float(loss.detach())
-                writer.writerow([stage, step, f"{value:.6f}", f"{opt.param_groups[0]['lr']:.3g}",
-                                 f"{time.time() - started:.1f}"])
+                # the loss of the global batch (one value for every process)
+                value = float(accelerator.reduce(loss.detach(), "mean"))
+                if samples_file is not None:
+                    samples_writer.writerow(
+                        [stage, step, world, " ".join(train_data.ids[int(i)] for i in idx[mine]),
+                         " ".join(train_data.family.timepoint_names[int(j)] for j in tp[mine])])
+                if main:
+                    writer.writerow([stage, step, f"{value:.6f}",
+                                     f"{opt.param_groups[0]['lr']:.3g}",
+                                     f"{time.time() - started:.1f}"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
                 if step % checkpoint_every == 0 or step == total:
-                    log_file.flush()
-                    if accelerator.is_main_process:
+                    if main:
+                        log_file.flush()
                         _save_resume(out / "resume", model, optimizer, stage, step,
-                                     {"seed": seed})
+                                     {"seed": seed, "processes": processes})
             bar.close()
             timing[f"stage{stage}_seconds_this_run"] = round(time.time() - t_stage, 1)
             stage, step, optimizer = stage + 1, 0, None
-            if stage == 2 and accelerator.is_main_process:
-                _save_resume(out / "resume", model, make_optimizer(2), 2, 0, {"seed": seed})
+            if stage == 2 and main:
+                _save_resume(out / "resume", model, make_optimizer(2), 2, 0,
+                             {"seed": seed, "processes": processes})
     finally:
-        log_file.close()
-    losses = _plot_losses(log_path, out / "loss_curve.png")
+        for handle in (log_file, samples_file):
+            if handle is not None:
+                handle.close()
     model_dir = out / "model"
-    if accelerator.is_main_process:
+    if main:
+        losses = _plot_losses(log_path, out / "loss_curve.png")
         full_card = {
             **(card or {}),
             "training": {**(card or {}).get("training", {}),
@@ -329,13 +387,34 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                          "tumour_weight": tumour_weight, "tumour_margin": tumour_margin,
                          "balance": balance,
                          "device": str(accelerator.device),
-                         "num_processes": accelerator.num_processes,
+                         "num_processes": world,
+                         "distributed_type": str(accelerator.distributed_type.value),
+                         "effective_batch_size": {k: v * world for k, v in bs.items()},
+                         "batch_size_note": "batch_size is per process; effective_batch_size "
+                                            "= batch_size x num_processes",
+                         "processes_per_run": processes,
                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                          "torch": torch.__version__, **timing,
                          "final_loss": losses},
         }
         save_checkpoint(model.to("cpu"), model_dir, full_card)
+    accelerator.wait_for_everyone()  # every process returns once the model is written
     return model_dir
+
+
+def _trim_log(path: Path, stage: int, step: int) -> None:
+    """Drop the rows of a CSV log (``stage``, ``step`` columns) after (stage, step): a resumed
+    run redoes the steps after its checkpoint, and logs them again."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    s_col, t_col = header.index("stage"), header.index("step")
+    keep = [r for r in body if (int(r[s_col]), int(r[t_col])) <= (stage, step)]
+    if len(keep) < len(body):
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+            csv.writer(fh).writerows([header, *keep])
 
 
 def _check_same_architecture(config: dict[str, Any], start: dict[str, Any], folder) -> None:
