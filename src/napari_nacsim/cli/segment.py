@@ -56,6 +56,9 @@ def cmd_segment(args) -> int:
     lines, payload = _size_lines(mask, args, "tumour")
     if not image.provenance.get("spacing_known", True):
         lines.append("note: the image file has no voxel size; sizes assume 1 mm pixels")
+    resampled = mask.provenance["history"][-1].get("resampled")  # see segmenter.segment
+    if resampled:
+        lines.append(f"note: {resampled}")
     if image.provenance.get("synthetic"):
         lines.append("note: the image is synthetic; this is not a measurement of a patient")
     payload.update({"image": str(args.image), "mask": str(args.out),

@@ -27,6 +27,7 @@ from ...core.scan import LABELS, Scan, check_image_values
 from ...core.schema import family_schema
 from . import nnunet_env
 from .dataset import family_of, nnunet_input
+from .input_grid import check_field_of_view, spacing_note
 from .model_files import LoadedModel, read_any
 
 
@@ -190,9 +191,10 @@ class TumourSegmenter:
     def check_input(self, image: Scan) -> None:
         """Clear messages for images this model cannot segment."""
         check_image_values(image)
-        if self.family is None:
+        spec = family_of(self.family).segmenter_input if self.family else None
+        check_field_of_view(image, self.model, spec.how_to_make if spec else "")  # 3D crops
+        if spec is None:
             return
-        spec = family_of(self.family).segmenter_input
         if image.ndim != spec.ndim:
             raise InputError(image.name, f"is {image.ndim}D with shape {image.shape}; the "
                                          f"{self.family} segmenter takes {spec.what}")
@@ -214,12 +216,14 @@ class TumourSegmenter:
         with self._lock, _torch_threads(self.threads):
             seg = self.predictor.predict_single_npy_array(array, properties, None, None, False)
         seg = np.asarray(seg).reshape(image.shape).astype(np.uint8)
+        resampled = spacing_note(image, self.model) if spacing_known else None
         return image.derive(seg, step="segment_tumour", kind=LABELS, model=self.name,
                             trainer=self.model.trainer_name,
                             configuration=self.model.configuration,
                             device=str(self.device), mirroring=self.use_mirroring,
                             **({} if spacing_known else {"spacing_assumed_mm":
-                                                          list(self.spacing)}))
+                                                          list(self.spacing)}),
+                            **({"resampled": resampled} if resampled else {}))
 
 
 @functools.lru_cache(maxsize=4)
