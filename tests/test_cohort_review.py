@@ -113,7 +113,7 @@ def test_bad_manifests_raise_one_line_input_errors(manifest, tmp_path):
         review_cohort(missing)
 
     lung = dataclasses.replace(load_cohort(manifest), family=LUNG)
-    with pytest.raises(InputError, match="no generative model for the lung family"):
+    with pytest.raises(InputError, match="the lung family has no bundled generative model"):
         review_cohort(lung)
 
 

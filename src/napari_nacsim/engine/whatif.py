@@ -114,11 +114,13 @@ def load_model(path: str | Path | None = None, *, family: str | None = None,
     return _CACHE[key]
 
 
-def parse_scenario(text: str, family: ModelFamily | FamilySchema | str) -> dict[str, Any]:
-    """``"time=T2,pCR=yes,HR=+,HER2=-"`` -> a validated scenario dict."""
+def parse_scenario(text: str, family: ModelFamily | FamilySchema | str | None = None
+                   ) -> dict[str, Any]:
+    """``"time=T2,pCR=yes,HR=+,HER2=-"`` -> a validated scenario dict of ``family``
+    (default: `default_family`)."""
     from ..science.generative.conditioning import normalise_scenario
 
-    schema = get_family(family).schema
+    schema = get_family(family or default_family()).schema
     values: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
