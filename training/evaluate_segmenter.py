@@ -31,13 +31,18 @@ from pathlib import Path
 
 TARGET_DICE = 0.85
 # True tumour size bins for the breakdown (mm² on breast MIPs, mL on lung crops).
-SIZE_BINS = {"breast": (0.0, 100.0, 250.0, float("inf")), "lung": (0.0, 2.0, 8.0, float("inf"))}
+def _input_ndim(family: str) -> int:
+    from napari_nacsim.families import get_family
+
+    return get_family(family).segmenter_input.ndim
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate_segmenter.py",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", choices=["breast", "lung"], required=True)
+    from napari_nacsim.families import family_names
+
+    p.add_argument("--family", choices=family_names(), required=True)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
     p.add_argument("--trust-pickle", action="store_true")
     p.add_argument("--phantoms", type=int, default=16, help="held-out patients (default 16)")
@@ -173,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         free_rows.append({"case": case.case_id, "timepoint": case.timepoint,
                           "predicted_size": measure_tumour(segmenter.segment(case.image)).total})
 
+    from napari_nacsim.families import get_family
+
     schema = family_schema(args.family)
     per_tp = {tp: _summary([r for r in rows if r["timepoint"] == tp])
               for tp in schema.timepoint_names}
@@ -182,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         "family": args.family, "model": segmenter.describe(),
         "model_training_data": training,
         "held_out": {"source": "nacsim phantoms", "seed": args.seed, "patients": args.phantoms,
-                     "mip_size": args.size if args.family == "breast" else None,
+                     "mip_size": args.size if _input_ndim(args.family) == 2 else None,
                      "lesion_free_patients": args.lesion_free},
         "target_dice": TARGET_DICE,
         "per_timepoint": per_tp, "all": _summary(rows),
-        "by_true_size": _by_size(rows, SIZE_BINS[args.family]),
+        "by_true_size": _by_size(rows, get_family(args.family).size_bins),
         "lesion_free": ({"patients": args.lesion_free, "note": "the first patients of the "
                          "held-out seed rendered with no tumour; not part of the Dice",
                          "per_timepoint": {tp: _false_positives([r for r in free_rows

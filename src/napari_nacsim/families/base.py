@@ -81,6 +81,7 @@ class ModelFamily:
     orientation: tuple[str, str, str, str] = ("A", "P", "R", "L")  # top, bottom, left, right
     training_data: str = ""                   # model cards: what the phantom data are
     normalisation: str = ""                   # model cards: how images become model inputs
+    size_bins: tuple[float, ...] = (0.0, float("inf"))  # evaluation reports: tumour-size bins
 
     # --- schema ------------------------------------------------------------------------------
     @property

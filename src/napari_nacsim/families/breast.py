@@ -35,6 +35,7 @@ class BreastFamily(ModelFamily):
     segmenter_input = MIP_INPUT
     segmentation = SegmentationSpec(dataset_id=501, dataset_name="NacsimBreastMIP",
                                     configuration="2d", lesion_free=True, input_size=128)
+    size_bins = (0.0, 100.0, 250.0, float("inf"))   # mm² on the MIP
     bundled_generator = "breast_nac"
     bundled_segmenter = BREAST.name
     sample_channel = "post"

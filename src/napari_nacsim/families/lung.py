@@ -36,6 +36,7 @@ class LungFamily(ModelFamily):
     segmenter_input = CT_CROP_INPUT
     segmentation = SegmentationSpec(dataset_id=502, dataset_name="NacsimLungCrop",
                                     configuration="3d_fullres")
+    size_bins = (0.0, 2.0, 8.0, float("inf"))       # mL
     bundled_generator = None          # ImmunoDiff is not trained yet
     bundled_segmenter = LUNG.name
     sample_channel = "ct"
