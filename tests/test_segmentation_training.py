@@ -286,3 +286,65 @@ def test_init_from_refuses_another_architecture(trained):
     with pytest.raises(InputError, match="cannot be combined with --resume"):
         train_segmenter(None, TrainingSettings("breast"), None, resume=True,
                         init_from=root / "model")
+
+
+# --- several GPUs: nnU-Net's own multi-GPU training ---------------------------------------
+
+def test_gpus_that_cannot_be_used_are_refused_before_any_work(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "training"))
+    try:
+        import train_segmenter
+    finally:
+        sys.path.pop(0)
+    common = ["--family", "breast", "--phantoms", "1", "--workspace", str(tmp_path / "nnunet")]
+    assert train_segmenter.main([*common, "--gpus", "2", "--device", "cpu"]) == 2
+    assert ("--gpus: 2 GPUs asked for, but training would run on cpu: nnU-Net trains on "
+            "several GPUs with CUDA only") in capsys.readouterr().err
+    assert train_segmenter.main([*common, "--gpus", "0"]) == 2
+    assert "--gpus: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "nnunet").exists()
+
+
+def test_gpus_reach_nnunets_multi_gpu_training(trained, tmp_path, monkeypatch):
+    """No GPU here: the devices are faked and nnunetv2's run_training is replaced by a
+    recorder, which must be called as ``nnUNetv2_train 501 2d all -tr ... -p ...
+    -num_gpus 2`` would call it, with nacsim's schedule in the environment its processes
+    inherit."""
+    from napari_nacsim.science.segmentation import nnunet_env
+    from napari_nacsim.science.segmentation import segmenter as segmenter_module
+    from napari_nacsim.science.segmentation.train import TrainingSettings, train_segmenter
+
+    root, summary = trained
+    shutil.copytree(root / "nnunet", tmp_path / "nnunet")
+    for name in (*nnunet_env.PATH_VARIABLES, "nnUNet_def_n_proc", "nnUNet_n_proc_DA",
+                 "nnUNet_compile", "nnUNet_extTrainer"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    # configured as train_segmenter configures it, before nnunetv2 is imported
+    nnunet_env.configure(tmp_path / "nnunet", training=True, gpu=True, force_paths=True)
+    import nnunetv2.run.run_training as nnunet_run
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(segmenter_module, "resolve_device", lambda name: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    calls = []
+
+    class Recorded(Exception):
+        pass
+
+    def run_training(*args, **kwargs):
+        calls.append((args, kwargs, os.environ.get("NACSIM_NNUNET_EPOCHS"),
+                      os.environ.get("nnUNet_extTrainer")))
+        raise Recorded
+
+    monkeypatch.setattr(nnunet_run, "run_training", run_training)
+    settings = TrainingSettings("breast", epochs=7, gpus=2, device="cuda")
+    with pytest.raises(Recorded):
+        train_segmenter(None, settings, tmp_path / "nnunet", reuse=True, log=lambda m: None)
+    (args, kwargs, epochs, ext), = calls
+    assert args == ("501", "2d", "all", "nnUNetTrainer_nacsimCPU", summary["plans_identifier"])
+    assert kwargs == {"num_gpus": 2, "continue_training": False, "device": cuda}
+    assert epochs == "7" and str(nnunet_env.TRAINERS_FOLDER) in ext
+    # fine-tuning from a nacsim model is a one-GPU run
+    with pytest.raises(InputError, match="--init-from: fine-tuning runs on one GPU"):
+        train_segmenter(None, settings, tmp_path / "nnunet", reuse=True,
+                        init_from=root / "model", log=lambda m: None)

@@ -30,6 +30,10 @@ Examples::
     python training/train_segmenter.py --cohort my_cohort/cohort.json --plan default \\
         --epochs 1000 --iterations 250 --device cuda --workspace ~/nnunet
 
+    # the same on 4 GPUs of one machine (nnU-Net's own DDP; docs/training.md)
+    python training/train_segmenter.py --cohort my_cohort/cohort.json --plan default \\
+        --epochs 1000 --iterations 250 --device cuda --gpus 4 --workspace ~/nnunet
+
 The run can be continued or inspected with nnU-Net's commands, e.g.
 ``nnUNetv2_train 501 2d all -tr nnUNetTrainer_nacsimCPU -p nnUNetPlans_nacsimCompact``
 (with ``nnUNet_extTrainer`` pointing at nacsim's trainer folder, which this script sets).
@@ -101,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     nn.add_argument("--val-iterations", type=int, default=5)
     nn.add_argument("--lr", type=float, default=1e-2, help="initial learning rate")
     nn.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    nn.add_argument("--gpus", type=int, default=1, metavar="N",
+                    help="train on N CUDA GPUs with nnU-Net's own multi-GPU training (as "
+                         "nnUNetv2_train -num_gpus N: one process per GPU, the plan's batch "
+                         "split over them; default 1)")
     nn.add_argument("--processes", type=int, default=None,
                     help="nnU-Net preprocessing workers (default: cores - 1)")
     nn.add_argument("--threads", type=int, default=None,
@@ -156,6 +164,11 @@ def _run(args, argv: list[str]) -> int:
                                   args.min_edge, args.batch_dice)
     except ValueError as err:
         raise InputError("compact plan", str(err)) from None
+    if args.gpus != 1:  # refused before the (slow) case preparation if it cannot run
+        from napari_nacsim.science.segmentation.segmenter import resolve_device
+        from napari_nacsim.science.segmentation.train import check_gpus
+
+        check_gpus(args.gpus, resolve_device(args.device), args.init_from)
 
     import time
 
@@ -214,7 +227,7 @@ def _run(args, argv: list[str]) -> int:
         trainer=args.trainer, fold=args.fold, epochs=args.epochs, iterations=args.iterations,
         val_iterations=args.val_iterations, learning_rate=args.lr, device=args.device,
         dataset_id=args.dataset_id, dataset_name=args.dataset_name, processes=args.processes,
-        threads=args.threads)
+        threads=args.threads, gpus=args.gpus)
     command = "python training/train_segmenter.py " + shlex.join(argv)
     summary = train_segmenter(cases, settings, workspace, out=args.out, command=command,
                               data=data, overwrite=args.overwrite, resume=args.resume,

@@ -55,6 +55,7 @@ class TrainingSettings:
     dataset_name: str | None = None
     processes: int | None = None            # nnU-Net preprocessing workers
     threads: int | None = None              # torch threads for training (default: torch's)
+    gpus: int = 1                           # > 1: nnU-Net's own multi-GPU (DDP) training
 
     def __post_init__(self):
         self.family = family_schema(self.family).name
@@ -67,6 +68,8 @@ class TrainingSettings:
                 raise InputError(f"--{name.replace('_', '-')}", "must be at least 1")
         if not self.learning_rate > 0:
             raise InputError("--lr", "must be positive")
+        if self.gpus < 1:
+            raise InputError("--gpus", "must be at least 1")
         if self.fold != "all":
             try:
                 int(self.fold)
@@ -209,6 +212,47 @@ def training_commands(card_training: dict[str, Any] | None) -> list[str]:
     return earlier + ([card_training["command"]] if card_training.get("command") else [])
 
 
+def check_gpus(gpus: int, device, init_from) -> None:
+    """Refuse a multi-GPU run that cannot happen, before any data is prepared."""
+    import torch
+
+    if gpus < 1:
+        raise InputError("--gpus", "must be at least 1")
+    if gpus == 1:
+        return
+    if device.type != "cuda":
+        raise InputError("--gpus", f"{gpus} GPUs asked for, but training would run on "
+                                   f"{device}: nnU-Net trains on several GPUs with CUDA only")
+    found = torch.cuda.device_count()
+    if found < gpus:
+        raise InputError("--gpus", f"{gpus} GPUs asked for, {found} CUDA GPU(s) found")
+    if init_from is not None:
+        raise InputError("--init-from", "fine-tuning runs on one GPU here: drop --gpus (or "
+                                        "use nnUNetv2_train -num_gpus with -pretrained_weights)")
+
+
+def _train_on_gpus(dataset_id: int, settings: TrainingSettings, fold, plans_identifier: str,
+                   resume: bool, device, log: Callable[[str], None]):
+    """nnU-Net's own multi-GPU training, as ``nnUNetv2_train ID CONFIG FOLD -num_gpus N``:
+    nnunetv2's ``run_training(num_gpus=N)`` starts one process per GPU (DDP over NCCL; the
+    plan's batch size is split over them, so a step sees the same batch as on one GPU) and
+    validates at the end as nnU-Net does. The schedule environment (epochs, iterations)
+    reaches the processes it spawns. Returns a trainer holding the final checkpoint (network
+    and training log), as the one-GPU path leaves it."""
+    from nnunetv2.run.run_training import (get_trainer_from_args, maybe_load_checkpoint,
+                                           run_training)
+
+    log(f"training on {settings.gpus} GPUs (nnU-Net's multi-GPU training)")
+    run_training(str(dataset_id), settings.configuration, fold, settings.trainer,
+                 plans_identifier, num_gpus=settings.gpus, continue_training=resume,
+                 device=device)
+    trainer = get_trainer_from_args(str(dataset_id), settings.configuration, fold,
+                                    settings.trainer, plans_identifier,
+                                    continue_training=True, device=device)
+    maybe_load_checkpoint(trainer, True, False)  # checkpoint_final.pth of the GPU run
+    return trainer
+
+
 def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
                     workspace: str | os.PathLike | None, *,
                     out: str | os.PathLike | None = None, command: str | None = None,
@@ -233,6 +277,8 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
     from .segmenter import resolve_device
 
     device = resolve_device(settings.device)
+    if settings.gpus > 1:
+        check_gpus(settings.gpus, device, init_from)
     env = nnunet_env.configure(
         workspace, training=True, gpu=device.type == "cuda", force_paths=workspace is not None,
         override={"nnUNet_def_n_proc": str(settings.processes)} if settings.processes else None)
@@ -305,22 +351,26 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
         # On a busy 2-core machine one thread was 3-10x faster than two (measured: OpenMP
         # threads wait on each other while other processes hold the cores).
         torch.set_num_threads(settings.threads)
+    initialised = None
     with _environment(settings.schedule_environment()):
-        trainer = get_trainer_from_args(str(dataset_id), settings.configuration, fold,
-                                        settings.trainer, plans_identifier,
-                                        continue_training=resume, device=device)
-        if resume:
-            maybe_load_checkpoint(trainer, True, False)
-            log(f"resumed at epoch {trainer.current_epoch}")
-        initialised = None
-        if init_from is not None:  # as nnU-Net's run_training does for -pretrained_weights
-            if not trainer.was_initialized:
-                trainer.initialize()
-            initialised = initialise_from_model(trainer.network, init_from,
-                                                settings.configuration)
-            log(f"network initialised from {init_from} "
-                f"(weights sha256 {initialised['weights_sha256'][:12]})")
-        trainer.run_training()
+        if settings.gpus > 1:
+            trainer = _train_on_gpus(dataset_id, settings, fold, plans_identifier, resume,
+                                     device, log)
+        else:
+            trainer = get_trainer_from_args(str(dataset_id), settings.configuration, fold,
+                                            settings.trainer, plans_identifier,
+                                            continue_training=resume, device=device)
+            if resume:
+                maybe_load_checkpoint(trainer, True, False)
+                log(f"resumed at epoch {trainer.current_epoch}")
+            if init_from is not None:  # as nnU-Net's run_training does for -pretrained_weights
+                if not trainer.was_initialized:
+                    trainer.initialize()
+                initialised = initialise_from_model(trainer.network, init_from,
+                                                    settings.configuration)
+                log(f"network initialised from {init_from} "
+                    f"(weights sha256 {initialised['weights_sha256'][:12]})")
+            trainer.run_training()
     stage("train")
 
     try:
@@ -331,7 +381,7 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
         "dataset": dataset_name, "dataset_folder": str(folder),
         "results_folder": trainer.output_folder_base, "plans_identifier": plans_identifier,
         "configuration": settings.configuration, "fold": str(settings.fold),
-        "trainer": settings.trainer, "device": str(device),
+        "trainer": settings.trainer, "device": str(device), "gpus": settings.gpus,
         "final_pseudo_dice_ema": final_ema,
         "timings_s": timings, "duration_s": round(time.time() - started, 1),
         "init_from": initialised["model"] if initialised else None,
