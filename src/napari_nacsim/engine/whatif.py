@@ -98,7 +98,7 @@ def load_model(path: str | Path | None = None, *, family: str | None = None,
     """
     import torch
 
-    from ..science.generative.checkpoint import load_checkpoint, read_card
+    from ..science.generative.checkpoint import read_card
     from ..science.generative.sampling import resolve_device
 
     folder = Path(path) if path is not None else bundled_model_path(family)
@@ -109,7 +109,8 @@ def load_model(path: str | Path | None = None, *, family: str | None = None,
     dtype = torch.float16 if (half and dev.type == "cuda") else torch.float32
     key = (str(folder.resolve()), str(dev), str(dtype), card.get("model_hash"))
     if key not in _CACHE:
-        network, card = load_checkpoint(folder, device=dev, dtype=dtype)
+        network, card = get_family(card["family"]).load_generator(folder, device=dev,
+                                                                  dtype=dtype)
         _CACHE[key] = WhatIfModel(network, card, folder, str(dev))
     return _CACHE[key]
 
@@ -139,13 +140,12 @@ def model_grid(model: WhatIfModel, image: Scan) -> Scan:
 def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, Any]], *,
              seed: int = 0, steps: int | None = None, sampler: str | None = None,
              guidance_scale: float | None = None,
-             progress: Callable[[int, int], None] | None = None) -> list[Scan]:
+             progress: Callable[[int, int], None] | None = None,
+             context: Mapping[str, Scan] | None = None) -> list[Scan]:
     """Generate one follow-up image per scenario (one batch; shared initial noise).
-    ``steps``, ``sampler``, ``guidance_scale``: ``None`` = the model's defaults."""
-    import torch
-
+    ``steps``, ``sampler``, ``guidance_scale``: ``None`` = the model's defaults.
+    ``context``: extra inputs the family's model needs besides the image (by name)."""
     from ..science.generative.conditioning import normalise_scenario
-    from ..science.generative.sampling import generate
 
     schema = model.schema
     scenarios = [normalise_scenario(schema, s, f"scenario {k + 1}")
@@ -154,15 +154,13 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
     steps = int(steps or model.default_steps)
     guidance_scale = float(model.default_guidance if guidance_scale is None else guidance_scale)
     grid = model_grid(model, image)
-    param = next(model.network.unet.parameters())
-    control = torch.from_numpy(np.ascontiguousarray(grid.array, np.float32))[None, None]
     started = time.perf_counter()
-    out = generate(model.network, control.to(param.device, param.dtype), scenarios, seed=seed,
-                   steps=steps, sampler=sampler, guidance_scale=guidance_scale,
-                   progress=progress)
+    out = model.family.generate(model.network, grid, scenarios, seed=seed, steps=steps,
+                                sampler=sampler, guidance_scale=guidance_scale,
+                                progress=progress, context=context)
     seconds = time.perf_counter() - started
     results = []
-    for scenario, array in zip(scenarios, out.cpu().numpy()[:, 0]):
+    for scenario, array in zip(scenarios, out):
         scan = grid.derive(array.astype(np.float32), step="generate",
                            model=model.card.get("title", model.path.name),
                            model_hash=model.model_hash, scenario=scenario,

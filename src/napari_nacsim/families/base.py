@@ -104,6 +104,32 @@ class ModelFamily:
             raise InputError("family", f"{self.name!r} has no bundled tumour segmenter")
         return MODELS_DIR / "segmentation" / self.bundled_segmenter
 
+    def load_generator(self, folder: Path, *, device: Any, dtype: Any) -> tuple[Any, dict]:
+        """The generative network of a model folder and its (hash-verified) card. Default:
+        the prompt-tuned ControlNet of `science.generative` (the breast NAC design)."""
+        from ..science.generative.checkpoint import load_checkpoint
+
+        return load_checkpoint(folder, device=device, dtype=dtype)
+
+    def generate(self, network: Any, image: Scan, scenarios: Sequence[Mapping[str, Any]], *,
+                 seed: int, steps: int, sampler: str, guidance_scale: float,
+                 progress: Any = None, context: Optional[Mapping[str, Scan]] = None
+                 ) -> np.ndarray:
+        """One generated image per scenario from ``image`` on the model grid: an array
+        ``(len(scenarios), *grid)``. ``context``: extra inputs a family's model needs
+        (e.g. anatomy masks), by name. Default: the ControlNet sampler of
+        `science.generative.sampling`, the image as the control."""
+        import torch
+
+        from ..science.generative.sampling import generate
+
+        param = next(network.unet.parameters())
+        control = torch.from_numpy(np.ascontiguousarray(image.array, np.float32))[None, None]
+        out = generate(network, control.to(param.device, param.dtype), scenarios, seed=seed,
+                       steps=steps, sampler=sampler, guidance_scale=guidance_scale,
+                       progress=progress)
+        return out.float().cpu().numpy()[:, 0]
+
     def load_segmenter(self, path: str | Path | None = None, *, device: str = "auto",
                        trust_pickle: bool = False) -> Any:
         """The tumour segmenter (an object with ``segment(scan) -> labels scan``)."""
