@@ -102,9 +102,10 @@ def _run(args, argv: list[str] | None) -> int:
     train_ids, test_ids = split_ids(ids, test_fraction, args.cohort_seed)
     started = time.time()
     # One process state for the whole run (the trainer's Accelerator shares it). With many
-    # processes the main one prepares (and caches) the patients first, the others read them.
+    # processes the main one of each machine prepares (and caches) the patients first, the
+    # others read them.
     processes = PartialState(cpu=args.cpu)
-    with processes.main_process_first():
+    with processes.local_main_process_first():
         cohort = breast_phantom_cohort(args.cohort_seed, args.patients, config["image_size"],
                                        cache_dir=args.cache, counterfactual_ids=test_ids,
                                        jobs=args.jobs)

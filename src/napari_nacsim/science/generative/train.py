@@ -267,6 +267,14 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                 f"process(es), this run has {world}" + (
                     f": the effective batch size changes from {before} to {bs[stage] * world}"
                     if before != bs[stage] * world else ""))
+    if world > 1:  # e.g. several machines, --out not on a folder they share
+        from accelerate.utils import gather_object
+
+        seen = gather_object([(stage, step)])
+        if len(set(seen)) > 1:
+            raise InputError(out / "resume", "the processes do not see the same resume state "
+                             f"(stage, step per process: {seen}); with several machines, "
+                             "--out must be a folder they all share")
     processes.append({"stage": stage, "step": step, "num_processes": world,
                       "effective_batch_size": {str(k): v * world for k, v in bs.items()}})
     images = torch.from_numpy(train_data.images).float()  # (N, T, H, W)
