@@ -1,7 +1,7 @@
 """Train a NAC model (breast by default) in two stages on a synthetic phantom cohort.
 
     python training/train_nac.py --config breast_tiny --out artifacts/nac_tiny
-    accelerate launch --num_processes 8 training/train_nac.py --config breast_tiny --out ...
+    accelerate launch --multi_gpu --num_processes 8 training/train_nac.py --config ... --out ...
 
 Resumable: run the same command again and it continues from the last checkpoint in
 ``--out/resume`` (also with another number of processes). Writes ``--out/model``
