@@ -73,3 +73,16 @@ def test_evaluation_end_to_end_on_micro_model(tmp_path, monkeypatch):
     assert ("nac", "counterfactual", "T2") in groups and ("pix2pix", "factual", "T1") in groups
     assert all(0 <= r["match"] <= 100 and -1 <= r["ssim"] <= 1 for r in result["rows"])
     assert "| nac |" in (out / "results.md").read_text()
+    # another cohort seed: every patient held out, recorded; the training seed is refused
+    out2 = tmp_path / "eval2"
+    assert evaluate.main(["--model", str(model_dir), "--baseline", str(base), "--out", str(out2),
+                          "--steps", "2", "--sizer", "unet", "--cohort-seed", "9100",
+                          "--patients", "6", "--limit", "1"]) == 0
+    held = json.loads((out2 / "results.json").read_text())
+    assert held["held_out"] == {"kind": "unseen synthetic cohort", "cohort_seed": 9100,
+                                "patients": 6}
+    assert held["n_test_patients"] == 1
+    with pytest.raises(SystemExit) as refused:
+        evaluate.main(["--model", str(model_dir), "--baseline", str(base), "--out",
+                       str(tmp_path / "eval3"), "--cohort-seed", "0"])
+    assert refused.value.code == 2

@@ -202,3 +202,23 @@ def test_workspace_builds_its_panel_and_grid_from_the_family(spheroid, make_napa
         assert header[-1] == "predicted"
     finally:
         widget.shutdown()
+
+
+def test_manifest_cohort_matches_the_phantom_cohort(spheroid, tmp_path):
+    """Evaluation data from a cohort manifest (files) equal those made in memory, with the
+    counterfactual ground truth of phantom patients reachable the same way."""
+    from napari_nacsim.science.generative.data import manifest_cohort, phantom_cohort
+    from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+
+    family, _ = spheroid
+    manifest = write_phantom_cohort("spheroid", 3, 31, tmp_path / "cohort", jobs=1)
+    from_files, skipped = manifest_cohort(manifest, third_family.GRID)
+    in_memory = phantom_cohort(family, 31, 3, third_family.GRID, cache_dir=tmp_path / "cache",
+                               counterfactual_ids=["SP0001", "SP0002", "SP0003"])
+    assert not skipped and from_files.ids == in_memory.ids
+    np.testing.assert_allclose(from_files.images, in_memory.images, atol=1e-6)
+    np.testing.assert_array_equal(from_files.masks, in_memory.masks)
+    for pid in from_files.ids:
+        assert from_files.cf_clinical[pid]["drug"] == in_memory.cf_clinical[pid]["drug"]
+        np.testing.assert_allclose(from_files.cf_images[pid], in_memory.cf_images[pid],
+                                   atol=1e-6)

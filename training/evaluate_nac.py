@@ -1,6 +1,9 @@
-"""Evaluate a NAC model on the held-out synthetic patients of its training split.
+"""Evaluate a NAC model on held-out patients: by default those of its training split; or
+every patient of another synthetic cohort (``--cohort-seed S --patients N``, a seed the
+training never used); or the patients of a cohort manifest (``--cohort cohort.json``).
 
     python training/evaluate_nac.py --out artifacts/eval/dpmpp20 --sampler dpmpp --steps 20
+    python training/evaluate_nac.py --cohort-seed 9100 --patients 48 --out artifacts/eval/s9100
 
 Per target time (T1, T2) and pCR group: PSNR, SSIM (scikit-image, data range 1), tumour size
 reduction vs T0 of generated and real follow-ups, and the match between generated and real
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_nacsim.engine import load_model
     from napari_nacsim.science.generative.baseline import load_net, pix2pix_predict
-    from napari_nacsim.science.generative.data import phantom_cohort, phantom_ids
+    from napari_nacsim.science.generative.data import (manifest_cohort, phantom_cohort,
+                                                       phantom_ids)
     from napari_nacsim.science.generative.sampling import generate
 
     p = argparse.ArgumentParser(description="evaluate a NAC model on held-out phantoms")
@@ -86,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate N more patients of the same synthetic cohort, after "
                         "the ones the split covers (never seen in training; prepared and "
                         "cached on first use, about 20 s each): larger pCR groups")
+    held = p.add_mutually_exclusive_group()
+    held.add_argument("--cohort-seed", type=int, default=None, metavar="S",
+                      help="evaluate the first --patients patients of the synthetic cohort S "
+                           "(must differ from the training cohort's seed)")
+    held.add_argument("--cohort", type=Path, default=None, metavar="MANIFEST",
+                      help="evaluate the patients of a cohort manifest (every time point with "
+                           "a tumour mask; counterfactual rows for phantom patients only)")
+    p.add_argument("--patients", type=int, default=48, help="with --cohort-seed (default 48)")
     p.add_argument("--sizer", choices=["nnunet", "unet"], default="nnunet",
                    help="tumour segmenter measuring sizes (default: the bundled nnU-Net)")
     args = p.parse_args(argv)
@@ -97,11 +109,32 @@ def main(argv: list[str] | None = None) -> int:
         args.guidance = model.default_guidance
     split = model.card["data"]["split"]
     size = model.image_size
-    n_all = split["patients"] + max(0, args.extra_patients)
-    extra = phantom_ids(model.family, split["cohort_seed"], n_all)[split["patients"]:]
-    held_out = split["test"] + extra
-    cohort = phantom_cohort(model.family, split["cohort_seed"], n_all, size,
-                            cache_dir=args.cache, counterfactual_ids=held_out)
+    extra: list[str] = []
+    source = {"kind": "training split", "cohort_seed": split["cohort_seed"]}
+    if args.cohort is not None:
+        cohort, skipped = manifest_cohort(args.cohort, size)
+        for pid, reason in skipped:
+            print(f"{pid} skipped: {reason}", file=sys.stderr)
+        held_out = cohort.ids
+        source = {"kind": "cohort manifest", "manifest": str(args.cohort),
+                  "skipped": [{"patient": p, "reason": r} for p, r in skipped]}
+    elif args.cohort_seed is not None:
+        if args.cohort_seed == split["cohort_seed"]:
+            p.error(f"--cohort-seed {args.cohort_seed} is the training cohort's seed; its "
+                    "patients are not held out (use another seed)")
+        if args.patients < 1:
+            p.error("--patients must be at least 1")
+        held_out = phantom_ids(model.family, args.cohort_seed, args.patients)
+        cohort = phantom_cohort(model.family, args.cohort_seed, args.patients, size,
+                                cache_dir=args.cache, counterfactual_ids=held_out)
+        source = {"kind": "unseen synthetic cohort", "cohort_seed": args.cohort_seed,
+                  "patients": args.patients}
+    else:
+        n_all = split["patients"] + max(0, args.extra_patients)
+        extra = phantom_ids(model.family, split["cohort_seed"], n_all)[split["patients"]:]
+        held_out = split["test"] + extra
+        cohort = phantom_cohort(model.family, split["cohort_seed"], n_all, size,
+                                cache_dir=args.cache, counterfactual_ids=held_out)
     test = cohort.subset(held_out[: args.limit])
     pix2pix, _ = load_net(args.baseline / "pix2pix.safetensors")
     sizer = make_sizer(args.sizer, args.baseline, cohort.spacing, model.family)
@@ -112,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     gen_seconds = 0.0
     for i, pid in enumerate(test.ids):
         clinical = test.clinical[i]
-        cf = test.cf_clinical[pid]
+        arms = [("factual", clinical, test.images[i], test.masks[i])]
+        if pid in test.cf_clinical:  # ground truth of the counterfactual (phantoms only)
+            arms.append(("counterfactual", test.cf_clinical[pid], test.cf_images[pid],
+                         test.cf_masks[pid]))
         entries = []  # (kind, time index, clinical, reference image, reference gt mask)
-        for kind, cl, imgs, msks in (("factual", clinical, test.images[i], test.masks[i]),
-                                     ("counterfactual", cf, test.cf_images[pid], test.cf_masks[pid])):
+        for kind, cl, imgs, msks in arms:
             for t in range(1, len(times)):
                 entries.append((kind, t, cl, imgs[t], msks[t]))
         scenarios = [{"time": times[t], **{v.name: cl[v.name] for v in test.family.condition_variables}}
@@ -161,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
               "steps": args.steps, "seed": args.seed, "guidance": args.guidance,
               "samples": args.samples,
               "sizer": args.sizer,
+              "held_out": source,
               "n_test_patients": len(test.ids), "extra_patients": len(extra), "machine": platform.platform(),
               "generation_seconds_total": round(gen_seconds, 1),
               "summary": summary, "pooled": pooled, "rows": rows}

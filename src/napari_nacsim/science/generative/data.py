@@ -182,3 +182,60 @@ def phantom_cohort(family: Any, cohort_seed: int, n_patients: int, size: int, *,
                 truth[-1]["counterfactual_truth"] = json.loads(str(z["cf_truth"]))
     return PairedCohort(family.schema, ids, np.stack(images), np.stack(masks), clinical,
                         spacing, truth, cf_images, cf_masks, cf_clinical)
+
+
+def manifest_cohort(manifest: Any, size: int, *, counterfactual: bool = True,
+                    progress: Callable[[int, int], None] | None = None
+                    ) -> tuple[PairedCohort, list[tuple[str, str]]]:
+    """A cohort manifest as a paired cohort on a model grid of ``size`` (every time point of
+    the schema needed; the family's preprocessing), plus ``(patient, reason)`` for the
+    patients left out. Phantom patients (``extra.phantom`` in the manifest) also get their
+    counterfactual ground truth when ``counterfactual``."""
+    from ...core.cohort import Cohort, load_cohort, load_timepoint
+    from ...families import get_family
+    from ..phantoms.cohort import phantom_of
+
+    cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
+    family = get_family(cohort.family)
+    schema = family.schema
+    grid = (size,) * family.model_input.ndim
+    conditions = [v.name for v in schema.condition_variables if v.derive is None]
+
+    def arrays(inputs):
+        images = [family.resample(inputs[tp]["image"], grid) for tp in schema.timepoint_names]
+        masks = [family.resample(inputs[tp]["tumour"], grid) for tp in schema.timepoint_names]
+        return (np.stack([np.asarray(i.array, np.float32) for i in images]),
+                np.stack([(m.array > 0).astype(np.uint8) for m in masks]),
+                tuple(float(s) for s in images[0].spacing))
+
+    ids, images, masks, clinical, truth, skipped = [], [], [], [], [], []
+    cf_images, cf_masks, cf_clinical = {}, {}, {}
+    spacing = None
+    for k, patient in enumerate(cohort.patients):
+        missing = [tp for tp in schema.timepoint_names if tp not in patient.scans or
+                   patient.mask_path(tp) is None]
+        absent = [n for n in conditions if n not in patient.clinical]
+        if missing or absent:
+            what = f"no {missing[0]} scan with a tumour mask" if missing else \
+                f"no {absent[0]} value"
+            skipped.append((patient.id, what))
+            continue
+        visits = {tp: load_timepoint(patient, tp, schema) for tp in schema.timepoint_names}
+        imgs, msks, spacing = arrays(family.model_inputs(visits))
+        ids.append(patient.id)
+        images.append(imgs)
+        masks.append(msks)
+        clinical.append(dict(patient.clinical))
+        truth.append(dict((patient.extra.get("phantom") or {}).get("truth") or {}))
+        if counterfactual and patient.extra.get("phantom"):
+            scenario = family.counterfactual(patient.clinical)
+            cf = family.counterfactual_truth(phantom_of(cohort, patient), scenario)
+            cf_images[patient.id], cf_masks[patient.id], _ = arrays(cf)
+            cf_clinical[patient.id] = scenario
+        if progress:
+            progress(k + 1, len(cohort.patients))
+    if not ids:
+        raise InputError(getattr(cohort, "root", "cohort"), "no patient has every time point "
+                                                            "with a tumour mask")
+    return (PairedCohort(schema, ids, np.stack(images), np.stack(masks), clinical, spacing,
+                         truth, cf_images, cf_masks, cf_clinical), skipped)
