@@ -161,7 +161,8 @@ def resize_square(image: Scan, size: int, *, fit: str = "pad",
         affine[:3, 3] += affine[:3, column] * (0.5 * f - 0.5)
         affine[:3, column] *= f
     return image.derive(resized, step="resize_square", affine=affine, size=size, fit=fit,
-                        input_shape=list(image.shape))
+                        input_shape=list(image.shape),
+                        input_spacing_mm=[round(float(s), 6) for s in image.spacing])
 
 
 def subtraction_mip(pre: Scan, post: Scan) -> Scan:
