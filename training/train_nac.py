@@ -80,7 +80,8 @@ def _run(args, argv: list[str] | None) -> int:
 
     from napari_nacsim.core.atomic import write_json_atomic
     from napari_nacsim.science.generative.config import load_config
-    from napari_nacsim.science.generative.data import breast_phantom_cohort, split_ids
+    from napari_nacsim.families import get_family
+    from napari_nacsim.science.generative.data import phantom_cohort, phantom_ids, split_ids
     from napari_nacsim.science.generative.train import train
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
@@ -94,11 +95,9 @@ def _run(args, argv: list[str] | None) -> int:
         stage2["tumour_margin"] = args.tumour_margin
     if args.balance is not None:
         stage2["balance"] = None if args.balance.lower() == "none" else args.balance
-    if config["family"] != "breast":
-        raise SystemExit(f"train_nac.py: family {config['family']!r} has no phantom data "
-                         "loader here yet")
+    family = get_family(config["family"])  # the family's phantoms and preprocessing
     test_fraction = args.test_fraction or config.get("training", {}).get("test_fraction", 0.2)
-    ids = [f"BR{i + 1:04d}" for i in range(args.patients)]
+    ids = phantom_ids(family, args.cohort_seed, args.patients)
     train_ids, test_ids = split_ids(ids, test_fraction, args.cohort_seed)
     started = time.time()
     # One process state for the whole run (the trainer's Accelerator shares it). With many
@@ -106,12 +105,13 @@ def _run(args, argv: list[str] | None) -> int:
     # others read them.
     processes = PartialState(cpu=args.cpu)
     with processes.local_main_process_first():
-        cohort = breast_phantom_cohort(args.cohort_seed, args.patients, config["image_size"],
-                                       cache_dir=args.cache, counterfactual_ids=test_ids,
-                                       jobs=args.jobs)
+        cohort = phantom_cohort(family, args.cohort_seed, args.patients, config["image_size"],
+                                cache_dir=args.cache, counterfactual_ids=test_ids,
+                                jobs=args.jobs)
     prep_seconds = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    split = {"cohort": "nacsim breast phantoms", "cohort_seed": args.cohort_seed,
+    split = {"cohort": f"nacsim {family.name} phantoms", "family": family.name,
+             "cohort_seed": args.cohort_seed,
              "patients": args.patients, "test_fraction": test_fraction,
              "rule": "sorted ids permuted by numpy default_rng(cohort_seed); first "
                      "round(n * test_fraction) are test",
@@ -125,12 +125,9 @@ def _run(args, argv: list[str] | None) -> int:
     card = {
         "title": f"nacsim {config['family']} NAC model ({config['name']})",
         "spacing_mm": list(cohort.spacing),
-        "normalisation": "subtraction MIP (first post-contrast - pre-contrast), axial, LPS "
-                         "layout; [0, 1] by the baseline's 0.5-99.5 percentile window "
-                         "(follow-ups on the baseline's window); resized to image_size",
+        "normalisation": family.normalisation,
         "training": {"command": command, "data_preparation_seconds": round(prep_seconds, 1)},
-        "data": {"source": "synthetic phantom patients (nacsim phantoms breast), "
-                           "preprocessed with breast_mips", "split": split,
+        "data": {"source": family.training_data, "split": split,
                  "n_train": len(train_ids), "n_test": len(test_ids)},
         "text_tower_note": ("The OpenCLIP text transformer is randomly initialised and frozen "
                             "(no pretrained weights are available offline); only the prompt "

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--cohort", type=Path, help="cohort manifest (cohort.json)")
     source.add_argument("--phantoms", type=int, metavar="N",
                         help="train on N synthetic phantom patients")
-    data.add_argument("--family", choices=["breast", "lung"],
+    from napari_nacsim.families import family_names
+
+    data.add_argument("--family", choices=family_names(),
                       help="model family (required with --phantoms; read from a cohort)")
     data.add_argument("--seed", type=int, default=0, help="phantom cohort seed (default 0)")
     data.add_argument("--first-index", type=int, default=0,
@@ -175,9 +177,13 @@ def _run(args, argv: list[str]) -> int:
     started = time.time()
     if args.lesion_free < 0:
         raise InputError("--lesion-free", f"{args.lesion_free} must be >= 0")
-    if args.lesion_free and args.family not in (None, "breast"):
-        raise InputError("--lesion-free", "lesion-free phantoms exist for the breast family "
-                                          "only")
+    if args.lesion_free and args.family is not None:
+        from napari_nacsim.families import get_family
+
+        spec = get_family(args.family).segmentation
+        if spec is None or not spec.lesion_free:
+            raise InputError("--lesion-free", f"the {args.family} family has no lesion-free "
+                                              "phantoms")
     if args.resume and args.reuse_workspace:
         raise InputError("--reuse-workspace", "cannot be combined with --resume")
     if args.resume or args.reuse_workspace:  # the cases were exported by an earlier run
@@ -220,7 +226,8 @@ def _run(args, argv: list[str]) -> int:
                 "synthetic": all(c.image.provenance.get("synthetic") for c in cases)}
     data["cases"] = len(cases) if cases else None
     data["prepare_cases_s"] = round(time.time() - started, 1)
-    data["breast_mip_size"] = args.size if family == "breast" else None
+    # 2D inputs (MIPs) are resized to --size; 3D crops keep their grid
+    data["breast_mip_size"] = args.size if _family_input_ndim(family) == 2 else None
 
     settings = TrainingSettings(
         family=family, plan=args.plan, compact=compact, configuration=args.configuration,
@@ -238,6 +245,12 @@ def _run(args, argv: list[str]) -> int:
         args.summary.write_text(text + "\n")
     print(text)
     return 0
+
+
+def _family_input_ndim(family: str) -> int:
+    from napari_nacsim.families import get_family
+
+    return get_family(family).segmenter_input.ndim
 
 
 if __name__ == "__main__":
