@@ -38,8 +38,11 @@ def read_layers(path: str | os.PathLike | list) -> list:
         if kind != scan.kind:
             scan = read_scan(Path(path), kind=kind)
         _check_displayable(scan)
-    except InputError as err:
+    except InputError as err:  # the same one-line reason the CLI gives
         show_error(f"nacsim could not open {err}")
+        return NULL_LAYER
+    except MemoryError:  # headers are checked first (scan_io.MAX_VOXELS); this is the rest
+        show_error(f"nacsim could not open {path}: not enough memory to load it")
         return NULL_LAYER
     return [scan_to_layer_data(scan)]
 
