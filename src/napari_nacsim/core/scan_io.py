@@ -119,7 +119,8 @@ def read_scan(path: str | os.PathLike, kind: str | None = None) -> Scan:
             raise InputError(path, f"unsupported file type {suffix or '(no suffix)'!r}; nacsim "
                                    "reads NIfTI (.nii, .nii.gz), DICOM folders and 2D images "
                                    f"({', '.join(IMAGE_2D_SUFFIXES)})")
-    sidecar = read_sidecar(path) if path.is_file() else {}
+    # nacsim's sidecars sit beside the NIfTI/image files it writes; DICOM has none.
+    sidecar = read_sidecar(path) if path.is_file() and not is_dicom_file(path) else {}
     kind = kind or sidecar.get("kind", IMAGE)
     provenance = {**sidecar.get("provenance", {}), **scan.provenance}
     if sidecar.get("synthetic"):
