@@ -21,16 +21,17 @@ class CountingSegmenter:
     """A stand-in segmenter: thresholds the image (the nnU-Net path has its own tests);
     counts calls so reuse can be checked."""
 
-    def __init__(self):
+    def __init__(self, threshold: float = 0.6):
         self.calls = 0
+        self.threshold = threshold
 
     def segment(self, image: Scan) -> Scan:
         self.calls += 1
-        mask = (image.array > 0.6).astype(np.uint8)
+        mask = (image.array > self.threshold).astype(np.uint8)
         return image.derive(mask, step="segment_tumour", kind="labels")
 
     def describe(self):
-        return {"name": "threshold 0.6 (test)"}
+        return {"name": f"threshold {self.threshold} (test)"}
 
 
 @pytest.fixture(scope="module")
@@ -95,20 +96,30 @@ def test_same_seed_same_images_and_one_arm_without_comparison(model, baseline):
 
 
 def test_samples_give_mean_sd_and_majority_mask(model, baseline):
-    result = WhatIfSession(model, CountingSegmenter()).run(
+    # At T1 the generated follow-ups keep the baseline's tumour (measured: 0.52-0.61 inside
+    # the disk, at most 0.25 elsewhere; 66-77 pixels over 0.3 in each sample, none outside),
+    # so a threshold of 0.3 finds it in every sample, with a different size in each.
+    seg = CountingSegmenter(threshold=0.3)
+    result = WhatIfSession(model, seg).run(
         baseline, WhatIfRequest(CLINICAL, target="T2", steps=2, samples=3, seed=10))
-    follow = result.arms[0].followups["T2"]
+    follow = result.arms[0].followups["T1"]
     assert [s.provenance["seed"] for s in follow.samples] == [10, 11, 12]
     stack = np.stack([s.array for s in follow.samples])
     np.testing.assert_allclose(follow.image.array, stack.mean(0), atol=1e-6)
     np.testing.assert_allclose(follow.spread.array, stack.std(0, ddof=1), atol=1e-6)
     assert follow.image.provenance["synthetic"] is True and "seed" not in follow.image.provenance
-    votes = np.stack([(s.array > 0.6) for s in follow.samples]).mean(0) >= 0.5
+    votes = np.stack([(s.array > seg.threshold) for s in follow.samples]).mean(0) >= 0.5
     np.testing.assert_array_equal(follow.mask.array > 0, votes)
     totals = [s.total for s in follow.sizes]
     assert follow.size_mean == pytest.approx(np.mean(totals))
     assert follow.size_sd == pytest.approx(np.std(totals, ddof=1))
-    assert "n=3" in follow.describe_size() or "no tumour" in follow.describe_size()
+    assert follow.n_found == 3 and all(t > 0 for t in totals) and len(set(totals)) == 3
+    yy, xx = np.mgrid[:64, :64]
+    disk = (yy - 30) ** 2 + (xx - 24) ** 2 < 36  # where the baseline's tumour is
+    assert follow.mask.array[disk].any() and not follow.mask.array[~disk].any()
+    lo, hi = min(totals), max(totals)
+    assert follow.describe_size() == (f"{np.mean(totals):.0f} ± {np.std(totals, ddof=1):.0f} "
+                                      f"mm² (n=3, {lo:.0f}–{hi:.0f})")
 
 
 def test_cancel_stops_between_steps(model, baseline):
