@@ -276,6 +276,16 @@ def test_unwritable_output_is_refused_before_the_work(tmp_path, capfd, command):
     refused(capfd, *argv, needles=(str(out), "cannot be written", "is a file, not a folder"))
 
 
+def test_napari_writer_notifies_an_unwritable_output(tmp_path, notifications):
+    from napari_nacsim.plugin.writer import write_image
+
+    (tmp_path / "results").write_text("not a folder")
+    target = tmp_path / "results" / "saved.nii.gz"
+    assert write_image(str(target), np.ones((4, 4), np.float32), {}) == []
+    assert notifications == [f"nacsim could not save: {target}: cannot be written: "
+                             f"{tmp_path / 'results'} is a file, not a folder"]
+
+
 def test_unwritable_folder_is_refused(tmp_path, capfd, monkeypatch):
     """Permission bits do not stop root, so the denial is simulated where the test file is
     created (the check's probe)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.atomic import require_writable
 from ..core.errors import InputError
 from ..core.scan import IMAGE, LABELS
 from ..core.scan_io import write_scan
@@ -14,6 +15,7 @@ def _write(path: str, data: Any, meta: dict, kind: str) -> list[str]:
     from napari.utils.notifications import show_error
 
     try:
+        require_writable(path)  # a notification, not a PermissionError traceback
         scan = layer_to_scan(data, meta, kind)
         # napari's save dialog has already confirmed overwriting; inputs stay protected.
         written = write_scan(scan, path, overwrite=True)
