@@ -132,3 +132,36 @@ def test_cli_measure_prints_size_change_and_match(tmp_path, capsys):
     assert "match with the real follow-up: 80.0 %" in out
     assert main(["measure", str(paths["empty"])]) == 0
     assert "no tumour found (size 0 mm²)" in capsys.readouterr().out
+
+
+def test_longest_diameter_in_mm_2d_and_3d():
+    """RECIST-style longest diameter: scikit-image's maximum Feret diameter with the
+    spacing, on 2D masks (the same number) and on volumes (a known box diagonal)."""
+    from skimage.measure import regionprops
+
+    array = np.zeros((50, 60), np.uint8)
+    array[10:20, 5:45] = 1                     # 10 x 40 pixels of 2 x 0.5 mm
+    size = measure_tumour(mask_scan(array, (2.0, 0.5)))
+    expected = regionprops(array, spacing=(2.0, 0.5))[0].feret_diameter_max
+    assert size.diameter == pytest.approx(expected)
+    assert 27.0 < size.diameter < math.hypot(20.0, 20.0) + 1e-6
+    assert "longest diameter 27.9 mm" in size.describe()
+    assert size.to_json()["diameter_mm"] == pytest.approx(expected)
+
+    two = np.zeros((40, 40), np.uint8)
+    two[1:3, 1:3] = 1
+    two[10:30, 10:20] = 1                      # the longer part wins
+    assert measure_tumour(mask_scan(two, (1.0, 1.0))).diameter == pytest.approx(
+        regionprops((two[5:] > 0).astype(np.uint8))[0].feret_diameter_max)
+
+    box = np.zeros((10, 40, 40), np.uint8)
+    box[2:8, 5:25, 10:20] = 1                  # 6 x 20 x 10 voxels of 2 x 0.5 x 0.5 mm
+    volume = measure_tumour(mask_scan(box, (2.0, 0.5, 0.5)))
+    assert volume.diameter == pytest.approx(
+        regionprops(box, spacing=(2.0, 0.5, 0.5))[0].feret_diameter_max)
+    assert volume.diameter == pytest.approx(math.sqrt(12**2 + 10**2 + 5**2), rel=0.05)
+    flat = np.zeros((5, 20, 20), np.uint8)
+    flat[2, 5:15, 5:10] = 1                    # one slice thick: still measured
+    assert measure_tumour(mask_scan(flat, (2.0, 1.0, 1.0))).diameter == pytest.approx(
+        math.hypot(10, 5) - 0.4, abs=0.5)
+    assert measure_tumour(mask_scan(np.zeros((8, 8)), (1.0, 1.0))).diameter == 0.0

@@ -66,6 +66,10 @@ def test_pcr_vs_non_pcr_at_every_followup(model, baseline):
             assert follow.scenario == {"time": tp, **arm.clinical}
             assert follow.image.provenance["synthetic"] is True
             assert follow.image.provenance["scenario"]["time"] == tp
+            # its own time point and kind, not the input's (T0)
+            assert follow.image.provenance["timepoint"] == tp
+            assert follow.image.provenance["input"]["timepoint"] == "T0"
+            assert follow.diameter_change.baseline == result.baseline_size.diameter
             assert follow.spread is None and len(follow.sizes) == 1
             assert follow.change.baseline == result.baseline_size.total
             assert follow.size_mean == measure_tumour(follow.mask).total
@@ -73,7 +77,9 @@ def test_pcr_vs_non_pcr_at_every_followup(model, baseline):
     assert seg.calls == 1 + 4
     assert steps_seen[-1][0] == steps_seen[-1][1]  # progress reaches its total
     rows = result.table_rows()
-    assert rows[0]["scenario"].startswith("T0 baseline") and len(rows) == 5
+    assert rows[0]["scenario"].startswith("T0 input") and len(rows) == 5
+    assert rows[0]["diameter"].endswith(" mm") and rows[0]["diameter_value"] > 0
+    assert all(r["diameter_delta"].endswith("%)") or r["diameter"] == "—" for r in rows[1:])
 
     # Same request again: remembered (no generation, no segmentation).
     again = session.run(baseline, WhatIfRequest(CLINICAL, target="T1", steps=2))

@@ -44,18 +44,29 @@ def write_result(result: WhatIfResult, out: str | Path, *, overwrite: bool = Fal
     files: dict[str, str] = {}
     with atomic_directory(out) as staging:
         base = result.schema.baseline
-        files["baseline"] = _write(result.baseline, staging / f"{base}_baseline.nii.gz")
+        # Each sidecar says what its file is: the input, or a generated follow-up with its
+        # own time point and scenario (not the input's).
+        inp = {"role": "input", "timepoint": base}
+        files["baseline"] = _write(result.baseline, staging / f"{base}_baseline.nii.gz", inp)
         files["baseline_mask"] = _write(result.baseline_mask,
-                                        staging / f"{base}_baseline_tumour.nii.gz")
+                                        staging / f"{base}_baseline_tumour.nii.gz",
+                                        {**inp, "role": "input tumour mask"})
         for arm, entry in zip(result.arms, report["scenarios"]):
             for tp, follow in arm.followups.items():
                 stem = f"{tp}_{slug(arm.label)}"
-                written = {"image": _write(follow.image, staging / f"{stem}.nii.gz"),
-                           "mask": _write(follow.mask, staging / f"{stem}_tumour.nii.gz")}
+                gen = {"role": "generated follow-up", "timepoint": tp, "scenario": arm.label,
+                       "scenario_values": follow.scenario}
+                written = {"image": _write(follow.image, staging / f"{stem}.nii.gz", gen),
+                           "mask": _write(follow.mask, staging / f"{stem}_tumour.nii.gz",
+                                          {**gen, "role": "tumour mask of a generated "
+                                                          "follow-up"})}
                 if follow.spread is not None:
-                    written["sd_map"] = _write(follow.spread, staging / f"{stem}_sd.nii.gz")
+                    written["sd_map"] = _write(follow.spread, staging / f"{stem}_sd.nii.gz",
+                                               {**gen, "role": "per-pixel SD of generated "
+                                                               "samples"})
                     written["samples"] = [
-                        _write(s, staging / f"{stem}_sample{k + 1}.nii.gz")
+                        _write(s, staging / f"{stem}_sample{k + 1}.nii.gz",
+                               {**gen, "sample": k + 1})
                         for k, s in enumerate(follow.samples)]
                 entry["followups"][tp]["files"] = written
         report["files"] = files
@@ -66,8 +77,8 @@ def write_result(result: WhatIfResult, out: str | Path, *, overwrite: bool = Fal
     return report
 
 
-def _write(scan, path: Path) -> str:
-    write_scan(scan, path)
+def _write(scan, path: Path, what: Optional[dict[str, Any]] = None) -> str:
+    write_scan(scan, path, extra=what)
     return path.name
 
 
@@ -93,7 +104,7 @@ def comparison_figure(result: WhatIfResult, path: str | Path, *, dpi: int = 110)
     grid = fig.add_gridspec(rows + 1, cols, height_ratios=[3.0] * rows + [table_h])
     for r, arm in enumerate(result.arms):
         predicted = arm.describe_predictions()
-        panels = [(f"{base} baseline (measured)\n"
+        panels = [(f"{base} input (measured)\n"
                    f"{result.baseline_size.describe()}", result.baseline, result.baseline_mask)]
         for tp in times:
             follow = arm.followups[tp]

@@ -77,6 +77,7 @@ class FollowUp:
     mask: Scan                     # tumour mask (majority of the samples' masks)
     sizes: list[TumourSize]        # one per sample
     change: SizeChange             # mean size vs the baseline
+    baseline_diameter: float = 0.0  # the baseline tumour's longest diameter (mm)
 
     @property
     def unit(self) -> str:
@@ -100,6 +101,28 @@ class FollowUp:
     def n_found(self) -> int:
         return sum(s.found for s in self.sizes)
 
+    @property
+    def diameter_mean(self) -> float:
+        """Longest tumour diameter in mm (RECIST-style), mean over the samples."""
+        return float(np.mean([s.diameter for s in self.sizes]))
+
+    @property
+    def diameter_sd(self) -> float:
+        values = [s.diameter for s in self.sizes]
+        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+    @property
+    def diameter_change(self) -> SizeChange:
+        """The longest diameter against the baseline's (mm)."""
+        return size_change(self.baseline_diameter, self.diameter_mean, "mm")
+
+    def describe_diameter(self) -> str:
+        """"31 mm", "29 ± 2 mm" or "—" (no tumour in any sample)."""
+        if self.n_found == 0:
+            return "—"
+        spread = f" ± {self.diameter_sd:.1f}" if len(self.sizes) > 1 else ""
+        return f"{self.diameter_mean:.1f}{spread} mm"
+
     def describe_size(self) -> str:
         """"412 mm²", "412 ± 35 mm² (n=4, 371–455)" or "no tumour found"."""
         n = len(self.sizes)
@@ -122,7 +145,10 @@ class FollowUp:
                 "unit": self.unit, "tumour_found_in_samples": self.n_found,
                 "size_per_sample": [s.total for s in self.sizes],
                 "change_vs_baseline": self.change.to_json(),
-                "description": self.describe_size()}
+                "description": self.describe_size(),
+                "diameter_mean_mm": self.diameter_mean, "diameter_sd_mm": self.diameter_sd,
+                "diameter_per_sample_mm": [s.diameter for s in self.sizes],
+                "diameter_change_vs_baseline": self.diameter_change.to_json()}
 
 
 @dataclasses.dataclass
@@ -140,6 +166,15 @@ class Arm:
         """``"P(response) 0.42 · risk 1.3× cohort"``, or "" without predictions."""
         return " · ".join(f"{p['label']} {_number(p['value'])}{p.get('unit', '')}"
                           for p in self.predictions.values())
+
+
+def _describe_diameter_change(follow: FollowUp) -> str:
+    """"−8.0 mm (−26 %)", with ± over samples; "—" without a baseline tumour."""
+    change = follow.diameter_change
+    if change.baseline <= 0:
+        return "—"
+    spread = f" ± {follow.diameter_sd:.1f}" if len(follow.samples) > 1 else ""
+    return f"{change.absolute:+.1f}{spread} mm ({change.percent:+.0f} %)"
 
 
 def _number(value: Any) -> str:
@@ -175,23 +210,37 @@ class WhatIfResult:
         return [(arm, arm.followups[self.target]) for arm in self.arms]
 
     def table_rows(self) -> list[dict[str, Any]]:
-        """Rows of the size table: the baseline, then every arm at every follow-up."""
+        """Rows of the size table: the input (baseline), then every arm at every follow-up.
+        Sizes and the longest diameter (mm, RECIST-style), each with its change vs the
+        input; ± (SD over the samples) on every number derived from several samples."""
         unit = self.baseline_size.unit
         base = self.schema.baseline
-        rows = [{"scenario": f"{base} baseline (measured)",
+        base_diameter = self.baseline_size.diameter
+        rows = [{"scenario": f"{base} input (measured)",
                  "time": base, "size": self.baseline_size.describe(),
                  "size_value": self.baseline_size.total, "delta": "—", "delta_percent": "—",
-                 "unit": unit, "predictions": ""}]
+                 "unit": unit, "predictions": "",
+                 "diameter": f"{base_diameter:.1f} mm" if self.baseline_size.found else "—",
+                 "diameter_value": base_diameter, "diameter_delta": "—"}]
         for arm in self.arms:
             for tp, follow in arm.followups.items():
                 change = follow.change
-                pct = "n/a" if not np.isfinite(change.percent) else f"{change.percent:+.1f} %"
-                spread = f" ± {follow.size_sd:.0f}" if len(follow.samples) > 1 else ""
+                several = len(follow.samples) > 1
+                spread = f" ± {follow.size_sd:.0f}" if several else ""
+                if not np.isfinite(change.percent):
+                    pct = "n/a"
+                else:  # the SD of the percentage: the size SD relative to the baseline
+                    sd_pct = f" ± {100.0 * follow.size_sd / change.baseline:.1f}" \
+                        if several else ""
+                    pct = f"{change.percent:+.1f}{sd_pct} %"
                 rows.append({"scenario": follow.title, "time": tp,
                              "size": follow.describe_size(), "size_value": follow.size_mean,
                              "delta": f"{change.absolute:+.0f}{spread} {unit}",
                              "delta_percent": pct, "unit": unit,
-                             "predictions": arm.describe_predictions()})
+                             "predictions": arm.describe_predictions(),
+                             "diameter": follow.describe_diameter(),
+                             "diameter_value": follow.diameter_mean,
+                             "diameter_delta": _describe_diameter_change(follow)})
         return rows
 
     def to_report(self) -> dict[str, Any]:
@@ -392,7 +441,7 @@ class WhatIfSession:
         mean_size = float(np.mean([s.total for s in sizes]))
         change = size_change(base_size, mean_size, base_size.unit)
         return FollowUp(tp, title, {"time": tp, **clinical}, samples, image, spread, mask,
-                        sizes, change)
+                        sizes, change, base_size.diameter)
 
 
 def _synthetic_like(template: Scan, array: np.ndarray, what: str, info: dict) -> Scan:

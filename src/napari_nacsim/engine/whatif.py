@@ -176,10 +176,26 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
                       "scenario": scenario, "model_hash": model.model_hash, "seed": int(seed),
                       "steps": steps, "sampler": sampler, "guidance_scale": guidance_scale,
                       "generated_at": scan.provenance.get("history", [{}])[-1].get(
-                          "generated_at")}
+                          "generated_at"),
+                      # its own time point and image kind, not the input's (T0, "post")
+                      **_generated_record(model.family, grid, scenario)}
         results.append(Scan(array=scan.array, affine=scan.affine, kind=IMAGE,
                             provenance=provenance))
     return results
+
+
+def _generated_record(family: ModelFamily, grid: Scan, scenario: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+    """What a generated image is: the follow-up time point it shows, the model-input kind
+    (e.g. the MIP channel), and where its input came from (time point and channel)."""
+    from ..science.generative.conditioning import TIME_FACTOR
+
+    inherited = {k: grid.provenance[k] for k in ("timepoint", "channel")
+                 if k in grid.provenance}
+    return {"role": "generated follow-up", "timepoint": scenario[TIME_FACTOR],
+            "channel": family.model_input.channel,
+            "input": {"timepoint": inherited.get("timepoint", family.schema.baseline),
+                      **({"channel": inherited["channel"]} if "channel" in inherited else {})}}
 
 
 def _scenario_text(schema: FamilySchema, scenario: Mapping[str, Any]) -> str:

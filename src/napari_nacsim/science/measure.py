@@ -1,4 +1,5 @@
-"""Tumour size from a mask: area on 2D images (MIPs), volume on 3D crops.
+"""Tumour size from a mask: area on 2D images (MIPs), volume on 3D crops, and the longest
+diameter in mm (RECIST-style) on both.
 
 The NAC paper measures tumour size on maximum-intensity projections, so the size of a 3D
 breast tumour mask is the area of its axial projection (`projected_area_mm2`).
@@ -14,6 +15,11 @@ the comparisons clinicians read:
   100 %; the symmetric form makes 100 % perfect and lowers the score for over- and
   under-estimates alike (a 2x over-estimate and a 2x under-estimate both score 50 %).
 - `dice`: overlap of two masks (segmentation quality).
+
+The longest diameter (`longest_diameter_mm`) is what a radiologist measures with a ruler
+(RECIST 1.1: the longest diameter of a target lesion): the maximum Feret diameter of the
+lesion in mm, in the image plane of a MIP and in 3D on a volume. A tumour in several parts
+reports the longest of its parts.
 
 "No tumour found" is a result, not an error: a `TumourSize` of 0 with ``found == False``.
 """
@@ -73,6 +79,7 @@ class TumourSize:
     unit: str                          # "mm²" (2D) or "mL" (3D)
     components: tuple[float, ...] = ()
     voxels: int = 0
+    diameter: float = 0.0              # longest diameter in mm (RECIST-style), 0 if none
 
     @property
     def found(self) -> bool:
@@ -90,11 +97,14 @@ class TumourSize:
             parts = ", ".join(_fmt(c) for c in self.components[:5])
             more = ", ..." if self.n_components > 5 else ""
             text += f" in {self.n_components} separate parts ({parts}{more} {self.unit})"
+        if self.diameter > 0:
+            text += f"; longest diameter {_fmt(self.diameter)} mm"
         return text
 
     def to_json(self) -> dict:
         return {"total": self.total, "unit": self.unit, "found": self.found,
-                "components": list(self.components), "voxels": self.voxels}
+                "components": list(self.components), "voxels": self.voxels,
+                "diameter_mm": self.diameter}
 
 
 def _fmt(value: float) -> str:
@@ -120,7 +130,8 @@ def measure_tumour(mask: Scan, label: int | None = None) -> TumourSize:
     labelled, n = ndimage.label(binary, structure=np.ones((3,) * mask.ndim, dtype=bool))
     counts = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
     components = tuple(float(c * scale) for c in sorted(counts, reverse=True))
-    return TumourSize(float(n_voxels * scale), unit, components, n_voxels)
+    diameter = longest_diameter_mm(labelled, mask.spacing)
+    return TumourSize(float(n_voxels * scale), unit, components, n_voxels, diameter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,3 +220,45 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     if total == 0:
         return float("nan")
     return 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+# --- the longest diameter ---------------------------------------------------------------
+
+def longest_diameter_mm(labelled: np.ndarray, spacing) -> float:
+    """The longest diameter (maximum Feret diameter) in mm of a labelled mask, 2D or 3D: the
+    longest of its parts; 0 without any.
+
+    The definition of scikit-image's ``regionprops(...).feret_diameter_max`` (the largest
+    distance between two points of the lesion's outline at the half-voxel level, with the
+    voxel spacing): the outline by `find_contours` (2D) or `marching_cubes` (3D), the
+    largest distance taken between vertices of its convex hull (scipy), which is exact and
+    keeps a 3D surface of thousands of points cheap."""
+    from scipy import ndimage
+
+    labelled = np.asarray(labelled)
+    spacing = np.asarray([float(s) for s in spacing][-labelled.ndim:])
+    longest = 0.0
+    for k, box in enumerate(ndimage.find_objects(labelled.astype(np.int32, copy=False)), 1):
+        if box is not None:
+            longest = max(longest, _feret_max(labelled[box] == k, spacing))
+    return longest
+
+
+def _feret_max(region: np.ndarray, spacing: np.ndarray) -> float:
+    from scipy.spatial import ConvexHull, QhullError
+    from scipy.spatial.distance import pdist
+    from skimage.measure import find_contours, marching_cubes
+
+    padded = np.pad(region.astype(np.float32), 1)
+    if region.ndim == 2:
+        points = np.vstack(find_contours(padded, 0.5, fully_connected="high"))
+    else:
+        points = marching_cubes(padded, level=0.5)[0]
+    points = np.unique(points * spacing, axis=0)
+    if len(points) < 2:
+        return 0.0
+    try:
+        points = points[ConvexHull(points).vertices]
+    except (QhullError, ValueError):  # all on one line or plane: compare every point
+        pass
+    return float(np.sqrt(pdist(points, "sqeuclidean").max()))
