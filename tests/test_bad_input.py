@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from napari_nacsim.cli.main import main
-from napari_nacsim.core.scan_io import MAX_VOXELS, read_scan, write_scan
+from napari_nacsim.core.scan_io import MAX_VOXELS, read_scan
 from napari_nacsim.plugin.reader import NULL_LAYER, get_reader
 
 
@@ -84,10 +84,12 @@ def test_colour_images_grey_ones_read_as_grey_colour_ones_refused(tmp_path, capf
                                                                    notifications):
     import imageio.v3 as iio
 
-    grey = np.add.outer(np.arange(24) * 4, np.arange(32) * 3).astype(np.uint8)  # smooth: JPEG-safe
+    grey = np.add.outer(np.arange(24) * 4, np.arange(32) * 3).astype(np.uint8)  # smooth
     opaque = np.full_like(grey, 255)
-    grey_like = {"rgb.png": np.stack([grey] * 3, -1), "rgba.png": np.stack([grey] * 3 + [opaque], -1),
-                 "grey_alpha.png": np.stack([grey, opaque], -1), "rgb.jpg": np.stack([grey] * 3, -1)}
+    grey_like = {"rgb.png": np.stack([grey] * 3, -1),
+                 "rgba.png": np.stack([grey] * 3 + [opaque], -1),
+                 "grey_alpha.png": np.stack([grey, opaque], -1),
+                 "rgb.jpg": np.stack([grey] * 3, -1)}
     for name, data in grey_like.items():
         iio.imwrite(tmp_path / name, data)
         scan = read_scan(tmp_path / name)
@@ -212,8 +214,8 @@ def test_lung_segmentation_refuses_a_field_of_view_unlike_its_training_crops(
     ct = ct_and_mask[0]  # 75 x 100 x 80 mm: not the 288 x 288 x 64 mm box the model knows
     out = tmp_path / "lung_mask.nii.gz"
     refused(capfd, "segment", "--family", "lung", ct, "--out", out,
-            needles=("ct.nii.gz: covers 80 x 100 x 75 mm", "trained on crops of 64 x 288 x 288 mm",
-                     "nacsim crop"))
+            needles=("ct.nii.gz: covers 80 x 100 x 75 mm",
+                     "trained on crops of 64 x 288 x 288 mm", "nacsim crop"))
     assert not out.exists()
 
 
