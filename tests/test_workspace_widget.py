@@ -108,8 +108,17 @@ def test_generate_segment_table_plot_and_provenance(workspace, qtbot):
     assert grid_of(viewer).actual_shape(viewer.layers) == (1, 3)
     rows = widget.table.rows_text()
     assert len(rows) == 5 and rows[0][0].startswith("T0 baseline")
-    assert any("T2 · pCR" in r[0] for r in rows) and all("mm²" in r[1] or "no tumour" in r[1]
-                                                         for r in rows)
+    # The sample patient's tumour is found at every follow-up of both arms (measured with 3
+    # steps: 352 / 64 mm² under pCR at T1 / T2, 352 / 176 mm² under non-pCR), and each
+    # row shows what the engine measured.
+    size_cells = {r[0]: r[1] for r in rows[1:]}
+    for arm in result.arms:
+        for tp, follow in arm.followups.items():
+            assert follow.n_found == 1 and follow.size_mean > 0, (arm.label, tp)
+            (title,) = [t for t in size_cells if t.startswith(f"{tp} · {arm.label} ")]
+            assert size_cells[title] == follow.describe_size()
+            assert size_cells[title].endswith(" mm²")
+    assert rows[0][1].startswith(f"{result.baseline_size.total:.1f} mm²")
     series = widget.plot.values()
     assert set(series) == {"pCR", "non-pCR"} and all(len(v) == 3 for v in series.values())
     assert series["pCR"][0] == pytest.approx(result.baseline_size.total)
