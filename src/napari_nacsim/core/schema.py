@@ -47,6 +47,7 @@ class Variable:
     conditions_model: bool = True
     derive: Callable[[Mapping[str, Any]], float] | None = None
     description: str = ""
+    group: str = ""  # the model's conditioning group (lung: clinical, blood, immunotherapy)
 
     def parse(self, value: Any, subject: str) -> Any:
         """Normalise ``value`` to bool / category string / float, or raise `InputError`."""
@@ -215,24 +216,25 @@ LUNG = FamilySchema(
     channels=("ct",),
     masks=("tumour", "lobes", "vessels"),
     variables=(
-        Variable("age", "Age", CONTINUOUS, "years", plausible=(18, 110)),
-        Variable("sex", "Sex", CATEGORICAL, categories=("female", "male")),
+        Variable("age", "Age", CONTINUOUS, "years", plausible=(18, 110), group="clinical"),
+        Variable("sex", "Sex", CATEGORICAL, categories=("female", "male"), group="clinical"),
         Variable("race", "Race", CATEGORICAL,
-                 categories=("White", "Black", "Asian", "Other")),
+                 categories=("White", "Black", "Asian", "Other"), group="clinical"),
         Variable("CEA", "CEA", CONTINUOUS, "ng/mL", plausible=(0, 10000), normal=(0, 5),
-                 description="Carcinoembryonic antigen"),
+                 description="Carcinoembryonic antigen", group="blood"),
         Variable("ANC", "ANC", CONTINUOUS, "10^9/L", plausible=(0, 100), normal=(1.5, 8.0),
-                 description="Absolute neutrophil count"),
+                 description="Absolute neutrophil count", group="blood"),
         Variable("ALC", "ALC", CONTINUOUS, "10^9/L", plausible=(0.01, 50), normal=(1.0, 4.0),
-                 description="Absolute lymphocyte count"),
+                 description="Absolute lymphocyte count", group="blood"),
         Variable("NLR", "NLR", CONTINUOUS, "", plausible=(0, 1000), normal=(0.8, 3.5),
-                 derive=_nlr, description="Neutrophil-to-lymphocyte ratio = ANC / ALC"),
+                 derive=_nlr, description="Neutrophil-to-lymphocyte ratio = ANC / ALC",
+                 group="blood"),
         Variable("AEC", "AEC", CONTINUOUS, "10^9/L", plausible=(0, 20), normal=(0.0, 0.5),
-                 description="Absolute eosinophil count"),
+                 description="Absolute eosinophil count", group="blood"),
         Variable("AMC", "AMC", CONTINUOUS, "10^9/L", plausible=(0, 20), normal=(0.2, 1.0),
-                 description="Absolute monocyte count"),
+                 description="Absolute monocyte count", group="blood"),
         Variable("PD_L1", "PD-L1 TPS", CONTINUOUS, "%", plausible=(0, 100),
-                 description="PD-L1 tumour proportion score"),
+                 description="PD-L1 tumour proportion score", group="immunotherapy"),
         Variable("responder", "Response", BINARY, states=("non-responder", "responder"),
                  required=False, outcome=True, conditions_model=False,
                  description="Complete or partial response (RECIST) at 6 weeks"),
