@@ -89,3 +89,20 @@ def test_3d_display_slice_is_where_the_tumour_is_largest():
     plane, spacing = lung.figure_plane(scan, 9)
     assert plane.sum() == 25 and spacing == (3.0, 3.0)
     assert get_family("breast").display_slice(None) is None
+
+
+def test_window_presets_and_body_mask_come_from_the_family():
+    from napari_nacsim.science.preprocess.lung import HU_WINDOWS
+
+    breast, lung = get_family("breast"), get_family("lung")
+    assert [p.limits for p in breast.window_presets] == [breast.model_input.display_range]
+    assert {p.name: (p.level, p.width) for p in lung.window_presets} == HU_WINDOWS
+    assert lung.window_presets[0].limits == lung.model_input.display_range  # lung first
+    assert lung.window_presets[1].describe() == "mediastinal (L 40, W 400)"
+    assert lung.model_input.value_unit == "HU"
+    # The breast body: the phantom's breasts and chest, not the air around them.
+    mip = breast.sample_case(0)["inputs"]["T0"]["image"]
+    body = breast.body_mask(mip)
+    assert body.shape == mip.shape and 0.3 < body.mean() < 0.8
+    assert not body[:5].any() and body[-5:, 40:90].all()   # air above, chest below
+    assert lung.body_mask(mip) is None                        # a CT crop: all body

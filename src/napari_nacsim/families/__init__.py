@@ -15,7 +15,8 @@ from typing import Union
 
 from ..core.errors import InputError
 from ..core.schema import FamilySchema
-from .base import Comparison, ModelFamily, ModelInput, SegmentationSpec, rendering_visits
+from .base import (Comparison, ModelFamily, ModelInput, SegmentationSpec, WindowPreset,
+                   rendering_visits)
 
 _REGISTRY: dict[str, ModelFamily] = {}
 
@@ -62,4 +63,5 @@ def _register_builtin() -> None:
 _register_builtin()
 
 __all__ = ["Comparison", "ModelFamily", "ModelInput", "SegmentationSpec", "family_names",
-           "get_family", "register_family", "rendering_visits", "unregister_family"]
+           "get_family", "register_family", "rendering_visits", "unregister_family",
+           "WindowPreset"]

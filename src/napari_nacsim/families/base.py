@@ -43,6 +43,25 @@ class ModelInput:
     display_range: tuple[float, float]          # default window of the viewer and figure
     channel: str                                # nnU-Net channel name ("MIP", "CT")
     short_name: str                             # "MIP", "CT crop" (layer names, labels)
+    value_unit: str = "normalised intensity"     # what the values are ("HU"): SD maps, read-out
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPreset:
+    """A named display window (window/level), as radiologists pick them: ``level`` is the
+    centre, ``width`` the range shown from black to white."""
+
+    name: str
+    level: float
+    width: float
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        return (self.level - self.width / 2, self.level + self.width / 2)
+
+    def describe(self) -> str:
+        """``"lung (L -600, W 1500)"``."""
+        return f"{self.name} (L {self.level:g}, W {self.width:g})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +269,19 @@ class ModelFamily:
         return {}
 
     # --- display -----------------------------------------------------------------------------
+    @property
+    def window_presets(self) -> tuple[WindowPreset, ...]:
+        """The display windows the viewer offers by name, the first one the default. Default:
+        one, the model input's display range."""
+        lo, hi = self.model_input.display_range
+        return (WindowPreset(self.model_input.short_name, (lo + hi) / 2, hi - lo),)
+
+    def body_mask(self, image: Scan) -> Optional[np.ndarray]:
+        """Where the patient is in a model-input image (a boolean array of its shape), so
+        that maps such as the sampling SD are shown on the body only; None = everywhere
+        (the default: e.g. a CT crop inside the thorax)."""
+        return None
+
     def display_slice(self, mask: Optional[Scan]) -> Optional[int]:
         """For 3D inputs: the slice to show (the one with the largest tumour area in
         ``mask``, else the middle). None for 2D."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.scan import IMAGE, Scan
 from ..core.schema import BREAST
-from .base import ModelFamily, ModelInput, SegmentationSpec, Visits
+from .base import ModelFamily, ModelInput, SegmentationSpec, Visits, WindowPreset
 
 MIP_INPUT = ModelInput(
     ndim=2,
@@ -25,6 +25,7 @@ MIP_INPUT = ModelInput(
     display_range=(0.0, 1.0),
     channel="MIP",
     short_name="MIP",
+    value_unit="normalised intensity (0-1)",
 )
 
 
@@ -44,6 +45,7 @@ class BreastFamily(ModelFamily):
     orientation = ("A", "P", "R", "L")
     training_data = ("synthetic phantom patients (nacsim phantoms breast), preprocessed "
                      "with breast_mips")
+    window_presets = (WindowPreset("MIP", level=0.5, width=1.0),)  # the whole [0, 1] range
     normalisation = ("subtraction MIP (first post-contrast - pre-contrast), axial, LPS "
                      "layout; [0, 1] by the baseline's 0.5-99.5 percentile window "
                      "(follow-ups on the baseline's window); resized to image_size")
@@ -70,6 +72,24 @@ class BreastFamily(ModelFamily):
         # follow-ups on the baseline's window may overshoot [0, 1] slightly
         return Scan(array=np.clip(out.array, 0.0, 1.0).astype(np.float32), affine=out.affine,
                     kind=IMAGE, provenance=out.provenance)
+
+    def body_mask(self, image: Scan) -> Optional[np.ndarray]:
+        """The breasts and chest on a subtraction MIP: brighter than the air around them
+        (triangle threshold of the smoothed image, which finds the foot of the dark air
+        peak), the largest region with its holes filled, grown by two pixels."""
+        from scipy import ndimage
+        from skimage.filters import threshold_triangle
+
+        array = np.asarray(image.array, np.float32)
+        if array.ndim != 2 or not np.isfinite(array).all() or np.ptp(array) == 0:
+            return None
+        smooth = ndimage.gaussian_filter(array, 1.5)
+        labelled, n = ndimage.label(smooth > threshold_triangle(smooth))
+        if n == 0:
+            return None
+        largest = np.argmax(np.bincount(labelled.ravel())[1:]) + 1
+        body = ndimage.binary_fill_holes(labelled == largest)
+        return ndimage.binary_dilation(body, iterations=2)
 
     def to_model_grid(self, image: Scan, grid: Sequence[int]) -> Scan:
         from ..science.preprocess.breast import resize_square

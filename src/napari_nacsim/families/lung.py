@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 from ..core.errors import InputError
 from ..core.scan import Scan
 from ..core.schema import LUNG
-from .base import Comparison, ModelFamily, ModelInput, SegmentationSpec, Visits
+from .base import Comparison, ModelFamily, ModelInput, SegmentationSpec, Visits, WindowPreset
 
 CT_CROP_INPUT = ModelInput(
     ndim=3,
@@ -24,6 +24,7 @@ CT_CROP_INPUT = ModelInput(
     display_range=(-1350.0, 150.0),   # the lung window: level -600 HU, width 1500 HU
     channel="CT",
     short_name="CT crop",
+    value_unit="HU",
 )
 
 PD_L1_LOW, PD_L1_HIGH = 0.0, 50.0   # the clinical strata "< 1 %" and ">= 50 %"
@@ -44,6 +45,14 @@ class LungFamily(ModelFamily):
     training_data = ("synthetic phantom patients (nacsim phantoms lung), preprocessed "
                      "with lung_crops")
     normalisation = "CT crop in Hounsfield units, 16 x 96 x 96 voxels around the tumour"
+
+    @property
+    def window_presets(self) -> tuple[WindowPreset, ...]:
+        """The radiologists' lung and mediastinal windows (`preprocess.lung.HU_WINDOWS`)."""
+        from ..science.preprocess.lung import HU_WINDOWS
+
+        return tuple(WindowPreset(name, level, width)
+                     for name, (level, width) in HU_WINDOWS.items())
 
     def make_phantom(self, cohort_seed: int, index: int) -> Any:
         from ..science.phantoms import lung
