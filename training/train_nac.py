@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--stage1-steps", type=int, default=None)
     p.add_argument("--stage2-steps", type=int, default=None)
+    p.add_argument("--vae-steps", type=int, default=None,
+                   help="stage 0 steps (latent configurations whose VAE is trained here; "
+                        "default: the config's training.vae.steps)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="samples per step and process (default: the config's); with N "
                         "processes a step sees N times as many")
@@ -144,6 +147,7 @@ def _run(args, argv: list[str] | None) -> int:
                                          "training": start.get("training", {})}
     model_dir = train(config, cohort.subset(train_ids), args.out, seed=args.seed,
                       stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+                      vae_steps=args.vae_steps,
                       batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                       resume=not args.no_resume, cpu=args.cpu, card=card,
                       init_from=args.init_from, sample_log=args.log_samples,

@@ -15,12 +15,13 @@ def cmd_simulate(args) -> int:
 
     if (args.input is None) == (args.sample is None):
         raise InputError("simulate", "give exactly one of --input FILE or --sample N")
+    # read the user's image first: a bad file is refused before seconds of model loading
+    image = read_scan(args.input) if args.input is not None else None
     model = load_model(args.model, family=args.family, device=args.device)
     family = model.family
     if args.family is not None and args.family != family.name:
         raise InputError(args.model, f"is a {family.name} model, not a {args.family} one")
     if args.input is not None:
-        image = read_scan(args.input)
         case = {"input": str(args.input)}
         clinical = {}
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -62,6 +63,18 @@ def validate_config(config: dict[str, Any], subject: str = "model config") -> di
     family_schema(config["family"])  # raises for an unknown family
     if int(config["image_size"]) % 8:
         raise InputError(f"{subject}: field 'image_size'", "must be a multiple of 8")
+    vae, control = config.get("vae"), (config.get("controlnet") or {})
+    embedding = control.get("conditioning_embedding_out_channels")
+    if vae and embedding and not (config.get("weights") or {}).get("vae"):
+        # The ControlNet sees the pixel-space image; its embedding must bring it down to the
+        # latent grid (each extra entry halves the resolution). A VAE read from pretrained
+        # weights is described by its own files, not by this entry.
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        if 2 ** (len(embedding) - 1) != factor:
+            raise InputError(f"{subject}: field 'controlnet.conditioning_embedding_out_channels'",
+                             f"has {len(embedding)} entries (downsampling "
+                             f"{2 ** (len(embedding) - 1)}x), the VAE's latent grid is {factor}x "
+                             f"smaller than the image: use {int(math.log2(factor)) + 1} entries")
     return copy.deepcopy(config)
 
 

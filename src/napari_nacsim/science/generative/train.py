@@ -1,5 +1,11 @@
 """Two-stage training of a family's generative model (used by ``training/train_nac.py``).
 
+Stage 0 (latent configurations whose VAE is not loaded from pretrained weights, e.g. a
+diffusers ``AutoencoderKL`` sized for a laptop CPU) first trains the VAE on the images of
+every time point: L1 reconstruction plus a small KL term (``training.vae.kl_weight``, as the
+latent-diffusion autoencoders), then freezes it and sets its latent scaling factor to one over
+the standard deviation of the training latents (Stable Diffusion's convention).
+
 Stage 1 pre-trains the base denoiser (the UNet, empty prompt) on unpaired images of every
 time point; it is then frozen. Stage 2 trains what the NAC paper trains - the ControlNet, the
 prompt tokens and (config ``train_unet_decoder``) the UNet decoder - on (T0, target, factors)
@@ -82,9 +88,52 @@ def _diffusion_target(model: ControlledDiffusion, x0, noise, t):
 
 
 def _noisy(model, shape, g):
+    """Timesteps and noise of a batch of images of ``shape``, in the space the UNet denoises
+    (the VAE latent of latent configurations)."""
+    from .model import latent_channels, latent_factor
+
+    factor = latent_factor(model.config)
+    shape = (shape[0], latent_channels(model.config), shape[-2] // factor, shape[-1] // factor)
     t = torch.randint(0, model.scheduler.config.num_train_timesteps, (shape[0],), generator=g)
     noise = torch.randn(shape, generator=g)
     return t, noise
+
+
+def trains_vae(config: dict[str, Any]) -> bool:
+    """A latent configuration whose VAE is not read from pretrained weights: stage 0 trains
+    it here."""
+    return bool(config.get("vae")) and not (config.get("weights") or {}).get("vae")
+
+
+class _Stage0(nn.Module):
+    """The VAE's loss: L1 reconstruction of [-1, 1] images + ``kl_weight`` x KL (summed over
+    the latent, averaged over the batch). The posterior sample uses the caller's ``noise``,
+    so that the step is a function of its seeded generator."""
+
+    def __init__(self, model: ControlledDiffusion, kl_weight: float):
+        super().__init__()
+        self.model = model
+        self.kl_weight = kl_weight
+
+    def forward(self, images, noise):
+        vae = self.model.vae
+        x = images * 2.0 - 1.0
+        if x.shape[1] != vae.config.in_channels:
+            x = x.expand(-1, vae.config.in_channels, -1, -1)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * noise.to(posterior.mean)
+        reconstruction = vae.decode(z).sample
+        return (nn.functional.l1_loss(reconstruction.float(), x.float())
+                + self.kl_weight * posterior.kl().mean())
+
+
+@torch.no_grad()
+def latent_scaling_factor(model: ControlledDiffusion, images: torch.Tensor) -> float:
+    """1 / standard deviation of the VAE latents of ``images`` (B, 1, H, W) in [0, 1]."""
+    model.config["vae"]["scaling_factor"] = 1.0
+    latents = torch.cat([model.encode_images(images[i:i + 16])
+                         for i in range(0, len(images), 16)])
+    return float(1.0 / latents.float().std().clamp_min(1e-6))
 
 
 class _Stage1(nn.Module):
@@ -198,6 +247,7 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
           batch_size: int | None = None, checkpoint_every: int = 200, resume: bool = True,
           cpu: bool = False, card: dict[str, Any] | None = None,
           init_from: Path | None = None, sample_log: bool = False,
+          vae_steps: int | None = None,
           progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) both stages; write ``out/model`` (safetensors + card), the loss log
     (``loss_log.csv``) and plot (``loss_curve.png``). Returns the model folder.
@@ -207,19 +257,30 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
     verified) whose architecture matches ``config``; training then continues stage 2 from its
     weights (stage 1 is skipped), with the stage-2 settings of ``config``. ``sample_log``:
     every process also writes the patients and time points it drew at each step to
-    ``out/samples/rank<k>.csv`` (to check how the data is shared out)."""
+    ``out/samples/rank<k>.csv`` (to check how the data is shared out). ``vae_steps``: steps
+    of stage 0 (the config's ``training.vae.steps`` otherwise; latent configurations whose VAE
+    is trained here only)."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tcfg = config.get("training", {})
+    s0 = {**tcfg.get("vae", {})}
     s1 = {**tcfg.get("stage1", {})}
     s2 = {**tcfg.get("stage2", {})}
-    steps = {1: int(stage1_steps if stage1_steps is not None else s1.get("steps", 1000)),
+    with_vae = trains_vae(config) and init_from is None
+    steps = {0: int(vae_steps if vae_steps is not None else s0.get("steps", 1000))
+             if with_vae else 0,
+             1: int(stage1_steps if stage1_steps is not None else s1.get("steps", 1000)),
              2: int(stage2_steps if stage2_steps is not None else s2.get("steps", 2000))}
-    lrs = {1: float(s1.get("lr", 5e-4)), 2: float(s2.get("lr", 5e-4))}
-    bs = {1: int(batch_size or s1.get("batch_size", 8)), 2: int(batch_size or s2.get("batch_size", 8))}
+    lrs = {0: float(s0.get("lr", 1e-3)), 1: float(s1.get("lr", 5e-4)),
+           2: float(s2.get("lr", 5e-4))}
+    bs = {0: int(batch_size or s0.get("batch_size", 8)),
+          1: int(batch_size or s1.get("batch_size", 8)), 2: int(batch_size or s2.get("batch_size", 8))}
+    kl_weight = float(s0.get("kl_weight", 1e-6))
+    if not with_vae:  # the card and resume state name only the stages this run has
+        del lrs[0], bs[0]
     drop_p = float(s2.get("cond_drop_prob", 0.1))
     tumour_weight = float(s2.get("tumour_weight", 0.0))
     tumour_margin = int(s2.get("tumour_margin", 2))
@@ -244,7 +305,10 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
         # Only what the stage trains requires grad: many processes average the gradients of
         # exactly those parameters (DistributedDataParallel expects every one to get one).
         model.requires_grad_(False)
-        if stage == 1:
+        if stage == 0:
+            model.vae.requires_grad_(True)
+            params = list(model.vae.parameters())
+        elif stage == 1:
             model.unet.requires_grad_(True)
             params = list(model.unet.parameters())
         else:
@@ -253,12 +317,14 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
             params = model.stage2_parameters()
         return torch.optim.AdamW(params, lr=lrs[stage], weight_decay=0.0)
 
-    stage, step = (2 if init_from is not None else 1), 0
+    stage, step = (2 if init_from is not None else 0 if with_vae else 1), 0
     optimizer = None
     processes = []  # one entry per run of this training: where it started, on how many
     if resume and (out / "resume" / STATE).exists():
         state, optimizer = _load_resume(out / "resume", model, make_optimizer)
         stage, step = state["stage"], state["step"]
+        if state.get("vae_scaling_factor") is not None:  # stage 0 finished earlier
+            model.config["vae"]["scaling_factor"] = state["vae_scaling_factor"]
         processes = list(state.get("processes", []))
         log(f"resuming stage {stage} at step {step}")
         if processes and processes[-1]["num_processes"] != world:
@@ -285,7 +351,7 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
     log_path = out / "loss_log.csv"
     writer = log_file = samples_file = None
     if main:
-        new_log = not log_path.exists() or step == 0 and stage == 1
+        new_log = not log_path.exists() or step == 0 and stage == min(steps_order(steps))
         if not new_log:  # steps logged after the checkpoint being resumed are redone
             _trim_log(log_path, stage, step)
         log_file = open(log_path, "w" if new_log else "a", newline="")
@@ -295,7 +361,7 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
     if sample_log:
         path = out / "samples" / f"rank{rank}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not path.exists() or step == 0 and stage == 1
+        fresh = not path.exists() or step == 0 and stage == min(steps_order(steps))
         if not fresh:
             _trim_log(path, stage, step)
         samples_file = open(path, "w" if fresh else "a", newline="")
@@ -313,10 +379,11 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                 optimizer = None
             if optimizer is None:
                 optimizer = make_optimizer(stage)
-            wrapper = _Stage1(model) if stage == 1 else _Stage2(model)
+            wrapper = (_Stage0(model, kl_weight) if stage == 0 else
+                       _Stage1(model) if stage == 1 else _Stage2(model))
             wrapper, opt = accelerator.prepare(wrapper, optimizer)
             device = accelerator.device
-            null = model.conditioner.null_context(bs[stage]).to(device)
+            null = model.conditioner.null_context(bs[stage]).to(device) if stage else None
             # Every process draws the global batch; this one trains on its slice of it.
             n_global, mine = bs[stage] * world, slice(rank * bs[stage], (rank + 1) * bs[stage])
             bar = tqdm(total=total, initial=step, desc=f"stage {stage}",
@@ -332,7 +399,13 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(step, lrs[stage], min(100, total // 10 + 1), total)
                 tp = torch.randint(0, n_t, (n_global,), generator=g)
-                if stage == 1:
+                if stage == 0:
+                    batch = augment(images[idx, tp][:, None], g, mine)
+                    factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
+                    shape = (n_global, model.vae.config.latent_channels,
+                             batch.shape[-2] // factor, batch.shape[-1] // factor)
+                    loss = wrapper(batch.to(device), torch.randn(shape, generator=g)[mine])
+                elif stage == 1:
                     batch = augment(images[idx, tp][:, None], g, mine)
                     t, noise = _noisy(model, (n_global, *batch.shape[1:]), g)
                     loss = wrapper(batch.to(device), t[mine], noise[mine], null)
@@ -373,13 +446,21 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                     if main:
                         log_file.flush()
                         _save_resume(out / "resume", model, optimizer, stage, step,
-                                     {"seed": seed, "processes": processes})
+                                     {"seed": seed, "processes": processes,
+                                      "vae_scaling_factor": _vae_scale(model)})
             bar.close()
             timing[f"stage{stage}_seconds_this_run"] = round(time.time() - t_stage, 1)
+            if stage == 0:  # the VAE is trained: freeze it, scale its latents to unit spread
+                model.vae.requires_grad_(False)
+                model.config["vae"]["scaling_factor"] = latent_scaling_factor(
+                    model, images[:, :].reshape(-1, 1, *images.shape[2:])[:256].to(device))
+                log(f"VAE trained; latent scaling factor "
+                    f"{model.config['vae']['scaling_factor']:.4f}")
             stage, step, optimizer = stage + 1, 0, None
-            if stage == 2 and main:
-                _save_resume(out / "resume", model, make_optimizer(2), 2, 0,
-                             {"seed": seed, "processes": processes})
+            if stage in (1, 2) and main:
+                _save_resume(out / "resume", model, make_optimizer(stage), stage, 0,
+                             {"seed": seed, "processes": processes,
+                              "vae_scaling_factor": _vae_scale(model)})
     finally:
         for handle in (log_file, samples_file):
             if handle is not None:
@@ -391,6 +472,12 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
             **(card or {}),
             "training": {**(card or {}).get("training", {}),
                          "seed": seed, "stage1_steps": steps[1], "stage2_steps": steps[2],
+                         **({"vae": {"steps": steps[0], "kl_weight": kl_weight,
+                                     "learning_rate": lrs[0], "batch_size": bs[0],
+                                     "scaling_factor": _vae_scale(model),
+                                     "note": "diffusers AutoencoderKL trained here (stage 0): "
+                                             "L1 reconstruction + kl_weight x KL"}}
+                            if with_vae else {}),
                          "batch_size": bs, "learning_rate": lrs, "cond_drop_prob": drop_p,
                          "tumour_weight": tumour_weight, "tumour_margin": tumour_margin,
                          "balance": balance,
@@ -408,6 +495,16 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
         save_checkpoint(model.to("cpu"), model_dir, full_card)
     accelerator.wait_for_everyone()  # every process returns once the model is written
     return model_dir
+
+
+def steps_order(steps: dict[int, int]) -> list[int]:
+    """The stages this run has (stage 0 only for a VAE trained here)."""
+    return [k for k in sorted(steps) if k > 0 or steps[k] > 0]
+
+
+def _vae_scale(model: ControlledDiffusion) -> float | None:
+    return float(model.config["vae"].get("scaling_factor", 1.0)) if model.vae is not None \
+        else None
 
 
 def _trim_log(path: Path, stage: int, step: int) -> None:
