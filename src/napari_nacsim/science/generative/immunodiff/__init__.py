@@ -1,0 +1,16 @@
+"""ImmunoDiff (seed paper 004) for the lung family: post-immunotherapy CT crops generated
+from the pre-treatment crop, its lobe and vessel masks and the clinical values.
+
+One concept per module:
+
+- `config`      configurations (tiny / paper / micro) and the HU <-> model-scale mapping
+- `slices`      the 2.5D layout: a crop as axial slices with their neighbours as channels
+- `vl_encoder`  vessel and lobe (VL) mask encoders, projection heads, InfoNCE
+- `tokens`      clinical values -> one token per variable (missing values: own embedding)
+- `cbi_adapter` the clinical/blood/immunotherapy adapter (Q, K, V per group, RoPE, attention)
+- `network`     the whole model: VL encoders, base denoiser, anatomy ControlNet, adapter
+- `sampling`    generating post-treatment crops (few-step and long samplers)
+- `checkpoint`  safetensors + model card (sha256 of every file)
+- `training`    the four stages (vl, base, control, adapter): losses and the loop
+- `data`        phantom records (paired through the family, unpaired for pre-training)
+"""

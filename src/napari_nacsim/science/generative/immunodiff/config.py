@@ -1,0 +1,93 @@
+"""ImmunoDiff configurations and the mapping between Hounsfield units and model values.
+
+A config is a JSON dict (``configs/lung_tiny.json``, ``configs/lung_paper.json``); `resolve`
+fills in the defaults below so that a card's config is always complete. ``micro`` is the
+CI size (same code paths, a few thousand parameters).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+
+DEFAULTS: dict[str, Any] = {
+    "family": "lung",
+    "name": "lung_tiny",
+    "grid_shape": [16, 96, 96],          # (z, y, x) voxels: the family's CT crop
+    "image_size": 96,                    # in-plane size (the engine reads it)
+    "hu_centre": -300.0,                 # model value = (HU - centre) / scale
+    "hu_scale": 700.0,                   # air -1000 -> -1, soft tissue ~ +0.5, bone > 1
+    "hu_clip": [-1024.0, 3071.0],
+    "neighbours": 1,                     # slices on each side, as extra input channels
+    "patch": 2,                          # pixel-unshuffle factor (96x96 -> 4 x 48x48)
+    "unet": {"channels": [32, 48, 64], "attention_levels": [False, False, True],
+             "num_res_blocks": 1, "norm_num_groups": 16, "num_head_channels": 32},
+    "controlnet": {"conditioning_channels": [32]},
+    "vl": {"channels": [16, 32], "feature_channels": 16, "projection_dim": 32,
+           "temperature": 0.5},
+    "adapter": {"dim": 32, "heads": 2, "rope_base": 100000.0, "lambda_init": 1.0,
+                "image_channels": 16, "drop_condition": 0.1},
+    "diffusion": {"train_timesteps": 1000, "beta_schedule": "scaled_linear",
+                  "beta_start": 0.0015, "beta_end": 0.0195, "prediction_type": "epsilon"},
+    "default_steps": 20, "default_sampler": "ddim", "default_guidance": 1.0,
+    "half_precision": False,
+    "training": {"optimizer": "adam", "lr": 2e-4, "batch_size": 8,
+                 "steps": {"vl": 300, "base": 2000, "control": 800, "adapter": 1500},
+                 "unpaired_patients": 600, "paired_patients": 160, "validation_share": 0.1,
+                 "cohort_seed_paired": 0, "cohort_seed_unpaired": 100, "seed": 0},
+}
+
+
+def _merge(base: dict, override: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``config`` over the defaults (nested dicts merged key by key)."""
+    return _merge(DEFAULTS, config or {})
+
+
+def load_config(name_or_path: str | Path) -> dict[str, Any]:
+    """A config by name (``lung_tiny``) from the package's configs, or from a JSON file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    from ....core.errors import InputError
+
+    if not path.exists():
+        raise InputError(path, "config file not found")
+    try:
+        return resolve(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"is not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+MICRO = {"name": "lung_micro", "grid_shape": [4, 16, 16],
+         "unet": {"channels": [8, 8], "attention_levels": [False, True], "norm_num_groups": 4,
+                  "num_head_channels": 8},
+         "controlnet": {"conditioning_channels": [8]},
+         "vl": {"channels": [4, 8], "feature_channels": 4, "projection_dim": 8},
+         "adapter": {"dim": 8, "heads": 2, "image_channels": 4},
+         "diffusion": {"train_timesteps": 100}, "default_steps": 3,
+         "training": {"lr": 1e-3, "batch_size": 4,
+                      "steps": {"vl": 2, "base": 2, "control": 2, "adapter": 2},
+                      "unpaired_patients": 3, "paired_patients": 3}}
+
+
+def hu_to_model(hu, config: Mapping[str, Any]):
+    return (hu - config["hu_centre"]) / config["hu_scale"]
+
+
+def model_to_hu(x, config: Mapping[str, Any]):
+    lo, hi = config["hu_clip"]
+    return (x * config["hu_scale"] + config["hu_centre"]).clip(lo, hi)

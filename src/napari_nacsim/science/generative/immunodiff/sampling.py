@@ -1,0 +1,138 @@
+"""Generating post-treatment crops: all slices of a crop are denoised together (one batch
+of 2.5D slices per scenario, see `slices`), scenarios share the initial noise.
+
+Samplers (diffusers schedulers, derived from the training noise schedule; MONAI's networks
+do not care which scheduler steps them): ``ddim`` (the default, few steps), ``dpmpp``
+(DPM-Solver++ 2M), ``unipc``, and ``ddpm``, the paper-style ancestral sampler (use 1000
+steps). Classifier-free guidance: the unconditional branch has every clinical variable
+"missing" (their learned missing embeddings), the pre-treatment image and anatomy kept.
+Initial noise is drawn on the CPU from ``seed`` (same noise on every device; bit-identical
+output on CPU for the same inputs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ....core.errors import InputError
+from .config import hu_to_model, model_to_hu
+from .network import ImmunoDiff
+from .slices import to_volume, with_neighbours
+from .vl_encoder import lobe_one_hot
+
+SAMPLERS = ("ddim", "dpmpp", "unipc", "ddpm")
+
+
+def noise_schedule(config: Mapping[str, Any]):
+    from diffusers import DDPMScheduler
+
+    d = config["diffusion"]
+    return DDPMScheduler(num_train_timesteps=int(d["train_timesteps"]),
+                         beta_schedule=d["beta_schedule"], beta_start=float(d["beta_start"]),
+                         beta_end=float(d["beta_end"]), prediction_type=d["prediction_type"],
+                         clip_sample=False)
+
+
+def make_sampler(config: Mapping[str, Any], sampler: str):
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                           UniPCMultistepScheduler)
+
+    base = noise_schedule(config).config
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(base, clip_sample=False, set_alpha_to_one=False,
+                                         timestep_spacing="trailing")
+    if sampler == "dpmpp":
+        return DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++",
+                                                       solver_order=2,
+                                                       timestep_spacing="trailing")
+    if sampler == "unipc":
+        return UniPCMultistepScheduler.from_config(base, timestep_spacing="trailing")
+    if sampler == "ddpm":
+        return DDPMScheduler.from_config(base, timestep_spacing="trailing")
+    raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
+
+
+def condition_inputs(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray,
+                     vessels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pre 2.5D slices in model scale (Z, n, H, W), anatomy control c_a (Z, C, h, w))."""
+    param = next(model.parameters())
+    dev, dtype = param.device, param.dtype
+    k = model.neighbours
+
+    def vol(a):
+        return torch.as_tensor(np.ascontiguousarray(a, np.float32))[None, None].to(dev, dtype)
+
+    pre = hu_to_model(vol(pre_hu), model.config)
+    pre25 = with_neighbours(pre, k)
+    anatomy = model.anatomy(with_neighbours(vol(vessels > 0), k),
+                            with_neighbours(lobe_one_hot(vol(lobes)).to(dtype), k))
+    return pre25, anatomy
+
+
+@torch.no_grad()
+def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: np.ndarray,
+             scenarios: Sequence[Mapping[str, Any]], *, seed: int = 0, steps: int = 20,
+             sampler: str = "ddim", guidance_scale: float = 1.0,
+             progress: Callable[[int, int], None] | None = None,
+             use_adapter: bool = True, use_anatomy: bool = True) -> np.ndarray:
+    """Post-treatment crops in HU, (len(scenarios), Z, H, W), from the pre-treatment crop
+    (Z, H, W) in HU and its lobe (labels 0..5) and vessel masks on the same grid.
+    ``use_adapter`` / ``use_anatomy`` False: the ablations (no clinical/pre-image condition;
+    anatomy maps zeroed)."""
+    if sampler not in SAMPLERS:
+        raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if int(steps) < 1:
+        raise InputError("steps", f"{steps} must be at least 1")
+    if not scenarios:
+        raise InputError("scenarios", "at least one scenario is needed")
+    grid = tuple(model.config["grid_shape"])
+    for name, arr in (("pre-treatment crop", pre_hu), ("lobe mask", lobes),
+                      ("vessel mask", vessels)):
+        if tuple(np.shape(arr)) != grid:
+            raise InputError(name, f"has shape {tuple(np.shape(arr))}, the model's crop is "
+                                   f"{grid}")
+    param = next(model.parameters())
+    dev, dtype = param.device, param.dtype
+    b, z = len(scenarios), grid[0]
+    pre25, anatomy = condition_inputs(model, pre_hu, lobes, vessels)
+    if not use_anatomy:
+        anatomy = torch.zeros_like(anatomy)
+    guided = use_adapter and guidance_scale != 1.0
+
+    def fused(scen):
+        values, codes, present = (t.to(dev) for t in model.adapter.encode(scen))
+        sums = model.adapter.clinical(values.to(dtype), codes, present)        # (B, ch)
+        return torch.cat([model.fused(pre25, s[None].expand(z, -1)) for s in sums])
+
+    if use_adapter:
+        cond = fused(scenarios)
+        if guided:
+            null = fused([{}] * b)
+            cond = torch.cat([cond, null])
+    else:
+        cond = None
+    n_branch = 2 if guided else 1
+    control = model.control(anatomy.repeat(b * n_branch, 1, 1, 1), cond)
+
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    noise = torch.randn((1, 1) + grid, generator=generator)
+    scheduler = make_sampler(model.config, sampler)
+    scheduler.set_timesteps(int(steps), device=dev)
+    x = (noise * scheduler.init_noise_sigma).to(dev, dtype).expand(b, -1, -1, -1, -1)
+    x = x.contiguous()
+    for i, t in enumerate(scheduler.timesteps):
+        x_in = scheduler.scale_model_input(x, t)
+        x25 = with_neighbours(x_in, model.neighbours)
+        if guided:
+            x25 = torch.cat([x25, x25])
+        eps = model.denoise(x25, t.reshape(1).to(dev), control)
+        if guided:
+            cond_eps, uncond_eps = eps.chunk(2)
+            eps = uncond_eps + guidance_scale * (cond_eps - uncond_eps)
+        x = scheduler.step(to_volume(eps, b), t, x, return_dict=False)[0]
+        if progress:
+            progress(i + 1, len(scheduler.timesteps))
+    return model_to_hu(x[:, 0].float(), model.config).cpu().numpy()

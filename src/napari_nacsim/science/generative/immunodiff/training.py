@@ -1,0 +1,169 @@
+"""The four training stages of ImmunoDiff and a resumable loop around them.
+
+Stages (each can run alone; a later one loads the earlier ones' weights from the run
+folder):
+
+- ``vl``: vessel and lobe encoders + projection heads, InfoNCE (positives: the two masks of
+  the same patient and slice; the other rows of the batch, other patients, are negatives).
+- ``base``: the U-Net as an unconditional denoiser of unpaired crop slices (pre and post
+  visits of many patients), noise-prediction MSE.
+- ``control``: the ControlNet (initialised from the base U-Net) with the frozen VL maps as
+  the control, on the unpaired crops (each visit's own masks); U-Net and encoders frozen.
+- ``adapter``: the cbi-Adapter and the ControlNet on paired patients: target = the
+  post-treatment slice, control = [anatomy of the pre-treatment masks ; ĉ(pre slice,
+  clinical values)]; the clinical values are dropped (all "missing") with probability
+  ``drop_condition`` so that classifier-free guidance has an unconditional branch.
+
+Batches are drawn from a generator seeded by (seed, stage, step), so a resumed run draws
+the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import hu_to_model
+from .network import ImmunoDiff
+from .sampling import noise_schedule
+from .slices import slices_of
+from .vl_encoder import lobe_one_hot
+
+STAGES = ("vl", "base", "control", "adapter")
+
+
+def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    key = hashlib.sha256(f"{seed}/{stage}/{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little"))
+
+
+class CropSet:
+    """Crops, masks and clinical values held as tensors: (N, 1, Z, H, W)."""
+
+    def __init__(self, records: list[dict[str, Any]], *, paired: bool, baseline: str = "pre",
+                 followup: str = "post"):
+        if not records:
+            raise ValueError("no training records")
+        self.paired = paired
+        if paired:
+            visits = [(r, baseline, followup) for r in records]
+        else:  # every visit is a crop of its own (its own masks)
+            visits = [(r, tp, tp) for r in records for tp in (baseline, followup)]
+        self.patient = torch.tensor([i for i, r in enumerate(records)
+                                     for _ in range(1 if paired else 2)])
+
+        def stack(key_of):
+            return torch.from_numpy(np.stack([r["arrays"][key_of(src, dst)]
+                                              for r, src, dst in visits]))[:, None]
+
+        self.source = stack(lambda s, d: f"{s}_image")       # int16 HU
+        self.target = stack(lambda s, d: f"{d}_image")
+        self.lobes = stack(lambda s, d: f"{s}_lobes")
+        self.vessels = stack(lambda s, d: f"{s}_vessels")
+        self.clinical = [r["meta"]["clinical"] for r, _, _ in visits]
+        self.n_patients = len(records)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def draw(self, batch: int, g: torch.Generator, *, distinct_patients: bool = False):
+        if distinct_patients:
+            patients = torch.randperm(self.n_patients, generator=g)[:batch]
+            per = torch.randint(0, 1 if self.paired else 2, (len(patients),), generator=g)
+            idx = patients * (1 if self.paired else 2) + per
+        else:
+            idx = torch.randint(0, len(self), (batch,), generator=g)
+        z = torch.randint(0, self.source.shape[2], (len(idx),), generator=g)
+        return idx, z
+
+
+def _masks25(data: CropSet, idx, z, k: int, dtype=torch.float32):
+    vessels = slices_of((data.vessels[idx] > 0).to(dtype), k, z)
+    lobes = slices_of(lobe_one_hot(data.lobes[idx]).to(dtype), k, z)
+    return vessels, lobes
+
+
+def _noised(model: ImmunoDiff, scheduler, clean25: torch.Tensor, g: torch.Generator):
+    """The 2.5D clean slices noised at one timestep per row (independent noise per slice,
+    i.e. the forward process of the whole volume); returns (x_t, t, centre noise)."""
+    b = len(clean25)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=g)
+    noise = torch.randn(clean25.shape, generator=g)
+    noisy = scheduler.add_noise(clean25, noise, t)
+    return noisy, t, noise[:, model.neighbours:model.neighbours + 1]
+
+
+def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torch.Generator,
+               scheduler=None, drop_condition: float = 0.0) -> torch.Tensor:
+    k, cfg = model.neighbours, model.config
+    if stage == "vl":
+        idx, z = data.draw(batch, g, distinct_patients=True)
+        vessels, lobes = _masks25(data, idx, z, k)
+        return model.vl.contrastive_loss(vessels, lobes)
+    scheduler = scheduler or noise_schedule(cfg)
+    idx, z = data.draw(batch, g)
+    clean = slices_of(hu_to_model(data.target[idx].float(), cfg), k, z)
+    noisy, t, noise = _noised(model, scheduler, clean, g)
+    if stage == "base":
+        return F.mse_loss(model.denoise(noisy, t), noise)
+    with torch.no_grad():
+        anatomy = model.anatomy(*_masks25(data, idx, z, k))
+    fused = None
+    if stage == "adapter":
+        scen = [dict(data.clinical[int(i)]) for i in idx]
+        drop = torch.rand(len(scen), generator=g) < drop_condition
+        scen = [{} if d else s for s, d in zip(scen, drop.tolist())]
+        values, codes, present = model.adapter.encode(scen)
+        pre25 = slices_of(hu_to_model(data.source[idx].float(), cfg), k, z)
+        fused = model.fused(pre25, model.adapter.clinical(values, codes, present))
+    return F.mse_loss(model.denoise(noisy, t, model.control(anatomy, fused)), noise)
+
+
+def trainable(model: ImmunoDiff, stage: str) -> list[torch.nn.Parameter]:
+    """Freeze everything, then unfreeze what ``stage`` trains."""
+    model.requires_grad_(False)
+    parts = {"vl": [model.vl], "base": [model.unet], "control": [model.controlnet],
+             "adapter": [model.adapter, model.controlnet]}[stage]
+    for part in parts:
+        part.requires_grad_(True)
+    return [p for part in parts for p in part.parameters()]
+
+
+def run_stage(model: ImmunoDiff, stage: str, data: CropSet, *, steps: int, start: int,
+              optimizer: torch.optim.Optimizer, seed: int, batch: int,
+              on_step: Callable[[int, float], None], accelerator=None,
+              should_stop: Optional[Callable[[], bool]] = None) -> int:
+    """Steps ``start`` .. ``steps`` - 1 of ``stage``; returns the next step to run."""
+    scheduler = noise_schedule(model.config)
+    drop = float(model.config["adapter"]["drop_condition"])
+    model.train()
+    step = start
+    while step < steps:
+        g = step_generator(seed, stage, step)
+        loss = stage_loss(model, stage, data, batch, g, scheduler, drop)
+        optimizer.zero_grad(set_to_none=True)
+        if accelerator is not None:
+            accelerator.backward(loss)
+        else:
+            loss.backward()
+        optimizer.step()
+        step += 1
+        on_step(step, float(loss.detach()))
+        if should_stop is not None and should_stop():
+            break
+    model.eval()
+    return step
+
+
+def split_patients(indices: Iterable[int], share: float, seed: int) -> dict[str, list[int]]:
+    """Deterministic train/validation split of patient indices (sorted, then permuted by a
+    seeded generator; never by file-system order)."""
+    ordered = sorted(int(i) for i in indices)
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    n_val = int(round(share * len(ordered)))
+    val = sorted(ordered[i] for i in perm[:n_val])
+    return {"train": [i for i in ordered if i not in set(val)], "validation": val}

@@ -1,0 +1,312 @@
+"""Train ImmunoDiff (the lung family's generative model) in four stages.
+
+    python training/train_lung.py --config lung_tiny --out artifacts/lung_tiny
+    python training/train_lung.py --config lung_tiny --out artifacts/lung_tiny --stages vl
+    accelerate launch training/train_lung.py --config lung_paper --out ... --device cuda
+
+Stages ``vl`` (vessel/lobe encoders, InfoNCE), ``base`` (unconditional denoiser on unpaired
+crops), ``control`` (anatomy ControlNet) and ``adapter`` (cbi-Adapter + ControlNet on
+paired patients), each alone (``--stages base``) or several in one command (default: all,
+in that order; a stage loads the weights the earlier ones left in ``--out/state``).
+
+Resumable: the same command again continues from ``--out/state`` (weights every
+``--save-every`` steps or ``--save-minutes``, optimizer, step; batches are drawn from
+(seed, stage, step), so a resumed run sees the batches an uninterrupted one would).
+Writes ``--out/model`` (safetensors + model card with this command, data, split, machine,
+time), ``--out/split.json`` (deterministic patient split), ``--out/loss_log.csv`` and
+``--out/loss_curve.png``. Phantom records are cached in ``--data`` (drawn when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+
+STAGE_NAMES = ("vl", "base", "control", "adapter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="lung_tiny", help="bundled config name or JSON path")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--stages", default=",".join(STAGE_NAMES),
+                   help="comma-separated stages to run, in order (default: all)")
+    p.add_argument("--steps", action="append", default=[], metavar="STAGE=N",
+                   help="steps of a stage (default: the config's training.steps)")
+    p.add_argument("--minutes", action="append", default=[], metavar="STAGE=M",
+                   help="stop a stage after M minutes of training (the model keeps what it "
+                        "learnt; the card records the steps done)")
+    p.add_argument("--data", type=Path, default=Path("artifacts/lung_data"),
+                   help="phantom-record cache (paired_<seed>/, unpaired_<seed>/)")
+    p.add_argument("--paired", type=int, default=None, help="paired patients (default: config)")
+    p.add_argument("--unpaired", type=int, default=None,
+                   help="unpaired patients for the vl/base/control stages (default: config)")
+    p.add_argument("--use-cached", action="store_true",
+                   help="train on the records already cached (at least 2), draw none")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--save-minutes", type=float, default=5.0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda (accelerate picks the process's "
+                                                    "GPU under accelerate launch)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-resume", action="store_true")
+    return p
+
+
+def _pairs(items: list[str], what: str, cast) -> dict[str, object]:
+    out = {}
+    for item in items:
+        if "=" not in item or item.split("=", 1)[0] not in STAGE_NAMES:
+            raise SystemExit(f"{what} {item!r}: expected STAGE=VALUE with STAGE one of "
+                             f"{', '.join(STAGE_NAMES)}")
+        name, value = item.split("=", 1)
+        out[name] = cast(value)
+    return out
+
+
+def _records(args, family, cfg, paired: bool):
+    from napari_nacsim.science.generative.immunodiff.data import build_cache, load_records
+
+    tr = cfg["training"]
+    seed = tr["cohort_seed_paired"] if paired else tr["cohort_seed_unpaired"]
+    n = (args.paired if paired else args.unpaired) or tr["paired_patients" if paired
+                                                        else "unpaired_patients"]
+    folder = args.data / f"{'paired' if paired else 'unpaired'}_{seed}"
+    if args.use_cached:
+        records = load_records(folder)[:n]
+        if len(records) < 2:
+            raise SystemExit(f"{folder}: fewer than 2 cached records (drop --use-cached)")
+        return records, seed, folder
+    bar = _bar(args, n, f"{'paired' if paired else 'unpaired'} phantoms")
+    build_cache(folder, family, seed, range(n), paired=paired,
+                progress=(lambda k: bar.update(k)) if bar else None)
+    if bar:
+        bar.close()
+    return load_records(folder, range(n)), seed, folder
+
+
+def _bar(args, total: int, desc: str, initial: int = 0):
+    if args.no_progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+
+
+def _save_state(model, optimizer, state_dir: Path, progress: dict) -> None:
+    import torch
+
+    from napari_nacsim.core.atomic import atomic_path, write_json_atomic
+    from napari_nacsim.science.generative.immunodiff.checkpoint import save_weights
+
+    save_weights(model, state_dir)
+    if optimizer is not None:
+        with atomic_path(state_dir / "optimizer.pt") as tmp:
+            torch.save(optimizer.state_dict(), tmp)
+    write_json_atomic(state_dir / "progress.json", progress)
+
+
+def _load_state(model, state_dir: Path) -> dict:
+    from napari_nacsim.science.generative.immunodiff.checkpoint import load_weights
+
+    progress = json.loads((state_dir / "progress.json").read_text())
+    load_weights(model, state_dir, {n: {"path": f"{n}.safetensors"}
+                                    for n in model.components()})
+    return progress
+
+
+def _plot(log_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = list(csv.DictReader(log_path.open()))
+    if not rows:
+        return
+    stages = [s for s in STAGE_NAMES if any(r["stage"] == s for r in rows)]
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        loss = np.array([float(r["loss"]) for r in rows if r["stage"] == stage])
+        step = np.array([int(r["step"]) for r in rows if r["stage"] == stage])
+        ax.plot(step, loss, lw=0.5, alpha=0.4)
+        w = max(1, len(loss) // 30)
+        if len(loss) >= w:
+            ax.plot(step[w - 1:], np.convolve(loss, np.ones(w) / w, "valid"), lw=1.5)
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.set_yscale("log" if stage != "vl" else "linear")
+    axes[0][0].set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+    from accelerate import Accelerator
+
+    from napari_nacsim.families import get_family
+    from napari_nacsim.science.generative.immunodiff import training as T
+    from napari_nacsim.science.generative.immunodiff.checkpoint import save_checkpoint
+    from napari_nacsim.science.generative.immunodiff.config import load_config
+    from napari_nacsim.science.generative.immunodiff.network import ImmunoDiff
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGE_NAMES]
+    if unknown:
+        raise SystemExit(f"--stages: unknown stage {unknown[0]!r} ({', '.join(STAGE_NAMES)})")
+    cfg = load_config(args.config)
+    tr = cfg["training"]
+    steps = {**tr["steps"], **_pairs(args.steps, "--steps", int)}
+    minutes = _pairs(args.minutes, "--minutes", float)
+    seed = tr["seed"] if args.seed is None else args.seed
+    batch = args.batch_size or tr["batch_size"]
+    lr = args.lr or tr["lr"]
+    family = get_family(cfg["family"])
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    out, state_dir = args.out, args.out / "state"
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "loss_log.csv"
+
+    torch.manual_seed(seed)
+    model = ImmunoDiff(cfg, family.schema)
+    progress = {"done": [], "stage": None, "step": 0, "seconds": {}, "steps_done": {}}
+    if (state_dir / "progress.json").exists() and not args.no_resume:
+        progress = _load_state(model, state_dir)
+        print(f"resuming from {state_dir}: done {progress['done']}, "
+              f"{progress['stage']} at step {progress['step']}", flush=True)
+    elif log_path.exists():
+        log_path.unlink()
+
+    data_info, split, loaded = {}, {}, {}
+
+    data_info.update(progress.get("data", {}))
+    split.update(progress.get("split", {}))
+
+    def data_for(stage):
+        """The stage's data, loaded when the stage starts (so that with --use-cached a later
+        stage sees the records cached meanwhile)."""
+        kind = "paired" if stage == "adapter" else "unpaired"
+        if kind in loaded and not args.use_cached:
+            return loaded[kind]
+        records, cseed, folder = _records(args, family, cfg, paired=kind == "paired")
+        if kind == "unpaired":
+            loaded[kind] = T.CropSet(records, paired=False)
+            data_info.setdefault("unpaired", {}).update(
+                {"cohort_seed": cseed, "folder": str(folder),
+                 "alignment": "none (each visit cut with the baseline tumour's box)"})
+            data_info["unpaired"][f"patients_{stage}"] = len(records)
+        else:
+            split.update(T.split_patients([r["meta"]["index"] for r in records],
+                                          float(tr["validation_share"]), seed))
+            train = [r for r in records if r["meta"]["index"] in set(split["train"])]
+            loaded[kind] = T.CropSet(train, paired=True)
+            data_info["paired"] = {"cohort_seed": cseed, "patients": len(records),
+                                   "train": len(train), "folder": str(folder),
+                                   "alignment": records[0]["meta"].get("align", "ants")}
+            (out / "split.json").write_text(json.dumps({"cohort_seed": cseed, "seed": seed,
+                                                        **split}, indent=1))
+        return loaded[kind]
+
+    log_new = not log_path.exists()
+    log_file = log_path.open("a", newline="")
+    writer = csv.writer(log_file)
+    if log_new:
+        writer.writerow(["stage", "step", "loss", "seconds"])
+
+    for stage in stages:
+        if stage in progress["done"]:
+            continue
+        params = T.trainable(model, stage)
+        if stage == "control" and progress["stage"] != "control":
+            model.init_controlnet_from_unet()
+        optimizer = torch.optim.Adam(params, lr=lr)
+        start = 0
+        if progress["stage"] == stage and (state_dir / "optimizer.pt").exists():
+            optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+            start = int(progress["step"])
+        model.to(accelerator.device)
+        model_p, optimizer_p = accelerator.prepare(model, optimizer)
+        data = data_for(stage)
+        total = int(steps[stage])
+        bar = _bar(args, total, stage, start)
+        began = time.perf_counter()
+        spent_before = float(progress["seconds"].get(stage, 0.0))
+        last_save = [time.perf_counter()]
+        limit = minutes.get(stage)
+
+        def save(step, stage=stage, optimizer=optimizer, began=began, spent=spent_before):
+            progress.update(stage=stage, step=step)
+            progress["seconds"][stage] = round(spent + time.perf_counter() - began, 1)
+            progress["steps_done"][stage] = step
+            progress["data"], progress["split"] = data_info, split
+            _save_state(model, optimizer, state_dir, progress)
+            log_file.flush()
+            last_save[0] = time.perf_counter()
+
+        def on_step(step, loss, stage=stage, bar=bar, began=began, spent=spent_before):
+            writer.writerow([stage, step, f"{loss:.6g}",
+                             round(spent + time.perf_counter() - began, 2)])
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if step % args.save_every == 0 or \
+                    time.perf_counter() - last_save[0] > 60 * args.save_minutes:
+                save(step)
+
+        def should_stop(began=began, spent=spent_before, limit=limit):
+            return limit is not None and spent + time.perf_counter() - began > 60 * limit
+
+        step = T.run_stage(model, stage, data, steps=total, start=start, optimizer=optimizer_p,
+                           seed=seed, batch=batch, on_step=on_step, accelerator=accelerator,
+                           should_stop=should_stop)
+        if bar:
+            bar.close()
+        progress["done"].append(stage)
+        save(step)
+        (state_dir / "optimizer.pt").unlink(missing_ok=True)
+        progress.update(stage=None, step=0)
+        _save_state(model, None, state_dir, progress)
+        del model_p, optimizer_p
+    log_file.close()
+    _plot(log_path, out / "loss_curve.png")
+
+    command = "python " + " ".join(shlex.quote(a) for a in
+                                   ["training/train_lung.py", *(argv if argv is not None
+                                                                else sys.argv[1:])])
+    card = {"title": f"ImmunoDiff {cfg['name']} (synthetic lung phantoms)",
+            "training": {"command": command, "stages": progress["done"],
+                         "steps_done": progress["steps_done"],
+                         "seconds": progress["seconds"], "batch_size": batch, "lr": lr,
+                         "optimizer": "Adam", "seed": seed, "data": data_info,
+                         "split": split, "machine": {
+                             "platform": platform.platform(), "processor": platform.processor(),
+                             "device": str(accelerator.device),
+                             "torch_threads": torch.get_num_threads(),
+                             "gpu": torch.cuda.get_device_name(0)
+                             if torch.cuda.is_available() else None}},
+            "training_data": family.training_data, "normalisation": family.normalisation,
+            "intended_use": "research demonstration on synthetic phantoms; output is "
+                            "synthetic, never a measurement"}
+    if accelerator.is_main_process:
+        save_checkpoint(model, out / "model", card)
+        print(f"model written to {out / 'model'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
