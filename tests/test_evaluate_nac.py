@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from generative_helpers import micro_model, random_cohort
@@ -45,6 +46,43 @@ def test_baseline_round_trip_and_hash_check(tmp_path):
         load_net(path)
 
 
+def _assert_rows_recomputed(rows, cohort, test_ids, made, segmenter):
+    """Every row's PSNR, SSIM, sizes and match, recomputed with skimage and the sizing
+    segmenter from the reference images and the images the methods produced."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    pixel_mm2 = float(np.prod(cohort.spacing))
+    for i, pid in enumerate(test_ids):
+        k = cohort.ids.index(pid)
+        entries = [("factual", t, cohort.images[k][t], cohort.masks[k][t]) for t in (1, 2)] + \
+                  [("counterfactual", t, cohort.cf_images[pid][t], cohort.cf_masks[pid][t])
+                   for t in (1, 2)]
+        refs = np.stack([e[2] for e in entries])
+        nac, pix = made["nac"][i], made["pix2pix"][i]
+        # sized in one batch, in the evaluation's order: T0, references, pix2pix, samples
+        areas = segment(segmenter, np.concatenate([cohort.images[k][:1], refs, pix, nac])
+                        ).sum(axis=(1, 2)) * pixel_mm2
+        size_t0, size_ref = areas[0], areas[1:5]
+        sized = {"pix2pix": areas[5:9], "nac": areas[9:13]}
+        mine = rows[8 * i: 8 * (i + 1)]
+        for m, (method, images) in enumerate((("nac", nac), ("pix2pix", pix))):
+            for j, (kind, t, ref, truth) in enumerate(entries):
+                row = mine[4 * m + j]
+                assert (row["patient"], row["method"], row["kind"], row["time"]) == \
+                    (pid, method, kind, f"T{t}")
+                assert row["ssim"] == pytest.approx(
+                    structural_similarity(ref, images[j], data_range=1.0), abs=1e-9)
+                assert row["psnr"] == pytest.approx(
+                    peak_signal_noise_ratio(ref, images[j], data_range=1.0), abs=1e-9)
+                gen, real = sized[method][j], size_ref[j]
+                assert row["size_generated_mm2"] == pytest.approx(gen)
+                assert row["size_real_mm2"] == pytest.approx(real)
+                assert row["size_t0_mm2"] == pytest.approx(size_t0)
+                assert row["size_truth_mm2"] == pytest.approx(truth.sum() * pixel_mm2)
+                assert row["match"] == pytest.approx(
+                    100.0 if gen == real == 0 else 100.0 * min(gen, real) / max(gen, real))
+
+
 def test_evaluation_end_to_end_on_micro_model(tmp_path, monkeypatch):
     cohort = random_cohort(6)
     test_ids = cohort.ids[-2:]
@@ -63,6 +101,22 @@ def test_evaluation_end_to_end_on_micro_model(tmp_path, monkeypatch):
     import napari_nacsim.science.generative.data as data_module
 
     monkeypatch.setattr(data_module, "phantom_cohort", lambda *a, **k: cohort)
+    # keep the images the evaluation scores, to recompute its metrics from them
+    import napari_nacsim.science.generative.baseline as baseline_module
+    import napari_nacsim.science.generative.sampling as sampling_module
+
+    made = {"nac": [], "pix2pix": []}
+
+    def keeping(method, function):
+        def wrapped(*args, **kwargs):
+            images = function(*args, **kwargs)
+            made[method].append(np.asarray(images)[:, 0] if method == "nac" else images)
+            return images
+        return wrapped
+
+    monkeypatch.setattr(sampling_module, "generate", keeping("nac", sampling_module.generate))
+    monkeypatch.setattr(baseline_module, "pix2pix_predict",
+                        keeping("pix2pix", baseline_module.pix2pix_predict))
     evaluate = _script("evaluate_nac")
     out = tmp_path / "eval"
     assert evaluate.main(["--model", str(model_dir), "--baseline", str(base), "--out", str(out),
@@ -71,7 +125,8 @@ def test_evaluation_end_to_end_on_micro_model(tmp_path, monkeypatch):
     assert len(result["rows"]) == 2 * 2 * 2 * 2  # patients x kinds x times x methods
     groups = {(s["method"], s["kind"], s["time"]) for s in result["summary"]}
     assert ("nac", "counterfactual", "T2") in groups and ("pix2pix", "factual", "T1") in groups
-    assert all(0 <= r["match"] <= 100 and -1 <= r["ssim"] <= 1 for r in result["rows"])
+    _assert_rows_recomputed(result["rows"], cohort, test_ids, made, load_net(
+        base / "segmenter.safetensors")[0])
     assert "| nac |" in (out / "results.md").read_text()
     # another cohort seed: every patient held out, recorded; the training seed is refused
     out2 = tmp_path / "eval2"
