@@ -52,22 +52,37 @@ def test_bundled_models_are_small_pickle_free_and_documented():
 def test_breast_model_segments_a_held_out_mip(breast_case):
     segmenter = load_segmenter("breast")
     assert load_segmenter("breast") is segmenter  # loaded once per process
-    assert segmenter.device.type in ("cpu", "cuda")
+    # "auto": the GPU when there is one, else the CPU; the network and mirroring follow
+    import torch
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert segmenter.device.type == expected
+    assert {p.device.type for p in segmenter.predictor.network.parameters()} == {expected}
+    assert segmenter.use_mirroring is (expected == "cuda")
+    assert load_segmenter("breast", device="cpu").device == torch.device("cpu")
     mask = segmenter.segment(breast_case.image)
     assert mask.kind == LABELS and mask.shape == breast_case.image.shape == (128, 128)
     assert np.allclose(mask.affine, breast_case.image.affine)
-    assert dice(mask.array, breast_case.label.array) >= 0.7
-    size = measure_tumour(mask)
-    assert size.unit == "mm²" and size.found
-    assert size.total == pytest.approx(measure_tumour(breast_case.label).total, rel=0.35)
+    # Measured on this case: Dice 0.962, area 464 vs 484 mm² (-4 %), same longest diameter
+    # (27.2 mm); on the first 6 held-out patients Dice 0.91-0.97, area -5 % to +21 % (the
+    # +21 % on a 136 mm² tumour: 7 pixels of 2 x 2 mm too many).
+    assert dice(mask.array, breast_case.label.array) >= 0.9
+    size, truth = measure_tumour(mask), measure_tumour(breast_case.label)
+    assert size.unit == "mm²" and size.found and size.n_components == 1
+    assert size.total == pytest.approx(truth.total, rel=0.1)
+    assert size.diameter == pytest.approx(truth.diameter, abs=2 * max(mask.spacing))
 
 
 def test_lung_model_segments_a_held_out_crop(lung_case):
     mask = load_segmenter("lung").segment(lung_case.image)
     assert mask.shape == lung_case.image.shape == (16, 96, 96)
     assert mask.spacing == pytest.approx((4.0, 3.0, 3.0))
-    assert dice(mask.array, lung_case.label.array) >= 0.7
-    assert measure_tumour(mask).unit == "mL"
+    # Measured on this case: Dice 0.842, volume 3.17 vs 3.67 mL (-14 %); on the first 4
+    # held-out patients Dice 0.84-0.93, volume -14 % to +3 %.
+    assert dice(mask.array, lung_case.label.array) >= 0.8
+    size = measure_tumour(mask)
+    assert size.unit == "mL" and size.found
+    assert size.total == pytest.approx(measure_tumour(lung_case.label).total, rel=0.2)
 
 
 def test_generated_image_and_napari_layer_segment_like_the_scan(breast_case):
