@@ -140,7 +140,13 @@ def test_widgets_open_like_napari_dash_w(make_napari_viewer):
     from napari.plugins import _npe2
 
     viewer = make_napari_viewer()
-    assert _npe2.get_widget_contribution("nacsim") is not None
+    from napari_nacsim.plugin.inspector import CohortInspector
+    from napari_nacsim.plugin.workspace import WhatIfWorkspace
+
+    # what `-w nacsim` resolves to: the manifest's first widget, by its display name
+    assert _npe2.get_widget_contribution("nacsim") == (WhatIfWorkspace, "What-if workspace")
+    assert _npe2.get_widget_contribution("nacsim", "Cohort inspector") == (
+        CohortInspector, "Cohort inspector")
     dock, widget = viewer.window.add_plugin_dock_widget("nacsim")
     assert type(widget).__name__ == "WhatIfWorkspace"
     dock, inspector = viewer.window.add_plugin_dock_widget("nacsim", "Cohort inspector")
