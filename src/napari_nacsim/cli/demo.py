@@ -93,7 +93,9 @@ def write_demo(out: Path, *, seed: int = 0, steps: int | None = None,
                 if k in {v.name for v in schema.condition_variables}}
     request = WhatIfRequest(clinical=clinical, target=schema.timepoint_names[-1], seed=seed,
                             steps=steps)
-    result = session.run(case["inputs"][schema.baseline]["image"], request)
+    base_inputs = case["inputs"][schema.baseline]
+    result = session.run(base_inputs["image"], request,
+                         context=chosen.model_context(base_inputs))
 
     # The phantom's own follow-ups (its real scenario), measured the same way, for reference.
     real = {}

@@ -24,9 +24,11 @@ def cmd_simulate(args) -> int:
     if args.input is not None:
         case = {"input": str(args.input)}
         clinical = {}
+        context = _read_context(args.context or [], family)
     else:
         sample = sample_case(args.sample, family=family.name, size=model.image_size)
         image = sample["inputs"][family.schema.baseline]["image"]
+        context = family.model_context(sample["inputs"][family.schema.baseline])
         case = {"sample_patient": sample["patient"], "cohort_seed": 0}
         clinical = sample["clinical"]
     if args.scenario:
@@ -49,7 +51,7 @@ def cmd_simulate(args) -> int:
 
     generated = simulate(model, image, scenarios, seed=args.seed, steps=args.steps,
                          sampler=args.sampler, guidance_scale=args.guidance,
-                         progress=progress)
+                         progress=progress, context=context)
     if bar is not None:
         bar.close()
     out = Path(args.out)
@@ -74,6 +76,21 @@ def cmd_simulate(args) -> int:
     print(f"wrote {len(written)} SYNTHETIC images to {out} (model {model.model_hash[:12]}, "
           f"seed {args.seed})")
     return 0
+
+
+def _read_context(items: list[str], family) -> dict:
+    """``--context NAME=FILE`` -> name -> label map (the family's extra model inputs)."""
+    from ..core.scan_io import read_scan
+
+    context = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in family.context_inputs:
+            known = ", ".join(family.context_inputs) or "none"
+            raise InputError(f"--context {item!r}", f"expected NAME=FILE with NAME one of the "
+                                                    f"{family.name} model's inputs ({known})")
+        context[name] = read_scan(Path(path), kind="labels")
+    return context
 
 
 def default_scenarios(family, clinical) -> list[dict]:
@@ -119,13 +136,17 @@ def add_simulate_commands(sub) -> None:
     p.add_argument("--input", type=Path, help="pre-treatment model input (breast: the 2D "
                                               "MIP of `nacsim mip`; lung: the CT crop of "
                                               "`nacsim crop`), NIfTI")
+    p.add_argument("--context", action="append", metavar="NAME=FILE",
+                   help="an extra model input of --input on its grid (lung: lobes=FILE and "
+                        "vessels=FILE, the crops of the lobe and vessel masks)")
     p.add_argument("--sample", type=int, help="use synthetic sample patient N instead")
     p.add_argument("--scenario", action="append",
                    help="e.g. time=T2,pCR=yes,HR=+,HER2=- (repeat for several; default for "
                         "--sample: pCR and non-pCR at every follow-up)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
-    p.add_argument("--sampler", choices=["ddim", "dpmpp", "unipc"], default=None)
+    p.add_argument("--sampler", choices=["ddim", "dpmpp", "unipc", "ddpm"], default=None,
+                   help="(ddpm: the lung model's long ancestral sampler)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (1 = none; default: the model's, "
                         "from its model card)")

@@ -231,8 +231,10 @@ class CohortReview:
         steps.advance(0, f"{patient.id}: reading and registering scans")
         visits = {tp: load_timepoint(patient, tp, schema) for tp in [schema.baseline, *followups]}
         steps.check()  # registration takes seconds per follow-up: check before and after
-        inputs = self._on_grid(family.model_inputs(visits))
+        prepared = family.model_inputs(visits)
+        inputs = self._on_grid(prepared)
         baseline = model_grid(self.model, inputs[schema.baseline])
+        context = family.model_context(prepared[schema.baseline])
         cf_clinical, truth = None, {}
         if patient.extra.get("phantom"):
             steps.advance(0, f"{patient.id}: rendering the counterfactual ground truth")
@@ -244,7 +246,7 @@ class CohortReview:
         if cf_clinical is not None:
             scenarios += [{"time": tp, **cf_clinical} for tp in followups]
         generated = simulate(self.model, baseline, scenarios, seed=self.seed, steps=self.steps,
-                             sampler=self.sampler,
+                             sampler=self.sampler, context=context,
                              progress=lambda i, n: steps.advance(1, f"{patient.id}: generating"))
 
         base_mask = self._segment(baseline)

@@ -11,10 +11,12 @@ from ..families import get_family
 
 
 def baseline_input(cohort: Cohort | str | os.PathLike, patient_id: str) -> dict[str, Any]:
-    """``{"patient", "family", "clinical", "image", "mask", "extra"}``: the baseline model input made
+    """``{"patient", "family", "clinical", "image", "mask", "context", "extra"}``: the baseline
+    model input made
     the family's way (breast: the normalised subtraction MIP of T0; lung: the CT crop around
-    the tumour), its tumour mask when the manifest has one (else None) and the validated
-    clinical values. No registration is needed at the baseline."""
+    the tumour), its tumour mask when the manifest has one (else None), the family's extra
+    model inputs (``context``: lung lobe and vessel crops when the manifest lists those
+    masks) and the validated clinical values. No registration is needed at the baseline."""
     if not isinstance(cohort, Cohort):
         cohort = load_cohort(cohort)
     family = get_family(cohort.family)
@@ -23,4 +25,5 @@ def baseline_input(cohort: Cohort | str | os.PathLike, patient_id: str) -> dict[
     visit = load_timepoint(patient, base, family.schema)
     inputs = family.model_inputs({base: visit})[base]
     return {"patient": patient.id, "family": family.name, "clinical": dict(patient.clinical),
-            "image": inputs["image"], "mask": inputs.get("tumour"), "extra": dict(patient.extra)}
+            "image": inputs["image"], "mask": inputs.get("tumour"),
+            "context": family.model_context(inputs), "extra": dict(patient.extra)}

@@ -305,17 +305,29 @@ class WhatIfSession:
         self.family = model.family
         self.schema = model.schema
         self._baseline: Optional[tuple[str, Scan, Scan, TumourSize]] = None
+        self._context: dict[str, Scan] = {}   # the family's extra model inputs, on the grid
         self._results: collections.OrderedDict[tuple, WhatIfResult] = collections.OrderedDict()
 
     # --- the baseline ------------------------------------------------------------------------
-    def baseline(self, image: Scan, steps: Optional[Steps] = None
+    def baseline(self, image: Scan, steps: Optional[Steps] = None,
+                 context: Optional[Mapping[str, Scan]] = None
                  ) -> tuple[str, Scan, Scan, TumourSize]:
-        """The model-grid baseline, its mask and size; computed once per image."""
+        """The model-grid baseline, its mask and size; computed once per image.
+        ``context``: the family's extra model inputs of this image (``context_inputs``,
+        e.g. lobe and vessel masks), kept on the model grid for the runs."""
         grid = model_grid(self.model, image)  # raises InputError on bad images
-        key = _image_hash(grid)
+        context = {name: (scan if tuple(scan.shape) == tuple(grid.shape)
+                          else self.family.resample(scan, grid.shape))
+                   for name, scan in (context or {}).items()
+                   if name in self.family.context_inputs and scan is not None}
+        key = _image_hash(grid) + "".join(f"/{n}:{_image_hash(context[n])}"
+                                          for n in sorted(context))
         if self._baseline is None or self._baseline[0] != key:
-            mask = self._segment(grid)
+            same_image = self._baseline is not None and \
+                self._baseline[0].split("/")[0] == key.split("/")[0]
+            mask = self._baseline[2] if same_image else self._segment(grid)
             self._baseline = (key, grid, mask, measure_tumour(mask))
+            self._context = context
             self._results.clear()
         if steps is not None:
             steps.advance(1, "baseline segmented")
@@ -352,7 +364,9 @@ class WhatIfSession:
         return var, arms
 
     def run(self, image: Scan, request: WhatIfRequest, *, progress: Optional[Progress] = None,
-            cancel: Optional[CancelToken] = None) -> WhatIfResult:
+            cancel: Optional[CancelToken] = None,
+            context: Optional[Mapping[str, Scan]] = None) -> WhatIfResult:
+        """``context``: the family's extra model inputs of ``image`` (see `baseline`)."""
         followup_times = self.family.followup_times
         if request.target not in followup_times:
             raise InputError(f"target '{request.target}'",
@@ -365,7 +379,7 @@ class WhatIfSession:
         steps = Steps(1 + request.samples * steps_per_sample + n_images, progress, cancel)
         steps.check()
         started = time.perf_counter()
-        key, grid, base_mask, base_size = self.baseline(image, steps)
+        key, grid, base_mask, base_size = self.baseline(image, steps, context)
         cached = self._results.get((key, request.key()))
         if cached is not None:
             self._results.move_to_end((key, request.key()))
@@ -379,7 +393,7 @@ class WhatIfSession:
         for k in range(request.samples):
             images = simulate(self.model, grid, scenarios, seed=request.seed + k,
                               steps=request.steps, sampler=request.sampler,
-                              guidance_scale=request.guidance,
+                              guidance_scale=request.guidance, context=self._context,
                               progress=lambda i, n: steps.advance(1, f"generating sample "
                                                                      f"{k + 1}/{request.samples}"))
             for slot, img in zip(generated, images):

@@ -101,6 +101,11 @@ class ModelFamily:
     training_data: str = ""                   # model cards: what the phantom data are
     normalisation: str = ""                   # model cards: how images become model inputs
     size_bins: tuple[float, ...] = (0.0, float("inf"))  # evaluation reports: tumour-size bins
+    # Extra inputs the generator needs besides the image (by name, e.g. anatomy masks), each
+    # an entry of `model_inputs(visits)[time point]` on the model grid; and how a user gets
+    # them (shown when one is missing).
+    context_inputs: tuple[str, ...] = ()
+    context_help: str = ""
 
     # --- schema ------------------------------------------------------------------------------
     @property
@@ -193,6 +198,32 @@ class ModelFamily:
         """A patient's visits -> time point -> ``{"image": model input, "tumour": mask}``
         (the mask where the visit has one), follow-ups aligned to the baseline."""
         raise NotImplementedError
+
+    def model_context(self, entry: Mapping[str, Scan]) -> dict[str, Scan]:
+        """The generator's extra inputs (`context_inputs`) from one visit's model inputs
+        (an entry of `model_inputs`); those the visit lacks are left out (the generator
+        names them, see `require_context`)."""
+        return {name: entry[name] for name in self.context_inputs if name in entry}
+
+    def require_context(self, context: Optional[Mapping[str, Scan]],
+                        grid: Sequence[int]) -> dict[str, Scan]:
+        """``context`` checked: every `context_inputs` entry present, a label map on the
+        model grid (resampled with `resample` when its grid differs); `InputError` naming
+        what is missing and how to get it otherwise."""
+        context = dict(context or {})
+        missing = [n for n in self.context_inputs if context.get(n) is None]
+        if missing:
+            raise InputError(f"{self.name} model input",
+                             f"the {' and '.join(missing)} mask{'s' if len(missing) > 1 else ''}"
+                             f" of the pre-treatment image {'are' if len(missing) > 1 else 'is'}"
+                             f" missing; {self.context_help or 'provide them'}")
+        out = {}
+        for name in self.context_inputs:
+            scan = context[name]
+            if tuple(scan.shape) != tuple(grid):
+                scan = self.resample(scan, grid)
+            out[name] = scan
+        return out
 
     def to_segmenter(self, generated: Scan) -> Scan:
         """A generated (or model-input) image as the segmenter takes it."""

@@ -8,7 +8,9 @@ Comparison by default: PD-L1 TPS below 1 % against 50 % or more.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
 
 from ..core.errors import InputError
 from ..core.scan import Scan
@@ -45,6 +47,31 @@ class LungFamily(ModelFamily):
     training_data = ("synthetic phantom patients (nacsim phantoms lung), preprocessed "
                      "with lung_crops")
     normalisation = "CT crop in Hounsfield units, 16 x 96 x 96 voxels around the tumour"
+    # ImmunoDiff's anatomy control: lobes (labels 1-5: RUL, RML, RLL, LUL, LLL) and vessels
+    context_inputs = ("lobes", "vessels")
+    context_help = ("cut them with the CT: `nacsim crop --ct CT --tumour MASK --mask "
+                    "LOBES --mask VESSELS` (lobe labels 1-5 = RUL, RML, RLL, LUL, LLL and a "
+                    "vessel mask, e.g. from TotalSegmentator or lungmask), or open a sample "
+                    "or cohort patient, whose crops have them")
+
+    def load_generator(self, folder, *, device, dtype):
+        """ImmunoDiff (`science.generative.immunodiff`), hashes verified."""
+        from ..science.generative.immunodiff.checkpoint import load_checkpoint
+
+        return load_checkpoint(folder, device=device, dtype=dtype)
+
+    def generate(self, network, image: Scan, scenarios, *, seed: int, steps: int,
+                 sampler: str, guidance_scale: float, progress: Any = None,
+                 context: Optional[Mapping[str, Scan]] = None) -> np.ndarray:
+        """Post-treatment crops in HU from the pre-treatment crop, its lobe and vessel masks
+        (``context``) and each scenario's clinical values."""
+        from ..science.generative.immunodiff.sampling import generate
+
+        context = self.require_context(context, image.shape)
+        return generate(network, np.asarray(image.array), np.asarray(context["lobes"].array),
+                        np.asarray(context["vessels"].array), scenarios, seed=seed,
+                        steps=steps, sampler=sampler, guidance_scale=guidance_scale,
+                        progress=progress)
 
     @property
     def window_presets(self) -> tuple[WindowPreset, ...]:
