@@ -2,7 +2,8 @@
 
     python training/train_lung.py --config lung_tiny --out artifacts/lung_tiny
     python training/train_lung.py --config lung_tiny --out artifacts/lung_tiny --stages vl
-    accelerate launch training/train_lung.py --config lung_paper --out ... --device cuda
+    accelerate launch --multi_gpu --num_processes 4 training/train_lung.py --config lung_paper \
+        --out ... --device cuda
 
 Stages ``vl`` (vessel/lobe encoders, InfoNCE), ``base`` (unconditional denoiser on unpaired
 crops), ``control`` (anatomy ControlNet) and ``adapter`` (cbi-Adapter + ControlNet on
@@ -15,6 +16,10 @@ Resumable: the same command again continues from ``--out/state`` (weights every
 Writes ``--out/model`` (safetensors + model card with this command, data, split, machine,
 time), ``--out/split.json`` (deterministic patient split), ``--out/loss_log.csv`` and
 ``--out/loss_curve.png``. Phantom records are cached in ``--data`` (drawn when missing).
+
+With N processes (``accelerate launch``, docs/training.md) ``--batch-size`` is per process,
+every process trains on its own share of each step's samples (the gradients are averaged),
+only the main process writes, and a run resumes on another number of processes.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unpaired patients for the vl/base/control stages (default: config)")
     p.add_argument("--use-cached", action="store_true",
                    help="train on the records already cached (at least 2), draw none")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per step and process (default: the config's)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--save-every", type=int, default=200)
@@ -97,7 +103,7 @@ def _records(args, family, cfg, paired: bool):
 
 
 def _bar(args, total: int, desc: str, initial: int = 0):
-    if args.no_progress:
+    if args.no_progress or not getattr(args, "main_process", True):
         return None
     from tqdm.auto import tqdm
 
@@ -178,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     lr = args.lr or tr["lr"]
     family = get_family(cfg["family"])
     accelerator = Accelerator(cpu=args.device == "cpu")
+    # Many processes: each trains on its share of every batch; only the main one writes.
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    args.main_process = main
     out, state_dir = args.out, args.out / "state"
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "loss_log.csv"
@@ -187,10 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     progress = {"done": [], "stage": None, "step": 0, "seconds": {}, "steps_done": {}}
     if (state_dir / "progress.json").exists() and not args.no_resume:
         progress = _load_state(model, state_dir)
-        print(f"resuming from {state_dir}: done {progress['done']}, "
-              f"{progress['stage']} at step {progress['step']}", flush=True)
-    elif log_path.exists():
+        if main:
+            print(f"resuming from {state_dir}: done {progress['done']}, "
+                  f"{progress['stage']} at step {progress['step']}", flush=True)
+    elif log_path.exists() and main:
         log_path.unlink()
+    if world > 1:  # e.g. several machines, --out not on a folder they share
+        from accelerate.utils import gather_object
+
+        seen = gather_object([(tuple(progress["done"]), progress["stage"], progress["step"])])
+        if len(set(seen)) > 1:
+            raise SystemExit(f"{state_dir}: the processes do not see the same resume state "
+                             f"({seen}); with several machines, --out must be a folder "
+                             "they all share")
+    progress.setdefault("processes", []).append(
+        {"done": list(progress["done"]), "stage": progress["stage"], "step": progress["step"],
+         "num_processes": world, "effective_batch_size": batch * world})
 
     data_info, split, loaded = {}, {}, {}
 
@@ -218,15 +239,18 @@ def main(argv: list[str] | None = None) -> int:
             data_info["paired"] = {"cohort_seed": cseed, "patients": len(records),
                                    "train": len(train), "folder": str(folder),
                                    "alignment": records[0]["meta"].get("align", "ants")}
-            (out / "split.json").write_text(json.dumps({"cohort_seed": cseed, "seed": seed,
-                                                        **split}, indent=1))
+            if main:
+                (out / "split.json").write_text(json.dumps({"cohort_seed": cseed,
+                                                            "seed": seed, **split}, indent=1))
         return loaded[kind]
 
-    log_new = not log_path.exists()
-    log_file = log_path.open("a", newline="")
-    writer = csv.writer(log_file)
-    if log_new:
-        writer.writerow(["stage", "step", "loss", "seconds"])
+    log_file = writer = None
+    if main:
+        log_new = not log_path.exists()
+        log_file = log_path.open("a", newline="")
+        writer = csv.writer(log_file)
+        if log_new:
+            writer.writerow(["stage", "step", "loss", "seconds"])
 
     for stage in stages:
         if stage in progress["done"]:
@@ -240,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
             start = int(progress["step"])
         model.to(accelerator.device)
-        model_p, optimizer_p = accelerator.prepare(model, optimizer)
-        data = data_for(stage)
+        # Not wrapped in DistributedDataParallel: the stage losses call the model's parts,
+        # and run_stage averages the gradients over the processes itself.
+        optimizer_p = accelerator.prepare(optimizer)
+        with accelerator.local_main_process_first():  # one process per machine draws records
+            data = data_for(stage)
         total = int(steps[stage])
         bar = _bar(args, total, stage, start)
         began = time.perf_counter()
@@ -254,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
             progress["seconds"][stage] = round(spent + time.perf_counter() - began, 1)
             progress["steps_done"][stage] = step
             progress["data"], progress["split"] = data_info, split
-            _save_state(model, optimizer, state_dir, progress)
-            log_file.flush()
+            if main:
+                _save_state(model, optimizer, state_dir, progress)
+                log_file.flush()
             last_save[0] = time.perf_counter()
 
         def on_step(step, loss, stage=stage, bar=bar, began=began, spent=spent_before):
-            writer.writerow([stage, step, f"{loss:.6g}",
-                             round(spent + time.perf_counter() - began, 2)])
+            if writer is not None:
+                writer.writerow([stage, step, f"{loss:.6g}",
+                                 round(spent + time.perf_counter() - began, 2)])
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
@@ -278,20 +307,29 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
         progress["done"].append(stage)
         save(step)
-        (state_dir / "optimizer.pt").unlink(missing_ok=True)
         progress.update(stage=None, step=0)
-        _save_state(model, None, state_dir, progress)
-        del model_p, optimizer_p
-    log_file.close()
-    _plot(log_path, out / "loss_curve.png")
+        if main:
+            (state_dir / "optimizer.pt").unlink(missing_ok=True)
+            _save_state(model, None, state_dir, progress)
+        del optimizer_p
+    if main:
+        log_file.close()
+        _plot(log_path, out / "loss_curve.png")
 
-    command = "python " + " ".join(shlex.quote(a) for a in
-                                   ["training/train_lung.py", *(argv if argv is not None
-                                                                else sys.argv[1:])])
+    launcher = (f"accelerate launch --num_processes {world}" if world > 1 else "python")
+    command = launcher + " " + " ".join(shlex.quote(a) for a in
+                                        ["training/train_lung.py", *(argv if argv is not None
+                                                                     else sys.argv[1:])])
     card = {"title": f"ImmunoDiff {cfg['name']} (synthetic lung phantoms)",
             "training": {"command": command, "stages": progress["done"],
                          "steps_done": progress["steps_done"],
                          "seconds": progress["seconds"], "batch_size": batch, "lr": lr,
+                         "num_processes": world,
+                         "distributed_type": str(accelerator.distributed_type.value),
+                         "effective_batch_size": batch * world,
+                         "batch_size_note": "batch_size is per process; effective_batch_size "
+                                            "= batch_size x num_processes",
+                         "processes_per_run": progress["processes"],
                          "optimizer": "Adam", "seed": seed, "data": data_info,
                          "split": split, "machine": {
                              "platform": platform.platform(), "processor": platform.processor(),
@@ -302,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             "training_data": family.training_data, "normalisation": family.normalisation,
             "intended_use": "research demonstration on synthetic phantoms; output is "
                             "synthetic, never a measurement"}
-    if accelerator.is_main_process:
+    if main:
         save_checkpoint(model, out / "model", card)
-        print(f"model written to {out / 'model'}", flush=True)
+        print(f"model written to {out / 'model'} ({world} process(es))", flush=True)
+    accelerator.wait_for_everyone()  # every process returns once the model is written
     return 0
 
 

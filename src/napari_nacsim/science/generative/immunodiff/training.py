@@ -15,7 +15,11 @@ folder):
   ``drop_condition`` so that classifier-free guidance has an unconditional branch.
 
 Batches are drawn from a generator seeded by (seed, stage, step), so a resumed run draws
-the same batches as an uninterrupted one.
+the same batches as an uninterrupted one. With N processes (``accelerate launch``), every
+process draws the step's global batch (N x ``batch``) and trains on its own slice of it;
+the gradients are averaged over the processes, so N processes with batch B take the steps
+of one process with batch N x B (the InfoNCE of stage ``vl`` excepted: its negatives are the
+rows of each process's own slice).
 """
 
 from __future__ import annotations
@@ -87,27 +91,39 @@ def _masks25(data: CropSet, idx, z, k: int, dtype=torch.float32):
     return vessels, lobes
 
 
-def _noised(model: ImmunoDiff, scheduler, clean25: torch.Tensor, g: torch.Generator):
+def _noised(model: ImmunoDiff, scheduler, clean25: torch.Tensor, g: torch.Generator,
+            n_global: int | None = None, part: slice = slice(None)):
     """The 2.5D clean slices noised at one timestep per row (independent noise per slice,
-    i.e. the forward process of the whole volume); returns (x_t, t, centre noise)."""
-    b = len(clean25)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=g)
-    noise = torch.randn(clean25.shape, generator=g)
+    i.e. the forward process of the whole volume); returns (x_t, t, centre noise).
+    ``n_global``, ``part``: the draws are made for the global batch, ``clean25`` is its
+    ``part``."""
+    b = n_global or len(clean25)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=g)[part]
+    noise = torch.randn((b, *clean25.shape[1:]), generator=g)[part]
     noisy = scheduler.add_noise(clean25, noise, t)
     return noisy, t, noise[:, model.neighbours:model.neighbours + 1]
 
 
 def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torch.Generator,
-               scheduler=None, drop_condition: float = 0.0) -> torch.Tensor:
+               scheduler=None, drop_condition: float = 0.0, *, rank: int = 0,
+               world: int = 1) -> torch.Tensor:
+    """The loss of process ``rank`` of ``world``: its ``batch`` rows of the global batch."""
     k, cfg = model.neighbours, model.config
+    mine = slice(rank * batch, (rank + 1) * batch)
     if stage == "vl":
-        idx, z = data.draw(batch, g, distinct_patients=True)
+        idx, z = data.draw(batch * world, g, distinct_patients=True)
+        idx, z = idx[mine], z[mine]
+        if len(idx) < 2:
+            raise ValueError(f"stage vl: {data.n_patients} patients cannot give {world} "
+                             f"processes 2 or more distinct patients each (batch {batch}); "
+                             "use fewer processes")
         vessels, lobes = _masks25(data, idx, z, k)
         return model.vl.contrastive_loss(vessels, lobes)
     scheduler = scheduler or noise_schedule(cfg)
-    idx, z = data.draw(batch, g)
+    idx, z = data.draw(batch * world, g)
+    n_global, idx, z = len(idx), idx[mine], z[mine]
     clean = slices_of(hu_to_model(data.target[idx].float(), cfg), k, z)
-    noisy, t, noise = _noised(model, scheduler, clean, g)
+    noisy, t, noise = _noised(model, scheduler, clean, g, n_global, mine)
     if stage == "base":
         return F.mse_loss(model.denoise(noisy, t), noise)
     with torch.no_grad():
@@ -115,7 +131,7 @@ def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torc
     fused = None
     if stage == "adapter":
         scen = [dict(data.clinical[int(i)]) for i in idx]
-        drop = torch.rand(len(scen), generator=g) < drop_condition
+        drop = torch.rand(n_global, generator=g)[mine] < drop_condition
         scen = [{} if d else s for s, d in zip(scen, drop.tolist())]
         values, codes, present = model.adapter.encode(scen)
         pre25 = slices_of(hu_to_model(data.source[idx].float(), cfg), k, z)
@@ -142,14 +158,20 @@ def run_stage(model: ImmunoDiff, stage: str, data: CropSet, *, steps: int, start
     drop = float(model.config["adapter"]["drop_condition"])
     model.train()
     step = start
+    rank, world = ((accelerator.process_index, accelerator.num_processes)
+                   if accelerator is not None else (0, 1))
     while step < steps:
         g = step_generator(seed, stage, step)
-        loss = stage_loss(model, stage, data, batch, g, scheduler, drop)
+        loss = stage_loss(model, stage, data, batch, g, scheduler, drop, rank=rank,
+                          world=world)
         optimizer.zero_grad(set_to_none=True)
         if accelerator is not None:
             accelerator.backward(loss)
         else:
             loss.backward()
+        if world > 1:
+            average_gradients(optimizer, accelerator)
+            loss = accelerator.reduce(loss.detach(), "mean")  # the global batch's loss
         optimizer.step()
         step += 1
         on_step(step, float(loss.detach()))
@@ -157,6 +179,23 @@ def run_stage(model: ImmunoDiff, stage: str, data: CropSet, *, steps: int, start
             break
     model.eval()
     return step
+
+
+def average_gradients(optimizer: torch.optim.Optimizer, accelerator) -> None:
+    """Average the gradients of the optimizer's parameters over the processes (one
+    collective on a flat buffer). The model is not wrapped in DistributedDataParallel: the
+    stage losses call its parts directly, not its forward. A parameter without a gradient on
+    this process counts as a zero gradient, so every process sends the same layout (and
+    keeps no gradient if no process had one, as the optimizer then skips it)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), "mean")
+    offset = 0
+    for p, g in zip(params, grads):
+        mean = flat[offset:offset + g.numel()].view_as(g)
+        offset += g.numel()
+        if p.grad is not None or mean.any():
+            p.grad = mean.clone()
 
 
 def split_patients(indices: Iterable[int], share: float, seed: int) -> dict[str, list[int]]:
