@@ -162,7 +162,8 @@ def load_records(folder: str | os.PathLike, indices: Optional[Iterable[int]] = N
                  ) -> list[dict[str, Any]]:
     folder = Path(folder)
     if indices is None:
-        paths = sorted(folder.glob("[0-9]*.npz"))
+        # record names are digits only: a killed writer's temporary file is never read
+        paths = sorted(p for p in folder.glob("*.npz") if p.stem.isdigit())
     else:
         paths = [_record_path(folder, i) for i in indices]
     return [read_record(p) for p in paths if p.exists()]
