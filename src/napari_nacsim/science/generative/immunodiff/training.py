@@ -110,6 +110,7 @@ def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torc
     """The loss of process ``rank`` of ``world``: its ``batch`` rows of the global batch."""
     k, cfg = model.neighbours, model.config
     mine = slice(rank * batch, (rank + 1) * batch)
+    device = next(model.parameters()).device  # the data is drawn on the CPU (seeded)
     if stage == "vl":
         idx, z = data.draw(batch * world, g, distinct_patients=True)
         idx, z = idx[mine], z[mine]
@@ -118,23 +119,24 @@ def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torc
                              f"processes 2 or more distinct patients each (batch {batch}); "
                              "use fewer processes")
         vessels, lobes = _masks25(data, idx, z, k)
-        return model.vl.contrastive_loss(vessels, lobes)
+        return model.vl.contrastive_loss(vessels.to(device), lobes.to(device))
     scheduler = scheduler or noise_schedule(cfg)
     idx, z = data.draw(batch * world, g)
     n_global, idx, z = len(idx), idx[mine], z[mine]
     clean = slices_of(hu_to_model(data.target[idx].float(), cfg), k, z)
     noisy, t, noise = _noised(model, scheduler, clean, g, n_global, mine)
+    noisy, t, noise = noisy.to(device), t.to(device), noise.to(device)
     if stage == "base":
         return F.mse_loss(model.denoise(noisy, t), noise)
     with torch.no_grad():
-        anatomy = model.anatomy(*_masks25(data, idx, z, k))
+        anatomy = model.anatomy(*(m.to(device) for m in _masks25(data, idx, z, k)))
     fused = None
     if stage == "adapter":
         scen = [dict(data.clinical[int(i)]) for i in idx]
         drop = torch.rand(n_global, generator=g)[mine] < drop_condition
         scen = [{} if d else s for s, d in zip(scen, drop.tolist())]
-        values, codes, present = model.adapter.encode(scen)
-        pre25 = slices_of(hu_to_model(data.source[idx].float(), cfg), k, z)
+        values, codes, present = (v.to(device) for v in model.adapter.encode(scen))
+        pre25 = slices_of(hu_to_model(data.source[idx].float(), cfg), k, z).to(device)
         fused = model.fused(pre25, model.adapter.clinical(values, codes, present))
     return F.mse_loss(model.denoise(noisy, t, model.control(anatomy, fused)), noise)
 
