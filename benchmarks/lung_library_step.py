@@ -10,7 +10,7 @@ import time
 import torch
 
 torch.manual_seed(0)
-B, C_IN, H = 8, 3, 96
+B, C_IN, H = 8, 12, 48   # lung_tiny: 3 slices x 2x2 pixel-unshuffle of 96 x 96
 CH, ATT = (32, 48, 64), (False, False, True)
 COND_CH = 48
 
@@ -20,7 +20,7 @@ def monai_nets():
 
     kw = dict(spatial_dims=2, in_channels=C_IN, num_res_blocks=1, channels=CH,
               attention_levels=ATT, norm_num_groups=16, num_head_channels=32)
-    unet = DiffusionModelUNet(out_channels=1, **kw)
+    unet = DiffusionModelUNet(out_channels=4, **kw)
     ctrl = ControlNet(conditioning_embedding_in_channels=COND_CH,
                       conditioning_embedding_num_channels=(32,), **kw)
 
@@ -36,20 +36,19 @@ def diffusers_nets():
 
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in ATT)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in ATT[::-1])
-    unet = UNet2DConditionModel(sample_size=H, in_channels=C_IN, out_channels=1,
+    unet = UNet2DConditionModel(sample_size=H, in_channels=C_IN, out_channels=4,
                                 down_block_types=down, up_block_types=up,
                                 block_out_channels=CH, layers_per_block=1,
                                 norm_num_groups=16, cross_attention_dim=32,
                                 attention_head_dim=1, mid_block_type="UNetMidBlock2DCrossAttn")
     ctrl = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(32,))
     ctrl.controlnet_cond_embedding.conv_in = torch.nn.Conv2d(COND_CH, 32, 3, padding=1)
-    ctx = torch.zeros(B, 1, 32)
-
     def step(x, t, c):
-        d, m = ctrl(x, t, encoder_hidden_states=ctx[: len(x)], controlnet_cond=c,
-                    return_dict=False)
-        return unet(x, t, encoder_hidden_states=ctx[: len(x)],
-                    down_block_additional_residuals=d, mid_block_additional_residual=m).sample
+        ctx = torch.zeros(len(x), 1, 32)   # one empty context token (no text conditioning)
+        d, m = ctrl(x, t, encoder_hidden_states=ctx, controlnet_cond=c, return_dict=False)
+        return unet(x, t, encoder_hidden_states=ctx,
+                    down_block_additional_residuals=d,
+                    mid_block_additional_residual=m).sample
     return unet, ctrl, step
 
 

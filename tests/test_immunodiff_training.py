@@ -98,6 +98,9 @@ def test_save_load_checks_hashes_and_generation_is_deterministic(tmp_path):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert -1024 <= a.min() and a.max() <= 3071            # HU, clipped to the CT range
     assert not np.array_equal(a[0], a[1])                   # the scenario reaches the image
+    long_a, long_b = (generate(loaded, pre, lobes, vessels, scen, seed=3, steps=2,
+                               sampler="ddpm") for _ in range(2))
+    assert np.array_equal(long_a, long_b)                   # ancestral noise from the seed
     guided = generate(loaded, pre, lobes, vessels, scen, seed=3, steps=2, guidance_scale=2.0)
     assert not np.array_equal(guided, a)
 

@@ -64,6 +64,8 @@ def build_parser():
     p.add_argument("--train-records", type=Path, default=Path("artifacts/lung_data/paired_0"))
     p.add_argument("--no-ablation", action="store_true")
     p.add_argument("--build-only", action="store_true", help="draw the held-out records only")
+    p.add_argument("--unet-only", action="store_true",
+                   help="train (or load) the 3D U-Net baseline only")
     return p
 
 
@@ -177,9 +179,15 @@ def train_unet_baseline(args, out: Path):
 
         net.load_state_dict(load_file(str(path)))
         return net.eval()
-    split = json.loads((args.model / "model_card.json").read_text())["training"]["split"]
-    train = [r for r in load_records(args.train_records)
-             if r["meta"]["index"] in set(split.get("train", []))]
+    from napari_nacsim.science.generative.immunodiff.training import split_patients
+
+    records = load_records(args.train_records)
+    card = args.model / "model_card.json" if args.model else None
+    if card is not None and card.exists():
+        split = json.loads(card.read_text())["training"]["split"]
+    else:  # the split train_lung.py makes of the lung_tiny paired set (same function)
+        split = split_patients(range(200), 0.1, 0)
+    train = [r for r in records if r["meta"]["index"] in set(split.get("train", []))]
     pre = torch.from_numpy(np.stack([r["arrays"]["pre_image"] for r in train])).float()
     post = torch.from_numpy(np.stack([r["arrays"]["post_image"] for r in train])).float()
     pre, post = (pre[:, None] + 300) / 700, (post[:, None] + 300) / 700
@@ -198,6 +206,7 @@ def train_unet_baseline(args, out: Path):
     save_file(net.state_dict(), str(path))
     (out / "unet_baseline.json").write_text(json.dumps(
         {"steps": step, "minutes": args.unet_minutes, "train_patients": len(train),
+         "train_indices": split["train"],
          "last_loss": float(loss)}))
     return net.eval()
 
@@ -213,6 +222,9 @@ def main(argv=None) -> int:
 
     family = get_family("lung")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.unet_only:
+        train_unet_baseline(args, args.out)
+        return 0
     records = build_records(args, family)
     if args.build_only:
         return 0

@@ -121,6 +121,9 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     noise = torch.randn((1, 1) + grid, generator=generator)
     scheduler = make_sampler(model.config, sampler)
     scheduler.set_timesteps(int(steps), device=dev)
+    # the ancestral sampler draws fresh noise every step: from the seed too (reproducible)
+    step_kw = {"generator": torch.Generator("cpu").manual_seed(int(seed) + 1)} \
+        if sampler == "ddpm" else {}
     x = (noise * scheduler.init_noise_sigma).to(dev, dtype).expand(b, -1, -1, -1, -1)
     x = x.contiguous()
     for i, t in enumerate(scheduler.timesteps):
@@ -132,7 +135,7 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
         if guided:
             cond_eps, uncond_eps = eps.chunk(2)
             eps = uncond_eps + guidance_scale * (cond_eps - uncond_eps)
-        x = scheduler.step(to_volume(eps, b), t, x, return_dict=False)[0]
+        x = scheduler.step(to_volume(eps, b), t, x, return_dict=False, **step_kw)[0]
         if progress:
             progress(i + 1, len(scheduler.timesteps))
     return model_to_hu(x[:, 0].float(), model.config).cpu().numpy()
