@@ -72,7 +72,8 @@ def test_review_fills_table_sorts_shows_case_and_exports(inspector, manifest, er
     assert while_running[0] == (1, True)  # the first row came while the run went on
     assert widget.status.text().startswith("Done: 2 cases")
     table = widget.table
-    headers = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    headers = [table.horizontalHeaderItem(c).text().replace("\n", " ")
+               for c in range(table.columnCount())]
     assert headers[:3] == ["Patient", "Time", "Scenario"]
     assert "Size T0 (mm²)" in headers and "PSNR (dB)" in headers and "Match (%)" in headers
     assert not table.isColumnHidden(column("cf_match"))  # phantoms have ground truth
@@ -86,24 +87,51 @@ def test_review_fills_table_sorts_shows_case_and_exports(inspector, manifest, er
     table.sortItems(0, Qt.DescendingOrder)
     assert [table.item(r, 0).text() for r in range(2)] == ["BR0002", "BR0001"]
 
-    table.selectRow(1)  # BR0001
+    # readable without side-scrolling: the columns that find failures, the rest on request
+    shown = [table.horizontalHeaderItem(c).text().replace("\n", " ")
+             for c in range(table.columnCount()) if not table.isColumnHidden(c)]
+    assert shown == ["Patient", "Time", "Scenario", "SSIM", "Match (%)", "Size error (%)",
+                     "Dice", "CF match (%)"]
+    assert sum(table.columnWidth(c) for c in range(table.columnCount())
+               if not table.isColumnHidden(c)) <= widget.minimumWidth() - 30
+    widget.show_column("psnr")
+    assert not table.isColumnHidden(column("psnr"))
+    widget.show_column("psnr", False)
+
+    table.selectRow(1)  # BR0001 (a phantom: with the counterfactual and its ground truth)
+    case = widget.cases[table.item(1, 0).data(Qt.UserRole)]
     layers = group_layers(viewer, GROUP)
     names = [layer.name for layer in layers]
-    assert len(layers) == 8 and grid_of(viewer).enabled
-    assert "BR0001 T1 generated (synthetic)" in names
+    assert len(layers) == 12 and grid_of(viewer).enabled        # 2 x 3 cells
+    assert grid_of(viewer).actual_shape(viewer.layers) == (2, 3)
+    generated_name = f"BR0001 T1 generated · {case.scenario_text} (synthetic)"
+    cf_text = case.provenance["counterfactual_text"]
+    assert generated_name in names and "BR0001 T0 input" in names
+    assert "BR0001 T1 real follow-up" in names                   # the words of the workspace
     assert "BR0001 T1 generated tumour (synthetic)" in names
     assert "BR0001 T1 generated − real (synthetic)" in names
-    assert any(n.startswith("BR0001 T1 real") for n in names)
-    generated = viewer.layers["BR0001 T1 generated (synthetic)"]
+    assert f"BR0001 T1 generated · {cf_text} · counterfactual (synthetic)" in names
+    assert f"BR0001 T1 phantom under {cf_text} (ground truth)" in names
+    generated = viewer.layers[generated_name]
     provenance = generated.metadata["nacsim"]["provenance"]
     assert provenance["synthetic"] and provenance["model_hash"] and provenance["steps"] == 2
     for layer in layers:
-        np.testing.assert_allclose(layer.scale, generated.scale)
         if layer._type_string == "labels":
             assert layer.contour == 1
+            np.testing.assert_allclose(layer.scale, np.asarray(generated.scale) / 4)
+        else:
+            np.testing.assert_allclose(layer.scale, generated.scale)
     diff = viewer.layers["BR0001 T1 generated − real (synthetic)"]
-    assert diff.colormap.name == "bwr"
+    # dark where they agree (no glaring white square), with a colour bar as its legend
+    assert diff.colormap.map(np.array([0.5]))[0][:3] == pytest.approx([0, 0, 0])
+    assert diff.colorbar.visible and "blue darker, red brighter" in diff.colormap.name
     assert diff.contrast_limits[0] == pytest.approx(-diff.contrast_limits[1])
+    # real and generated on one window: changing one changes the others, not the difference
+    real = viewer.layers["BR0001 T1 real follow-up"]
+    real.contrast_limits = (0.1, 0.7)
+    assert tuple(generated.contrast_limits) == pytest.approx((0.1, 0.7))
+    assert diff.contrast_limits[0] == pytest.approx(-diff.contrast_limits[1])
+    assert generated.bounding_box.visible and not real.bounding_box.visible
 
     out = widget.export_csv(tmp_path / "cases.csv")
     with open(out, newline="", encoding="utf-8") as fh:

@@ -111,19 +111,29 @@ def test_writer_uses_layer_scale_when_no_geometry(make_napari_viewer, tmp_path):
     np.testing.assert_allclose(read_scan(out).spacing, (3.0, 0.5, 0.6))
 
 
-@pytest.mark.parametrize("family, n_timepoints", [("breast", 3), ("lung", 2)])
-def test_sample_data(make_napari_viewer, family, n_timepoints):
+@pytest.mark.parametrize("sample, n_timepoints, input_ndim", [
+    ("breast", 0, 2), ("breast-volumes", 3, 3), ("lung", 2, 3)])
+def test_sample_data(make_napari_viewer, sample, n_timepoints, input_ndim):
+    """A sample opens what the comparison needs: the breast patient its 2D model input (and
+    no hidden volumes, which would add a slice slider under it), the DCE volumes as a
+    sample of their own, the lung patient its CT. The image opens selected (not a mask,
+    whose paint tools napari would show). All phantom data, named so."""
     viewer = make_napari_viewer()
-    layers = viewer.open_sample("nacsim", family)
+    layers = viewer.open_sample("nacsim", sample)
     names = [layer.name for layer in layers]
-    assert all(name.endswith("(synthetic)") for name in names)
+    assert all(name.endswith("(phantom)") for name in names)
     for layer in layers:
         assert layer.metadata["nacsim"]["synthetic"] is True
         assert layer.metadata["nacsim"]["patient"]["clinical_values"]
-    # The breast patient also brings the model input: its T0 subtraction MIP (2D, shown).
+        assert layer.metadata["nacsim"]["patient"]["phantom"] is True
     model_input = [layer for layer in layers if layer.ndim == 2]
     volumes = [layer for layer in layers if layer.ndim == 3]
-    assert len(model_input) == (2 if family == "breast" else 0)
+    if sample == "breast":
+        assert [layer.__class__.__name__ for layer in model_input] == ["Labels", "Image"]
+        assert volumes == [] and viewer.dims.ndim == 2            # no slice slider
+        assert "model input" in model_input[1].name
+    else:
+        assert model_input == []
     tumour_layers = [layer for layer in volumes if "tumour" in layer.name]
     assert len(tumour_layers) == n_timepoints
     assert all(layer.__class__.__name__ == "Labels" for layer in tumour_layers)
@@ -131,7 +141,8 @@ def test_sample_data(make_napari_viewer, family, n_timepoints):
     for layer in volumes:
         np.testing.assert_allclose(layer.scale, images[0].scale)
     shown = [layer for layer in layers if layer.visible and layer.__class__.__name__ == "Image"]
-    assert len(shown) == 1 and shown[0].ndim == (2 if family == "breast" else 3)
+    assert len(shown) == 1 and shown[0].ndim == input_ndim
+    assert viewer.layers.selection.active is shown[0]            # the image, not a mask
 
 
 def test_widgets_open_like_napari_dash_w(make_napari_viewer):

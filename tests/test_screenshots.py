@@ -1,5 +1,7 @@
-"""Real windows under Xvfb: screenshots of the workspace (compare mode) and the inspector,
-kept as CI artefacts in ``test-artifacts/screenshots`` (or ``$NACSIM_SCREENSHOTS``)."""
+"""Real windows under Xvfb (1600 x 1000): screenshots of the workspace's first run (no
+click), of compare mode with several samples, and of the inspector, kept as CI artefacts in
+``test-artifacts/screenshots`` (or ``$NACSIM_SCREENSHOTS``); the README's images are these
+files (docs/images)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 pytestmark = pytest.mark.viewer
 
 ROOT = Path(__file__).resolve().parents[1]
+WAIT_MS = 240_000
 
 
 def screenshot_dir() -> Path:
@@ -27,24 +30,44 @@ def cell_columns_with_content(canvas: np.ndarray, n: int) -> int:
     return sum(float(s.std()) > 10 for s in strips)
 
 
-def test_workspace_compare_mode_screenshot(make_napari_viewer, qtbot):
-    from napari_nacsim.plugin.workspace import WhatIfWorkspace
+def settle(qtbot, viewer) -> None:
+    qtbot.wait(400)
+    viewer.window._qt_window.repaint()
+    qtbot.wait(200)
+
+
+def test_workspace_first_run_and_samples_screenshots(make_napari_viewer, qtbot):
+    from napari_nacsim.plugin.workspace import WINDOW_SIZE, WhatIfWorkspace
 
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 960)
+    main = viewer.window._qt_window
+    main.resize(1000, 700)                       # napari's own small default window
     viewer.open_sample("nacsim", "breast")
     widget = WhatIfWorkspace(viewer)
-    widget.auto_run.setChecked(False)
     viewer.window.add_dock_widget(widget, name="nacsim what-if", area="right")
-    widget.run()
     qtbot.waitUntil(lambda: widget.results_shown == 1 and not widget.runner.running,
-                    timeout=120_000)
-    qtbot.wait(300)
+                    timeout=WAIT_MS)             # the first run: no click
+    screen = main.screen().availableGeometry()
+    assert main.width() >= min(WINDOW_SIZE[0], screen.width()) - 1
+    assert main.height() >= min(WINDOW_SIZE[1], screen.height()) - 60
+    settle(qtbot, viewer)
     canvas = viewer.screenshot(canvas_only=True, flash=False)
-    assert cell_columns_with_content(canvas, 3) == 3  # baseline, pCR, non-pCR side by side
+    assert cell_columns_with_content(canvas, 3) == 3  # input, pCR, non-pCR side by side
+    assert canvas.shape[1] / 3 >= 280                  # every cell readable, not a thumbnail
     path = screenshot_dir() / "workspace-compare.png"
     window = viewer.screenshot(path=str(path), canvas_only=False, flash=False)
-    assert path.stat().st_size > 50_000 and window.shape[1] >= 1200
+    assert path.stat().st_size > 50_000 and window.shape[1] >= 1500
+
+    widget.advanced.setChecked(True)
+    widget.samples.setValue(4)                   # auto-update: a new run with 4 samples
+    qtbot.waitUntil(lambda: widget.results_shown == 2 and not widget.runner.running,
+                    timeout=WAIT_MS)
+    settle(qtbot, viewer)
+    canvas = viewer.screenshot(canvas_only=True, flash=False)
+    assert cell_columns_with_content(canvas, 3) == 3
+    path = screenshot_dir() / "workspace-samples.png"
+    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
+    assert path.stat().st_size > 50_000
     widget.shutdown()
 
 
@@ -54,19 +77,21 @@ def test_inspector_screenshot(make_napari_viewer, qtbot, tmp_path):
     from napari_nacsim.plugin.inspector import CohortInspector
 
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 960)
+    viewer.window._qt_window.resize(1600, 1000)
     inspector = CohortInspector(viewer)
     viewer.window.add_dock_widget(inspector, name="nacsim inspector", area="right")
     manifest = tiny_cohort(tmp_path / "cohort", n_patients=2)
     inspector.path_edit.setText(str(manifest))
     inspector.run()
     qtbot.waitUntil(lambda: inspector.table.rowCount() == 2 and not inspector.runner.running,
-                    timeout=240_000)
+                    timeout=WAIT_MS)
     inspector.table.selectRow(0)
     qtbot.waitUntil(lambda: len(viewer.layers) >= 8, timeout=30_000)
-    qtbot.wait(300)
+    settle(qtbot, viewer)
     canvas = viewer.screenshot(canvas_only=True, flash=False)
-    assert cell_columns_with_content(canvas, 2) == 2  # 2 x 2 cells
+    assert cell_columns_with_content(canvas, 2) == 2  # 2 x 2 or 2 x 3 cells
+    table = inspector.table
+    assert table.horizontalScrollBar().maximum() == 0  # every shown column without scrolling
     path = screenshot_dir() / "inspector.png"
     viewer.screenshot(path=str(path), canvas_only=False, flash=False)
     assert path.stat().st_size > 50_000

@@ -41,6 +41,12 @@ def run_and_wait(qtbot, widget):
     return widget.result
 
 
+def cell_layers(widget, kind: str = "image") -> list:
+    """The result layers of one kind in cell order (the first cell first)."""
+    layers = [layer for layer in widget.result_layers() if layer._type_string == kind]
+    return sorted(layers, key=lambda layer: int(layer.metadata["nacsim"]["slot"].split(":")[1]))
+
+
 def errors_from(monkeypatch):
     """Collect the one-line error/warning notifications the widget shows."""
     messages = []
@@ -86,15 +92,23 @@ def test_generate_segment_table_plot_and_provenance(workspace, qtbot):
     assert [arm.label for arm in result.arms] == ["pCR", "non-pCR"]
     layers = widget.result_layers()
     names = [layer.name for layer in layers]
-    assert len(layers) == 6                                  # baseline + 2 scenarios, + masks
+    assert len(layers) == 6                                  # input + 2 scenarios, + masks
     generated = [layer for layer in layers
                  if layer.metadata["nacsim"]["provenance"].get("model_hash")]
     assert len(generated) == 4 and all(layer.name.endswith("(synthetic)") for layer in generated)
-    image_scale = viewer.layers[names[0]].scale
+    # "input" and "generated", each said once per cell; the phantom input is not "synthetic"
+    titles = [layer.name for layer in cell_layers(widget)]
+    assert titles == ["T0 input", "T2 · pCR · generated (synthetic)",
+                      "T2 · non-pCR · generated (synthetic)"]
+    image_scale = np.asarray(viewer.layers["T0 input"].scale)
     for layer in layers:
-        np.testing.assert_allclose(layer.scale, image_scale)  # masks share the image scale
-        if layer.__class__.__name__ == "Labels":
+        if layer.__class__.__name__ == "Labels":  # thin outlines: a 4x finer grid in-plane
             assert layer.contour == 1
+            np.testing.assert_allclose(layer.scale, image_scale / 4)
+            np.testing.assert_allclose(layer.translate, -image_scale / 2 + image_scale / 8)
+        else:
+            np.testing.assert_allclose(layer.scale, image_scale)
+        assert [str(u) for u in layer.units] == ["millimeter"] * 2   # the scale bar reads mm
     for layer in generated:
         if layer.__class__.__name__ == "Image":
             prov = layer.metadata["nacsim"]["provenance"]
@@ -107,7 +121,7 @@ def test_generate_segment_table_plot_and_provenance(workspace, qtbot):
     # Only our cells are visible in compare mode: three viewboxes side by side.
     assert grid_of(viewer).actual_shape(viewer.layers) == (1, 3)
     rows = widget.table.rows_text()
-    assert len(rows) == 5 and rows[0][0].startswith("T0 baseline")
+    assert len(rows) == 5 and rows[0][0].startswith("T0 input")
     # The sample patient's tumour is found at every follow-up of both arms (measured with 3
     # steps: 352 / 64 mm² under pCR at T1 / T2, 352 / 176 mm² under non-pCR), and each
     # row shows what the engine measured.
@@ -119,6 +133,12 @@ def test_generate_segment_table_plot_and_provenance(workspace, qtbot):
             assert size_cells[title] == follow.describe_size()
             assert size_cells[title].endswith(" mm²")
     assert rows[0][1].startswith(f"{result.baseline_size.total:.1f} mm²")
+    # the longest diameter (mm) and its change, beside the size
+    header = [widget.table.table.horizontalHeaderItem(c).text() for c in range(6)]
+    assert header[4:] == ["longest diameter", "Δ diameter"]
+    assert rows[0][4] == f"{result.baseline_size.diameter:.1f} mm"
+    for row, follow in zip(rows[1:], [f for arm in result.arms for f in arm.followups.values()]):
+        assert row[4] == f"{follow.diameter_mean:.1f} mm" and row[5].endswith(" %)")
     series = widget.plot.values()
     assert set(series) == {"pCR", "non-pCR"} and all(len(v) == 3 for v in series.values())
     assert series["pCR"][0] == pytest.approx(result.baseline_size.total)
@@ -149,9 +169,26 @@ def test_uncertainty_mean_sd_and_spread(workspace, qtbot):
         stack = np.stack([s.array for s in follow.samples])
         np.testing.assert_allclose(follow.image.array, stack.mean(0), atol=1e-6)
         np.testing.assert_allclose(follow.spread.array, stack.std(0, ddof=1), atol=1e-6)
-    assert grid_of(viewer).actual_shape(viewer.layers) == (2, 3)   # baseline + 2 x (mean, SD)
-    assert "±" in widget.table.rows_text()[1][1] and "sampling variability" in \
-        widget.table.note.text()
+    # one row per scenario: input | mean | SD
+    assert grid_of(viewer).actual_shape(viewer.layers) == (2, 3)
+    images = cell_layers(widget)
+    titles = [layer.name for layer in images]
+    assert ["mean of 3" in t for t in titles] == [False, True, False] * 2
+    assert ["SD of 3" in t for t in titles] == [False, False, True] * 2
+    assert titles[0] == "T0 input" and titles[3].startswith("T0 input")
+    sd_maps = images[2::3]
+    body = result.family.body_mask(result.baseline)
+    for layer, (_, follow) in zip(sd_maps, result.shown()):
+        assert layer.colorbar.visible and layer.colormap.name == "magma"
+        data = np.asarray(layer.data)
+        assert not data[~body].any()                      # the SD map shown on the body only
+        np.testing.assert_allclose(data[body], follow.spread.array[body], atol=1e-6)
+    outline_names = [layer.name for layer in widget.result_layers()
+                     if layer._type_string == "labels"]
+    assert any("SD, intensity 0–1" in n for n in outline_names)  # the SD's unit
+    rows = widget.table.rows_text()
+    assert "±" in rows[1][1] and "sampling variability" in widget.table.note.text()
+    assert all("±" in r[3] and "±" in r[4] for r in rows[1:])  # ± on every derived number
 
 
 def test_save_writes_nifti_sidecars_and_report(workspace, qtbot, tmp_path):
@@ -162,6 +199,16 @@ def test_save_writes_nifti_sidecars_and_report(workspace, qtbot, tmp_path):
     assert report["synthetic"] is True and len(report["scenarios"]) == 2
     sidecar = json.loads((out / "T2_pCR.json").read_text())
     assert sidecar["synthetic"] is True and sidecar["provenance"]["scenario"]["pCR"] is True
+    # its own time point, kind and scenario, not those of its input (T0, the post channel)
+    assert sidecar["timepoint"] == "T2" and sidecar["scenario"] == "pCR"
+    assert sidecar["role"] == "generated follow-up"
+    assert sidecar["provenance"]["timepoint"] == "T2"
+    assert sidecar["provenance"]["channel"] == "MIP"
+    assert sidecar["provenance"]["input"] == {"timepoint": "T0", "channel": "post"}
+    mask = json.loads((out / "T1_non-pCR_tumour.json").read_text())
+    assert mask["timepoint"] == "T1" and mask["provenance"]["timepoint"] == "T1"
+    base = json.loads((out / "T0_baseline.json").read_text())
+    assert base["role"] == "input" and base["timepoint"] == "T0"
     assert (out / "comparison.png").stat().st_size > 10_000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
@@ -206,11 +253,14 @@ def test_rapid_toggling_supersedes_and_shows_the_last_state(workspace, qtbot):
 def test_bad_inputs_are_notifications(workspace, qtbot, monkeypatch, tmp_path):
     viewer, widget = workspace
     messages = errors_from(monkeypatch)
-    volume = next(layer for layer in viewer.layers if layer.ndim == 3 and
-                  layer.__class__.__name__ == "Image")
+    volume = viewer.add_image(np.random.default_rng(0).random((8, 32, 32), np.float32),
+                              name="a post-contrast volume")
     widget.select_input(volume.name)
     assert widget.run() is None
+    # the widget's own ways to a model input, not a command or a function
     assert "is 3D" in messages[-1] and volume.name in messages[-1]
+    assert "'Open cohort patient…'" in messages[-1] and "nacsim mip" not in messages[-1]
+    assert widget.status.text() == messages[-1]
 
     viewer.add_image(np.full((64, 64), np.nan, np.float32), name="broken")
     widget.select_input("broken")
@@ -269,3 +319,163 @@ def test_cohort_patient_opens_as_input_with_scenario_prefilled(workspace, qtbot,
     assert widget.panel.clinical == {k: patient.clinical[k] for k in ("pCR", "HR", "HER2")}
     assert any(patient.id in lyr.name and lyr.__class__.__name__ == "Labels"
                for lyr in viewer.layers)
+
+
+# --- the workspace as a reading tool --------------------------------------------------------
+
+def test_first_run_shows_the_comparison_without_a_click(make_napari_viewer, qtbot):
+    """Opened on the sample patient, the workspace generates the default comparison by
+    itself (model loading off the UI thread), says what it is doing, and shows the phantom
+    patient in its header; only the image is selected (no paint tools)."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("nacsim", "breast")
+    assert viewer.dims.ndim == 2                       # no stray slice slider under the MIP
+    widget = WhatIfWorkspace(viewer)
+    try:
+        assert widget.status.text() != "Pick the pre-treatment image."
+        assert viewer.layers.selection.active.__class__.__name__ == "Image"
+        header = widget.header.text()
+        assert "Phantom patient BR0001" in header and "input: T0 MIP" in header
+        assert header.count("synthetic") == 1             # said once, in the header
+        assert "pCR vs non-pCR · HR+, HER2−" in header     # what the cells share
+        qtbot.waitUntil(lambda: widget.results_shown == 1 and not widget.runner.running,
+                        timeout=RUN_TIMEOUT_MS)            # no click
+        assert widget.status.text().startswith("Done in")
+        assert [arm.label for arm in widget.result.arms] == ["pCR", "non-pCR"]
+        assert grid_of(viewer).enabled
+        active = viewer.layers.selection.active
+        assert active.__class__.__name__ == "Image" and active.name == "T0 input"
+        # the compared check box: disabled, showing both states
+        box = widget.panel["pCR"].native
+        assert not box.isEnabled() and box.checkState() == Qt.PartiallyChecked
+        # only the comparison is visible (the patient's own layers wait, hidden)
+        assert {layer.name for layer in viewer.layers if layer.visible} == \
+            {layer.name for layer in widget.result_layers()}
+    finally:
+        widget.shutdown()
+
+
+def test_model_loads_at_once_when_nothing_to_compare_yet(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = WhatIfWorkspace(viewer)
+    try:
+        qtbot.waitUntil(lambda: bool(widget._sessions) and not widget.runner.running,
+                        timeout=RUN_TIMEOUT_MS)
+        assert widget.results_shown == 0
+        assert widget.status.text().startswith("Ready. Open the pre-treatment image")
+        assert widget.header.text() == "<b>No input image open</b>"
+    finally:
+        widget.shutdown()
+
+
+def test_compared_check_box_holds_its_value(workspace):
+    """The compared variable's box is disabled and partly checked; the value it had before
+    comes back when nothing (or something else) is compared, and never leaks."""
+    from qtpy.QtCore import Qt
+
+    viewer, widget = workspace
+    patient = viewer.layers[widget.input_combo.currentText()].metadata["nacsim"]["patient"]
+    recorded = patient["clinical_values"]["pCR"]
+    box = widget.panel["pCR"].native
+    assert not box.isEnabled() and box.checkState() == Qt.PartiallyChecked
+    assert "pCR" not in widget.request().clinical        # each arm sets it
+    assert widget.request().compare == "pCR"
+    widget.compare_combo.setCurrentIndex(widget.compare_combo.findData(None))  # nothing
+    assert box.isEnabled() and box.isChecked() is recorded and not box.isTristate()
+    one = widget.request()
+    assert one.compare is None and one.clinical["pCR"] is recorded
+    widget.compare_combo.setCurrentIndex(widget.compare_combo.findData("HR"))
+    assert box.isEnabled() and widget.panel["HR"].native.checkState() == Qt.PartiallyChecked
+    widget.panel["pCR"].value = not recorded              # now the user may set it
+    request = widget.request()
+    assert request.compare == "HR" and request.clinical["pCR"] is (not recorded)
+    assert "HR" not in request.clinical
+
+
+def test_linked_window_presets_readout_orientation_and_outlines(workspace, qtbot):
+    viewer, widget = workspace
+    result = run_and_wait(qtbot, widget)
+    images = cell_layers(widget)
+    assert widget.window_combo.currentText().startswith("MIP (L 0.5, W 1)")
+    # one window for every cell: changing one changes all
+    images[1].contrast_limits = (0.1, 0.6)
+    assert all(tuple(layer.contrast_limits) == pytest.approx((0.1, 0.6)) for layer in images)
+    assert widget.window_combo.currentText().startswith("custom (L 0.35, W 0.5)")
+    widget.set_window("MIP")
+    assert all(tuple(layer.contrast_limits) == (0.0, 1.0) for layer in images)
+    # the window stays when the next result arrives
+    images[0].contrast_limits = (0.0, 0.5)
+    widget.panel["HR"].value = not widget.panel["HR"].value
+    run_and_wait(qtbot, widget)
+    assert all(tuple(layer.contrast_limits) == pytest.approx((0.0, 0.5))
+               for layer in cell_layers(widget))
+    # the value under the cursor in every cell, in mm
+    centre = np.asarray(images[0].data.shape) / 2 * np.asarray(images[0].scale)
+    text = widget.readout.text_at(tuple(centre))
+    assert text.startswith("(x, y) = (") and "mm" in text
+    index = tuple(int(v) for v in np.asarray(images[0].data.shape) // 2)
+    for label, layer in zip(("input", "pCR", "non-pCR"), cell_layers(widget)):
+        assert f"{label} {float(np.asarray(layer.data)[index]):.2f}" in text
+    assert text.endswith("[intensity 0–1]")
+    # orientation letters and a scale bar in mm in every cell; generated cells framed
+    from napari_nacsim.plugin.viewing import orientation_letters, scale_bar_of
+
+    assert orientation_letters(viewer) == ["R", "L"]
+    assert scale_bar_of(viewer).visible and scale_bar_of(viewer).gridded
+    frames = [layer.bounding_box.visible for layer in cell_layers(widget)]
+    assert frames == [False, True, True]
+    # one switch for every outline (opacity: a hidden layer would leave its grid cell)
+    widget.outlines.setChecked(False)
+    assert all(layer.opacity == 0 for layer in cell_layers(widget, "labels"))
+    assert grid_of(viewer).actual_shape(viewer.layers) == (1, 3)
+    widget.outlines.setChecked(True)
+    assert all(layer.opacity == 1 for layer in cell_layers(widget, "labels"))
+    assert result.family.name == "breast"
+
+
+def test_model_input_from_the_open_dce_volumes(make_napari_viewer, qtbot, monkeypatch):
+    """Where 3D scans are open, the workspace makes the model input from them (off the UI
+    thread) and takes it as its input, the scenario from the patient's values."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("nacsim", "breast-volumes")
+    assert all(layer.ndim == 3 for layer in viewer.layers)
+    widget = WhatIfWorkspace(viewer)
+    widget.auto_run.setChecked(False)
+    messages = errors_from(monkeypatch)
+    try:
+        assert widget.make_input_button.isEnabled()
+        found = widget._visit_layers()
+        assert {k: v.name for k, v in found.items()} == {
+            "pre": "BR0001 T0 pre (phantom)", "post": "BR0001 T0 post (phantom)",
+            "tumour": "BR0001 T0 tumour (phantom)"}
+        assert widget.run() is None and "is 3D" in messages[-1]   # a volume is not the input
+        assert "'Make from open scans…'" in messages[-1]
+        widget.make_model_input()
+        qtbot.waitUntil(lambda: "model input" in widget.input_combo.currentText() and
+                        not widget.runner.running, timeout=RUN_TIMEOUT_MS)
+        layer = viewer.layers[widget.input_combo.currentText()]
+        assert layer.ndim == 2 and layer.metadata["nacsim"]["patient"]["id"] == "BR0001"
+        from napari_nacsim.families import get_family
+
+        expected = get_family("breast").sample_case(0)["inputs"]["T0"]["image"]
+        np.testing.assert_allclose(np.asarray(layer.data), expected.array, atol=1e-5)
+        assert "Phantom patient BR0001" in widget.header.text()
+        assert widget.request().clinical == {"HR": True, "HER2": False}
+    finally:
+        widget.shutdown()
+
+
+def test_nifti_files_open_with_our_reader_without_asking(workspace, nifti_file):
+    from napari.settings import get_settings
+
+    viewer, _ = workspace
+    readers = get_settings().plugins.extension2reader
+    assert readers["*.nii.gz"] == "nacsim" and readers["*.nii"] == "nacsim"
+    before = len(viewer.layers)
+    # File → Open's own path (no plugin named): no reader dialog, our reader
+    viewer.window._qt_viewer._qt_open([str(nifti_file[0])], stack=False)
+    layer = viewer.layers[-1]
+    assert len(viewer.layers) == before + 1
+    assert layer.metadata["nacsim"]["source"] == str(nifti_file[0])

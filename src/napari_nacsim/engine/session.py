@@ -217,7 +217,7 @@ class WhatIfResult:
         base = self.schema.baseline
         base_diameter = self.baseline_size.diameter
         rows = [{"scenario": f"{base} input (measured)",
-                 "time": base, "size": self.baseline_size.describe(),
+                 "time": base, "size": self.baseline_size.describe(diameter=False),
                  "size_value": self.baseline_size.total, "delta": "—", "delta_percent": "—",
                  "unit": unit, "predictions": "",
                  "diameter": f"{base_diameter:.1f} mm" if self.baseline_size.found else "—",

@@ -25,7 +25,7 @@ MIP_INPUT = ModelInput(
     display_range=(0.0, 1.0),
     channel="MIP",
     short_name="MIP",
-    value_unit="normalised intensity (0-1)",
+    value_unit="intensity 0–1",
 )
 
 

@@ -21,7 +21,8 @@ import numpy as np
 from .layers import METADATA_KEY
 
 STRIDE = 2  # an image and one overlay per cell
-TITLE_POINTS = 7  # cell titles (the layer names) must fit a third of a laptop canvas
+TITLE_POINTS = 8.5  # cell titles (the layer names) must fit a third of the canvas
+SUBTITLE_POINTS = 8  # the second line: the overlay's name (the tumour and its size)
 # viewer -> {id(layer): layer} of the user's layers hidden while the grid is on
 _SAVED_VISIBILITY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -45,12 +46,18 @@ def group_layers(viewer, group: str) -> list:
 
 
 def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
-               grid: bool = True, columns: int | None = None) -> list[list[Any]]:
+               grid: bool = True, columns: int | None = None,
+               roles: Sequence[str] | None = None) -> list[list[Any]]:
     """Display ``cells`` (each a list of ``STRIDE`` layer data tuples, image first) and return
-    the layers per cell."""
+    the layers per cell. ``roles``: what each cell shows ("input", "real follow-up",
+    "generated"; `viewing.style_cell`), default "input". The first cell's image ends up the
+    selected layer (never a mask: napari would offer its paint tools)."""
+    from .viewing import INPUT, style_cell
+
     for cell in cells:
         if len(cell) != STRIDE:
             raise ValueError(f"every cell needs {STRIDE} layers, got {len(cell)}")
+    roles = list(roles) if roles is not None else [INPUT] * len(cells)
     existing = {_slot_of(layer): layer for layer in group_layers(viewer, group)}
     wanted = []
     shown: list[list[Any]] = []
@@ -70,8 +77,15 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
                 if layer is not None:
                     viewer.layers.remove(layer)
                 layer = viewer.add_layer(make_layer(data, {**kwargs, "metadata": meta}, kind))
-            layer.name_overlay.visible = grid and j == 0
-            layer.name_overlay.font_size = TITLE_POINTS
+            # two lines per cell: the image's name at the top, its overlay's (the tumour
+            # outline's name: what it outlines and its size) at the foot, in its colour
+            layer.name_overlay.visible = grid
+            if j == 0:
+                style_cell(layer, roles[i], TITLE_POINTS)
+            else:  # at the foot of the cell, beside the scale bar
+                layer.name_overlay.position = "bottom_left"
+                layer.name_overlay.font_size = SUBTITLE_POINTS
+                layer.name_overlay.color = meta[METADATA_KEY].get("outline_colour", "white")
             wanted.append(slot)
             row.append(layer)
         shown.append(row)
@@ -81,6 +95,8 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
     _order(viewer, [layer for row in shown for layer in row])
     if grid:
         enter_grid(viewer, group, len(cells), columns)
+    if shown:
+        viewer.layers.selection.active = shown[0][0]
     return shown
 
 
@@ -184,3 +200,6 @@ def leave_grid(viewer) -> None:
             layer.visible = True
     for layer in viewer.layers:
         layer.name_overlay.visible = False
+    from .viewing import hide_orientation
+
+    hide_orientation(viewer)  # the letters belong to the cells

@@ -3,8 +3,12 @@ cases it gets wrong.
 
 A thin face over `engine.cohort_review`: the review runs in a `BackgroundRunner`; every case
 it yields is queued to the UI thread and added to a sortable table at once (so a long run
-can be read while it goes). Selecting a row shows the case in napari's grid: baseline, real
-follow-up, generated follow-up and the difference map, each with its tumour contour.
+can be read while it goes). Selecting a row shows the case in napari's grid: the input, the
+real follow-up, the generated follow-up (its scenario in the title) and the difference map
+(generated − real, with a colour bar), and for phantoms also the generated counterfactual
+and its ground truth, each with its tumour outline; the cells share one window/level and a
+cursor read-out (`viewing`). The table shows the columns that find failures first and fits
+the dock; the others are a right-click on the header away (the CSV has them all).
 Nothing here computes an image or a metric.
 """
 
@@ -17,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox,
-                            QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                            QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu,
                             QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
@@ -26,12 +30,20 @@ from ..core.errors import InputError
 from ..engine.cohort_review import (METRICS, CaseReview, Skipped, cases_to_csv,
                                     describe_summary, metric_unit, review_cohort, summarise)
 from ..engine.jobs import CancelToken, Progress
+from ..families import get_family
 from .background import BackgroundRunner, StopsWhenClosed, notify_error
 from .grid_view import show_cells
 from .layers import contour_layer_data, scan_to_layer_data
+from .reader_choice import remember_our_reader
+from .viewing import (GENERATED, INPUT, REAL, ContrastLink, CursorReadout, show_orientation,
+                      show_scale_bar)
 
 GROUP = "inspector"
 FIXED_COLUMNS = ("Patient", "Time", "Scenario")
+# Shown at first (the dock's width without scrolling): the numbers that find failures;
+# the others (PSNR, the sizes themselves, counterfactual details) by a right-click.
+DEFAULT_COLUMNS = ("ssim", "match", "size_error_percent", "dice", "cf_match")
+SCENARIO_WIDTH = 115  # px; the full scenario is in the tooltip and the cell title
 CASE_ROLE = Qt.UserRole          # on the patient cell: index into `cases`
 SORT_ROLE = Qt.UserRole + 1      # on metric cells: the number the column sorts by
 DEFAULT = "model default"
@@ -53,26 +65,61 @@ class _NumberItem(QTableWidgetItem):
         return mine < theirs
 
 
-def case_cells(case: CaseReview) -> list[list[tuple]]:
-    """The grid cells of a case: [image, tumour contour] each; generated layers are named
-    "... (synthetic)" by `scan_to_layer_data` (their provenance says so)."""
+def difference_colormap():
+    """Blue-black-red: black where generated and real agree, so the map does not glare in a
+    dark viewer; blue where the generated image is darker, red where it is brighter."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=[[0.3, 0.6, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.35, 0.2, 1.0]],
+                    controls=[0.0, 0.5, 1.0], name="generated − real (blue darker, red brighter)")
+
+
+def case_cells(case: CaseReview, window: tuple[float, float] = (0.0, 1.0)
+               ) -> tuple[list[list[tuple]], list[str], list[str]]:
+    """The grid cells of a case ([image, tumour outline] each), their roles and short labels:
+    the input, the real follow-up, the generated follow-up under the patient's scenario, the
+    difference; with ground truth also the generated counterfactual (its scenario in the
+    title) and the phantom rendered under it. Generated layers are named "... (synthetic)"
+    by `scan_to_layer_data` (their provenance says so)."""
     im, head = case.images, f"{case.patient} "
-    t0 = case.baseline_time
+    t0, tp = case.baseline_time, case.time
     diff = np.asarray(im.difference.array)
     limit = float(np.percentile(np.abs(diff), 99.5)) if diff.size else 0.0
-    limit = max(limit, 0.05)  # symmetric: white = no difference
-    same = {"contrast_limits": [0.0, 1.0]}  # real and generated on one contrast
-    return [
-        [scan_to_layer_data(im.baseline, name=f"{head}{t0} baseline", **same),
-         contour_layer_data(im.baseline_mask, f"{head}{t0} baseline tumour")],
-        [scan_to_layer_data(im.real, name=f"{head}{case.time} real", **same),
-         contour_layer_data(im.real_mask, f"{head}{case.time} real tumour")],
-        [scan_to_layer_data(im.generated, name=f"{head}{case.time} generated", **same),
-         contour_layer_data(im.generated_mask, f"{head}{case.time} generated tumour")],
-        [scan_to_layer_data(im.difference, name=f"{head}{case.time} generated − real",
-                            colormap="bwr", contrast_limits=[-limit, limit]),
-         contour_layer_data(im.generated_mask, f"{head}{case.time} generated tumour on difference")],
+    limit = max(limit, 0.05)  # symmetric: black = no difference
+    same = {"contrast_limits": list(window)}  # real and generated on one window
+    cells = [
+        [scan_to_layer_data(im.baseline, name=f"{head}{t0} input", **same),
+         contour_layer_data(im.baseline_mask, f"{head}{t0} input tumour")],
+        [scan_to_layer_data(im.real, name=f"{head}{tp} real follow-up", **same),
+         contour_layer_data(im.real_mask, f"{head}{tp} real follow-up tumour")],
+        [scan_to_layer_data(im.generated, name=f"{head}{tp} generated · {case.scenario_text}",
+                            **same),
+         contour_layer_data(im.generated_mask, f"{head}{tp} generated tumour")],
+        [scan_to_layer_data(im.difference, name=f"{head}{tp} generated − real",
+                            colormap=difference_colormap(), contrast_limits=[-limit, limit]),
+         contour_layer_data(im.generated_mask, f"{head}{tp} generated tumour on difference",
+                            "yellow")],
     ]
+    roles = [INPUT, REAL, GENERATED, GENERATED]
+    labels = ["input", "real", "generated", "generated − real"]
+    if im.counterfactual is not None:
+        cf_text = case.provenance.get("counterfactual_text", "counterfactual")
+        cells.append([scan_to_layer_data(im.counterfactual, name=f"{head}{tp} generated · "
+                                                                  f"{cf_text} · counterfactual",
+                                         **same),
+                      contour_layer_data(im.counterfactual_mask,
+                                         f"{head}{tp} counterfactual tumour")])
+        roles.append(GENERATED)
+        labels.append("counterfactual")
+        if im.counterfactual_truth is not None:
+            cells.append([scan_to_layer_data(im.counterfactual_truth,
+                                             name=f"{head}{tp} phantom under {cf_text} "
+                                                  "(ground truth)", **same),
+                          contour_layer_data(im.counterfactual_truth_mask,
+                                             f"{head}{tp} ground-truth tumour")])
+            roles.append(REAL)
+            labels.append("truth")
+    return cells, roles, labels
 
 
 class CohortInspector(StopsWhenClosed, QWidget):
@@ -91,7 +138,12 @@ class CohortInspector(StopsWhenClosed, QWidget):
         self.skipped: list[Skipped] = []
         self._run_number = 0
         self._closed = False
+        self._family = None                   # the family of the cohort under review
+        self._shown_columns = set(DEFAULT_COLUMNS)
+        self.window_link = ContrastLink()     # input, real, generated: one window
+        self.readout = CursorReadout(self.viewer)
         self._build()
+        remember_our_reader()
 
     # --- layout ---------------------------------------------------------------------------
     def _build(self) -> None:
@@ -137,7 +189,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
         self.export_button.clicked.connect(lambda: self.export_csv())
         self.export_button.setEnabled(False)
 
-        self.setMinimumWidth(560)  # room for the first metric columns
+        self.setMinimumWidth(560)  # the default columns fit without scrolling
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Cohort manifest"))
         layout.addLayout(path_row)
@@ -154,27 +206,77 @@ class CohortInspector(StopsWhenClosed, QWidget):
         table.setSelectionBehavior(QAbstractItemView.SelectRows)
         table.setSelectionMode(QAbstractItemView.SingleSelection)
         table.verticalHeader().setVisible(False)
-        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        table.horizontalHeader().setStretchLastSection(False)
+        header = table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.Interactive)  # widths: `_fit_columns`
+        header.setStretchLastSection(False)
+        header.setContextMenuPolicy(Qt.CustomContextMenu)
+        header.customContextMenuRequested.connect(self._column_menu)
+        header.setToolTip("right-click: choose the columns")
+        table.setColumnWidth(2, SCENARIO_WIDTH)
+        table.setTextElideMode(Qt.ElideRight)
         table.setSortingEnabled(True)
         table.itemSelectionChanged.connect(self._on_select)
+        self._has_truth = False
         self._set_headers(table, "mm²")
         return table
+
+    def _fit_columns(self) -> None:
+        """Each column as wide as its header words and numbers (Qt's own fit also keeps
+        room for a sort arrow on every column, which alone would need side-scrolling);
+        the scenario elided at a fixed width (the full text is in its tooltip)."""
+        table = self.table
+        metrics = table.fontMetrics()
+        bold = table.horizontalHeader().fontMetrics()
+        for col in range(table.columnCount()):
+            if col == 2:
+                table.setColumnWidth(col, SCENARIO_WIDTH)
+                continue
+            header = table.horizontalHeaderItem(col)
+            texts = header.text().split("\n") if header is not None else []
+            widths = [bold.horizontalAdvance(t) for t in texts]
+            widths += [metrics.horizontalAdvance(table.item(r, col).text())
+                       for r in range(table.rowCount()) if table.item(r, col) is not None]
+            table.setColumnWidth(col, max(widths + [24]) + 16)
+
+    def _column_menu(self, position) -> None:
+        menu = QMenu(self)
+        for k, metric in enumerate(METRICS):
+            action = menu.addAction(self.table.horizontalHeaderItem(len(FIXED_COLUMNS) + k)
+                                    .text().replace("\n", " "))
+            action.setCheckable(True)
+            action.setChecked(metric.key in self._shown_columns)
+            action.setEnabled(not metric.counterfactual or self._has_truth)
+            action.toggled.connect(lambda on, key=metric.key: self.show_column(key, on))
+        menu.exec_(self.table.horizontalHeader().mapToGlobal(position))
+
+    def show_column(self, key: str, shown: bool = True) -> None:
+        """Show or hide a metric column (the CSV export always has every column)."""
+        (self._shown_columns.add if shown else self._shown_columns.discard)(key)
+        self._apply_columns(self.table)
 
     def _set_headers(self, table: QTableWidget, size_unit: str) -> None:
         for col, text in enumerate(FIXED_COLUMNS):
             table.setHorizontalHeaderItem(col, QTableWidgetItem(text))
         for k, metric in enumerate(METRICS):
             unit = metric_unit(metric, size_unit)
-            item = QTableWidgetItem(f"{metric.label} ({unit})" if unit else metric.label)
+            # the unit on a second line: the column is as narrow as its numbers
+            item = QTableWidgetItem(f"{metric.label}\n({unit})" if unit else metric.label)
             item.setToolTip(metric.description)
             table.setHorizontalHeaderItem(len(FIXED_COLUMNS) + k, item)
-        self._show_counterfactual_columns(table, False)
+        self._apply_columns(table)
+        if table is getattr(self, "table", None):
+            self._fit_columns()
+
+    def _apply_columns(self, table: QTableWidget) -> None:
+        """The chosen columns; counterfactual ones only where there is ground truth."""
+        for k, metric in enumerate(METRICS):
+            shown = metric.key in self._shown_columns and \
+                (not metric.counterfactual or self._has_truth)
+            table.setColumnHidden(len(FIXED_COLUMNS) + k, not shown)
 
     def _show_counterfactual_columns(self, table: QTableWidget, shown: bool) -> None:
-        for k, metric in enumerate(METRICS):
-            if metric.counterfactual:
-                table.setColumnHidden(len(FIXED_COLUMNS) + k, not shown)
+        self._has_truth = shown
+        self._apply_columns(table)
 
     # --- actions --------------------------------------------------------------------------
     def _browse(self) -> None:
@@ -198,6 +300,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
         self._run_number += 1
         self._closed = False
         number = self._run_number
+        self._family = get_family(cohort.family)
         self._clear()
         options = {"seed": self.seed.value(), "steps": self.steps.value() or None,
                    "sampler": None if self.sampler.currentText() == DEFAULT
@@ -241,6 +344,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
     def _clear(self) -> None:
         self.cases, self.skipped = [], []
         self.table.setRowCount(0)
+        self._show_counterfactual_columns(self.table, False)
         self.summary.setText("")
         self.export_button.setEnabled(False)
 
@@ -260,8 +364,10 @@ class CohortInspector(StopsWhenClosed, QWidget):
         table.setItem(row, 0, first)
         table.setItem(row, 1, QTableWidgetItem(case.time))
         scenario = QTableWidgetItem(case.scenario_text)
+        tip = f"scenario: {case.scenario_text}"
         if case.counterfactual is not None:
-            scenario.setToolTip(f"counterfactual: {case.provenance.get('counterfactual_text')}")
+            tip += f"\ncounterfactual: {case.provenance.get('counterfactual_text')}"
+        scenario.setToolTip(tip)
         table.setItem(row, 2, scenario)
         for k, metric in enumerate(METRICS):
             item = _NumberItem(case.metrics.get(metric.key), metric.decimals)
@@ -270,6 +376,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
         table.setSortingEnabled(True)
         if case.has_truth:
             self._show_counterfactual_columns(table, True)
+        self._fit_columns()
         self.summary.setText(describe_summary(summarise(self.cases)))
         self.export_button.setEnabled(True)
 
@@ -312,7 +419,25 @@ class CohortInspector(StopsWhenClosed, QWidget):
             self.show_case(self.cases[item.data(CASE_ROLE)])
 
     def show_case(self, case: CaseReview) -> list[list[Any]]:
-        return show_cells(self.viewer, GROUP, case_cells(case), columns=2)  # 2 x 2: larger
+        family = self._family
+        window = family.window_presets[0].limits if family is not None else (0.0, 1.0)
+        if self.window_link.limits is not None:
+            window = self.window_link.limits  # the window the user chose stays
+        cells, roles, labels = case_cells(case, window)
+        shown = show_cells(self.viewer, GROUP, cells, roles=roles,
+                           columns=2 if len(cells) == 4 else 3)  # 2 x 2 or 2 x 3: large
+        images = [row[0] for row in shown]
+        difference = images[3]
+        difference.colorbar.visible = True  # the legend of the difference colours
+        difference.colorbar.size = (18, 110)
+        difference.colorbar.font_size = 8
+        self.window_link.set_layers([layer for layer in images if layer is not difference])
+        unit = family.model_input.value_unit if family is not None else ""
+        self.readout.set_cells(list(zip(labels, images)), unit)
+        if family is not None:
+            show_orientation(self.viewer, family.orientation)
+        show_scale_bar(self.viewer)
+        return shown
 
     # --- closing --------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -320,4 +445,9 @@ class CohortInspector(StopsWhenClosed, QWidget):
         if not self._closed:
             self._closed = True
             self.runner.shutdown()
+            self.window_link.close()
+            try:
+                self.readout.close()
+            except (RuntimeError, AttributeError):  # the viewer is already gone
+                pass
 

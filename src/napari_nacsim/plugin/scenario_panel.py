@@ -9,7 +9,7 @@ spin boxes with their unit and reference range, derived values (NLR) are read-on
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label
 
@@ -50,6 +50,10 @@ class ScenarioPanel(Container):
 
     ``panel.scenario`` is the dict the engine takes (``{"target": "T2", "pCR": True, ...}``),
     already validated by the schema; ``panel.changed`` fires on every edit.
+
+    The *compared* variable (`set_compared`) is generated at every value side by side, so
+    its control is disabled (a yes/no box shows both states: partly checked); the value it
+    had is held, and is the scenario's again when nothing is compared.
     """
 
     def __init__(self, schema: FamilySchema, values: Mapping[str, Any] | None = None):
@@ -67,15 +71,61 @@ class ScenarioPanel(Container):
                          labels=True)
         for widget in self._inputs.values():
             widget.changed.connect(self._update_derived)
+        self._compared: Optional[str] = None
+        self._held: dict[str, Any] = {}        # compared variable -> its value before
+        self._tooltips = {name: w.tooltip for name, w in self._inputs.items()}
         if values:
             self.set_values(values)
         self._update_derived()
 
     @property
     def clinical(self) -> dict[str, Any]:
-        """Validated clinical values (derived ones computed)."""
+        """Validated clinical values (derived ones computed); a compared variable has the
+        value it had before it was compared."""
         raw = {name: widget.value for name, widget in self._inputs.items()}
+        raw.update(self._held)
         return self.schema.validate_clinical(raw, subject="scenario", partial=True)
+
+    @property
+    def compared(self) -> Optional[str]:
+        return self._compared
+
+    def set_compared(self, name: Optional[str]) -> None:
+        """Mark ``name`` (or nothing) as the variable compared side by side."""
+        if name == self._compared:
+            return
+        if self._compared is not None:
+            self._release(self._compared)
+        self._compared = name if name in self._inputs else None
+        if self._compared is None:
+            return
+        widget = self._inputs[self._compared]
+        self._held[self._compared] = widget.value
+        widget.enabled = False
+        widget.tooltip = "compared: every value is generated side by side (choose another " \
+                         "comparison, or nothing, to set it)"
+        if isinstance(widget, CheckBox):  # both states: partly checked, no signal
+            from qtpy.QtCore import Qt
+
+            native = widget.native
+            native.blockSignals(True)
+            native.setTristate(True)
+            native.setCheckState(Qt.PartiallyChecked)
+            native.blockSignals(False)
+
+    def _release(self, name: str) -> None:
+        widget = self._inputs[name]
+        value = self._held.pop(name)
+        if isinstance(widget, CheckBox):
+            native = widget.native
+            native.blockSignals(True)
+            native.setTristate(False)
+            native.setChecked(bool(value))
+            native.blockSignals(False)
+        else:
+            widget.value = value
+        widget.enabled = True
+        widget.tooltip = self._tooltips.get(name)
 
     @property
     def scenario(self) -> dict[str, Any]:
@@ -86,7 +136,9 @@ class ScenarioPanel(Container):
         known = {k: v for k, v in values.items() if k in self._inputs}
         clean = self.schema.validate_clinical(known, subject="patient", partial=True)
         for name, value in clean.items():
-            if name in self._inputs:  # derived values are recomputed, not set
+            if name in self._held:  # compared: the held value is the patient's
+                self._held[name] = value
+            elif name in self._inputs:  # derived values are recomputed, not set
                 self._inputs[name].value = value
         if TARGET in values:
             self._target.value = values[TARGET]

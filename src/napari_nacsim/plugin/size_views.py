@@ -12,10 +12,17 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QSizePolicy,
                             QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from ..engine.session import WhatIfResult
+from ..engine.session import AUTO, WhatIfResult
 
-COLUMNS = ("scenario", "tumour size", "Δ vs baseline", "Δ %")
+COLUMNS = ("scenario", "tumour size", "Δ vs input", "Δ %", "longest diameter",
+           "Δ diameter")
+KEYS = ("scenario", "size", "delta", "delta_percent", "diameter", "diameter_delta")
 PREDICTIONS = "predicted"  # a column shown when the model attaches predictions
+# Colour of a scenario in the plot: the same for the same value of the same variable in
+# every run (pCR keeps its colour whether it is compared or the one scenario). Red is the
+# tumour contour's colour, so it is not used here.
+PALETTE = ("tab:blue", "tab:orange", "tab:purple", "tab:cyan", "tab:olive", "tab:brown",
+           "tab:pink", "tab:gray")
 
 
 class SizeTable(QWidget):
@@ -32,14 +39,30 @@ class SizeTable(QWidget):
         header.setSectionResizeMode(0, QHeaderView.Stretch)
         for col in range(1, len(COLUMNS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.note = QLabel("Run a scenario to see tumour sizes.")
         self.note.setWordWrap(True)
+        font = self.note.font()
+        font.setPointSizeF(max(font.pointSizeF() - 1, 7))
+        self.note.setFont(font)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.table)
         layout.addWidget(self.note)
-        self.setMinimumHeight(170)
-        self.setMinimumWidth(520)
+        self.setMinimumWidth(560)
+        self._fit_height(5)
+
+    def _fit_height(self, rows: int) -> None:
+        """As tall as its rows and its note (no empty area, no scrolling): the dock under
+        the canvas takes no more height than that."""
+        header = self.table.horizontalHeader().sizeHint().height()
+        self.table.resizeRowsToContents()
+        body = self.table.verticalHeader().length() if self.table.rowCount() else \
+            rows * self.table.verticalHeader().defaultSectionSize()
+        self.table.setFixedHeight(header + body + 2 * self.table.frameWidth() + 2)
+        note = self.note.heightForWidth(max(self.width(), self.minimumWidth()) - 8)
+        self.setMaximumHeight(self.table.height() + max(note, 3 * self.note.fontMetrics()
+                                                        .height()) + 14)
 
     def show_result(self, result: WhatIfResult) -> None:
         rows = result.table_rows()
@@ -49,7 +72,7 @@ class SizeTable(QWidget):
         self.table.setRowCount(len(rows))
         target = result.target
         for r, row in enumerate(rows):
-            values = (row["scenario"], row["size"], row["delta"], row["delta_percent"]) + \
+            values = tuple(row[k] for k in KEYS) + \
                 ((row["predictions"],) if result.has_predictions else ())
             for c, value in enumerate(values):
                 item = QTableWidgetItem(str(value))
@@ -62,6 +85,7 @@ class SizeTable(QWidget):
                 if 0 < c < len(COLUMNS):
                     item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self.table.setItem(r, c, item)
+        self._fit_height(len(rows))
         samples = result.request.samples
         spread = (f"± is the standard deviation over {samples} samples (seeds "
                   f"{result.request.seed}–{result.request.seed + samples - 1}): the model's "
@@ -70,7 +94,8 @@ class SizeTable(QWidget):
         grid = "×".join(str(n) for n in result.baseline.shape)
         spacing = " × ".join(f"{s:g}" for s in result.baseline.spacing)
         self.note.setText(
-            f"Sizes by the tumour segmenter on the {grid} model grid ({spacing} mm voxels). "
+            f"Sizes by the tumour segmenter on the {grid} model grid ({spacing} mm voxels); "
+            "longest diameter in mm (RECIST-style, maximum Feret diameter). "
             f"Rows marked (synthetic) are generated counterfactuals, not measurements. {spread}"
             f"Bold: {target}, shown side by side.")
 
@@ -96,7 +121,15 @@ class SizePlot(QWidget):
         self.setMinimumHeight(170)
         self.setMinimumWidth(360)
         self.series: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        self.colours: dict[str, str] = {}      # arm label -> its colour in the last plot
+        self._colour_of: dict[tuple, str] = {}  # (variable, value) -> colour, kept
         self._empty()
+
+    def colour_for(self, key: tuple) -> str:
+        """The colour of a scenario key, the same in every later plot."""
+        if key not in self._colour_of:
+            self._colour_of[key] = PALETTE[len(self._colour_of) % len(PALETTE)]
+        return self._colour_of[key]
 
     def _empty(self) -> None:
         self.figure.clear()
@@ -113,14 +146,15 @@ class SizePlot(QWidget):
         self.figure.clear()
         ax = self.figure.add_subplot()
         self.series = {}
-        colours = ("tab:green", "tab:red", "tab:blue", "tab:orange", "tab:purple")
-        for k, arm in enumerate(result.arms):
+        self.colours = {}
+        for arm in result.arms:
             times = [base, *arm.followups]
             x = [weeks[t] for t in times]
             y = [result.baseline_size.total, *[f.size_mean for f in arm.followups.values()]]
             sd = [0.0, *[f.size_sd for f in arm.followups.values()]]
             self.series[arm.label] = (x, y, sd)
-            colour = colours[k % len(colours)]
+            colour = self.colour_for(_colour_key(result, arm))
+            self.colours[arm.label] = colour
             ax.errorbar(x, y, yerr=sd if any(sd) else None, marker="o", capsize=3,
                         color=colour, label=f"{arm.label} (synthetic)")
             ax.plot(x[:1], y[:1], marker="s", color="black", linestyle="none")
@@ -139,3 +173,18 @@ class SizePlot(QWidget):
 
     def values(self) -> dict[str, list[float]]:
         return {label: list(np.round(y, 3)) for label, (_, y, _) in self.series.items()}
+
+
+def _colour_key(result: WhatIfResult, arm) -> tuple:
+    """What identifies a scenario's colour: the compared variable's value, or (one scenario)
+    the value of the variable the family compares by default — so "non-pCR" has one colour
+    whether it is an arm of pCR vs non-pCR or the only scenario."""
+    compare = result.request.compare
+    default = result.family.default_comparison()
+    if compare in (None, AUTO) and default is not None:
+        name = default.variable.name
+    elif compare not in (None, AUTO):
+        name = compare
+    else:
+        return ("label", arm.label)
+    return (name, repr(arm.clinical.get(name)))

@@ -1,27 +1,35 @@
 """The what-if workspace: pick a patient's pre-treatment image, set the clinical scenario,
-and compare generated follow-ups side by side with tumour masks and size deltas.
+and compare generated follow-ups side by side with tumour outlines, sizes and diameters.
 
 A thin face over `engine.session.WhatIfSession`: the widget turns its controls into a
 `WhatIfRequest`, runs it with a `BackgroundRunner` (off the UI thread, newest request wins),
-and shows the `WhatIfResult` — grid cells (baseline + each scenario, one camera, same
-contrast), contour masks, the docked size table and size-over-time plot. Nothing here
+and shows the `WhatIfResult` — grid cells (the input + each scenario, one camera, one linked
+window/level, orientation letters, a scale bar in mm, the value under the cursor in every
+cell), tumour outlines, the docked size table and size-over-time plot. Nothing here
 computes an image or a size.
+
+When it opens, the workspace starts at once: with a model input open (the sample patient)
+it generates the default comparison without a click; otherwise it loads the model in the
+background so that the first run does not wait for it.
 """
 
 from __future__ import annotations
 
 import datetime
+import html
 import logging
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox,
-                            QDoubleSpinBox, QLineEdit, QVBoxLayout, QWidget)
+                            QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton,
+                            QSpinBox, QDoubleSpinBox, QLineEdit, QVBoxLayout, QWidget)
 
 from ..core.errors import InputError
+from ..core.scan import IMAGE, Scan
 from ..core.schema import BINARY, CATEGORICAL, FamilySchema, family_schema
 from ..families import family_names, get_family
 from ..engine.jobs import CancelToken, Progress
@@ -29,14 +37,20 @@ from ..engine.session import WhatIfRequest, WhatIfResult, WhatIfSession
 from .background import BackgroundRunner, StopsWhenClosed, notify_error
 from .grid_view import group_layers, leave_grid, make_layer, show_cells
 from .layers import METADATA_KEY, contour_layer_data, layer_to_scan, scan_to_layer_data
+from .reader_choice import remember_our_reader
 from .scenario_panel import TARGET, ScenarioPanel
 from .size_views import SizePlot, SizeTable
+from .viewing import (GENERATED, INPUT, ContrastLink, CursorReadout, show_orientation,
+                      show_scale_bar)
 
 log = logging.getLogger(__name__)
 
 GROUP = "whatif"
 SAMPLERS = ("dpmpp", "unipc", "ddim")
 DEBOUNCE_MS = 150  # coalesce bursts of edits (typing a number) into one request
+WINDOW_SIZE = (1600, 1000)  # the viewer is enlarged to this (at most the screen) on opening
+DOCK_WIDTH = 360            # the workspace's width: the rest of the window is the canvas
+CUSTOM = "custom"           # the window combo's entry for a window set by hand
 
 
 def image_cell(scan, name: str, window=(0.0, 1.0), **kwargs) -> tuple:
@@ -48,6 +62,10 @@ def _with(title: str, word: str) -> str:
     """``"T2 · pCR (synthetic)"`` + ``"tumour"`` -> ``"T2 · pCR tumour (synthetic)"``."""
     marker = " (synthetic)"
     return title.replace(marker, f" {word}{marker}") if marker in title else f"{title} {word}"
+
+
+def _short(title: str) -> str:
+    return title.replace(" (synthetic)", "")
 
 
 class WhatIfWorkspace(StopsWhenClosed, QWidget):
@@ -63,16 +81,25 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self._models: list[tuple[str, Optional[Path], str]] = []  # text, folder, family
         self._sampling_defaults: dict[str, dict] = {}  # per model text: its card's defaults
         self._sessions: dict[str, WhatIfSession] = {}
+        # input layer name -> the family's extra model inputs made with it (lung: lobe and
+        # vessel crops), passed to every run on that input
+        self._contexts: dict[str, dict] = {}
         self._schema: Optional[FamilySchema] = None
         self.result: Optional[WhatIfResult] = None
         self.results_shown = 0
         self.table = SizeTable()
         self.plot = SizePlot()
         self._docks_added = False
+        self._closed = False
+        self._resized = False
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.run)
+        # linked viewing of the cells: one window for the images, one for the SD maps
+        self.window_link = ContrastLink(on_change=self._on_window_changed)
+        self.sd_link = ContrastLink()
+        self.readout = CursorReadout(self.viewer)
         self._build()
         # every family's bundled model (the registry lists them); the first one selected
         bundled = [n for n in family_names() if get_family(n).bundled_generator]
@@ -82,31 +109,61 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         layers = self.viewer.layers.events
         for event in (layers.inserted, layers.removed, layers.reordered):
             event.connect(self._refresh_layers)
+        self._select_input_layer()
+        remember_our_reader()
         self._ready = True
+        self._update_header()
+        QTimer.singleShot(0, self._start)  # once the widget is docked: the first run
 
     # --- construction -------------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
-        banner = QLabel("Generated follow-ups are <b>synthetic counterfactuals</b>, "
-                        "not measurements.")
+        from qtpy.QtWidgets import QFrame, QScrollArea
+
+        # everything in a scroll area: the dock never forces the window taller than the
+        # screen (Advanced open on a laptop)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        content = QWidget()
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
+        self.header = QLabel()
+        self.header.setWordWrap(True)
+        self.header.setTextFormat(Qt.RichText)
+        self.header.setStyleSheet("QLabel { padding: 4px; border: 1px solid #5a6270; "
+                                  "border-radius: 3px; }")
+        layout.addWidget(self.header)
+        banner = QLabel("Generated follow-ups (<span style='color:#ff9f1c'>orange title and "
+                        "frame</span>) are <b>synthetic counterfactuals</b>, not "
+                        "measurements.")
         banner.setWordWrap(True)
         layout.addWidget(banner)
 
         source = QFormLayout()
-        open_patient = QPushButton("Open a cohort patient…")
-        open_patient.setToolTip("pick a patient of a cohort manifest: its pre-treatment model "
-                                "input (breast: the subtraction MIP; lung: the CT crop) opens "
-                                "as the input and its clinical values fill the scenario")
-        open_patient.clicked.connect(self._choose_cohort_patient)
-        source.addRow(open_patient)
         self.input_combo = QComboBox()
         self.input_combo.setToolTip("the pre-treatment image the selected model takes (sample "
                                     "data, `nacsim mip` / `nacsim crop`, or a cohort patient)")
         self.input_combo.currentIndexChanged.connect(self._on_input_changed)
-        source.addRow("Pre-treatment image", self.input_combo)
+        source.addRow("Input image", self.input_combo)
+        open_patient = QPushButton("Open cohort patient…")
+        open_patient.setToolTip("pick a patient of a cohort manifest: its pre-treatment model "
+                                "input (breast: the subtraction MIP; lung: the CT crop) opens "
+                                "as the input and its clinical values fill the scenario")
+        open_patient.clicked.connect(self._choose_cohort_patient)
+        self.make_input_button = QPushButton("Make from open scans…")
+        self.make_input_button.clicked.connect(lambda: self.make_model_input())
+        row = QHBoxLayout()
+        row.addWidget(open_patient)
+        row.addWidget(self.make_input_button)
+        source.addRow(row)
         self.model_combo = QComboBox()
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
-        add_model = QPushButton("Add model folder…")
+        add_model = QPushButton("Add…")
+        add_model.setToolTip("add a local model folder (with its model_card.json)")
         add_model.clicked.connect(self._choose_model_folder)
         row = QHBoxLayout()
         row.addWidget(self.model_combo, 1)
@@ -126,8 +183,29 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
         self.panel_box = QGroupBox("Scenario")
         self.panel_layout = QVBoxLayout(self.panel_box)
+        self.panel_layout.setContentsMargins(4, 4, 4, 4)
         self.panel: Optional[ScenarioPanel] = None
         layout.addWidget(self.panel_box)
+
+        view = QGroupBox("View")
+        view_form = QFormLayout(view)
+        self.window_combo = QComboBox()
+        self.window_combo.setToolTip("window/level of every image cell (linked: changing the "
+                                     "contrast of one cell changes all of them)")
+        self.window_combo.currentIndexChanged.connect(self._on_window_preset)
+        view_form.addRow("Window", self.window_combo)
+        self.grid_mode = QCheckBox("Side by side")
+        self.grid_mode.setChecked(True)
+        self.grid_mode.toggled.connect(self._on_grid_toggled)
+        self.outlines = QCheckBox("Tumour outlines")
+        self.outlines.setChecked(True)
+        self.outlines.setToolTip("the segmented tumour's outline in every cell")
+        self.outlines.toggled.connect(self._apply_outlines)
+        row = QHBoxLayout()
+        row.addWidget(self.grid_mode)
+        row.addWidget(self.outlines)
+        view_form.addRow(row)
+        layout.addWidget(view)
 
         self.advanced = QGroupBox("Advanced")
         self.advanced.setCheckable(True)
@@ -153,13 +231,8 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
         self.auto_run = QCheckBox("Update when the scenario changes")
         self.auto_run.setChecked(True)
-        self.grid_mode = QCheckBox("Side by side (grid)")
-        self.grid_mode.setChecked(True)
-        self.grid_mode.toggled.connect(self._on_grid_toggled)
-        options = QHBoxLayout()
-        options.addWidget(self.auto_run)
-        options.addWidget(self.grid_mode)
-        layout.addLayout(options)
+        self.auto_run.toggled.connect(lambda on: None if on else self._debounce.stop())
+        layout.addWidget(self.auto_run)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Generate")
@@ -177,16 +250,18 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.progress.setTextVisible(True)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.status = QLabel("Pick the pre-treatment image.")
+        self.status = QLabel("Starting…")
         self.status.setWordWrap(True)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
         # Long layer and model names must not widen the dock (the grid needs the width).
-        for combo in (self.input_combo, self.model_combo, self.compare_combo):
+        for combo in (self.input_combo, self.model_combo, self.compare_combo,
+                      self.window_combo):
             combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(16)
-        self.setMaximumWidth(460)
+            combo.setMinimumContentsLength(12)
+        self.setMinimumWidth(DOCK_WIDTH)  # the controls fit (the scroll area is vertical)
+        self.setMaximumWidth(DOCK_WIDTH + 60)
 
     # --- models -------------------------------------------------------------------------
     def _add_model(self, path: Optional[Path], family: Optional[str] = None) -> None:
@@ -248,8 +323,9 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         family = family_schema(self._current_model()[2])
         if self._schema is None or family.name != self._schema.name:
             self._set_schema(family)
-            self.status.setText(f"Pick the pre-treatment image: {self._model_input().what}.")
+            self._set_window_presets()
         self._show_sampling_defaults()
+        self._update_ready_status()
         self._on_scenario_changed()
 
     def _show_sampling_defaults(self) -> None:
@@ -292,6 +368,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.compare_combo.blockSignals(False)
         self._show_compare_values()
         self._prefill_from_layer()
+        self.panel.set_compared(self.compare_combo.currentData())  # both states: disabled
 
     # --- input layer --------------------------------------------------------------------
     def _candidate_layers(self) -> list:
@@ -313,6 +390,10 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
     def _on_compare_changed(self, *_):
         self._show_compare_values()
+        if self.panel is not None:
+            # the compared variable's control shows both states; the one it had comes back
+            # (never a hidden value) when something else, or nothing, is compared
+            self.panel.set_compared(self.compare_combo.currentData())
         self._on_scenario_changed()
 
     def _refresh_layers(self, *_):
@@ -335,6 +416,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.input_combo.blockSignals(False)
         if self.input_combo.currentText() != current:
             self._on_input_changed()
+        self._update_make_input()
 
     def input_layer(self):
         name = self.input_combo.currentText()
@@ -345,7 +427,97 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
     def _on_input_changed(self, *_):
         self._prefill_from_layer()
+        if self._ready:
+            self._update_header()
+            self._update_ready_status()
         self._on_scenario_changed()
+
+    def _select_input_layer(self) -> None:
+        """The input image is the selected layer (not a mask: napari would show its paint
+        tools)."""
+        layer = self.input_layer()
+        if layer is not None:
+            self.viewer.layers.selection.active = layer
+
+    def _input_fits(self, layer=None) -> bool:
+        layer = layer if layer is not None else self.input_layer()
+        return layer is not None and self._models and layer.ndim == self._model_input().ndim \
+            and not layer.rgb
+
+    def _update_ready_status(self, force: bool = False) -> None:
+        """Say what the workspace waits for (when no run is going on, or ``force``)."""
+        if (self.runner.running and not force) or not self._models:
+            return
+        family = self._current_model()[2]
+        if self._input_fits():
+            self.status.setText("Ready: change the scenario (or press Generate) to compare.")
+        elif self.input_layer() is not None:
+            layer = self.input_layer()
+            self.status.setText(f"layer '{layer.name}' {self._wrong_input_reason(layer)}")
+        else:
+            self.status.setText(f"Ready. Open the pre-treatment image: the {family} model "
+                                f"takes {self._model_input().what}.")
+
+    def _wrong_input_reason(self, layer) -> str:
+        """Why a layer cannot be the input, and the widget's own ways to make one."""
+        spec, family = self._model_input(), self._family()
+        ways = "'Open cohort patient…'"
+        if self._visit_layers(family) is not None:
+            ways = f"'{self.make_input_button.text()}' (the open {family.schema.baseline} " \
+                   f"{'/'.join(family.schema.channels)} scans) or " + ways
+        return (f"is {layer.ndim}D; the {family.name} model takes {spec.what}. Make it "
+                f"with {ways}.")
+
+    def _scenario_text(self) -> str:
+        """``"pCR vs non-pCR · HR+, HER2−"``: what is compared, then the values every cell
+        shares (they are not repeated in the cell titles)."""
+        if self.panel is None:
+            return ""
+        try:
+            clinical = self.panel.clinical
+        except InputError:
+            return ""
+        compared = self.compare_combo.currentData()
+        schema = self.panel.schema
+        shared = {k: v for k, v in clinical.items()
+                  if k != compared and schema.variable(k).derive is None}
+        parts = [self.compare_combo.currentText()] if compared is not None else []
+        if shared:
+            parts.append(schema.describe(shared))
+        return " · ".join(parts)
+
+    def _update_header(self) -> None:
+        """Who and what is shown: the patient, the input's time point and kind, the recorded
+        clinical values; a phantom patient is said once to be synthetic."""
+        layer = self.input_layer()
+        if layer is None or not self._models:
+            self.header.setText("<b>No input image open</b>")
+            return
+        ours = layer.metadata.get(METADATA_KEY) or {}
+        patient = ours.get("patient") or {}
+        provenance = ours.get("provenance") or {}
+        family = self._family()
+        phantom = bool(patient.get("phantom") or provenance.get("phantom"))
+        who = patient.get("id") or provenance.get("patient")
+        side = patient.get("side") or provenance.get("laterality")
+        time = provenance.get("timepoint") or family.schema.baseline
+        title = (f"Phantom patient {who}" if phantom and who else f"Patient {who}" if who
+                 else html.escape(layer.name))
+        parts = [f"<b>{html.escape(str(title))}</b>"]
+        if side:
+            parts.append(html.escape(str(side)))
+        parts.append(f"input: {html.escape(str(time))} {html.escape(family.model_input.short_name)}")
+        text = " · ".join(parts)
+        recorded = patient.get("clinical")
+        if recorded:
+            text += f"<br>recorded: {html.escape(str(recorded))}"
+        scenario = self._scenario_text()
+        if scenario:
+            text += f"<br>scenario: {html.escape(scenario)}"
+        if phantom:
+            text += ("<br><i>A phantom: every image of this patient is synthetic "
+                     "(simulated), not a real patient.</i>")
+        self.header.setText(text)
 
     def _prefill_from_layer(self) -> None:
         layer = self.input_layer()
@@ -366,12 +538,9 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         if layer.rgb:
             raise InputError(f"layer '{layer.name}'", "is an RGB image; the model takes a "
                                                       "grey-level subtraction MIP")
-        family = self._current_model()[2]
         spec = self._model_input()
         if layer.ndim != spec.ndim:
-            raise InputError(f"layer '{layer.name}'",
-                             f"is {layer.ndim}D; the {family} model takes {spec.what} "
-                             f"of the pre-treatment visit: {spec.how_to_make}")
+            raise InputError(f"layer '{layer.name}'", self._wrong_input_reason(layer))
         scan = layer_to_scan(np.asarray(layer.data),
                              {"name": layer.name, "scale": list(layer.scale),
                               "metadata": layer.metadata}, "image")
@@ -429,21 +598,120 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
                                   self._add_patient_layers)
 
     def _add_patient_layers(self, case: dict) -> None:
+        """Add a model input (``case``: patient, family, clinical, image, mask) as the input
+        layer, its tumour mask as an outline; the scenario fills from its clinical values."""
+        if self._closed:
+            return
         family = get_family(case["family"])
         base, what = family.schema.baseline, family.model_input.short_name
-        meta = {"patient": {"id": case["patient"], "clinical_values": case["clinical"]}}
+        patient = {"id": case["patient"], "clinical_values": case["clinical"],
+                   **(case.get("patient_meta") or {})}
+        meta = {"patient": patient}
         data, kwargs, kind = scan_to_layer_data(
             case["image"], name=f"{case['patient']} {base} {what} · model input",
-            contrast_limits=list(family.model_input.display_range))
+            contrast_limits=list(family.window_presets[0].limits))
         kwargs["metadata"][METADATA_KEY].update(meta)
-        image = self.viewer.add_layer(make_layer(data, kwargs, kind))
         if case["mask"] is not None:
-            data, kwargs, kind = contour_layer_data(case["mask"], f"{case['patient']} {base} "
-                                                             f"{what} tumour (manifest)")
-            kwargs["metadata"][METADATA_KEY].update(meta)
-            self.viewer.add_layer(make_layer(data, kwargs, kind))
+            source = case.get("mask_source", "manifest")
+            data_m, kwargs_m, kind_m = contour_layer_data(
+                case["mask"], f"{case['patient']} {base} {what} tumour ({source})")
+            kwargs_m["metadata"][METADATA_KEY].update(meta)
+            self.viewer.add_layer(make_layer(data_m, kwargs_m, kind_m))
+        image = self.viewer.add_layer(make_layer(data, kwargs, kind))  # last: selected
+        self._contexts[image.name] = dict(case.get("context") or {})
         self.select_input(image.name)
-        self.status.setText(f"patient {case['patient']}: scenario filled from the manifest")
+        self.status.setText(case.get("message") or
+                            f"patient {case['patient']}: scenario filled from the manifest")
+
+    # --- the model input from open scans ------------------------------------------------
+    def _visit_layers(self, family=None) -> Optional[dict[str, Any]]:
+        """The open layers of the baseline visit the family makes its model input from, by
+        name: each of its channels (e.g. "pre", "post") among the image layers of the
+        family's scan dimensionality, its masks (e.g. "tumour") among the label layers;
+        None when a channel is missing."""
+        from napari.layers import Image, Labels
+
+        family = family or self._family()
+        schema = family.schema
+        ours = [layer for layer in self.viewer.layers  # a visit's scans are volumes
+                if (layer.metadata.get(METADATA_KEY) or {}).get("group") is None and
+                layer.ndim == 3]
+        others = [t for t in schema.timepoint_names if t != schema.baseline]
+
+        def pick(names: tuple[str, ...], cls) -> dict[str, Any]:
+            found = {}
+            for name in names:
+                word = re.compile(rf"(^|[^a-z0-9]){re.escape(name.lower())}([^a-z0-9]|$)")
+                matches = [layer for layer in ours if isinstance(layer, cls) and
+                           word.search(layer.name.lower()) and "model input" not in
+                           layer.name.lower()]
+                at_base = [layer for layer in matches if schema.baseline.lower() in
+                           layer.name.lower().split()]
+                not_later = [layer for layer in matches if not any(
+                    t.lower() in layer.name.lower().split() for t in others)]
+                chosen = (at_base or not_later)[:1]
+                if chosen:
+                    found[name] = chosen[0]
+            return found
+
+        channels = pick(schema.channels, Image)
+        if len(channels) != len(schema.channels):
+            return None
+        return {**channels, **pick(schema.masks, Labels)}
+
+    def _update_make_input(self) -> None:
+        if not self._models:
+            return
+        family = self._family()
+        found = self._visit_layers(family)
+        self.make_input_button.setEnabled(found is not None)
+        channels = "/".join(family.schema.channels)
+        self.make_input_button.setToolTip(
+            f"make the {family.name} model's input ({family.model_input.what}) from the open "
+            f"{family.schema.baseline} {channels} scans" +
+            (": " + ", ".join(f"{k} = '{v.name}'" for k, v in found.items()) if found else
+             f" (none open: open the {channels} volumes first)"))
+
+    def make_model_input(self, layers: Optional[dict[str, Any]] = None) -> Optional[int]:
+        """Make the model input from open scans of the baseline visit, off the UI thread,
+        the family's way (breast: the normalised subtraction MIP of pre and post; lung: the
+        CT crop around the tumour); it opens as the input with the patient's values.
+        ``layers``: channel or mask name -> layer (default: found by name)."""
+        family = self._family()
+        layers = layers or self._visit_layers(family)
+        if not layers:
+            notify_error(InputError("model input", f"open the {family.schema.baseline} "
+                                                   f"{'/'.join(family.schema.channels)} "
+                                                   "scans first"))
+            return None
+        kinds = {name: ("labels" if name in family.schema.masks else "image")
+                 for name in layers}
+        visit = {name: layer_to_scan(np.asarray(layer.data),
+                                     {"name": layer.name, "scale": list(layer.scale),
+                                      "metadata": layer.metadata}, kinds[name])
+                 for name, layer in layers.items()}
+        first = next(iter(layers.values()))
+        ours = first.metadata.get(METADATA_KEY) or {}
+        patient = ours.get("patient") or {}
+        patient_id = patient.get("id") or (ours.get("provenance") or {}).get("patient") or \
+            first.name.split()[0]
+        base = family.schema.baseline
+
+        def job(token: CancelToken, progress: Progress) -> dict:
+            progress(0, 1, f"making the {family.model_input.short_name}")
+            made = family.model_inputs({base: visit})[base]
+            return {"patient": patient_id, "family": family.name,
+                    "clinical": patient.get("clinical_values") or {},
+                    "patient_meta": {k: v for k, v in patient.items()
+                                     if k not in ("id", "clinical_values")},
+                    "image": made["image"], "mask": made.get("tumour"),
+                    "context": family.model_context(made),
+                    "mask_source": "from the open mask",
+                    "message": f"made the {family.model_input.short_name} from " +
+                               ", ".join(f"'{layer.name}'" for layer in layers.values())}
+
+        self.status.setText(f"making the {family.model_input.short_name}…")
+        return self.runner.submit(job, self._add_patient_layers, lambda exc: self._failed(exc))
 
     # --- requests -----------------------------------------------------------------------
     def request(self) -> WhatIfRequest:
@@ -452,6 +720,8 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         scenario = self.panel.scenario  # validated by the schema
         target = scenario.pop(TARGET)
         compare = self.compare_combo.currentData()
+        if compare is not None:  # each arm sets it; the held value must not matter
+            scenario.pop(compare, None)
         values = None
         if compare is not None and self._schema.variable(compare).kind != BINARY:
             values = tuple(v.strip() for v in self.compare_values.text().split(",") if v.strip())
@@ -469,14 +739,8 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def _on_scenario_changed(self, *_):
         if not self._ready:
             return
-        if self.panel is not None:
-            compared = self.compare_combo.currentData()
-            for widget in self.panel:
-                if widget.name in {v.name for v in self.panel.schema.condition_variables}:
-                    widget.enabled = widget.name != compared  # both states are generated
-        layer = self.input_layer()
-        if self.auto_run.isChecked() and layer is not None and \
-                layer.ndim == self._model_input().ndim:
+        self._update_header()
+        if self.auto_run.isChecked() and self._input_fits():
             self._debounce.start()
 
     def _on_advanced_toggled(self, on: bool) -> None:
@@ -495,13 +759,43 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             self.status.setText(str(err))
             return None
         label, path, _ = self._current_model()
+        layer = self.input_layer()
+        context = self._contexts.get(layer.name) if layer is not None else None
 
         def job(token: CancelToken, progress: Progress) -> WhatIfResult:
             session = self._session(label, path)
-            return session.run(image, request, progress=progress, cancel=token)
+            return session.run(image, request, progress=progress, cancel=token,
+                               context=context)
 
-        self.status.setText("running…")
+        self.status.setText("generating…" if label in self._sessions else
+                            "loading the model, then generating…")
         return self.runner.submit(job, self._show_result,
+                                  lambda exc: self._failed(exc))
+
+    def _start(self) -> None:
+        """Right after opening: the comparison without a click where a model input is open
+        (and updates are on); otherwise the model loads now, in the background, so that
+        the first run does not wait for it."""
+        if self._closed or not self._models:
+            return
+        if self.auto_run.isChecked() and self._input_fits():
+            self.run()
+        else:
+            self.preload()
+
+    def preload(self) -> Optional[int]:
+        """Load the current model and segmenter in the worker thread (no UI wait)."""
+        label, path, _ = self._current_model()
+        if label in self._sessions or self.runner.running:  # never supersedes a user's job
+            return None
+
+        def job(token: CancelToken, progress: Progress) -> WhatIfSession:
+            progress(0, 1, "loading the model")
+            return self._session(label, path)
+
+        self.status.setText("loading the model…")
+        return self.runner.submit(job, lambda _: None if self._closed else
+                                  self._update_ready_status(force=True),
                                   lambda exc: self._failed(exc))
 
     def _session(self, label: str, path: Optional[Path]) -> WhatIfSession:
@@ -524,33 +818,150 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.status.setText(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     def _show_result(self, result: WhatIfResult) -> None:
+        if self._closed:  # a result queued while the widget closed
+            return
         self.result = result
         self.results_shown += 1
-        base, window = result.schema.baseline, result.family.model_input.display_range
-        cells = [[image_cell(result.baseline, f"{base} baseline", window),
-                  contour_layer_data(result.baseline_mask, f"{base} baseline tumour")]]
-        spreads = [f.spread for _, f in result.shown() if f.spread is not None]
-        sd_max = max([float(np.nanmax(s.array)) for s in spreads] + [1e-6])
-        for arm, follow in result.shown():
-            n = len(follow.samples)
-            title = follow.title if n == 1 else \
-                follow.title.replace(" (synthetic)", f" · mean of {n} (synthetic)")
-            cells.append([image_cell(follow.image, title, window),
-                          contour_layer_data(follow.mask, _with(title, "tumour"))])
-            if follow.spread is not None:
-                sd_title = follow.title.replace(" (synthetic)", f" · SD of {n} (synthetic)")
-                cells.append([image_cell(follow.spread, sd_title, colormap="magma",
-                                         contrast_limits=[0.0, sd_max]),
-                              contour_layer_data(follow.mask, _with(sd_title, "tumour"))])
-        show_cells(self.viewer, GROUP, cells, grid=self.grid_mode.isChecked())
+        cells, roles, labels = self._cells(result)
+        grid = self.grid_mode.isChecked()
+        several = result.request.samples > 1
+        for link in (self.window_link, self.sd_link):  # slots change content in place
+            link.set_layers([])
+        shown = show_cells(self.viewer, GROUP, cells, grid=grid, roles=roles,
+                           columns=3 if several else None)
+        images = [row[0] for row in shown]
+        sd_maps = [layer for layer, label in zip(images, labels) if label.endswith(" SD")]
+        self.window_link.set_layers([layer for layer in images if layer not in sd_maps])
+        self.sd_link.set_layers(sd_maps)
+        for layer in sd_maps:  # a legend for the SD colours (the unit at the cell's foot)
+            layer.colorbar.visible = True
+            layer.colorbar.position = "bottom_right"  # above the scale bar
+            layer.colorbar.size = (14, 90)
+            layer.colorbar.font_size = 8
+        self.readout.set_cells(list(zip(labels, images)), result.family.model_input.value_unit)
+        self._apply_outlines()
+        if grid:
+            show_orientation(self.viewer, result.family.orientation)
+            show_scale_bar(self.viewer)
         self.table.show_result(result)
         self.plot.show_result(result)
         self._add_docks()
         self.save_button.setEnabled(True)
-        shown = "; ".join(f"{f.title.replace(' (synthetic)', '')}: {f.describe_size()}"
-                          for _, f in result.shown())
-        self.status.setText(f"{result.seconds['total']:.1f} s — baseline "
-                            f"{result.baseline_size.describe()}; {shown}")
+        done = "; ".join(f"{_short(f.title)}: {f.describe_size()}" for _, f in result.shown())
+        self.status.setText(f"Done in {result.seconds['total']:.1f} s. Input "
+                            f"{result.baseline_size.describe()}; {done}")
+
+    def _cells(self, result: WhatIfResult) -> tuple[list, list, list]:
+        """The grid cells (image + tumour outline each), their roles and short labels (the
+        cursor read-out). One sample: the input, then each scenario, in one row. Several:
+        one row per scenario — the input, the mean, the SD map (on the body, with a colour
+        bar; its unit on the second line). Each cell has two title lines: the image (what
+        and when), then its outline (the tumour's size and longest diameter); the scenario
+        values every cell shares are in the header."""
+        family, base = result.family, result.schema.baseline
+        window = self._window_limits()
+        n = result.request.samples
+        size = result.baseline_size
+        input_size = (f"{size.total:.0f} {size.unit}, Ø {size.diameter:.0f} mm" if size.found
+                      else "no tumour found")
+
+        def outline(mask, title, colour="red"):
+            return contour_layer_data(mask, title, colour)
+
+        def input_cell(row_of: Optional[str] = None):
+            suffix = f" · {row_of} row" if row_of else ""
+            return [image_cell(result.baseline, f"{base} input{suffix}", window),
+                    outline(result.baseline_mask, f"input: {input_size}"
+                                                  f"{f' ({row_of} row)' if row_of else ''}")]
+
+        cells, roles, labels = [], [], []
+        if n == 1:
+            cells.append(input_cell())
+            roles.append(INPUT)
+            labels.append("input")
+            for arm, follow in result.shown():
+                title = f"{follow.time} · {arm.label} · generated (synthetic)"
+                cells.append([image_cell(follow.image, title, window),
+                              outline(follow.mask, f"{arm.label}: {_cell_size(follow)}")])
+                roles.append(GENERATED)
+                labels.append(arm.label)
+            return cells, roles, labels
+        body = family.body_mask(result.baseline)
+        maps = [_on_body(f.spread, body) for _, f in result.shown()]
+        sd_max = max([float(np.nanpercentile(m.array, 99.5)) for m in maps] + [1e-6])
+        unit = family.model_input.value_unit
+        for row, ((arm, follow), sd) in enumerate(zip(result.shown(), maps)):
+            cells.append(input_cell(None if row == 0 else arm.label))
+            roles.append(INPUT)
+            labels.append("input" if row == 0 else f"input ({arm.label} row)")
+            mean = f"{follow.time} · {arm.label} · generated mean of {n} (synthetic)"
+            cells.append([image_cell(follow.image, mean, window),
+                          outline(follow.mask, f"{arm.label}: {_cell_size(follow)}")])
+            roles.append(GENERATED)
+            labels.append(f"{arm.label} mean")
+            sd_title = f"{follow.time} · {arm.label} · SD of {n} (synthetic)"
+            cells.append([image_cell(sd, sd_title, colormap="magma",
+                                     contrast_limits=[0.0, sd_max]),
+                          outline(follow.mask, f"{arm.label} SD, {unit}", "cyan")])
+            roles.append(GENERATED)
+            labels.append(f"{arm.label} SD")
+        return cells, roles, labels
+
+    # --- window / level, outlines -------------------------------------------------------
+    def _set_window_presets(self) -> None:
+        """The family's named windows, then "custom" (set by changing a cell's contrast)."""
+        self.window_combo.blockSignals(True)
+        self.window_combo.clear()
+        for preset in self._family().window_presets:
+            self.window_combo.addItem(preset.describe(), preset.limits)
+        self.window_combo.addItem(CUSTOM, None)
+        self.window_combo.setCurrentIndex(0)
+        self.window_combo.blockSignals(False)
+
+    def _window_limits(self) -> tuple[float, float]:
+        limits = self.window_combo.currentData()
+        if limits is None:
+            limits = self.window_link.limits or self._family().window_presets[0].limits
+        return tuple(map(float, limits))
+
+    def set_window(self, name: str) -> None:
+        """Choose a window preset by name (or the start of its description)."""
+        for k in range(self.window_combo.count()):
+            if self.window_combo.itemText(k).startswith(name):
+                self.window_combo.setCurrentIndex(k)
+                return
+        raise InputError("window", f"{name!r} is not one of "
+                                   f"{[self.window_combo.itemText(k) for k in range(self.window_combo.count())]}")
+
+    def _on_window_preset(self, *_):
+        limits = self.window_combo.currentData()
+        if limits is not None:
+            self.window_link.apply(limits)
+
+    def _on_window_changed(self, limits) -> None:
+        """A cell's contrast changed (all cells follow): show which preset it is, if any."""
+        for k in range(self.window_combo.count()):
+            data = self.window_combo.itemData(k)
+            if data is not None and np.allclose(data, limits, atol=1e-6 * max(1.0, abs(limits[1]))):
+                index = k
+                break
+        else:
+            index = self.window_combo.count() - 1
+            lo, hi = limits
+            self.window_combo.setItemText(index, f"{CUSTOM} (L {(lo + hi) / 2:.3g}, "
+                                                 f"W {hi - lo:.3g})")
+        if self.window_combo.currentIndex() != index:
+            self.window_combo.blockSignals(True)
+            self.window_combo.setCurrentIndex(index)
+            self.window_combo.blockSignals(False)
+
+    def _apply_outlines(self, *_):
+        """One switch for every tumour outline (opacity, not visibility: a hidden layer
+        would leave its grid cell and shift the others)."""
+        opacity = 1.0 if self.outlines.isChecked() else 0.0
+        for layer in self.result_layers():
+            if layer._type_string == "labels" and layer.opacity != opacity:
+                layer.opacity = opacity
 
     def _add_docks(self) -> None:
         if self._docks_added:
@@ -558,9 +969,17 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         window = getattr(self.viewer, "window", None)
         if window is None or not hasattr(window, "add_dock_widget"):
             return
-        # Under the canvas: the grid keeps the full width, table and plot sit side by side.
-        window.add_dock_widget(self.table, name="nacsim: tumour sizes", area="bottom")
-        window.add_dock_widget(self.plot, name="nacsim: size over time", area="bottom")
+        # Under the canvas: the grid keeps the full width, table and plot sit side by side,
+        # as tall as the table's rows.
+        table = window.add_dock_widget(self.table, name="nacsim: tumour sizes", area="bottom")
+        plot = window.add_dock_widget(self.plot, name="nacsim: size over time", area="bottom")
+        main = self.window()
+        if isinstance(main, QMainWindow) and table is not None and plot is not None:
+            height = self.table.maximumHeight()
+            self.plot.setMaximumHeight(max(height, self.plot.minimumHeight()))
+            main.resizeDocks([table, plot], [height, height], Qt.Vertical)
+            main.resizeDocks([table, plot], [3 * main.width() // 5, 2 * main.width() // 5],
+                             Qt.Horizontal)
         self._docks_added = True
 
     def _on_grid_toggled(self, on: bool) -> None:
@@ -570,6 +989,23 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             self._show_result(self.result)
         else:
             leave_grid(self.viewer)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt)
+        """The first time it is shown, enlarge napari's window so that every cell and its
+        title are readable (the default window leaves each cell a thumbnail)."""
+        super().showEvent(event)
+        if self._resized:
+            return
+        self._resized = True
+        main = self.window()
+        if not isinstance(main, QMainWindow) or main.isMaximized() or main.isFullScreen():
+            return
+        screen = main.screen().availableGeometry() if main.screen() else None
+        width, height = WINDOW_SIZE
+        if screen is not None:
+            width, height = min(width, screen.width()), min(height, screen.height())
+        if main.width() < width or main.height() < height:
+            main.resize(max(main.width(), width), max(main.height(), height))
 
     def _on_progress(self, done: int, total: int, what: str) -> None:
         self.progress.setRange(0, max(total, 1))
@@ -613,12 +1049,40 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
     # --- lifetime -----------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Stop any run and wait for its thread (closing the widget mid-run)."""
+        """Stop any run and wait for its thread (closing the widget mid-run); the viewing
+        aids leave with the widget."""
+        self._closed = True
         self._debounce.stop()
         self.runner.shutdown()
+        for link in (self.window_link, self.sd_link):
+            link.close()
+        try:
+            self.readout.close()
+        except (RuntimeError, AttributeError):  # the viewer is already gone
+            pass
 
     def result_layers(self) -> list:
         return group_layers(self.viewer, GROUP)
+
+
+def _cell_size(follow) -> str:
+    """``"64 mm², Ø 12.6 mm"``, with ± over samples; "no tumour found"."""
+    if follow.n_found == 0:
+        return "no tumour found"
+    several = len(follow.samples) > 1
+    size = f"{follow.size_mean:.0f}" + (f"±{follow.size_sd:.0f}" if several else "")
+    diameter = f"{follow.diameter_mean:.0f}" + (f"±{follow.diameter_sd:.0f}" if several
+                                                  else "")
+    return f"{size} {follow.unit}, Ø {diameter} mm"
+
+
+def _on_body(spread: Scan, body: Optional[np.ndarray]) -> Scan:
+    """The SD map shown on the body only (0 outside); the saved map is the full one."""
+    if body is None or body.shape != spread.shape:
+        return spread
+    array = np.where(body, spread.array, 0.0).astype(np.float32)
+    return Scan(array=array, affine=spread.affine, kind=IMAGE,
+                provenance={**spread.provenance, "display": "restricted to the body"})
 
 
 def _default_values(var) -> tuple:

@@ -89,7 +89,8 @@ class TumourSize:
     def n_components(self) -> int:
         return len(self.components)
 
-    def describe(self) -> str:
+    def describe(self, diameter: bool = True) -> str:
+        """"412.0 mm²; longest diameter 31.2 mm" (``diameter``: with the diameter)."""
         if not self.found:
             return f"no tumour found (size 0 {self.unit})"
         text = f"{_fmt(self.total)} {self.unit}"
@@ -97,7 +98,7 @@ class TumourSize:
             parts = ", ".join(_fmt(c) for c in self.components[:5])
             more = ", ..." if self.n_components > 5 else ""
             text += f" in {self.n_components} separate parts ({parts}{more} {self.unit})"
-        if self.diameter > 0:
+        if diameter and self.diameter > 0:
             text += f"; longest diameter {_fmt(self.diameter)} mm"
         return text
 

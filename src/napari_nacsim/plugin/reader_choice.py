@@ -1,0 +1,29 @@
+"""NIfTI files open with nacsim's reader without asking.
+
+napari's built-in reader also claims ``*.nii`` / ``*.nii.gz`` (through imageio) but cannot
+read them, so *File → Open* asked every time which reader to use. napari remembers a choice
+per file pattern (``settings.plugins.extension2reader``, the same setting its "remember"
+check box writes); as soon as any part of nacsim runs (the widgets, the sample data), nacsim
+records itself for the NIfTI patterns — but never over a choice the user made.
+"""
+
+from __future__ import annotations
+
+NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
+PLUGIN = "nacsim"
+
+
+def remember_our_reader() -> list[str]:
+    """Make nacsim napari's reader for NIfTI files where the user chose nothing else;
+    returns the patterns set now."""
+    try:
+        from napari.settings import get_settings
+
+        settings = get_settings().plugins
+    except Exception:  # noqa: BLE001 - no napari settings (a script): nothing to remember
+        return []
+    current = dict(settings.extension2reader)
+    added = [p for p in NIFTI_PATTERNS if p not in current]
+    if added:
+        settings.extension2reader = {**current, **{p: PLUGIN for p in added}}
+    return added

@@ -1,0 +1,239 @@
+"""Linked viewing of side-by-side cells, as in a clinical viewer (3D Slicer, OHIF, Horos).
+
+- `ContrastLink`: one window/level for a set of image layers — changing the contrast of any
+  cell changes every cell; named presets come from the family (`ModelFamily.window_presets`).
+- `CursorReadout`: the value under the mouse in every cell at once (the cells share one
+  geometry and one camera, so the same world position is the same anatomy in each), with
+  the position in mm, on one line at the foot of the canvas.
+- `show_orientation` / `hide_orientation`: the orientation letters at the edges of every
+  cell; `show_scale_bar`: a scale bar in mm in every cell (the layers' units are mm).
+- `style_cell`: what a cell is, at a glance: the input and real follow-ups with a white
+  title, generated images with an orange title and an orange frame.
+
+Only napari's public viewer model is used (canvas overlays, layer overlays, mouse-move
+callbacks); nothing here computes an image.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .layers import METADATA_KEY
+
+INPUT, REAL, GENERATED = "input", "real follow-up", "generated"
+GENERATED_COLOUR = "#ff9f1c"      # orange: every generated cell (title and frame)
+MEASURED_COLOUR = "white"
+ORIENTATION_COLOUR = "#ffe066"    # the orientation letters (as on the saved figure: yellow)
+READOUT_KEY = "nacsim_readout"
+_ORIENTATION_KEYS = {"top": ("nacsim_orientation_top", "top_center"),
+                     "bottom": ("nacsim_orientation_bottom", "bottom_center"),
+                     "left": ("nacsim_orientation_left", "middle_left"),
+                     "right": ("nacsim_orientation_right", "middle_right")}
+
+
+# --- what a cell is ----------------------------------------------------------------------
+
+def style_cell(layer, role: str, title_points: float) -> None:
+    """Title colour and frame of a cell's image layer by its role (input, real follow-up,
+    generated); the role is also kept in the layer metadata."""
+    generated = role == GENERATED
+    ours = dict(layer.metadata.get(METADATA_KEY) or {})
+    if ours.get("role") != role:
+        layer.metadata = {**layer.metadata, METADATA_KEY: {**ours, "role": role}}
+    overlay = layer.name_overlay
+    overlay.font_size = title_points
+    overlay.color = GENERATED_COLOUR if generated else MEASURED_COLOUR
+    box = layer.bounding_box
+    box.points = False
+    box.lines = True
+    box.line_color = GENERATED_COLOUR
+    box.line_thickness = 3
+    box.visible = generated
+
+
+def role_of(layer) -> Optional[str]:
+    return (layer.metadata.get(METADATA_KEY) or {}).get("role")
+
+
+# --- one window for every cell -----------------------------------------------------------
+
+class ContrastLink:
+    """Keeps the contrast limits of a set of image layers equal: a change to any of them
+    (the layer controls, a preset, a script) is applied to all. ``on_change(limits)`` is
+    called after each change."""
+
+    def __init__(self, on_change: Optional[Callable[[tuple[float, float]], None]] = None):
+        self.layers: list = []
+        self.on_change = on_change
+        self._busy = False
+
+    def set_layers(self, layers: Sequence) -> None:
+        for layer in self.layers:
+            if layer not in layers:
+                layer.events.contrast_limits.disconnect(self._changed)
+        for layer in layers:
+            if layer not in self.layers:
+                layer.events.contrast_limits.connect(self._changed)
+        self.layers = list(layers)
+
+    @property
+    def limits(self) -> Optional[tuple[float, float]]:
+        return tuple(map(float, self.layers[0].contrast_limits)) if self.layers else None
+
+    def apply(self, limits: Sequence[float]) -> None:
+        """Set every linked layer's contrast limits (a preset)."""
+        lo, hi = (float(v) for v in limits)
+        self._set_all((lo, hi), source=None)
+        if self.on_change is not None:
+            self.on_change((lo, hi))
+
+    def _changed(self, event) -> None:
+        if self._busy:
+            return
+        source = event.source
+        limits = tuple(map(float, source.contrast_limits))
+        self._set_all(limits, source)
+        if self.on_change is not None:
+            self.on_change(limits)
+
+    def _set_all(self, limits: tuple[float, float], source) -> None:
+        self._busy = True
+        try:
+            for layer in self.layers:
+                if layer is source or np.allclose(layer.contrast_limits, limits):
+                    continue
+                lo, hi = layer.contrast_limits_range
+                if limits[0] < lo or limits[1] > hi:  # a preset wider than this image
+                    layer.contrast_limits_range = (min(lo, limits[0]), max(hi, limits[1]))
+                layer.contrast_limits = limits
+        finally:
+            self._busy = False
+
+    def close(self) -> None:
+        self.set_layers([])
+
+
+# --- the value under the cursor in every cell --------------------------------------------
+
+class CursorReadout:
+    """One line at the foot of the canvas: the cursor position in mm and the value of every
+    cell's image there (``cells``: short label, image layer), in ``unit``."""
+
+    def __init__(self, viewer):
+        from napari.components.overlays import TextOverlay
+
+        self.viewer = viewer
+        self.cells: list[tuple[str, object]] = []
+        self.unit = ""
+        self.overlay = TextOverlay(text="", position="bottom_left", font_size=10, box=True,
+                                   visible=False, color="white")
+        viewer.canvas.overlays[READOUT_KEY] = self.overlay
+        viewer.mouse_move_callbacks.append(self._on_move)
+
+    def set_cells(self, cells: Sequence[tuple[str, object]], unit: str = "") -> None:
+        self.cells = list(cells)
+        self.unit = unit
+        if not self.cells:
+            self.overlay.visible = False
+
+    def text_at(self, position: Sequence[float]) -> str:
+        """The read-out for a world position (also what tests and scripts call)."""
+        values = [f"{label} {_format_value(_value_at(layer, position))}"
+                  for label, layer in self.cells if layer in self.viewer.layers]
+        if not values:
+            return ""
+        where = ", ".join(f"{v:.0f}" for v in list(position)[-2:][::-1])
+        unit = f"   [{self.unit}]" if self.unit else ""
+        return f"(x, y) = ({where}) mm:  " + "  │  ".join(values) + unit
+
+    def _on_move(self, viewer, event) -> None:
+        if not self.cells:
+            return
+        text = self.text_at(event.position)
+        self.overlay.text = text
+        self.overlay.visible = bool(text)
+
+    def close(self) -> None:
+        if self._on_move in self.viewer.mouse_move_callbacks:
+            self.viewer.mouse_move_callbacks.remove(self._on_move)
+        self.viewer.canvas.overlays.pop(READOUT_KEY, None)
+        self.cells = []
+
+
+def _value_at(layer, position) -> Optional[float]:
+    """The image value at a world position, None outside the image."""
+    data = np.asarray(layer.data)
+    world = list(position)[-layer.ndim:]
+    index = np.round(np.asarray(layer.world_to_data(world), float)).astype(int)
+    if index.shape[0] != data.ndim or np.any(index < 0) or \
+            np.any(index >= np.asarray(data.shape)):
+        return None
+    value = data[tuple(index)]
+    return float(value) if np.isfinite(value) else None
+
+
+def _format_value(value: Optional[float]) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+# --- orientation and scale -----------------------------------------------------------------
+
+def show_orientation(viewer, letters: Sequence[str],
+                     edges: Sequence[str] = ("left", "right")) -> None:
+    """The patient's orientation at the edges of every cell (``letters``: a family's
+    ``orientation``, top, bottom, left, right, e.g. ("A", "P", "R", "L")). By default the
+    left and right letters, as on the saved figure: the side is what a 2D view can get
+    wrong (the top and bottom edge of a cell hold its title and scale bar)."""
+    from napari.components.overlays import TextOverlay
+
+    for (edge, (key, position)), letter in zip(_ORIENTATION_KEYS.items(), letters):
+        overlay = viewer.canvas.overlays.get(key)
+        if edge not in edges:
+            if overlay is not None:
+                overlay.visible = False
+            continue
+        if overlay is None:
+            overlay = TextOverlay(position=position, gridded=True, box=False, font_size=11,
+                                  color=ORIENTATION_COLOUR)
+            viewer.canvas.overlays[key] = overlay
+        overlay.text = letter
+        overlay.visible = True
+
+
+def hide_orientation(viewer) -> None:
+    for key, _ in _ORIENTATION_KEYS.values():
+        overlay = viewer.canvas.overlays.get(key)
+        if overlay is not None:
+            overlay.visible = False
+
+
+def orientation_letters(viewer) -> list[str]:
+    """The letters shown (tests)."""
+    shown = []
+    for key, _ in _ORIENTATION_KEYS.values():
+        overlay = viewer.canvas.overlays.get(key)
+        if overlay is not None and overlay.visible:
+            shown.append(overlay.text)
+    return shown
+
+
+def scale_bar_of(viewer):
+    """napari's scale bar: a canvas overlay since napari 0.9, ``viewer.scale_bar`` before."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return overlays["scale_bar"] if overlays is not None else viewer.scale_bar
+
+
+def show_scale_bar(viewer) -> None:
+    """A scale bar in every cell; it reads mm because the layers' units are mm."""
+    bar = scale_bar_of(viewer)
+    bar.visible = True
+    bar.gridded = True
+    bar.ticks = False
+    bar.colored = False
+    bar.length = 50  # 5 cm, as on the saved figure
+    bar.font_size = 9
