@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot set-up used by `make demo` and `make test` (and CI): system packages for a
 # headless Qt/OpenGL viewer, then a virtual environment with nacsim installed.
-#   scripts/setup.sh            -> runtime install (napari with PyQt5)
+#   scripts/setup.sh            -> runtime install (napari with PyQt6, napari's default)
 #   scripts/setup.sh testing    -> + pytest, pytest-qt
 # Re-running is cheap: nothing is reinstalled unless pyproject.toml changed.
 set -euo pipefail
@@ -38,5 +38,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch/torchvision first, as an exact pair (see DESIGN.md: open_clip needs matching builds).
   "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
   "$VENV/bin/python" -m pip install -q -e ".[$EXTRA]"
+  # An environment made before the move to PyQt6 still has PyQt5: qtpy would pick it (and
+  # napari warns that PyQt5 is deprecated), so it goes once PyQt6 is in.
+  if "$VENV/bin/python" -c "import PyQt6.QtCore" >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip uninstall -q -y PyQt5 PyQt5-Qt5 PyQt5-sip >/dev/null 2>&1 || true
+  fi
   touch "$stamp"
 fi
