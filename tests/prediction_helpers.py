@@ -37,7 +37,11 @@ def lung_records(folder: Path, n: int = 12) -> Path:
     for i in range(n):
         responder = i % 3 == 0
         pdl1 = float(60 + i) if responder else float(i)
-        clinical = {**record["meta"]["clinical"], "PD_L1": pdl1, "age": 50.0 + 2 * i,
+        labs = {k: float(round(v * rng.uniform(0.6, 1.6), 2)) for k, v in
+                record["meta"]["clinical"].items() if k in ("CEA", "ANC", "ALC", "AEC", "AMC")}
+        labs["NLR"] = labs["ANC"] / labs["ALC"]
+        clinical = {**record["meta"]["clinical"], **labs, "PD_L1": pdl1, "age": 50.0 + 2 * i,
+                    "sex": ("male", "female")[i % 2],
                     "responder": responder,
                     "survival_months": float(round((30 if responder else 8)
                                                    * rng.uniform(0.5, 1.5), 2)),

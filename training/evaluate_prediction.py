@@ -25,7 +25,8 @@ Models (rows):
   (`science.prediction.ceiling`), no fitting; ``phantom oracle (knows response)``: the
   phantom's hazard including the response that happened (survival only; an upper bound);
 - ``clinical only``: logistic regression (scikit-learn) and a Cox model (lifelines
-  ``CoxPHFitter``, penaliser 0.1) on the clinical design matrix (`prediction.clinical`);
+  ``CoxPHFitter``, penaliser 0.1, raised to 1 or 10 only if it fails to converge) on the
+  clinical design matrix (`prediction.clinical`);
 - ``image CNN`` and ``image CNN + clinical`` (`prediction.image_cnn`, MONAI DenseNet);
 - with a lung model (``--model``; default: the bundled one when it exists): ImmunoDiff heads
   on the up-block features (`prediction.features`) of the variants ``full`` (the paper's
@@ -177,6 +178,7 @@ def score_folds(name, folds, y, time_, event, predict, rows, oof):
     """``predict(train, test) -> (probability or None, risk or None)`` per fold."""
     from napari_nacsim.science.prediction import metrics as M
 
+    started = time.perf_counter()
     per_fold, prob_all, risk_all = [], np.full(len(y), np.nan), np.full(len(y), np.nan)
     for train, test in folds:
         prob, risk = predict(train, test)
@@ -196,11 +198,12 @@ def score_folds(name, folds, y, time_, event, predict, rows, oof):
         for _, test in folds:
             pooled[test] = np.argsort(np.argsort(risk_all[test])) / max(len(test) - 1, 1)
         summary["c_index_pooled"] = M.concordance(pooled, event, time_)
-    rows[name] = {"summary": summary, "folds": per_fold}
+    rows[name] = {"summary": summary, "folds": per_fold,
+                  "seconds": round(time.perf_counter() - started, 1)}
     oof[name] = {"probability": prob_all, "risk": risk_all}
     line = "  ".join(f"{k} {M.format_mean_sd(v)}" for k, v in summary.items()
                      if k in M.ALL)
-    print(f"{name}: {line}", flush=True)
+    print(f"{name}: {line} ({rows[name]['seconds']} s)", flush=True)
 
 
 def main(argv=None) -> int:
@@ -255,7 +258,15 @@ def main(argv=None) -> int:
         keep = [j for j in range(xc.shape[1]) if np.std(xc[tr, j]) > 0]
         frame = pd.DataFrame(xc[tr][:, keep], columns=[cols[j] for j in keep])
         frame["T"], frame["E"] = time_[tr], event[tr]
-        cox = CoxPHFitter(penalizer=0.1).fit(frame, "T", "E")
+        from lifelines.exceptions import ConvergenceError
+
+        for penalizer in (0.1, 1.0, 10.0):   # more shrinkage only if Newton fails (tiny sets)
+            try:
+                cox = CoxPHFitter(penalizer=penalizer).fit(frame, "T", "E")
+                break
+            except ConvergenceError:
+                if penalizer == 10.0:
+                    raise
         test = pd.DataFrame(xc[te][:, keep], columns=[cols[j] for j in keep])
         return lr.predict_proba(xc[te])[:, 1], np.asarray(cox.predict_log_partial_hazard(test))
 

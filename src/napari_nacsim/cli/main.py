@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .review import add_review_command
 
     add_review_command(sub)
+    from .predict import add_predict_command
+
+    add_predict_command(sub)
     for name in SCAN_READING_COMMANDS:
         sub.choices[name].add_argument(
             "--dicom-series", metavar="NUMBER|UID", default=None,

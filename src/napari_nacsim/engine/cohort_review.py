@@ -259,7 +259,7 @@ class CohortReview:
             "counterfactual_text": schema.describe(cf_clinical) if cf_clinical else "",
         }
         value_range = family.model_input.value_range or family.model_input.display_range
-        predictions = family.predictions(self.model, baseline, clinical)
+        predictions = family.predictions(self.model, baseline, clinical, context)
         cases = []
         for k, tp in enumerate(followups):
             steps.check()

@@ -415,7 +415,8 @@ class WhatIfSession:
                 followups[tp] = self._followup(tp, label, var, clinical, samples, masks,
                                                base_size)
             result_arms.append(Arm(label, clinical, followups,
-                                   self.family.predictions(self.model, grid, clinical)))
+                                   self.family.predictions(self.model, grid, clinical,
+                                                           self._context)))
         t_seg = time.perf_counter() - t0
 
         result = WhatIfResult(

@@ -293,10 +293,12 @@ class ModelFamily:
         return Comparison(var, parsed)
 
     # --- predictions -------------------------------------------------------------------------
-    def predictions(self, generator: Any, baseline: Scan, clinical: Mapping[str, Any]
+    def predictions(self, generator: Any, baseline: Scan, clinical: Mapping[str, Any],
+                    context: Optional[Mapping[str, Scan]] = None
                     ) -> dict[str, dict[str, Any]]:
         """Model predictions per scenario beside the images (e.g. a response probability):
-        name -> ``{"label", "value", "unit", "meaning"}``. None by default."""
+        name -> ``{"label", "value", "unit", "meaning"}``; ``context``: the family's extra
+        model inputs on the baseline's grid (see `context_inputs`). None by default."""
         return {}
 
     # --- display -----------------------------------------------------------------------------

@@ -107,3 +107,19 @@ class LungFamily(ModelFamily):
 
     def default_comparison(self) -> Optional[Comparison]:
         return self.comparison("PD_L1", (PD_L1_LOW, PD_L1_HIGH))
+
+    def predictions(self, generator: Any, baseline: Scan, clinical: Mapping[str, Any],
+                    context: Optional[Mapping[str, Scan]] = None
+                    ) -> dict[str, dict[str, Any]]:
+        """ImmunoDiff's heads (response probability, survival risk relative to the training
+        cohort) from the frozen denoiser's features under ``clinical``, when heads are
+        bundled next to the model (``<model>/prediction_heads``, `science.prediction`);
+        {} otherwise or without the anatomy masks."""
+        from ..science.prediction.predict import has_heads, predict
+
+        if generator is None or not has_heads(generator.path) or not context:
+            return {}
+        context = self.require_context(context, baseline.shape)
+        return predict(generator.network, generator.path, generator.model_hash,
+                       np.asarray(baseline.array), np.asarray(context["lobes"].array),
+                       np.asarray(context["vessels"].array), clinical)

@@ -1,0 +1,114 @@
+"""The prediction entrypoint, fast: 12 patients, 2 folds, the micro ImmunoDiff, one CNN
+epoch; then the bundled heads through the lung family's predictions hook and
+`nacsim predict` (one patient; bad input exits 2 with one line)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prediction_helpers import lung_records, micro_model_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "training"))
+    import evaluate_prediction
+
+    tmp = tmp_path_factory.mktemp("pred")
+    model = micro_model_folder(tmp / "model")
+    lung_records(tmp / "records", 12)
+    out = tmp / "out"
+    rc = evaluate_prediction.main([
+        "--patients", "12", "--cohort-seed", "0", "--records", str(tmp / "records"),
+        "--model", str(model), "--variants", "full,anatomy_only", "--folds", "2",
+        "--cnn-epochs", "1", "--bundle", str(model / "prediction_heads"), "--out", str(out)])
+    assert rc == 0
+    return tmp, model, out
+
+
+def test_entrypoint_scores_every_model_on_the_same_folds(evaluated):
+    _, model, out = evaluated
+    result = json.loads((out / "results.json").read_text())
+    assert result["cohort"]["patients"] == 12 and result["cohort"]["responders"] == 4
+    rows = result["rows"]
+    expected = {"phantom ceiling (its p and pre-treatment hazard)",
+                "phantom oracle (hazard knowing the response)",
+                "clinical only (logistic regression; Cox, lifelines)",
+                "image CNN (MONAI DenseNet, 3D)", "image CNN + clinical",
+                "ImmunoDiff heads (full)", "ImmunoDiff heads, anatomy only (Table 3 Stage-1)",
+                "ImmunoDiff heads (full) + clinical"}
+    assert set(rows) == expected
+    for name, row in rows.items():
+        assert len(row["folds"]) == 2
+        assert 0.0 <= row["summary"]["c_index"]["mean"] <= 1.0, name
+    # the stand-in ceiling: probabilities 0.6 / 0.2 for responders / others separate them
+    ceiling = rows["phantom ceiling (its p and pre-treatment hazard)"]["summary"]
+    assert ceiling["balanced_accuracy"]["mean"] == 1.0 and ceiling["roc_auc"]["mean"] == 1.0
+    assert (out / "reliability.png").stat().st_size > 5000
+    assert (out / "features_full.npz").exists()
+    assert "| ImmunoDiff heads (full) |" in (out / "results.md").read_text()
+    card = json.loads((model / "prediction_heads" / "heads_card.json").read_text())
+    assert card["model_hash"] == json.loads((model / "model_card.json").read_text())[
+        "model_hash"]
+    assert card["training_cohort"]["patients"] == 12 and card["n_features"] == 32
+
+
+def test_family_hook_and_predict_cli(evaluated, capsys):
+    from napari_nacsim.cli.main import main
+    from napari_nacsim.core.scan import LABELS, Scan
+    from napari_nacsim.core.scan_io import write_scan
+    from napari_nacsim.engine import load_model
+    from napari_nacsim.families import get_family
+    from napari_nacsim.science.generative.immunodiff.data import read_record
+
+    tmp, model_dir, _ = evaluated
+    record = read_record(tmp / "records" / "records_0" / "00000.npz")
+    a = record["arrays"]
+    affine = np.diag([3.0, 3.0, 4.0, 1.0])
+    crop = Scan(a["pre_image"].astype(np.float32), affine)
+    context = {"lobes": Scan(a["pre_lobes"], affine, kind=LABELS),
+               "vessels": Scan(a["pre_vessels"], affine, kind=LABELS)}
+    family = get_family("lung")
+    model = load_model(model_dir)
+    clinical = {k: v for k, v in record["meta"]["clinical"].items()
+                if k not in ("responder", "survival_months", "death")}
+    low = family.predictions(model, crop, {**clinical, "PD_L1": 0.0}, context)
+    high = family.predictions(model, crop, {**clinical, "PD_L1": 80.0}, context)
+    assert set(low) == {"response_probability", "survival_risk"}
+    assert 0 < low["response_probability"]["value"] < 1 and low["survival_risk"]["value"] > 0
+    assert low["survival_risk"]["unit"] == "× cohort" and low["survival_risk"]["meaning"]
+    assert low != high                       # the scenario's clinical values matter
+    assert family.predictions(model, crop, clinical, None) == {}   # no anatomy: none
+
+    paths = {}
+    for name, scan in (("crop", crop), *context.items()):
+        paths[name] = tmp / f"{name}.nii.gz"
+        write_scan(scan, paths[name], overwrite=True)
+    text = ",".join(f"{k}={v}" for k, v in clinical.items() if k != "NLR")
+    out = tmp / "pred.json"
+    rc = main(["predict", "--input", str(paths["crop"]), "--context",
+               f"lobes={paths['lobes']}", "--context", f"vessels={paths['vessels']}",
+               "--clinical", text, "--model", str(model_dir), "--out", str(out)])
+    assert rc == 0
+    saved = json.loads(out.read_text())["predictions"][0]
+    assert saved["predicted_response_probability"] == pytest.approx(
+        family.predictions(model, crop, family.schema.validate_clinical(
+            dict(clinical), subject="t", partial=True), context)[
+            "response_probability"]["value"])
+
+    capsys.readouterr()
+    bad = [["predict", "--model", str(model_dir)],                        # nothing given
+           ["predict", "--input", str(paths["crop"]), "--model", str(model_dir)],  # clinical
+           ["predict", "--input", str(paths["crop"]), "--clinical", "age=70",
+            "--model", str(model_dir)]]
+    for argv in bad:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "error" in err, argv
