@@ -123,6 +123,12 @@ def test_phantom_ceiling_orders_survival_and_response():
     true = M.concordance([q["eta_true"] for q in o], e, t)["c_index"]
     assert 0.55 < base < true          # knowing the response orders survival better
     assert M.classification_metrics(y, p, y.mean())["roc_auc"] > 0.6
+    # removing the tumour-size term: same p at the 30 mm reference, otherwise bigger
+    # tumours respond less, so their clinical-only probability is higher
+    from napari_nacsim.science.prediction.ceiling import without_tumour_size
+
+    assert without_tumour_size(0.3, 30.0) == pytest.approx(0.3)
+    assert without_tumour_size(0.3, 50.0) > 0.3 > without_tumour_size(0.3, 20.0)
     # the baseline hazard mixes the two response branches by p
     q = oracle({**patients[0].clinical, "responder": False}, 0.0)
     assert q["eta_baseline"] == pytest.approx(q["eta_true"])

@@ -247,6 +247,14 @@ def main(argv=None) -> int:
                 lambda tr, te: (p_true[te], eta_base[te]), rows, oof)
     score_folds("phantom oracle (hazard knowing the response)", folds, y, time_, event,
                 lambda tr, te: (None, eta_true[te]), rows, oof)
+    from napari_nacsim.science.phantoms import lung as lung_phantom
+
+    diameters = [lung_phantom.make_patient(m["cohort_seed"], m["index"]).tumour_diameter_mm
+                 for m in metas]
+    p_clinical = np.array([ceiling.without_tumour_size(p, d)
+                           for p, d in zip(p_true, diameters)])
+    score_folds("phantom ceiling without tumour size (clinical part of its p)", folds, y,
+                time_, event, lambda tr, te: (p_clinical[te], None), rows, oof)
 
     def clinical_only(tr, te):
         import pandas as pd

@@ -46,3 +46,14 @@ def patient_oracle(cohort_seed: int, index: int) -> dict[str, float]:
     patient = lung.make_patient(cohort_seed, index)
     return oracle(patient.clinical, response_probability(patient.clinical,
                                                          patient.tumour_diameter_mm))
+
+
+def without_tumour_size(probability: float, diameter_mm: float) -> float:
+    """The phantom's probability with its tumour-size term removed (the diameter set to the
+    30 mm reference): the best a model that sees only the clinical values could do, so the
+    gap to ``probability`` is all the image can add to the response."""
+    from ..phantoms.lung_outcomes import RESPONSE_MODEL
+
+    p = min(max(float(probability), 1e-12), 1 - 1e-12)
+    logit = math.log(p / (1 - p)) - RESPONSE_MODEL["log_diameter"] * math.log(diameter_mm / 30.0)
+    return 1.0 / (1.0 + math.exp(-logit))
