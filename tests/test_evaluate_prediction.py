@@ -27,7 +27,7 @@ def evaluated(tmp_path_factory):
     out = tmp / "out"
     rc = evaluate_prediction.main([
         "--patients", "12", "--cohort-seed", "0", "--records", str(tmp / "records"),
-        "--model", str(model), "--variants", "full,anatomy_only", "--folds", "2",
+        "--model", str(model), "--variants", "full", "--folds", "2",
         "--cnn-epochs", "1", "--bundle", str(model / "prediction_heads"), "--out", str(out)])
     assert rc == 0
     return tmp, model, out
@@ -43,8 +43,7 @@ def test_entrypoint_scores_every_model_on_the_same_folds(evaluated):
                 "phantom ceiling without tumour size (clinical part of its p)",
                 "clinical only (logistic regression; Cox, lifelines)",
                 "image CNN (MONAI DenseNet, 3D)", "image CNN + clinical",
-                "ImmunoDiff heads (full)", "ImmunoDiff heads, anatomy only (Table 3 Stage-1)",
-                "ImmunoDiff heads (full) + clinical"}
+                "ImmunoDiff heads (full)", "ImmunoDiff heads (full) + clinical"}
     assert set(rows) == expected
     for name, row in rows.items():
         assert len(row["folds"]) == 2
@@ -114,3 +113,30 @@ def test_family_hook_and_predict_cli(evaluated, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "error" in err, argv
+
+
+def test_what_if_session_carries_the_heads_predictions_per_arm(evaluated):
+    from immunodiff_helpers import ThresholdSegmenter
+
+    from napari_nacsim.core.scan import LABELS, Scan
+    from napari_nacsim.engine import WhatIfRequest, WhatIfSession, load_model
+    from napari_nacsim.science.generative.immunodiff.data import read_record
+
+    tmp, model_dir, _ = evaluated
+    record = read_record(tmp / "records" / "records_0" / "00003.npz")
+    a = record["arrays"]
+    affine = np.diag([3.0, 3.0, 4.0, 1.0])
+    crop = Scan(a["pre_image"].astype(np.float32), affine)
+    context = {"lobes": Scan(a["pre_lobes"], affine, kind=LABELS),
+               "vessels": Scan(a["pre_vessels"], affine, kind=LABELS)}
+    clinical = {k: v for k, v in record["meta"]["clinical"].items()
+                if k not in ("responder", "survival_months", "death", "NLR")}
+    session = WhatIfSession(load_model(model_dir), ThresholdSegmenter())
+    result = session.run(crop, WhatIfRequest(clinical=clinical, target="post",
+                                             compare="PD_L1", compare_values=(0, 50),
+                                             steps=1), context=context)
+    low, high = (arm.predictions for arm in result.arms)
+    assert set(low) == {"response_probability", "survival_risk"} and low != high
+    assert result.has_predictions
+    assert "P(response)" in result.arms[0].describe_predictions()
+    assert "× cohort" in result.arms[0].describe_predictions()
