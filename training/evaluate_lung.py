@@ -164,8 +164,10 @@ def build_records(args, family) -> list[dict]:
     return records
 
 
-def train_unet_baseline(args, out: Path):
-    """A deterministic 3D U-Net (MONAI BasicUNet) pre -> post in model units, L1 loss."""
+def train_unet_baseline(args, out: Path, *, train: bool = False):
+    """A deterministic 3D U-Net (MONAI BasicUNet) pre -> post in model units, L1 loss.
+    Loaded when saved, unless ``train`` (then training continues from the saved weights
+    for ``--unet-minutes``; the steps add up in unet_baseline.json)."""
     import torch
     from monai.networks.nets import BasicUNet
 
@@ -174,16 +176,20 @@ def train_unet_baseline(args, out: Path):
     path = out / "unet_baseline.safetensors"
     net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=1,
                     features=(8, 8, 16, 16, 32, 8))
+    before = {"steps": 0, "minutes": 0.0}
     if path.exists():
         from safetensors.torch import load_file
 
         net.load_state_dict(load_file(str(path)))
-        return net.eval()
+        if not train:
+            return net.eval()
+        before = json.loads((out / "unet_baseline.json").read_text())
     from napari_nacsim.science.generative.immunodiff.training import split_patients
 
     records = load_records(args.train_records)
     card = args.model / "model_card.json" if args.model else None
-    if card is not None and card.exists():
+    if card is not None and card.exists() and \
+            json.loads(card.read_text()).get("training", {}).get("split"):
         split = json.loads(card.read_text())["training"]["split"]
     else:  # the split train_lung.py makes of the lung_tiny paired set (same function)
         split = split_patients(range(200), 0.1, 0)
@@ -192,7 +198,7 @@ def train_unet_baseline(args, out: Path):
     post = torch.from_numpy(np.stack([r["arrays"]["post_image"] for r in train])).float()
     pre, post = (pre[:, None] + 300) / 700, (post[:, None] + 300) / 700
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(int(before["steps"]))
     started, step = time.perf_counter(), 0
     while time.perf_counter() - started < 60 * args.unet_minutes:
         idx = torch.randint(0, len(pre), (2,), generator=g)
@@ -205,7 +211,8 @@ def train_unet_baseline(args, out: Path):
 
     save_file(net.state_dict(), str(path))
     (out / "unet_baseline.json").write_text(json.dumps(
-        {"steps": step, "minutes": args.unet_minutes, "train_patients": len(train),
+        {"steps": before["steps"] + step, "minutes": before["minutes"] + args.unet_minutes,
+         "train_patients": len(train),
          "train_indices": split["train"],
          "last_loss": float(loss)}))
     return net.eval()
@@ -223,7 +230,7 @@ def main(argv=None) -> int:
     family = get_family("lung")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.unet_only:
-        train_unet_baseline(args, args.out)
+        train_unet_baseline(args, args.out, train=True)
         return 0
     records = build_records(args, family)
     if args.build_only:
