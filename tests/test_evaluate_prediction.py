@@ -140,3 +140,22 @@ def test_what_if_session_carries_the_heads_predictions_per_arm(evaluated):
     assert result.has_predictions
     assert "P(response)" in result.arms[0].describe_predictions()
     assert "× cohort" in result.arms[0].describe_predictions()
+
+
+def test_predict_cli_over_a_cohort_manifest(evaluated, tmp_path):
+    import csv
+
+    from napari_nacsim.cli.main import main
+    from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+
+    _, model_dir, _ = evaluated
+    manifest = write_phantom_cohort("lung", 1, 9, tmp_path / "cohort")
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", "--manifest", str(manifest), "--model", str(model_dir),
+                 "--device", "cpu", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["patient"] for r in rows] == ["LU0001"]
+    assert 0.0 <= float(rows[0]["predicted_response_probability"]) <= 1.0
+    assert float(rows[0]["predicted_survival_risk"]) > 0
+    assert main(["predict", "--manifest", str(manifest), "--model", str(model_dir),
+                 "--out", str(out)]) == 2          # exists: refused, nothing overwritten

@@ -85,8 +85,8 @@ def cmd_predict(args) -> int:
         from ..core.cohort import load_cohort, load_timepoint
 
         cohort = load_cohort(args.manifest)
-        if cohort.schema.name != family.name:
-            raise InputError(args.manifest, f"is a {cohort.schema.name} cohort; predictions "
+        if cohort.family.name != family.name:
+            raise InputError(args.manifest, f"is a {cohort.family.name} cohort; predictions "
                                             "need a lung cohort")
         base = family.schema.baseline
         for patient in cohort.patients:

@@ -1,7 +1,7 @@
 """The prediction heads on ImmunoDiff's up-block features (or any feature matrix).
 
-- Response: logistic regression (a standardising layer + one linear unit, binary
-  cross-entropy). With 74 patients and ~300 features a small MLP has nothing to gain over a
+- Response: logistic regression (a standardising layer, clipped at ±6 SD, + one linear
+  unit, binary cross-entropy). With 74 patients and ~300 features a small MLP has nothing to gain over a
   linear head and more to overfit; the L2 strength is chosen by an inner 3-fold CV.
 - Survival: a linear proportional-hazards risk trained with the Cox partial likelihood
   (torchsurv's ``neg_partial_log_likelihood``, Efron ties), L2 chosen by an inner 3-fold CV
@@ -45,8 +45,14 @@ class LinearHead(nn.Module):
         self.register_buffer("scale", torch.ones(n_features))
         self.linear = nn.Linear(n_features, 1)
 
+    # standardised features are clipped to this many SDs: a patient far outside the
+    # training features cannot push a prediction to 0 or 1 (or overflow exp) through one
+    # feature
+    CLIP_SD = 6.0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.mean) / self.scale)[:, 0]
+        z = ((x - self.mean) / self.scale).clamp(-self.CLIP_SD, self.CLIP_SD)
+        return self.linear(z)[:, 0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
