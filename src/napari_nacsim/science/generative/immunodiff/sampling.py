@@ -24,6 +24,7 @@ from .slices import to_volume, with_neighbours
 from .vl_encoder import lobe_one_hot
 
 SAMPLERS = ("ddim", "dpmpp", "unipc", "ddpm")
+X0_CLIP = 1.8   # model units: HU 960 (air is -1, cortical bone ~1.6)
 
 
 def noise_schedule(config: Mapping[str, Any]):
@@ -41,17 +42,24 @@ def make_sampler(config: Mapping[str, Any], sampler: str):
                            UniPCMultistepScheduler)
 
     base = noise_schedule(config).config
+    # The predicted clean image is clipped to the CT's range in model units at every step.
+    # With this schedule the last timestep keeps sqrt(alpha_bar) = 0.012 of the image, so
+    # the first steps divide the noise-prediction error by ~80; unclipped, an error of a
+    # few percent there made the samples diverge (measured: HU std growing to ~3000).
+    clip = float(config.get("x0_clip", X0_CLIP))
     if sampler == "ddim":
-        return DDIMScheduler.from_config(base, clip_sample=False, set_alpha_to_one=False,
-                                         timestep_spacing="trailing")
+        return DDIMScheduler.from_config(base, clip_sample=True, clip_sample_range=clip,
+                                         set_alpha_to_one=False, timestep_spacing="trailing")
     if sampler == "dpmpp":
-        return DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++",
-                                                       solver_order=2,
-                                                       timestep_spacing="trailing")
+        return DPMSolverMultistepScheduler.from_config(
+            base, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+            thresholding=True, sample_max_value=clip)
     if sampler == "unipc":
-        return UniPCMultistepScheduler.from_config(base, timestep_spacing="trailing")
+        return UniPCMultistepScheduler.from_config(base, timestep_spacing="trailing",
+                                                   thresholding=True, sample_max_value=clip)
     if sampler == "ddpm":
-        return DDPMScheduler.from_config(base, timestep_spacing="trailing")
+        return DDPMScheduler.from_config(base, timestep_spacing="trailing", clip_sample=True,
+                                         clip_sample_range=clip)
     raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
 
 
@@ -77,11 +85,17 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
              scenarios: Sequence[Mapping[str, Any]], *, seed: int = 0, steps: int = 20,
              sampler: str = "ddim", guidance_scale: float = 1.0,
              progress: Callable[[int, int], None] | None = None,
-             use_adapter: bool = True, use_anatomy: bool = True) -> np.ndarray:
+             use_adapter: bool = True, use_anatomy: bool = True,
+             strength: float | None = None) -> np.ndarray:
     """Post-treatment crops in HU, (len(scenarios), Z, H, W), from the pre-treatment crop
     (Z, H, W) in HU and its lobe (labels 0..5) and vessel masks on the same grid.
     ``use_adapter`` / ``use_anatomy`` False: the ablations (no clinical/pre-image condition;
-    anatomy maps zeroed)."""
+    anatomy maps zeroed). ``strength`` (default: the config's ``init_strength``, else 1):
+    where sampling starts. 1 = from pure noise; s < 1 = from the pre-treatment crop noised
+    to the timestep at fraction s of the schedule, running only the last s x ``steps``
+    steps (SDEdit-style initialisation, as in image-to-image pipelines): the follow-up keeps
+    the pre-treatment anatomy and the denoiser, conditioned as usual, changes what the
+    remaining noise level lets it change."""
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
     if int(steps) < 1:
@@ -124,9 +138,24 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     # the ancestral sampler draws fresh noise every step: from the seed too (reproducible)
     step_kw = {"generator": torch.Generator("cpu").manual_seed(int(seed) + 1)} \
         if sampler == "ddpm" else {}
-    x = (noise * scheduler.init_noise_sigma).to(dev, dtype).expand(b, -1, -1, -1, -1)
-    x = x.contiguous()
-    for i, t in enumerate(scheduler.timesteps):
+    strength = float(model.config.get("init_strength", 1.0) if strength is None else strength)
+    if not 0.0 < strength <= 1.0:
+        raise InputError("strength", f"{strength} must be in (0, 1]")
+    timesteps = scheduler.timesteps
+    if strength < 1.0:
+        keep = max(1, int(round(len(timesteps) * strength)))
+        timesteps = timesteps[len(timesteps) - keep:]
+        start = hu_to_model(torch.as_tensor(np.ascontiguousarray(pre_hu, np.float32)),
+                            model.config)[None, None]
+        x = scheduler.add_noise(start, noise, timesteps[:1].cpu()).to(dev, dtype)
+    else:
+        x = (noise * scheduler.init_noise_sigma).to(dev, dtype)
+    x = x.expand(b, -1, -1, -1, -1).contiguous()
+    if hasattr(scheduler, "_step_index"):   # multistep solvers index from the first step
+        scheduler._step_index = None
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(len(scheduler.timesteps) - len(timesteps))
+    for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
         x25 = with_neighbours(x_in, model.neighbours)
         if guided:
@@ -137,5 +166,5 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
             eps = uncond_eps + guidance_scale * (cond_eps - uncond_eps)
         x = scheduler.step(to_volume(eps, b), t, x, return_dict=False, **step_kw)[0]
         if progress:
-            progress(i + 1, len(scheduler.timesteps))
+            progress(i + 1, len(timesteps))
     return model_to_hu(x[:, 0].float(), model.config).cpu().numpy()
