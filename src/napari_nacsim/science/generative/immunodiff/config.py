@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "diffusion": {"train_timesteps": 1000, "beta_schedule": "scaled_linear",
                   "beta_start": 0.0015, "beta_end": 0.0195, "prediction_type": "epsilon"},
     "default_steps": 20, "default_sampler": "ddim", "default_guidance": 1.0,
+    "init_strength": 1.0,                # 1: sample from pure noise; < 1: from the noised
+    #                                      pre-treatment crop (sampling.generate)
+    "x0_clip": 1.8,                      # the predicted clean crop is clipped to +-this
     "half_precision": False,
     "training": {"optimizer": "adam", "lr": 2e-4, "batch_size": 8,
                  "steps": {"vl": 300, "base": 2000, "control": 800, "adapter": 1500},
