@@ -128,7 +128,7 @@ def test_real_data_has_no_counterfactual_metrics(manifest):
     assert summarise([case])["means"]["cf_match"] is None
 
 
-def test_bad_manifests_raise_one_line_input_errors(manifest, tmp_path):
+def test_bad_manifests_raise_one_line_input_errors(manifest, tmp_path, monkeypatch):
     junk = tmp_path / "junk.json"
     junk.write_text("not json")
     other = tmp_path / "other.json"
@@ -147,6 +147,9 @@ def test_bad_manifests_raise_one_line_input_errors(manifest, tmp_path):
         review_cohort(missing)
 
     lung = dataclasses.replace(load_cohort(manifest), family=LUNG)
+    from napari_nacsim.families.lung import LungFamily
+
+    monkeypatch.setattr(LungFamily, "bundled_generator", None)  # a family without one
     with pytest.raises(InputError, match="the lung family has no bundled generative model"):
         review_cohort(lung)
 

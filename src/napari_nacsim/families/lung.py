@@ -40,7 +40,7 @@ class LungFamily(ModelFamily):
     segmentation = SegmentationSpec(dataset_id=502, dataset_name="NacsimLungCrop",
                                     configuration="3d_fullres")
     size_bins = (0.0, 2.0, 8.0, float("inf"))       # mL
-    bundled_generator = None          # ImmunoDiff is not trained yet
+    bundled_generator = "lung_immunodiff"   # ImmunoDiff lung_tiny (docs/lung-model.md)
     bundled_segmenter = LUNG.name
     sample_channel = "ct"
     orientation = ("A", "P", "R", "L")   # axial slices in LPS storage order
