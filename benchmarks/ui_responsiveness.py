@@ -2,8 +2,10 @@
 
     xvfb-run -a python benchmarks/ui_responsiveness.py --out docs/benchmarks/ui_responsiveness.json
 
-Opens napari with the sample breast patient and the workspace, then measures, on the UI
-thread, the longest gap between ticks of a 5 ms timer (a stall the user would feel):
+Opens napari with the sample breast patient and the workspace — which generates the
+default comparison by itself (``first_result_s``: from opening the widget to the first
+comparison on screen, model loading included) — then measures, on the UI thread, the
+longest gap between ticks of a 5 ms timer (a stall the user would feel):
 
 - ``during_runs``: from a scenario change until its result starts to be drawn, while the
   worker generates and segments (``--runs`` changes, each with a new seed so that nothing is
@@ -41,12 +43,6 @@ def main(argv: list[str] | None = None) -> int:
 
     viewer = napari.Viewer(show=True)
     viewer.open_sample("nacsim", "breast")
-    widget = WhatIfWorkspace(viewer)
-    widget.auto_run.setChecked(False)
-    if args.steps:
-        widget.advanced.setChecked(True)
-        widget.steps.setValue(args.steps)
-    viewer.window.add_dock_widget(widget, area="right")
     app = QApplication.instance()
 
     clock = QElapsedTimer()
@@ -55,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(clock.elapsed()))
     timer.start(5)
+
+    # The first run: no click (the model loads in the worker, then the comparison).
+    opened = time.perf_counter()
+    widget = WhatIfWorkspace(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
 
     def wait_for(predicate, timeout_s=600.0):
         end = time.monotonic() + timeout_s
@@ -68,9 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         window = [t for t in ticks if since <= t <= until]
         return max((b - a for a, b in zip(window, window[1:])), default=0.0)
 
-    # Warm-up: loads the models (in the worker) and shows the first result.
-    widget.run()
     wait_for(lambda: widget.results_shown == 1 and not widget.runner.running)
+    first_result_s = time.perf_counter() - opened
+    first_gap = max_gap(0)
+    widget.auto_run.setChecked(False)
+    if args.steps:
+        widget.advanced.setChecked(True)
+        widget.steps.setValue(args.steps)
 
     # Time to show a result on the UI thread, measured directly.
     show_ms = []
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpu_cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
                     "display": "Xvfb (software OpenGL)"},
+        "first_result_s": round(first_result_s, 2),
+        "ui_max_stall_during_first_run_ms": round(first_gap, 1),
         "steps": widget.result.request.steps,
         "sampler": widget.result.request.sampler,
         "scenario_change_to_result_s": {"median": round(statistics.median(latencies), 3),

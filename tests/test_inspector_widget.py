@@ -54,6 +54,13 @@ def column(key: str) -> int:
     return len(FIXED_COLUMNS) + [m.key for m in METRICS].index(key)
 
 
+def names_in_cells(viewer) -> list[tuple[str, str]]:
+    """(image, outline) names per grid cell, the first cell first."""
+    layers = sorted(group_layers(viewer, GROUP),
+                    key=lambda layer: layer.metadata["nacsim"]["slot"])
+    return [(layers[k].name, layers[k + 1].name) for k in range(0, len(layers), 2)]
+
+
 def no_threads_left() -> bool:
     return QThreadPool.globalInstance().waitForDone(10_000)
 
@@ -101,17 +108,18 @@ def test_review_fills_table_sorts_shows_case_and_exports(inspector, manifest, er
     table.selectRow(1)  # BR0001 (a phantom: with the counterfactual and its ground truth)
     case = widget.cases[table.item(1, 0).data(Qt.UserRole)]
     layers = group_layers(viewer, GROUP)
-    names = [layer.name for layer in layers]
-    assert len(layers) == 12 and grid_of(viewer).enabled        # 2 x 3 cells
-    assert grid_of(viewer).actual_shape(viewer.layers) == (2, 3)
-    generated_name = f"BR0001 T1 generated · {case.scenario_text} (synthetic)"
+    assert len(layers) == 12 and grid_of(viewer).enabled        # 3 x 2 cells
+    assert grid_of(viewer).actual_shape(viewer.layers) == (3, 2)
+    generated_name = "T1 generated (synthetic)"
     cf_text = case.provenance["counterfactual_text"]
-    assert generated_name in names and "BR0001 T0 input" in names
-    assert "BR0001 T1 real follow-up" in names                   # the words of the workspace
-    assert "BR0001 T1 generated tumour (synthetic)" in names
-    assert "BR0001 T1 generated − real (synthetic)" in names
-    assert f"BR0001 T1 generated · {cf_text} · counterfactual (synthetic)" in names
-    assert f"BR0001 T1 phantom under {cf_text} (ground truth)" in names
+    # the words of the workspace; each cell's second line: the scenario it was made under
+    assert names_in_cells(viewer) == [
+        ("BR0001 T0 input", "input tumour"),
+        ("T1 real follow-up", f"recorded: {case.scenario_text}"),
+        (generated_name, f"under {case.scenario_text}"),
+        ("T1 generated − real (synthetic)", "generated tumour"),
+        ("T1 counterfactual (synthetic)", f"under {cf_text}"),
+        ("T1 phantom ground truth", f"phantom under {cf_text}")]
     generated = viewer.layers[generated_name]
     provenance = generated.metadata["nacsim"]["provenance"]
     assert provenance["synthetic"] and provenance["model_hash"] and provenance["steps"] == 2
@@ -121,13 +129,13 @@ def test_review_fills_table_sorts_shows_case_and_exports(inspector, manifest, er
             np.testing.assert_allclose(layer.scale, np.asarray(generated.scale) / 4)
         else:
             np.testing.assert_allclose(layer.scale, generated.scale)
-    diff = viewer.layers["BR0001 T1 generated − real (synthetic)"]
+    diff = viewer.layers["T1 generated − real (synthetic)"]
     # dark where they agree (no glaring white square), with a colour bar as its legend
     assert diff.colormap.map(np.array([0.5]))[0][:3] == pytest.approx([0, 0, 0])
     assert diff.colorbar.visible and "blue darker, red brighter" in diff.colormap.name
     assert diff.contrast_limits[0] == pytest.approx(-diff.contrast_limits[1])
     # real and generated on one window: changing one changes the others, not the difference
-    real = viewer.layers["BR0001 T1 real follow-up"]
+    real = viewer.layers["T1 real follow-up"]
     real.contrast_limits = (0.1, 0.7)
     assert tuple(generated.contrast_limits) == pytest.approx((0.1, 0.7))
     assert diff.contrast_limits[0] == pytest.approx(-diff.contrast_limits[1])

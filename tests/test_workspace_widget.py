@@ -91,11 +91,17 @@ def test_generate_segment_table_plot_and_provenance(workspace, qtbot):
     result = run_and_wait(qtbot, widget)
     assert [arm.label for arm in result.arms] == ["pCR", "non-pCR"]
     layers = widget.result_layers()
-    names = [layer.name for layer in layers]
     assert len(layers) == 6                                  # input + 2 scenarios, + masks
     generated = [layer for layer in layers
                  if layer.metadata["nacsim"]["provenance"].get("model_hash")]
-    assert len(generated) == 4 and all(layer.name.endswith("(synthetic)") for layer in generated)
+    assert len(generated) == 4 and all(layer.metadata["nacsim"]["synthetic"] for layer in
+                                       generated)
+    assert all(layer.name.endswith("(synthetic)") for layer in generated
+               if layer._type_string == "image")  # the outline: the cell's second line
+    assert [layer.name for layer in cell_layers(widget, "labels")] == [
+        f"input: {result.baseline_size.total:.0f} mm², Ø {result.baseline_size.diameter:.0f} mm",
+        *(f"{arm.label}: {f.size_mean:.0f} mm², Ø {f.diameter_mean:.0f} mm"
+          for arm, f in result.shown())]
     # "input" and "generated", each said once per cell; the phantom input is not "synthetic"
     titles = [layer.name for layer in cell_layers(widget)]
     assert titles == ["T0 input", "T2 · pCR · generated (synthetic)",
@@ -173,7 +179,7 @@ def test_uncertainty_mean_sd_and_spread(workspace, qtbot):
     assert grid_of(viewer).actual_shape(viewer.layers) == (2, 3)
     images = cell_layers(widget)
     titles = [layer.name for layer in images]
-    assert ["mean of 3" in t for t in titles] == [False, True, False] * 2
+    assert ["mean of 3 (synthetic)" in t for t in titles] == [False, True, False] * 2
     assert ["SD of 3" in t for t in titles] == [False, False, True] * 2
     assert titles[0] == "T0 input" and titles[3].startswith("T0 input")
     sd_maps = images[2::3]
@@ -273,7 +279,10 @@ def test_bad_inputs_are_notifications(workspace, qtbot, monkeypatch, tmp_path):
     assert widget.add_model_folder(tmp_path / "notamodel") is False
     assert "notamodel" in messages[-1]
     assert widget.add_model_folder(tmp_path / "missing") is False
-    assert widget.model_combo.count() == 1 and widget.result is None
+    from napari_nacsim.families import family_names, get_family
+
+    bundled = [n for n in family_names() if get_family(n).bundled_generator]
+    assert widget.model_combo.count() == len(bundled) and widget.result is None
 
 
 def test_layer_without_spacing_assumes_the_model_field_of_view(workspace, qtbot, monkeypatch):

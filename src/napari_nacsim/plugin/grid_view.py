@@ -82,8 +82,8 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
             layer.name_overlay.visible = grid
             if j == 0:
                 style_cell(layer, roles[i], TITLE_POINTS)
-            else:  # at the foot of the cell, beside the scale bar
-                layer.name_overlay.position = "bottom_left"
+            else:  # at the foot of the cell, right-aligned above the scale bar
+                layer.name_overlay.position = "bottom_right"
                 layer.name_overlay.font_size = SUBTITLE_POINTS
                 layer.name_overlay.color = meta[METADATA_KEY].get("outline_colour", "white")
             wanted.append(slot)

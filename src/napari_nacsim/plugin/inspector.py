@@ -35,8 +35,8 @@ from .background import BackgroundRunner, StopsWhenClosed, notify_error
 from .grid_view import show_cells
 from .layers import contour_layer_data, scan_to_layer_data
 from .reader_choice import remember_our_reader
-from .viewing import (GENERATED, INPUT, REAL, ContrastLink, CursorReadout, show_orientation,
-                      show_scale_bar)
+from .viewing import (GENERATED, INPUT, REAL, ContrastLink, CursorReadout, enlarge_window,
+                      show_orientation, show_scale_bar)
 
 GROUP = "inspector"
 FIXED_COLUMNS = ("Patient", "Time", "Scenario")
@@ -77,46 +77,43 @@ def difference_colormap():
 def case_cells(case: CaseReview, window: tuple[float, float] = (0.0, 1.0)
                ) -> tuple[list[list[tuple]], list[str], list[str]]:
     """The grid cells of a case ([image, tumour outline] each), their roles and short labels:
-    the input, the real follow-up, the generated follow-up under the patient's scenario, the
-    difference; with ground truth also the generated counterfactual (its scenario in the
-    title) and the phantom rendered under it. Generated layers are named "... (synthetic)"
-    by `scan_to_layer_data` (their provenance says so)."""
-    im, head = case.images, f"{case.patient} "
+    the input, the real follow-up, the generated follow-up, the difference; with ground
+    truth also the generated counterfactual and the phantom rendered under it. Each cell's
+    second line (its outline's name) says under which scenario it was generated or
+    rendered. Generated layers are named "... (synthetic)" by `scan_to_layer_data` (their
+    provenance says so)."""
+    im = case.images
     t0, tp = case.baseline_time, case.time
     diff = np.asarray(im.difference.array)
     limit = float(np.percentile(np.abs(diff), 99.5)) if diff.size else 0.0
     limit = max(limit, 0.05)  # symmetric: black = no difference
     same = {"contrast_limits": list(window)}  # real and generated on one window
+    scenario = case.scenario_text
     cells = [
-        [scan_to_layer_data(im.baseline, name=f"{head}{t0} input", **same),
-         contour_layer_data(im.baseline_mask, f"{head}{t0} input tumour")],
-        [scan_to_layer_data(im.real, name=f"{head}{tp} real follow-up", **same),
-         contour_layer_data(im.real_mask, f"{head}{tp} real follow-up tumour")],
-        [scan_to_layer_data(im.generated, name=f"{head}{tp} generated · {case.scenario_text}",
-                            **same),
-         contour_layer_data(im.generated_mask, f"{head}{tp} generated tumour")],
-        [scan_to_layer_data(im.difference, name=f"{head}{tp} generated − real",
+        [scan_to_layer_data(im.baseline, name=f"{case.patient} {t0} input", **same),
+         contour_layer_data(im.baseline_mask, "input tumour")],
+        [scan_to_layer_data(im.real, name=f"{tp} real follow-up", **same),
+         contour_layer_data(im.real_mask, f"recorded: {scenario}")],
+        [scan_to_layer_data(im.generated, name=f"{tp} generated", **same),
+         contour_layer_data(im.generated_mask, f"under {scenario}")],
+        [scan_to_layer_data(im.difference, name=f"{tp} generated − real",
                             colormap=difference_colormap(), contrast_limits=[-limit, limit]),
-         contour_layer_data(im.generated_mask, f"{head}{tp} generated tumour on difference",
-                            "yellow")],
+         contour_layer_data(im.generated_mask, "generated tumour", "yellow")],
     ]
     roles = [INPUT, REAL, GENERATED, GENERATED]
     labels = ["input", "real", "generated", "generated − real"]
     if im.counterfactual is not None:
-        cf_text = case.provenance.get("counterfactual_text", "counterfactual")
-        cells.append([scan_to_layer_data(im.counterfactual, name=f"{head}{tp} generated · "
-                                                                  f"{cf_text} · counterfactual",
+        cf_text = case.provenance.get("counterfactual_text", "the other scenario")
+        cells.append([scan_to_layer_data(im.counterfactual, name=f"{tp} counterfactual",
                                          **same),
-                      contour_layer_data(im.counterfactual_mask,
-                                         f"{head}{tp} counterfactual tumour")])
+                      contour_layer_data(im.counterfactual_mask, f"under {cf_text}")])
         roles.append(GENERATED)
         labels.append("counterfactual")
         if im.counterfactual_truth is not None:
             cells.append([scan_to_layer_data(im.counterfactual_truth,
-                                             name=f"{head}{tp} phantom under {cf_text} "
-                                                  "(ground truth)", **same),
+                                             name=f"{tp} phantom ground truth", **same),
                           contour_layer_data(im.counterfactual_truth_mask,
-                                             f"{head}{tp} ground-truth tumour")])
+                                             f"phantom under {cf_text}")])
             roles.append(REAL)
             labels.append("truth")
     return cells, roles, labels
@@ -219,6 +216,13 @@ class CohortInspector(StopsWhenClosed, QWidget):
         self._has_truth = False
         self._set_headers(table, "mm²")
         return table
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt)
+        """The first time it is shown, enlarge napari's window (readable cells)."""
+        super().showEvent(event)
+        if not getattr(self, "_resized", False):
+            self._resized = True
+            enlarge_window(self)
 
     def _fit_columns(self) -> None:
         """Each column as wide as its header words and numbers (Qt's own fit also keeps
@@ -425,11 +429,12 @@ class CohortInspector(StopsWhenClosed, QWidget):
             window = self.window_link.limits  # the window the user chose stays
         cells, roles, labels = case_cells(case, window)
         shown = show_cells(self.viewer, GROUP, cells, roles=roles,
-                           columns=2 if len(cells) == 4 else 3)  # 2 x 2 or 2 x 3: large
+                           columns=2)  # 2 x 2 or 3 x 2: square images, large cells
         images = [row[0] for row in shown]
         difference = images[3]
         difference.colorbar.visible = True  # the legend of the difference colours
-        difference.colorbar.size = (18, 110)
+        difference.colorbar.position = "bottom_left"
+        difference.colorbar.size = (14, 90)
         difference.colorbar.font_size = 8
         self.window_link.set_layers([layer for layer in images if layer is not difference])
         unit = family.model_input.value_unit if family is not None else ""

@@ -67,6 +67,9 @@ def contour_layer_data(mask: Scan, name: str, colour: str = "red") -> tuple:
     from scipy import ndimage
 
     data, kwargs, kind = scan_to_layer_data(mask, name=name)
+    # the name as given: the cell's second line (its image's title says "synthetic"; the
+    # metadata of a generated image's mask says so too)
+    kwargs["name"] = name
     k = OUTLINE_UPSAMPLING
     binary = np.asarray(data) > 0
     factors = (1,) * (binary.ndim - 2) + (k, k)

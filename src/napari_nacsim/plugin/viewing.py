@@ -237,3 +237,44 @@ def show_scale_bar(viewer) -> None:
     bar.colored = False
     bar.length = 50  # 5 cm, as on the saved figure
     bar.font_size = 9
+
+
+# --- the window --------------------------------------------------------------------------
+
+WINDOW_SIZE = (1600, 1000)  # napari's window is enlarged to this (at most the screen)
+
+
+def enlarge_window(widget, size: tuple[int, int] = WINDOW_SIZE) -> bool:
+    """Make the napari window holding ``widget`` at least ``size`` (within the screen), so
+    that side-by-side cells and their titles are readable (napari's default window leaves
+    each cell a thumbnail). Never shrinks, never touches a maximised or full-screen window.
+    Returns whether it resized."""
+    from qtpy.QtWidgets import QMainWindow
+
+    main = widget.window()
+    if not isinstance(main, QMainWindow) or main.isMaximized() or main.isFullScreen():
+        return False
+    screen = main.screen().availableGeometry() if main.screen() else None
+    width, height = size
+    if screen is not None:
+        width, height = min(width, screen.width()), min(height, screen.height())
+    if main.width() >= width and main.height() >= height:
+        return False
+    main.resize(max(main.width(), width), max(main.height(), height))
+    _side_docks_to_content(main)
+    return True
+
+
+def _side_docks_to_content(main) -> None:
+    """The side docks as narrow as their content allows, so that the width the window
+    gained goes to the canvas (Qt would share it out among the docks)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    sides = (Qt.LeftDockWidgetArea, Qt.RightDockWidgetArea)
+    docks = [dock for dock in main.findChildren(QDockWidget)
+             if dock.isVisible() and not dock.isFloating() and
+             main.dockWidgetArea(dock) in sides]
+    if docks:
+        main.resizeDocks(docks, [dock.minimumSizeHint().width() for dock in docks],
+                         Qt.Horizontal)

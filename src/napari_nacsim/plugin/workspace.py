@@ -40,15 +40,14 @@ from .layers import METADATA_KEY, contour_layer_data, layer_to_scan, scan_to_lay
 from .reader_choice import remember_our_reader
 from .scenario_panel import TARGET, ScenarioPanel
 from .size_views import SizePlot, SizeTable
-from .viewing import (GENERATED, INPUT, ContrastLink, CursorReadout, show_orientation,
-                      show_scale_bar)
+from .viewing import (GENERATED, INPUT, WINDOW_SIZE, ContrastLink, CursorReadout,
+                      enlarge_window, show_orientation, show_scale_bar)
 
 log = logging.getLogger(__name__)
 
 GROUP = "whatif"
 SAMPLERS = ("dpmpp", "unipc", "ddim")
 DEBOUNCE_MS = 150  # coalesce bursts of edits (typing a number) into one request
-WINDOW_SIZE = (1600, 1000)  # the viewer is enlarged to this (at most the screen) on opening
 DOCK_WIDTH = 360            # the workspace's width: the rest of the window is the canvas
 CUSTOM = "custom"           # the window combo's entry for a window set by hand
 
@@ -122,7 +121,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         # everything in a scroll area: the dock never forces the window taller than the
         # screen (Advanced open on a laptop)
         outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setContentsMargins(0, 0, 4, 4)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
@@ -252,9 +251,10 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.progress.setValue(0)
         self.status = QLabel("Starting…")
         self.status.setWordWrap(True)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
         layout.addStretch(1)
+        # progress and status stay in sight below the scrolling controls
+        outer.addWidget(self.progress)
+        outer.addWidget(self.status)
         # Long layer and model names must not widen the dock (the grid needs the width).
         for combo in (self.input_combo, self.model_combo, self.compare_combo,
                       self.window_combo):
@@ -348,6 +348,9 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.panel = ScenarioPanel(schema)
         self.panel.changed.connect(self._on_scenario_changed)
         self.panel_layout.addWidget(self.panel.native)
+        for combo in self.panel.native.findChildren(QComboBox):  # long choices: no wider dock
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
         self.compare_combo.blockSignals(True)
         self.compare_combo.clear()
         family = get_family(schema.name)
@@ -835,7 +838,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.sd_link.set_layers(sd_maps)
         for layer in sd_maps:  # a legend for the SD colours (the unit at the cell's foot)
             layer.colorbar.visible = True
-            layer.colorbar.position = "bottom_right"  # above the scale bar
+            layer.colorbar.position = "bottom_left"  # the right: scale bar, letters
             layer.colorbar.size = (14, 90)
             layer.colorbar.font_size = 8
         self.readout.set_cells(list(zip(labels, images)), result.family.model_input.value_unit)
@@ -868,11 +871,11 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         def outline(mask, title, colour="red"):
             return contour_layer_data(mask, title, colour)
 
-        def input_cell(row_of: Optional[str] = None):
+        def input_cell(row: int = 0, row_of: Optional[str] = None):
             suffix = f" · {row_of} row" if row_of else ""
             return [image_cell(result.baseline, f"{base} input{suffix}", window),
-                    outline(result.baseline_mask, f"input: {input_size}"
-                                                  f"{f' ({row_of} row)' if row_of else ''}")]
+                    outline(result.baseline_mask, f"input{f' ({row + 1})' if row else ''}: "
+                                                  f"{input_size}")]
 
         cells, roles, labels = [], [], []
         if n == 1:
@@ -891,10 +894,10 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         sd_max = max([float(np.nanpercentile(m.array, 99.5)) for m in maps] + [1e-6])
         unit = family.model_input.value_unit
         for row, ((arm, follow), sd) in enumerate(zip(result.shown(), maps)):
-            cells.append(input_cell(None if row == 0 else arm.label))
+            cells.append(input_cell(row, None if row == 0 else arm.label))
             roles.append(INPUT)
             labels.append("input" if row == 0 else f"input ({arm.label} row)")
-            mean = f"{follow.time} · {arm.label} · generated mean of {n} (synthetic)"
+            mean = f"{follow.time} · {arm.label} · mean of {n} (synthetic)"
             cells.append([image_cell(follow.image, mean, window),
                           outline(follow.mask, f"{arm.label}: {_cell_size(follow)}")])
             roles.append(GENERATED)
@@ -992,20 +995,11 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt)
         """The first time it is shown, enlarge napari's window so that every cell and its
-        title are readable (the default window leaves each cell a thumbnail)."""
+        title are readable."""
         super().showEvent(event)
-        if self._resized:
-            return
-        self._resized = True
-        main = self.window()
-        if not isinstance(main, QMainWindow) or main.isMaximized() or main.isFullScreen():
-            return
-        screen = main.screen().availableGeometry() if main.screen() else None
-        width, height = WINDOW_SIZE
-        if screen is not None:
-            width, height = min(width, screen.width()), min(height, screen.height())
-        if main.width() < width or main.height() < height:
-            main.resize(max(main.width(), width), max(main.height(), height))
+        if not self._resized:
+            self._resized = True
+            enlarge_window(self, WINDOW_SIZE)
 
     def _on_progress(self, done: int, total: int, what: str) -> None:
         self.progress.setRange(0, max(total, 1))
