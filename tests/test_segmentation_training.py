@@ -263,7 +263,7 @@ def test_lesion_free_is_refused_where_it_does_not_apply(tmp_path, capsys):
     common = ["--workspace", str(tmp_path / "nnunet"), "--epochs", "1"]
     assert train_segmenter.main(["--family", "lung", "--phantoms", "1", "--lesion-free", "1",
                                  *common]) == 2
-    assert "breast family only" in capsys.readouterr().err
+    assert "the lung family has no lesion-free phantoms" in capsys.readouterr().err
     assert train_segmenter.main(["--family", "breast", "--phantoms", "1", "--lesion-free",
                                  "-1", *common]) == 2
     assert "must be >= 0" in capsys.readouterr().err
