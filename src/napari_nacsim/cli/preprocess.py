@@ -47,6 +47,11 @@ def cmd_crop(args) -> int:
     write_scan(hu_window(ct_crop) if args.window else ct_crop, args.out, overwrite=args.overwrite)
     if args.tumour_out:
         write_scan(tumour_crop, args.tumour_out, overwrite=args.overwrite)
+    for mask_in, mask_out in args.mask or []:  # e.g. lobes and vessels: the same box
+        from ..science.preprocess.lung import crop_to_box
+
+        write_scan(crop_to_box(read_scan(mask_in, kind="labels"), ct_crop), mask_out,
+                   overwrite=args.overwrite)
     print(f"wrote the tumour crop of {args.ct} to {args.out}")
     return 0
 
@@ -76,6 +81,9 @@ def add_preprocess_commands(sub) -> None:
     p.add_argument("--tumour", type=Path, required=True, help="tumour mask on the CT's grid")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tumour-out", type=Path, help="also write the cropped tumour mask")
+    p.add_argument("--mask", nargs=2, action="append", metavar=("MASK", "OUT"),
+                   help="another mask on the CT's grid cut with the same box (repeat; the "
+                        "lung model needs the lobe and vessel masks)")
     p.add_argument("--window", action="store_true", help="apply the lung HU window (-> 0..1)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_crop)

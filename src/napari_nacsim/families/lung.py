@@ -49,8 +49,9 @@ class LungFamily(ModelFamily):
     normalisation = "CT crop in Hounsfield units, 16 x 96 x 96 voxels around the tumour"
     # ImmunoDiff's anatomy control: lobes (labels 1-5: RUL, RML, RLL, LUL, LLL) and vessels
     context_inputs = ("lobes", "vessels")
-    context_help = ("cut them with the CT: `nacsim crop --ct CT --tumour MASK --mask "
-                    "LOBES --mask VESSELS` (lobe labels 1-5 = RUL, RML, RLL, LUL, LLL and a "
+    context_help = ("cut them with the CT: `nacsim crop --ct CT --tumour MASK --mask LOBES "
+                    "LOBES_CROP --mask VESSELS VESSELS_CROP` (lobe labels 1-5 = RUL, RML, "
+                    "RLL, LUL, LLL and a "
                     "vessel mask, e.g. from TotalSegmentator or lungmask), or open a sample "
                     "or cohort patient, whose crops have them")
 
