@@ -226,7 +226,8 @@ class WhatIfResult:
             for tp, follow in arm.followups.items():
                 change = follow.change
                 several = len(follow.samples) > 1
-                spread = f" ± {follow.size_sd:.0f}" if several else ""
+                digits = 0 if max(abs(change.absolute), change.baseline) >= 10 else 2  # mL
+                spread = f" ± {follow.size_sd:.{digits}f}" if several else ""
                 if not np.isfinite(change.percent):
                     pct = "n/a"
                 else:  # the SD of the percentage: the size SD relative to the baseline
@@ -235,7 +236,7 @@ class WhatIfResult:
                     pct = f"{change.percent:+.1f}{sd_pct} %"
                 rows.append({"scenario": follow.title, "time": tp,
                              "size": follow.describe_size(), "size_value": follow.size_mean,
-                             "delta": f"{change.absolute:+.0f}{spread} {unit}",
+                             "delta": f"{change.absolute:+.{digits}f}{spread} {unit}",
                              "delta_percent": pct, "unit": unit,
                              "predictions": arm.describe_predictions(),
                              "diameter": follow.describe_diameter(),

@@ -846,6 +846,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         if grid:
             show_orientation(self.viewer, result.family.orientation)
             show_scale_bar(self.viewer)
+        self._show_tumour_slice(result, images[0])
         self.table.show_result(result)
         self.plot.show_result(result)
         self._add_docks()
@@ -865,8 +866,8 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         window = self._window_limits()
         n = result.request.samples
         size = result.baseline_size
-        input_size = (f"{size.total:.0f} {size.unit}, Ø {size.diameter:.0f} mm" if size.found
-                      else "no tumour found")
+        input_size = (f"{_number(size.total)} {size.unit}, Ø {size.diameter:.0f} mm"
+                      if size.found else "no tumour found")
 
         def outline(mask, title, colour="red"):
             return contour_layer_data(mask, title, colour)
@@ -909,6 +910,23 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             roles.append(GENERATED)
             labels.append(f"{arm.label} SD")
         return cells, roles, labels
+
+    def _show_tumour_slice(self, result: WhatIfResult, layer) -> None:
+        """3D cells: go to the slice where the input's tumour is largest (the family's
+        `display_slice`) when the input is new or the current slice misses the cells."""
+        index = result.family.display_slice(result.baseline_mask)
+        if index is None or layer.ndim != 3:
+            return
+        dims = self.viewer.dims
+        axis = dims.ndim - 3  # the slice axis of the (z, y, x) cells in world coordinates
+        lo, hi = layer.extent.world[:, 0]
+        current = dims.point[axis]
+        key = id(result.baseline)
+        if getattr(self, "_sliced_for", None) == key and lo <= current <= hi:
+            return
+        self._sliced_for = key
+        world = layer.data_to_world([index, 0, 0])[0]
+        dims.set_point(axis, float(world))
 
     # --- window / level, outlines -------------------------------------------------------
     def _set_window_presets(self) -> None:
@@ -1059,12 +1077,17 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         return group_layers(self.viewer, GROUP)
 
 
+def _number(value: float) -> str:
+    """Sizes in a cell: whole numbers from 10 up (mm²), two decimals below (mL)."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
 def _cell_size(follow) -> str:
     """``"64 mm², Ø 12.6 mm"``, with ± over samples; "no tumour found"."""
     if follow.n_found == 0:
         return "no tumour found"
     several = len(follow.samples) > 1
-    size = f"{follow.size_mean:.0f}" + (f"±{follow.size_sd:.0f}" if several else "")
+    size = _number(follow.size_mean) + (f"±{_number(follow.size_sd)}" if several else "")
     diameter = f"{follow.diameter_mean:.0f}" + (f"±{follow.diameter_sd:.0f}" if several
                                                   else "")
     return f"{size} {follow.unit}, Ø {diameter} mm"
