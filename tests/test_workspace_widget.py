@@ -488,3 +488,19 @@ def test_nifti_files_open_with_our_reader_without_asking(workspace, nifti_file):
     layer = viewer.layers[-1]
     assert len(viewer.layers) == before + 1
     assert layer.metadata["nacsim"]["source"] == str(nifti_file[0])
+
+
+def test_opening_the_workspace_does_not_import_torch_on_the_ui_thread():
+    """Listing the bundled models reads their cards only (`science.generative.card`): the
+    torch import (seconds) happens in the worker, with the model."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import napari_nacsim.plugin.workspace as w; "
+            "from napari_nacsim.science.generative.card import read_card, sampling_defaults; "
+            "from napari_nacsim.families import get_family; "
+            "card = read_card(get_family('breast').bundled_generator_path()); "
+            "sampling_defaults(card['config']); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"

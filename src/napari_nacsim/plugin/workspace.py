@@ -266,7 +266,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     # --- models -------------------------------------------------------------------------
     def _add_model(self, path: Optional[Path], family: Optional[str] = None) -> None:
         """Add a model folder, or (``path`` None) the bundled model of ``family``."""
-        from ..science.generative.checkpoint import read_card, sampling_defaults
+        from ..science.generative.card import read_card, sampling_defaults
 
         card = read_card(path if path is not None else get_family(family).bundled_generator_path())
         title = card.get("title") or (path.name if path else family)
@@ -281,7 +281,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def add_model_folder(self, folder: str | Path) -> bool:
         """Add a local model folder (hash-checked card); a folder that is not a model gets a
         notification, nothing else."""
-        from ..science.generative.checkpoint import read_card
+        from ..science.generative.card import read_card
 
         folder = Path(folder)
         try:
@@ -558,7 +558,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         from napari.utils.notifications import show_warning
 
         from ..core.scan import Scan, affine_from_spacing
-        from ..science.generative.checkpoint import read_card
+        from ..science.generative.card import read_card
 
         card = read_card(self._model_folder())
         fov = [s * card["image_size"] for s in card["spacing_mm"]]

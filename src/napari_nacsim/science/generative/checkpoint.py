@@ -13,7 +13,6 @@ text transformer; stored in float16 when the config says so, to keep bundles sma
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,9 @@ from ...core.atomic import atomic_path, write_json_atomic
 from ...core.errors import InputError
 from ...core.schema import family_schema
 from ...core.checksum import file_sha256
+from .card import (CARD, CARD_FORMAT, SAMPLING_DEFAULTS, model_hash,  # noqa: F401 (re-exported)
+                   read_card, sampling_defaults)
 from .model import ControlledDiffusion
-
-CARD = "model_card.json"
-CARD_FORMAT = "nacsim-model-card/1"
 
 
 def _components(model: ControlledDiffusion) -> dict[str, torch.nn.Module]:
@@ -37,15 +35,6 @@ def _components(model: ControlledDiffusion) -> dict[str, torch.nn.Module]:
     if model.vae is not None:
         parts["vae"] = model.vae
     return parts
-
-
-def model_hash(card: dict[str, Any]) -> str:
-    """One id for a model: sha256 over its files' hashes (in name order)."""
-    import hashlib
-
-    files = card["files"]
-    joined = "".join(f"{name}:{files[name]['sha256']}" for name in sorted(files))
-    return hashlib.sha256(joined.encode()).hexdigest()
 
 
 def save_checkpoint(model: ControlledDiffusion, folder: str | os.PathLike,
@@ -83,18 +72,6 @@ def save_checkpoint(model: ControlledDiffusion, folder: str | os.PathLike,
     return folder
 
 
-# How a model runs when the user does not choose, with the values for cards without them.
-SAMPLING_DEFAULTS = {"default_steps": 20, "default_sampler": "dpmpp", "default_guidance": 1.0}
-
-
-def sampling_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A card config's sampling defaults (steps, sampler, guidance), typed, with fallbacks."""
-    values = {k: config.get(k, v) for k, v in SAMPLING_DEFAULTS.items()}
-    return {"default_steps": int(values["default_steps"]),
-            "default_sampler": str(values["default_sampler"]),
-            "default_guidance": float(values["default_guidance"])}
-
-
 def set_sampling_defaults(folder: str | os.PathLike, changes: dict[str, Any],
                           record: dict[str, Any]) -> dict[str, Any]:
     """Change how a trained model is run by default (steps, sampler, guidance) in its card.
@@ -123,19 +100,6 @@ def set_sampling_defaults(folder: str | os.PathLike, changes: dict[str, Any],
         "changed": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "from": before, "to": dict(changes), **record})
     write_json_atomic(folder / CARD, card)
-    return card
-
-
-def read_card(folder: str | os.PathLike) -> dict[str, Any]:
-    path = Path(folder) / CARD
-    if not path.exists():
-        raise InputError(folder, f"is not a nacsim model folder (no {CARD})")
-    try:
-        card = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(path, f"is not valid JSON ({err.msg} at line {err.lineno})") from None
-    if card.get("format") != CARD_FORMAT or "files" not in card or "config" not in card:
-        raise InputError(path, f"is not a {CARD_FORMAT} model card")
     return card
 
 
