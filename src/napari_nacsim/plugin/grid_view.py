@@ -77,15 +77,6 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
                 if layer is not None:
                     viewer.layers.remove(layer)
                 layer = viewer.add_layer(make_layer(data, {**kwargs, "metadata": meta}, kind))
-            # two lines per cell: the image's name at the top, its overlay's (the tumour
-            # outline's name: what it outlines and its size) at the foot, in its colour
-            layer.name_overlay.visible = grid
-            if j == 0:
-                style_cell(layer, roles[i], TITLE_POINTS)
-            else:  # at the foot of the cell, right-aligned above the scale bar
-                layer.name_overlay.position = "bottom_right"
-                layer.name_overlay.font_size = SUBTITLE_POINTS
-                layer.name_overlay.color = meta[METADATA_KEY].get("outline_colour", "white")
             wanted.append(slot)
             row.append(layer)
         shown.append(row)
@@ -95,6 +86,22 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
     _order(viewer, [layer for row in shown for layer in row])
     if grid:
         enter_grid(viewer, group, len(cells), columns)
+    # Titles and frames last: napari re-lays every visible overlay whenever a layer is
+    # added or moved, so overlays shown during the additions cost O(layers²).
+    for i, row in enumerate(shown):
+        for j, layer in enumerate(row):
+            # two lines per cell: the image's name at the top, its overlay's (the tumour
+            # outline's name: what it outlines and its size) at the foot, in its colour
+            if j == 0:
+                style_cell(layer, roles[i], TITLE_POINTS)
+            else:  # at the foot of the cell, right-aligned above the scale bar
+                overlay = layer.name_overlay
+                overlay.position = "bottom_right"
+                overlay.font_size = SUBTITLE_POINTS
+                overlay.color = (layer.metadata.get(METADATA_KEY) or {}).get(
+                    "outline_colour", "white")
+            if layer.name_overlay.visible != grid:
+                layer.name_overlay.visible = grid
     if shown:
         viewer.layers.selection.active = shown[0][0]
     return shown
