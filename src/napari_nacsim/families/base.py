@@ -191,13 +191,13 @@ class ModelFamily:
     def resample(self, scan: Scan, grid: Sequence[int]) -> Scan:
         """``scan`` (image or labels) resampled onto ``grid`` (model-input shape); images are
         clipped to the model's value range."""
-        raise NotImplementedError
+        raise NotImplementedError  # each family: the interface has no generic resampling
 
     def model_inputs(self, visits: Visits, *, size: Optional[int] = None
                      ) -> dict[str, dict[str, Scan]]:
         """A patient's visits -> time point -> ``{"image": model input, "tumour": mask}``
         (the mask where the visit has one), follow-ups aligned to the baseline."""
-        raise NotImplementedError
+        raise NotImplementedError  # each family: its own preprocessing
 
     def model_context(self, entry: Mapping[str, Scan]) -> dict[str, Scan]:
         """The generator's extra inputs (`context_inputs`) from one visit's model inputs
@@ -233,7 +233,7 @@ class ModelFamily:
     def make_phantom(self, cohort_seed: int, index: int) -> Any:
         """Synthetic patient ``index`` of the phantom cohort ``cohort_seed`` (a
         `science.phantoms.PhantomPatient`)."""
-        raise NotImplementedError
+        raise NotImplementedError  # each family: its own phantoms
 
     def counterfactual(self, clinical: Mapping[str, Any]) -> dict[str, Any]:
         """The scenario a patient did *not* have, whose phantom rendering is the

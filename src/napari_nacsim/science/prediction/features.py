@@ -97,11 +97,6 @@ def extract(model, pre_hu: np.ndarray, lobes: np.ndarray, vessels: np.ndarray,
     if variant not in VARIANTS:
         raise InputError("feature variant", f"{variant!r} is not one of {', '.join(VARIANTS)}")
     grid = tuple(model.config["grid_shape"])
-    for name, arr in (("pre-treatment crop", pre_hu), ("lobe mask", lobes),
-                      ("vessel mask", vessels)):
-        if tuple(np.shape(arr)) != grid:
-            raise InputError(name, f"has shape {tuple(np.shape(arr))}, the model's crop is "
-                                   f"{grid}")
     param = next(model.parameters())
     dev, dtype = param.device, param.dtype
     z = grid[0]

@@ -65,7 +65,14 @@ def make_sampler(config: Mapping[str, Any], sampler: str):
 
 def condition_inputs(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray,
                      vessels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pre 2.5D slices in model scale (Z, n, H, W), anatomy control c_a (Z, C, h, w))."""
+    """(pre 2.5D slices in model scale (Z, n, H, W), anatomy control c_a (Z, C, h, w)).
+    Refuses inputs that are not on the model's crop grid."""
+    grid = tuple(model.config["grid_shape"])
+    for name, arr in (("pre-treatment crop", pre_hu), ("lobe mask", lobes),
+                      ("vessel mask", vessels)):
+        if tuple(np.shape(arr)) != grid:
+            raise InputError(name, f"has shape {tuple(np.shape(arr))}, the model's crop is "
+                                   f"{grid}")
     param = next(model.parameters())
     dev, dtype = param.device, param.dtype
     k = model.neighbours
@@ -103,11 +110,6 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     if not scenarios:
         raise InputError("scenarios", "at least one scenario is needed")
     grid = tuple(model.config["grid_shape"])
-    for name, arr in (("pre-treatment crop", pre_hu), ("lobe mask", lobes),
-                      ("vessel mask", vessels)):
-        if tuple(np.shape(arr)) != grid:
-            raise InputError(name, f"has shape {tuple(np.shape(arr))}, the model's crop is "
-                                   f"{grid}")
     param = next(model.parameters())
     dev, dtype = param.device, param.dtype
     b, z = len(scenarios), grid[0]
