@@ -30,6 +30,16 @@ def cell_columns_with_content(canvas: np.ndarray, n: int) -> int:
     return sum(float(s.std()) > 10 for s in strips)
 
 
+def dock_widths(main) -> str:
+    """Where the window's width went (the message of a failed width check)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    docks = [f"{d.windowTitle()}: {d.width()} (min {d.minimumSizeHint().width()}, "
+             f"area {int(main.dockWidgetArea(d).value)})"
+             for d in main.findChildren(QDockWidget) if d.isVisible()]
+    return f"window {main.width()} px; " + "; ".join(docks)
+
+
 def settle(qtbot, viewer) -> None:
     qtbot.wait(400)
     viewer.window._qt_window.repaint()
@@ -53,7 +63,7 @@ def test_workspace_first_run_and_samples_screenshots(make_napari_viewer, qtbot):
     settle(qtbot, viewer)
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     assert cell_columns_with_content(canvas, 3) == 3  # input, pCR, non-pCR side by side
-    assert canvas.shape[1] / 3 >= 280                  # every cell readable, not a thumbnail
+    assert canvas.shape[1] / 3 >= 280, dock_widths(main)  # every cell readable, not a thumbnail
     path = screenshot_dir() / "workspace-compare.png"
     window = viewer.screenshot(path=str(path), canvas_only=False, flash=False)
     assert path.stat().st_size > 50_000 and window.shape[1] >= 1500

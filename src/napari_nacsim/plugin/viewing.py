@@ -261,17 +261,25 @@ def enlarge_window(widget, size: tuple[int, int] = WINDOW_SIZE) -> bool:
     if main.width() >= width and main.height() >= height:
         return False
     main.resize(max(main.width(), width), max(main.height(), height))
-    _side_docks_to_content(main)
+    side_docks_to_content(main)
+    # Once more when the resize has gone through the layout: on a loaded machine Qt may lay
+    # the new width out after this call and share it among the docks.
+    from qtpy.QtCore import QTimer
+    QTimer.singleShot(0, lambda: side_docks_to_content(main))
     return True
 
 
-def _side_docks_to_content(main) -> None:
+def side_docks_to_content(main) -> None:
     """The side docks as narrow as their content allows, so that the width the window
     gained goes to the canvas (Qt would share it out among the docks)."""
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QDockWidget
 
     sides = (Qt.LeftDockWidgetArea, Qt.RightDockWidgetArea)
+    try:
+        main.width()
+    except RuntimeError:  # the window closed before a deferred call came
+        return
     docks = [dock for dock in main.findChildren(QDockWidget)
              if dock.isVisible() and not dock.isFloating() and
              main.dockWidgetArea(dock) in sides]

@@ -41,7 +41,7 @@ from .reader_choice import remember_our_reader
 from .scenario_panel import TARGET, ScenarioPanel
 from .size_views import SizePlot, SizeTable
 from .viewing import (GENERATED, INPUT, WINDOW_SIZE, ContrastLink, CursorReadout,
-                      enlarge_window, show_orientation, show_scale_bar)
+                      enlarge_window, show_orientation, show_scale_bar, side_docks_to_content)
 
 log = logging.getLogger(__name__)
 
@@ -1001,6 +1001,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             main.resizeDocks([table, plot], [height, height], Qt.Vertical)
             main.resizeDocks([table, plot], [3 * main.width() // 5, 2 * main.width() // 5],
                              Qt.Horizontal)
+            side_docks_to_content(main)  # new docks must not take the grid's width
         self._docks_added = True
 
     def _on_grid_toggled(self, on: bool) -> None:
