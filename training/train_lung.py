@@ -7,7 +7,8 @@
 
 Stages ``vl`` (vessel/lobe encoders, InfoNCE), ``base`` (unconditional denoiser on unpaired
 crops), ``control`` (anatomy ControlNet) and ``adapter`` (cbi-Adapter + ControlNet on
-paired patients), each alone (``--stages base``) or several in one command (default: all,
+paired patients; with a config whose ``target`` is "change", base and control train on the
+paired patients' changes too), each alone (``--stages base``) or several in one command (default: all,
 in that order; a stage loads the weights the earlier ones left in ``--out/state``).
 
 Resumable: the same command again continues from ``--out/state`` (weights every
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     def data_for(stage):
         """The stage's data, loaded when the stage starts (so that with --use-cached a later
         stage sees the records cached meanwhile)."""
-        kind = "paired" if stage == "adapter" else "unpaired"
+        kind = T.stage_data(cfg, stage)
         if kind in loaded and not args.use_cached:
             return loaded[kind]
         records, cseed, folder = _records(args, family, cfg, paired=kind == "paired")

@@ -37,11 +37,18 @@ DEFAULTS: dict[str, Any] = {
     "init_strength": 1.0,                # 1: sample from pure noise; < 1: from the noised
     #                                      pre-treatment crop (sampling.generate)
     "x0_clip": 1.8,                      # the predicted clean crop is clipped to +-this
+    "target": "image",                   # what is diffused: "image", the follow-up crop,
+    #                                      or "change", follow-up minus pre-treatment crop
+    #                                      (model units; the result is pre + change)
     "half_precision": False,
     "training": {"optimizer": "adam", "lr": 2e-4, "batch_size": 8,
                  "steps": {"vl": 300, "base": 2000, "control": 800, "adapter": 1500},
                  "unpaired_patients": 600, "paired_patients": 160, "validation_share": 0.1,
-                 "cohort_seed_paired": 0, "cohort_seed_unpaired": 100, "seed": 0},
+                 "cohort_seed_paired": 0, "cohort_seed_unpaired": 100, "seed": 0,
+                 # the tumour is ~0.5 % of a crop's voxels: its voxels (dilated) weigh
+                 # 1 + tumour_weight in the loss, and this share of the drawn slices is
+                 # drawn among the slices that show it (0, 0: every voxel and slice alike)
+                 "tumour_weight": 0.0, "tumour_slice_share": 0.0},
 }
 
 
@@ -55,9 +62,18 @@ def _merge(base: dict, override: Mapping) -> dict:
     return out
 
 
+TARGETS = ("image", "change")
+
+
 def resolve(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``config`` over the defaults (nested dicts merged key by key)."""
-    return _merge(DEFAULTS, config or {})
+    cfg = _merge(DEFAULTS, config or {})
+    if cfg["target"] not in TARGETS:
+        from ....core.errors import InputError
+
+        raise InputError("config target", f"{cfg['target']!r} is not one of "
+                                          f"{', '.join(TARGETS)}")
+    return cfg
 
 
 def load_config(name_or_path: str | Path) -> dict[str, Any]:

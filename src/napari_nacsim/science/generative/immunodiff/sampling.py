@@ -102,7 +102,9 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     to the timestep at fraction s of the schedule, running only the last s x ``steps``
     steps (SDEdit-style initialisation, as in image-to-image pipelines): the follow-up keeps
     the pre-treatment anatomy and the denoiser, conditioned as usual, changes what the
-    remaining noise level lets it change."""
+    remaining noise level lets it change. With the config's ``target`` "change" the sampled
+    quantity is the change from the pre-treatment crop (s < 1 starts from "no change"
+    noised), and the result is the pre-treatment crop plus it."""
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
     if int(steps) < 1:
@@ -144,11 +146,13 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     if not 0.0 < strength <= 1.0:
         raise InputError("strength", f"{strength} must be in (0, 1]")
     timesteps = scheduler.timesteps
+    pre = hu_to_model(torch.as_tensor(np.ascontiguousarray(pre_hu, np.float32)),
+                      model.config)[None, None]
+    change = model.config["target"] == "change"   # x is the change: follow-up - pre
     if strength < 1.0:
         keep = max(1, int(round(len(timesteps) * strength)))
         timesteps = timesteps[len(timesteps) - keep:]
-        start = hu_to_model(torch.as_tensor(np.ascontiguousarray(pre_hu, np.float32)),
-                            model.config)[None, None]
+        start = torch.zeros_like(pre) if change else pre   # "no change" / the pre crop
         x = scheduler.add_noise(start, noise, timesteps[:1].cpu()).to(dev, dtype)
     else:
         x = (noise * scheduler.init_noise_sigma).to(dev, dtype)
@@ -169,4 +173,7 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
         x = scheduler.step(to_volume(eps, b), t, x, return_dict=False, **step_kw)[0]
         if progress:
             progress(i + 1, len(timesteps))
-    return model_to_hu(x[:, 0].float(), model.config).cpu().numpy()
+    x = x[:, 0].float()
+    if change:
+        x = x + pre[:, 0].to(x.device)
+    return model_to_hu(x, model.config).cpu().numpy()

@@ -1,0 +1,136 @@
+"""The lung model's "change" target and tumour emphasis: the sampled quantity is the
+follow-up minus the pre-treatment crop (the result is pre + change), the loss weighs the
+tumour's neighbourhood, slices showing the tumour are drawn more often, and with a change
+target every denoiser stage trains on registered pairs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from immunodiff_helpers import micro_config, write_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tumour_weights_cover_the_tumour_and_its_rim_only():
+    from napari_nacsim.science.generative.immunodiff.training import tumour_weights
+
+    mask = torch.zeros(1, 1, 20, 20, dtype=torch.bool)
+    mask[0, 0, 10, 10] = True
+    w = tumour_weights(mask, 20.0, dilate=3)
+    assert w.shape == (1, 1, 20, 20)
+    assert w[0, 0, 10, 10] == 21 and w[0, 0, 13, 13] == 21      # within 3 voxels (square)
+    assert w[0, 0, 10, 14] == 1 and w[0, 0, 0, 0] == 1          # beyond it
+    assert int((w > 1).sum()) == 49
+
+
+def test_weighted_loss_is_the_plain_mse_without_weight():
+    from napari_nacsim.science.generative.immunodiff.training import _mse, tumour_weights
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g)
+    mask = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    mask[:, :, 2, 2] = True
+    assert torch.allclose(_mse(a, b, tumour_weights(mask, 0.0)), torch.nn.functional.mse_loss(a, b))
+    err = (a - b) ** 2
+    near = tumour_weights(mask, 10.0) > 1
+    weighted = _mse(a, b, tumour_weights(mask, 10.0))
+    expected = (err.sum() + 10 * err[near].sum()) / (err.numel() + 10 * near.sum())
+    assert torch.allclose(weighted, expected)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    from napari_nacsim.science.generative.immunodiff.data import load_records
+
+    folder = write_records(tmp_path_factory.mktemp("lung_records"))
+    return folder, load_records(folder / "paired_0")
+
+
+def test_tumour_slices_are_drawn_at_the_share_asked(records):
+    from napari_nacsim.science.generative.immunodiff.training import CropSet, step_generator
+
+    data = CropSet(records[1], paired=True)
+    shows = data.tumour[:, 0].flatten(2).any(-1)                    # (N, Z)
+    assert 0 < int(shows[0].sum()) < shows.shape[1]                  # the test means something
+    plain = data.draw(64, step_generator(0, "adapter", 5))
+    again = data.draw(64, step_generator(0, "adapter", 5), tumour_share=0.0)
+    assert all(torch.equal(p, q) for p, q in zip(plain, again))      # share 0: same batches
+    idx, z = data.draw(64, step_generator(0, "adapter", 5), tumour_share=1.0)
+    assert bool(shows[idx, z].all())
+    base_rate = float(shows.float().mean())   # a uniform slice of a uniform record
+    idx, z = data.draw(400, step_generator(0, "adapter", 6), tumour_share=0.5)
+    share = float(shows[idx, z].float().mean())
+    assert abs(share - (0.5 + 0.5 * base_rate)) < 0.08
+
+
+def test_config_target_is_checked_and_stages_pick_their_data():
+    from napari_nacsim.core.errors import InputError
+    from napari_nacsim.science.generative.immunodiff.config import resolve
+    from napari_nacsim.science.generative.immunodiff.training import stage_data
+
+    with pytest.raises(InputError, match="target"):
+        resolve({"target": "difference"})
+    image, change = resolve({}), resolve({"target": "change"})
+    assert [stage_data(image, s) for s in ("vl", "base", "control", "adapter")] == \
+        ["unpaired", "unpaired", "unpaired", "paired"]
+    assert [stage_data(change, s) for s in ("vl", "base", "control", "adapter")] == \
+        ["unpaired", "paired", "paired", "paired"]
+
+
+def test_change_target_result_is_the_pre_crop_plus_the_sampled_change():
+    from napari_nacsim.science.generative.immunodiff.config import MICRO, resolve
+    from napari_nacsim.science.generative.immunodiff.network import ImmunoDiff
+    from napari_nacsim.science.generative.immunodiff.sampling import generate
+
+    torch.manual_seed(0)
+    image_model = ImmunoDiff(MICRO)
+    with torch.no_grad():
+        for p in [*image_model.controlnet.parameters(), *image_model.unet.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))
+    change_model = ImmunoDiff(resolve({**MICRO, "target": "change"}))
+    change_model.load_state_dict(image_model.state_dict())
+    rng = np.random.default_rng(0)
+    pre = rng.normal(-600, 150, (16, 96, 96)).astype(np.float32)
+    lobes = np.zeros((16, 96, 96), np.uint8)
+    lobes[:, 20:70, 10:45] = 1
+    vessels = np.zeros_like(lobes)
+    scen = [{"PD_L1": 0.0}, {"PD_L1": 80.0}]
+    kw = dict(seed=1, steps=3, strength=1.0)
+    image = generate(image_model, pre, lobes, vessels, scen, **kw)
+    change = generate(change_model, pre, lobes, vessels, scen, **kw)
+    # same network, same noise: the same sampled x; the change model adds it to the crop
+    # (HU = 700 x + centre for an image; pre + 700 x for a change)
+    inside = (image > -1000) & (image < 3000) & (change > -1000) & (change < 3000)
+    assert inside.mean() > 0.5
+    expected = image - (-300.0) + pre[None]
+    assert np.allclose(change[inside], expected[inside], atol=0.05)
+
+
+def test_change_target_trains_every_denoiser_stage_on_pairs(tmp_path):
+    folder = write_records(tmp_path / "records")
+    cfg = micro_config(tmp_path / "micro.json", target="change",
+                       training={**json.loads(micro_config(tmp_path / "m0.json").read_text())
+                                 ["training"], "tumour_weight": 20.0,
+                                 "tumour_slice_share": 0.5})
+    sys.path.insert(0, str(ROOT / "training"))
+    try:
+        import train_lung
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "run"
+    assert train_lung.main(["--config", str(cfg), "--out", str(out), "--data", str(folder),
+                            "--use-cached", "--no-progress", "--stages", "vl,base"]) == 0
+    progress = json.loads((out / "state" / "progress.json").read_text())
+    assert progress["data"]["unpaired"]["patients_vl"] == 4       # vl: masks of each visit
+    assert "patients_base" not in progress["data"]["unpaired"]
+    assert progress["data"]["paired"]["train"] == 3               # base: the pairs' changes
+    card = json.loads((out / "model" / "model_card.json").read_text())
+    assert card["config"]["target"] == "change"
+    assert card["config"]["training"]["tumour_weight"] == 20.0
