@@ -134,3 +134,34 @@ def test_change_target_trains_every_denoiser_stage_on_pairs(tmp_path):
     card = json.loads((out / "model" / "model_card.json").read_text())
     assert card["config"]["target"] == "change"
     assert card["config"]["training"]["tumour_weight"] == 20.0
+
+
+def test_change_model_features_start_from_no_change():
+    """Prediction features of a change model: the U-Net's input is "no change" noised, so
+    the base denoiser alone (no control) sees nothing of the pre-treatment crop, while an
+    image model's input is that crop."""
+    from napari_nacsim.science.generative.immunodiff.config import MICRO, resolve
+    from napari_nacsim.science.generative.immunodiff.network import ImmunoDiff
+    from napari_nacsim.science.prediction.features import extract
+
+    torch.manual_seed(0)
+    image_model = ImmunoDiff(MICRO)
+    with torch.no_grad():   # the zero convolutions of a fresh ControlNet pass nothing
+        for p in image_model.controlnet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    change_model = ImmunoDiff(resolve({**MICRO, "target": "change"}))
+    change_model.load_state_dict(image_model.state_dict())
+    rng = np.random.default_rng(1)
+    crops = [rng.normal(-600, 150, (16, 96, 96)).astype(np.float32) for _ in range(2)]
+    lobes = np.ones((16, 96, 96), np.uint8)
+    vessels = np.zeros_like(lobes)
+
+    def features(model, crop, variant):
+        return extract(model, crop, lobes, vessels, {"PD_L1": 10.0}, variant=variant)
+
+    assert np.array_equal(features(change_model, crops[0], "base"),
+                          features(change_model, crops[1], "base"))
+    assert not np.allclose(features(image_model, crops[0], "base"),
+                           features(image_model, crops[1], "base"))
+    assert not np.allclose(features(change_model, crops[0], "full"),   # through the control
+                           features(change_model, crops[1], "full"))

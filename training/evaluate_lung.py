@@ -59,6 +59,8 @@ def build_parser():
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--sampler", default=None)
+    p.add_argument("--strength", type=float, default=None,
+                   help="where sampling starts (default: the model's init_strength)")
     p.add_argument("--measure", choices=("segmenter", "threshold"), default="segmenter")
     p.add_argument("--unet-minutes", type=float, default=8.0)
     p.add_argument("--train-records", type=Path, default=Path("artifacts/lung_data/paired_0"))
@@ -295,7 +297,7 @@ def main(argv=None) -> int:
                 if vname != "full" and s > 0:
                     break
                 out = generate(net, pre, a["pre_lobes"], a["pre_vessels"], scen, seed=s,
-                               steps=steps, sampler=sampler, **flags)
+                               steps=steps, sampler=sampler, strength=args.strength, **flags)
                 if s == 0:
                     gen_sets[vname]["factual"].append(out[0])
                     gen_sets[vname]["cf"].append(out[1])
@@ -336,6 +338,8 @@ def main(argv=None) -> int:
         "model": str(args.model), "model_hash": model.model_hash, "patients": len(rows),
         "cohort_seed": args.cohort_seed, "samples": args.samples, "steps": steps,
         "sampler": sampler, "measure": args.measure,
+        "strength": args.strength if args.strength is not None else
+        float(net.config.get("init_strength", 1.0)),
         "image_quality": {
             "ssim_factual": {v: float(np.mean([r[f"{v}_ssim"] for r in rows]))
                              for v in variants},

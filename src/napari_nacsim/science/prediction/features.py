@@ -4,7 +4,9 @@ What goes in: the pre-treatment crop (HU), its lobe and vessel masks and the pat
 clinical values, exactly as when the model generates a follow-up: the anatomy maps and the
 cbi-Adapter's fused condition ĉ drive the ControlNet, whose residuals enter the frozen U-Net.
 The U-Net's noisy input is the *pre-treatment* crop noised to timestep t with a fixed noise
-draw (seed 0 for every patient, so feature differences come from the patient, not the noise).
+draw (seed 0 for every patient, so feature differences come from the patient, not the noise);
+for a model whose target is the change from the pre-treatment crop, "no change" noised the
+same way (the pre-treatment crop then reaches the U-Net through the ControlNet only).
 
 Choices (docs/lung-prediction.md says why):
 
@@ -115,6 +117,10 @@ def extract(model, pre_hu: np.ndarray, lobes: np.ndarray, vessels: np.ndarray,
     t = timestep_of(model, timestep_fraction)
     x0 = hu_to_model(torch.as_tensor(np.ascontiguousarray(pre_hu, np.float32))[None, None],
                      model.config)
+    if model.config.get("target") == "change":
+        # a change model denoises follow-up minus pre: its input is "no change" noised (as
+        # where its sampling starts); the pre-treatment crop reaches it through the control
+        x0 = torch.zeros_like(x0)
     noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(NOISE_SEED))
     timestep = torch.tensor([t])
     xt = noise_schedule(model.config).add_noise(x0, noise, timestep).to(dev, dtype)
