@@ -165,3 +165,69 @@ def test_change_model_features_start_from_no_change():
                            features(image_model, crops[1], "base"))
     assert not np.allclose(features(change_model, crops[0], "full"),   # through the control
                            features(change_model, crops[1], "full"))
+
+
+def test_init_from_starts_a_run_from_a_trained_model(tmp_path):
+    """--init-from: a later stage fine-tuned from a trained model's weights (e.g. another
+    parameterisation); the stages not run keep that model's weights; the card says so."""
+    from safetensors.torch import load_file
+
+    folder = write_records(tmp_path / "records")
+    cfg = micro_config(tmp_path / "micro.json")
+    sys.path.insert(0, str(ROOT / "training"))
+    try:
+        import train_lung
+    finally:
+        sys.path.pop(0)
+    common = ["--config", str(cfg), "--data", str(folder), "--use-cached", "--no-progress"]
+    assert train_lung.main(common + ["--out", str(tmp_path / "first")]) == 0
+    first = tmp_path / "first" / "model"
+    first_card = json.loads((first / "model_card.json").read_text())
+    v_cfg = micro_config(tmp_path / "v.json", diffusion={"train_timesteps": 100,
+                                                       "prediction_type": "v_prediction"})
+    out = tmp_path / "second"
+    assert train_lung.main(["--config", str(v_cfg), "--data", str(folder), "--use-cached",
+                            "--no-progress", "--out", str(out), "--init-from", str(first),
+                            "--stages", "adapter"]) == 0
+    card = json.loads((out / "model" / "model_card.json").read_text())
+    assert card["training"]["initialised_from"]["model_hash"] == first_card["model_hash"]
+    assert card["training"]["initialised_from"]["prediction_type"] == "epsilon"
+    assert card["config"]["diffusion"]["prediction_type"] == "v_prediction"
+    for part in ("vl", "unet"):                               # not trained: unchanged
+        a, b = load_file(str(first / f"{part}.safetensors")), \
+            load_file(str(out / "model" / f"{part}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = load_file(str(first / "adapter.safetensors")), \
+        load_file(str(out / "model" / "adapter.safetensors"))
+    assert not all(torch.equal(a[k], b[k]) for k in a)      # trained on
+
+    wide = micro_config(tmp_path / "wide.json", unet={"channels": [8, 16],
+                                                      "attention_levels": [False, True],
+                                                      "norm_num_groups": 4,
+                                                      "num_head_channels": 8})
+    with pytest.raises(SystemExit, match="network sizes differ"):
+        train_lung.main(["--config", str(wide), "--data", str(folder), "--use-cached",
+                         "--no-progress", "--out", str(tmp_path / "third"), "--init-from",
+                         str(first), "--stages", "adapter"])
+
+
+def test_velocity_and_sample_targets():
+    from napari_nacsim.science.generative.immunodiff.config import MICRO, resolve
+    from napari_nacsim.science.generative.immunodiff.sampling import noise_schedule
+    from napari_nacsim.science.generative.immunodiff.training import prediction_target
+
+    g = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(4, 1, 6, 6, generator=g), torch.randn(4, 1, 6, 6, generator=g)
+    t = torch.tensor([0, 10, 50, 99])
+    for kind, expected in (("epsilon", noise), ("sample", clean)):
+        sched = noise_schedule(resolve({**MICRO, "diffusion": {"train_timesteps": 100,
+                                                                "prediction_type": kind}}))
+        assert torch.equal(prediction_target(sched, clean, noise, t), expected)
+    sched = noise_schedule(resolve({**MICRO, "diffusion": {"train_timesteps": 100,
+                                                            "prediction_type": "v_prediction"}}))
+    v = prediction_target(sched, clean, noise, t)
+    ab = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(v, ab.sqrt() * noise - (1 - ab).sqrt() * clean, atol=1e-6)
+    # x_t and v give back the clean slice: x0 = sqrt(ab) x_t - sqrt(1 - ab) v
+    xt = sched.add_noise(clean, noise, t)
+    assert torch.allclose(ab.sqrt() * xt - (1 - ab).sqrt() * v, clean, atol=1e-5)

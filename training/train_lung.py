@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "GPU under accelerate launch)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL",
+                   help="start from a trained model folder's weights (hash-checked; same "
+                        "network sizes), e.g. to fine-tune its later stages with --stages")
     return p
 
 
@@ -101,6 +104,27 @@ def _records(args, family, cfg, paired: bool):
     if bar:
         bar.close()
     return load_records(folder, range(n)), seed, folder
+
+
+def _init_from(model, folder: Path) -> dict:
+    """Load a model folder's weights into ``model`` (a resumed run's state, if any, is
+    loaded afterwards and wins); returns what the card records."""
+    from napari_nacsim.core.errors import InputError
+    from napari_nacsim.science.generative.immunodiff.checkpoint import load_checkpoint
+
+    try:
+        source, card = load_checkpoint(folder)
+    except InputError as err:
+        raise SystemExit(f"--init-from: {err}") from None
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        raise SystemExit(f"--init-from {folder}: its network sizes differ from the config's "
+                         f"({str(err).splitlines()[0]})") from None
+    return {"path": str(folder), "model_hash": card["model_hash"],
+            "prediction_type": card["config"]["diffusion"]["prediction_type"],
+            "target": card["config"].get("target", "image"),
+            "steps_done": card.get("training", {}).get("steps_done")}
 
 
 def _bar(args, total: int, desc: str, initial: int = 0):
@@ -195,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(seed)
     model = ImmunoDiff(cfg, family.schema)
     progress = {"done": [], "stage": None, "step": 0, "seconds": {}, "steps_done": {}}
+    if args.init_from is not None:
+        progress["initialised_from"] = _init_from(model, args.init_from)
     if (state_dir / "progress.json").exists() and not args.no_resume:
         progress = _load_state(model, state_dir)
         if main:
@@ -323,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      else sys.argv[1:])])
     card = {"title": f"ImmunoDiff {cfg['name']} (synthetic lung phantoms)",
             "training": {"command": command, "stages": progress["done"],
+                         "initialised_from": progress.get("initialised_from"),
                          "steps_done": progress["steps_done"],
                          "seconds": progress["seconds"], "batch_size": batch, "lr": lr,
                          "num_processes": world,

@@ -140,6 +140,23 @@ def tumour_weights(tumour: torch.Tensor, weight: float, dilate: int = 3) -> torc
     return 1.0 + float(weight) * near
 
 
+def prediction_target(scheduler, clean: torch.Tensor, noise: torch.Tensor,
+                      t: torch.Tensor) -> torch.Tensor:
+    """What the denoiser learns to output, by the config's ``prediction_type``: the noise
+    ("epsilon"), the clean slice ("sample") or the velocity ("v_prediction", diffusers'
+    `get_velocity`). Why not always the noise: for a change target, mostly zero, a
+    noise-prediction error is divided by sqrt(alpha_bar) in the clean estimate, so few-step
+    sampling leaves visible noise (measured in docs/lung-model.md)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return clean
+    if kind == "v_prediction":
+        return scheduler.get_velocity(clean, noise, t)
+    raise ValueError(f"prediction_type {kind!r} is not epsilon, sample or v_prediction")
+
+
 def _mse(pred: torch.Tensor, noise: torch.Tensor, weights: Optional[torch.Tensor]):
     if weights is None:
         return F.mse_loss(pred, noise)
@@ -170,13 +187,14 @@ def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torc
     if cfg["target"] == "change":
         clean = clean - slices_of(hu_to_model(data.source[idx].float(), cfg), k, z)
     noisy, t, noise = _noised(model, scheduler, clean, g, n_global, mine)
-    noisy, t, noise = noisy.to(device), t.to(device), noise.to(device)
+    goal = prediction_target(scheduler, clean[:, k:k + 1], noise, t)
+    noisy, t, goal = noisy.to(device), t.to(device), goal.to(device)
     weights = None
     if float(tr["tumour_weight"]) > 0:
         weights = tumour_weights(slices_of(data.tumour[idx], 0, z),
                                  float(tr["tumour_weight"])).to(device)
     if stage == "base":
-        return _mse(model.denoise(noisy, t), noise, weights)
+        return _mse(model.denoise(noisy, t), goal, weights)
     with torch.no_grad():
         anatomy = model.anatomy(*(m.to(device) for m in _masks25(data, idx, z, k)))
     fused = None
@@ -187,7 +205,7 @@ def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torc
         values, codes, present = (v.to(device) for v in model.adapter.encode(scen))
         pre25 = slices_of(hu_to_model(data.source[idx].float(), cfg), k, z).to(device)
         fused = model.fused(pre25, model.adapter.clinical(values, codes, present))
-    return _mse(model.denoise(noisy, t, model.control(anatomy, fused)), noise, weights)
+    return _mse(model.denoise(noisy, t, model.control(anatomy, fused)), goal, weights)
 
 
 def trainable(model: ImmunoDiff, stage: str) -> list[torch.nn.Parameter]:
