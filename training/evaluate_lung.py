@@ -59,6 +59,8 @@ def build_parser():
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--sampler", default=None)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--strength", type=float, default=None,
                    help="where sampling starts (default: the model's init_strength)")
     p.add_argument("--measure", choices=("segmenter", "threshold"), default="segmenter")
@@ -244,6 +246,7 @@ def main(argv=None) -> int:
     net = model.network
     steps = args.steps or model.default_steps
     sampler = args.sampler or model.default_sampler
+    guidance = args.guidance if args.guidance is not None else model.default_guidance
     segmenter = family.load_segmenter(device="cpu") if args.measure == "segmenter" else None
     unet = train_unet_baseline(args, args.out)
     spacing = (4.0, 3.0, 3.0)
@@ -297,7 +300,9 @@ def main(argv=None) -> int:
                 if vname != "full" and s > 0:
                     break
                 out = generate(net, pre, a["pre_lobes"], a["pre_vessels"], scen, seed=s,
-                               steps=steps, sampler=sampler, strength=args.strength, **flags)
+                               steps=steps, sampler=sampler, strength=args.strength,
+                               guidance_scale=guidance if flags["use_adapter"] else 1.0,
+                               **flags)
                 if s == 0:
                     gen_sets[vname]["factual"].append(out[0])
                     gen_sets[vname]["cf"].append(out[1])
@@ -337,7 +342,7 @@ def main(argv=None) -> int:
                                         ["training/evaluate_lung.py", *(argv or sys.argv[1:])]),
         "model": str(args.model), "model_hash": model.model_hash, "patients": len(rows),
         "cohort_seed": args.cohort_seed, "samples": args.samples, "steps": steps,
-        "sampler": sampler, "measure": args.measure,
+        "sampler": sampler, "guidance": guidance, "measure": args.measure,
         "strength": args.strength if args.strength is not None else
         float(net.config.get("init_strength", 1.0)),
         "image_quality": {
