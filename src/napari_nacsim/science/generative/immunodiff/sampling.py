@@ -166,11 +166,13 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
         x25 = with_neighbours(x_in, model.neighbours)
         if guided:
             x25 = torch.cat([x25, x25])
-        eps = model.denoise(x25, t.reshape(1).to(dev), control)
+        # the network's output: noise, clean change or velocity (the config's prediction_type;
+        # the scheduler reads it as such)
+        out = model.denoise(x25, t.reshape(1).to(dev), control)
         if guided:
-            cond_eps, uncond_eps = eps.chunk(2)
-            eps = uncond_eps + guidance_scale * (cond_eps - uncond_eps)
-        x = scheduler.step(to_volume(eps, b), t, x, return_dict=False, **step_kw)[0]
+            cond_out, uncond_out = out.chunk(2)
+            out = uncond_out + guidance_scale * (cond_out - uncond_out)
+        x = scheduler.step(to_volume(out, b), t, x, return_dict=False, **step_kw)[0]
         if progress:
             progress(i + 1, len(timesteps))
     x = x[:, 0].float()
