@@ -72,12 +72,11 @@ def difference_colormap():
 
     # A short name: napari lists every colormap ever registered in the process in every image
     # layer's colormap box, so a long one widens the layer controls of all later viewers (and
-    # takes that width from the compare canvas). The legend is in the layer's name instead.
+    # takes that width from the compare canvas). The legend is the colour bar: signed ticks
+    # under the cell's title "generated − real".
     return Colormap(colors=[[0.3, 0.6, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.35, 0.2, 1.0]],
                     controls=[0.0, 0.5, 1.0], name="blue-black-red")
 
-
-DIFFERENCE_LEGEND = "blue darker, red brighter"
 
 
 def case_cells(case: CaseReview, window: tuple[float, float] = (0.0, 1.0)
@@ -102,7 +101,7 @@ def case_cells(case: CaseReview, window: tuple[float, float] = (0.0, 1.0)
          contour_layer_data(im.real_mask, f"recorded: {scenario}")],
         [scan_to_layer_data(im.generated, name=f"{tp} generated", **same),
          contour_layer_data(im.generated_mask, f"under {scenario}")],
-        [scan_to_layer_data(im.difference, name=f"{tp} generated − real · {DIFFERENCE_LEGEND}",
+        [scan_to_layer_data(im.difference, name=f"{tp} generated − real",
                             colormap=difference_colormap(), contrast_limits=[-limit, limit]),
          contour_layer_data(im.generated_mask, "generated tumour", "yellow")],
     ]
