@@ -11,7 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from napari_nacsim.plugin.grid_view import grid_of
+from napari_nacsim.plugin.grid_view import (MIN_TITLE_POINTS, PX_PER_CHAR_POINT, TITLE_POINTS,
+                                             grid_of, title_points)
 from napari_nacsim.plugin.workspace import WhatIfWorkspace
 
 pytestmark = pytest.mark.viewer
@@ -364,6 +365,56 @@ def test_first_run_shows_the_comparison_without_a_click(make_napari_viewer, qtbo
             {layer.name for layer in widget.result_layers()}
     finally:
         widget.shutdown()
+
+
+def test_lung_sample_first_run_picks_the_lung_model_and_makes_the_crop(make_napari_viewer,
+                                                                      qtbot):
+    """The lung sample (its whole CT and masks) in a workspace that lists the breast model
+    first: the patient's family chooses the lung model, the CT crop is made from the open
+    pre-treatment scans, and the PD-L1 comparison follows, all without a click."""
+    viewer = make_napari_viewer(show=True)  # a real window: the cells' width is measured
+    viewer.open_sample("nacsim", "lung")
+    widget = WhatIfWorkspace(viewer)
+    viewer.window.add_dock_widget(widget, name="nacsim what-if", area="right")
+    try:
+        assert widget._current_model()[2] == "lung"
+        assert widget.input_combo.currentText() == "LU0001 pre ct (phantom)"  # the shown CT
+        assert widget.panel["PD_L1"].value == pytest.approx(0.0)  # the patient's own values
+        qtbot.waitUntil(lambda: widget.results_shown == 1 and not widget.runner.running,
+                        timeout=RUN_TIMEOUT_MS)
+        layer = widget.input_layer()
+        assert layer.name == "LU0001 pre CT crop · model input"
+        assert layer.data.shape == (16, 96, 96)
+        assert layer.metadata["nacsim"]["patient"]["family"] == "lung"
+        assert widget.result.family.name == "lung"
+        assert [arm.label for arm in widget.result.arms] == ["PD-L1 TPS 0 %", "PD-L1 TPS 50 %"]
+        assert "Phantom patient LU0001" in widget.header.text()
+        # scenario titles: the compared value, not the nine background values every arm shares
+        assert [f.title for _, f in widget.result.shown()] == [
+            "post · PD-L1 TPS 0 % (synthetic)", "post · PD-L1 TPS 50 % (synthetic)"]
+        # the long generated-cell titles get a smaller font rather than a cut "(synthetic)"
+        cell_px = viewer.window._qt_viewer.canvas.size[1] / 3
+        for layer in cell_layers(widget):
+            points = layer.name_overlay.font_size
+            assert points >= MIN_TITLE_POINTS
+            assert len(layer.name) * points * PX_PER_CHAR_POINT <= cell_px
+        # the whole CT is not a model input: the widget says so and names its own way out
+        widget.select_input("LU0001 pre ct (phantom)")
+        assert not widget._input_fits()
+        assert "has shape (40, 128, 160)" in widget.status.text()
+        assert "'Make from open scans…'" in widget.status.text()
+    finally:
+        widget.shutdown()
+
+
+def test_cell_titles_shrink_to_fit_rather_than_being_cut():
+    short, long = "T2 · pCR · generated (synthetic)", "post · PD-L1 TPS 50 % · generated (synthetic)"
+    assert title_points(short, 298) == TITLE_POINTS
+    points = title_points(long, 298)
+    assert MIN_TITLE_POINTS <= points < TITLE_POINTS
+    assert len(long) * points * PX_PER_CHAR_POINT <= 298
+    assert title_points(long, None) == TITLE_POINTS      # no window: the default size
+    assert title_points(long * 4, 298) == MIN_TITLE_POINTS  # never unreadably small
 
 
 def test_model_loads_at_once_when_nothing_to_compare_yet(make_napari_viewer, qtbot):

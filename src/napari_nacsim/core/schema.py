@@ -48,6 +48,10 @@ class Variable:
     derive: Callable[[Mapping[str, Any]], float] | None = None
     description: str = ""
     group: str = ""  # the model's conditioning group (lung: clinical, blood, immunotherapy)
+    # named in every scenario title (table rows, layer names, report) even when it is not
+    # the compared variable; False for the patient's many background values (lung: age,
+    # blood counts), which every arm shares and the header and report list once
+    in_title: bool = True
 
     def parse(self, value: Any, subject: str) -> Any:
         """Normalise ``value`` to bool / category string / float, or raise `InputError`."""
@@ -216,23 +220,31 @@ LUNG = FamilySchema(
     channels=("ct",),
     masks=("tumour", "lobes", "vessels"),
     variables=(
-        Variable("age", "Age", CONTINUOUS, "years", plausible=(18, 110), group="clinical"),
-        Variable("sex", "Sex", CATEGORICAL, categories=("female", "male"), group="clinical"),
+        Variable("age", "Age", CONTINUOUS, "years", plausible=(18, 110), group="clinical",
+                 in_title=False),
+        Variable("sex", "Sex", CATEGORICAL, categories=("female", "male"), group="clinical",
+                 in_title=False),
         Variable("race", "Race", CATEGORICAL,
-                 categories=("White", "Black", "Asian", "Other"), group="clinical"),
+                 categories=("White", "Black", "Asian", "Other"), group="clinical",
+                 in_title=False),
         Variable("CEA", "CEA", CONTINUOUS, "ng/mL", plausible=(0, 10000), normal=(0, 5),
-                 description="Carcinoembryonic antigen", group="blood"),
+                 description="Carcinoembryonic antigen", group="blood",
+                 in_title=False),
         Variable("ANC", "ANC", CONTINUOUS, "10^9/L", plausible=(0, 100), normal=(1.5, 8.0),
-                 description="Absolute neutrophil count", group="blood"),
+                 description="Absolute neutrophil count", group="blood",
+                 in_title=False),
         Variable("ALC", "ALC", CONTINUOUS, "10^9/L", plausible=(0.01, 50), normal=(1.0, 4.0),
-                 description="Absolute lymphocyte count", group="blood"),
+                 description="Absolute lymphocyte count", group="blood",
+                 in_title=False),
         Variable("NLR", "NLR", CONTINUOUS, "", plausible=(0, 1000), normal=(0.8, 3.5),
                  derive=_nlr, description="Neutrophil-to-lymphocyte ratio = ANC / ALC",
-                 group="blood"),
+                 group="blood", in_title=False),
         Variable("AEC", "AEC", CONTINUOUS, "10^9/L", plausible=(0, 20), normal=(0.0, 0.5),
-                 description="Absolute eosinophil count", group="blood"),
+                 description="Absolute eosinophil count", group="blood",
+                 in_title=False),
         Variable("AMC", "AMC", CONTINUOUS, "10^9/L", plausible=(0, 20), normal=(0.2, 1.0),
-                 description="Absolute monocyte count", group="blood"),
+                 description="Absolute monocyte count", group="blood",
+                 in_title=False),
         Variable("PD_L1", "PD-L1 TPS", CONTINUOUS, "%", plausible=(0, 100),
                  description="PD-L1 tumour proportion score", group="immunotherapy"),
         Variable("responder", "Response", BINARY, states=("non-responder", "responder"),

@@ -279,10 +279,12 @@ def comparison_of(family: ModelFamily, compare: Optional[str],
 
 def scenario_title(schema: FamilySchema, time_point: str, clinical: Mapping[str, Any],
                    first: Optional[str] = None) -> str:
-    """``"T2 · pCR · HR+ HER2− (synthetic)"``: the compared variable first."""
+    """``"T2 · pCR · HR+ HER2− (synthetic)"``: the compared variable first, then the other
+    variables the schema names in titles (not a lung patient's age and blood counts: every
+    arm shares them, and the header and the report list them once)."""
     names = [first] if first else []
     names += [v.name for v in schema.condition_variables if v.name != first and
-              v.name in clinical and v.derive is None]
+              v.name in clinical and v.derive is None and v.in_title]
     parts = [schema.variable(n).describe(clinical[n]) for n in names]
     head = parts[:1] if first else []
     rest = " ".join(parts[1:] if first else parts)

@@ -57,10 +57,9 @@ class WhatIfModel:
     def grid(self) -> tuple[int, ...]:
         """The model-input grid shape: ``grid_shape`` of the config, or a square of
         ``image_size`` pixels for 2D models."""
-        config = self.card["config"]
-        if config.get("grid_shape"):
-            return tuple(int(n) for n in config["grid_shape"])
-        return (self.image_size, self.image_size)
+        from ..science.generative.card import grid_shape
+
+        return grid_shape(self.card["config"])
 
     @property
     def model_hash(self) -> str:

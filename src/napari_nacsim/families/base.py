@@ -44,6 +44,9 @@ class ModelInput:
     channel: str                                # nnU-Net channel name ("MIP", "CT")
     short_name: str                             # "MIP", "CT crop" (layer names, labels)
     value_unit: str = "normalised intensity"     # what the values are ("HU"): SD maps, read-out
+    # False: the input must already be on the model's grid (a crop cut around the tumour),
+    # it is not resampled; a larger scan of the patient has to be made into one first
+    resampled: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ CT_CROP_INPUT = ModelInput(
     channel="CT",
     short_name="CT crop",
     value_unit="HU",
+    resampled=False,
 )
 
 PD_L1_LOW, PD_L1_HIGH = 0.0, 50.0   # the clinical strata "< 1 %" and ">= 50 %"

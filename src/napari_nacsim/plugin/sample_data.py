@@ -41,7 +41,7 @@ def patient_layers(family: str, index: int = 0, seed: int = SAMPLE_SEED, *,
         layers.extend(_model_input_layers(chosen, phantom.id, rendering))
     for _, kwargs, _ in layers:
         kwargs["metadata"]["nacsim"]["patient"] = {
-            "id": phantom.id, "clinical": clinical, "phantom": True,
+            "id": phantom.id, "family": chosen.name, "clinical": clinical, "phantom": True,
             "clinical_values": dict(rendering.clinical)}  # pre-fills the scenario panel
     return layers
 

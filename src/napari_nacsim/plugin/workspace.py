@@ -79,6 +79,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.runner.state_changed.connect(self._on_state)
         self._models: list[tuple[str, Optional[Path], str]] = []  # text, folder, family
         self._sampling_defaults: dict[str, dict] = {}  # per model text: its card's defaults
+        self._grids: dict[str, tuple[int, ...]] = {}  # per model text: its input grid
         self._sessions: dict[str, WhatIfSession] = {}
         # input layer name -> the family's extra model inputs made with it (lung: lobe and
         # vessel crops), passed to every run on that input
@@ -266,7 +267,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     # --- models -------------------------------------------------------------------------
     def _add_model(self, path: Optional[Path], family: Optional[str] = None) -> None:
         """Add a model folder, or (``path`` None) the bundled model of ``family``."""
-        from ..science.generative.card import read_card, sampling_defaults
+        from ..science.generative.card import grid_shape, read_card, sampling_defaults
 
         card = read_card(path if path is not None else get_family(family).bundled_generator_path())
         title = card.get("title") or (path.name if path else family)
@@ -274,6 +275,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             f" ({card['model_hash'][:8]})"
         self._models.append((text, path, card["family"]))
         self._sampling_defaults[text] = sampling_defaults(card["config"])
+        self._grids[text] = grid_shape(card["config"])
         self.model_combo.addItem(text)
         self.model_combo.setItemData(self.model_combo.count() - 1, text, Qt.ToolTipRole)
         self.model_combo.setCurrentIndex(self.model_combo.count() - 1)
@@ -408,12 +410,13 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.input_combo.addItems(names)
         if current in names:
             self.input_combo.setCurrentIndex(names.index(current))
-        else:  # prefer a layer that is the model's input (sample data say so in the name)
-            spec = self._model_input() if self._models else None
-            preferred = [i for i, layer in enumerate(layers)
-                         if spec is not None and layer.ndim == spec.ndim]
-            named = [i for i in preferred if "model input" in names[i].lower()]
-            pick = (named or preferred or [0])[0]
+        else:  # prefer a layer that is the model's input (sample data say so in the name),
+            # then the layer the user has selected (a sample opens its shown image selected)
+            fitting = [i for i, layer in enumerate(layers) if self._input_fits(layer)]
+            named = [i for i in fitting if "model input" in names[i].lower()]
+            active = self.viewer.layers.selection.active
+            selected = [i for i, layer in enumerate(layers) if layer is active]
+            pick = (named or fitting or selected or [0])[0]
             if names:
                 self.input_combo.setCurrentIndex(pick)
         self.input_combo.blockSignals(False)
@@ -429,11 +432,33 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.input_combo.setCurrentIndex(self.input_combo.findText(name))
 
     def _on_input_changed(self, *_):
+        self._follow_input_family()
         self._prefill_from_layer()
         if self._ready:
             self._update_header()
             self._update_ready_status()
         self._on_scenario_changed()
+
+    @staticmethod
+    def _layer_family(layer) -> Optional[str]:
+        """The family of the patient a layer shows, where its record says (sample data,
+        cohort patients, inputs made here); None for a plain image."""
+        patient = (layer.metadata.get(METADATA_KEY) or {}).get("patient") or {}
+        family = patient.get("family")
+        return family if isinstance(family, str) and family in family_names() else None
+
+    def _follow_input_family(self) -> None:
+        """An input of another family's patient selects a model of that family (the first
+        listed): a lung patient is never sent to the breast model because it is listed
+        first. A model the user chose for the same family stays."""
+        layer = self.input_layer()
+        wanted = self._layer_family(layer) if layer is not None else None
+        if wanted is None or not self._models or wanted == self._current_model()[2]:
+            return
+        for index, (_, _, family) in enumerate(self._models):
+            if family == wanted:
+                self.model_combo.setCurrentIndex(index)
+                return
 
     def _select_input_layer(self) -> None:
         """The input image is the selected layer (not a mask: napari would show its paint
@@ -443,9 +468,22 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             self.viewer.layers.selection.active = layer
 
     def _input_fits(self, layer=None) -> bool:
+        """Whether a layer can be the current model's input as it is: its dimensionality,
+        and its shape where the family does not resample (a lung crop)."""
         layer = layer if layer is not None else self.input_layer()
-        return layer is not None and self._models and layer.ndim == self._model_input().ndim \
-            and not layer.rgb
+        if layer is None or not self._models or layer.rgb:
+            return False
+        spec = self._model_input()
+        if layer.ndim != spec.ndim:
+            return False
+        return spec.resampled or tuple(layer.data.shape) == self._grids[self._current_model()[0]]
+
+    def _input_is_visit_scan(self) -> bool:
+        """Whether the input is one of the open baseline scans the model input is made
+        from (a sample's CT or DCE volume), rather than a model input."""
+        layer, found = self.input_layer(), self._visit_layers()
+        return layer is not None and found is not None and \
+            any(layer is scan for scan in found.values())
 
     def _update_ready_status(self, force: bool = False) -> None:
         """Say what the workspace waits for (when no run is going on, or ``force``)."""
@@ -468,8 +506,9 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         if self._visit_layers(family) is not None:
             ways = f"'{self.make_input_button.text()}' (the open {family.schema.baseline} " \
                    f"{'/'.join(family.schema.channels)} scans) or " + ways
-        return (f"is {layer.ndim}D; the {family.name} model takes {spec.what}. Make it "
-                f"with {ways}.")
+        found = f"is {layer.ndim}D" if layer.ndim != spec.ndim else \
+            f"has shape {tuple(layer.data.shape)}"
+        return f"{found}; the {family.name} model takes {spec.what}. Make it with {ways}."
 
     def _scenario_text(self) -> str:
         """``"pCR vs non-pCR · HR+, HER2−"``: what is compared, then the values every cell
@@ -541,8 +580,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         if layer.rgb:
             raise InputError(f"layer '{layer.name}'", "is an RGB image; the model takes a "
                                                       "grey-level subtraction MIP")
-        spec = self._model_input()
-        if layer.ndim != spec.ndim:
+        if not self._input_fits(layer):
             raise InputError(f"layer '{layer.name}'", self._wrong_input_reason(layer))
         scan = layer_to_scan(np.asarray(layer.data),
                              {"name": layer.name, "scale": list(layer.scale),
@@ -608,7 +646,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         family = get_family(case["family"])
         base, what = family.schema.baseline, family.model_input.short_name
         patient = {"id": case["patient"], "clinical_values": case["clinical"],
-                   **(case.get("patient_meta") or {})}
+                   **(case.get("patient_meta") or {}), "family": family.name}
         meta = {"patient": patient}
         data, kwargs, kind = scan_to_layer_data(
             case["image"], name=f"{case['patient']} {base} {what} · model input",
@@ -777,12 +815,15 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
     def _start(self) -> None:
         """Right after opening: the comparison without a click where a model input is open
-        (and updates are on); otherwise the model loads now, in the background, so that
-        the first run does not wait for it."""
+        (and updates are on), or where the baseline scans it is made from are (the model
+        input is made first; once it opens, the comparison follows); otherwise the model
+        loads now, in the background, so that the first run does not wait for it."""
         if self._closed or not self._models:
             return
         if self.auto_run.isChecked() and self._input_fits():
             self.run()
+        elif self.auto_run.isChecked() and self._input_is_visit_scan():
+            self.make_model_input()
         else:
             self.preload()
 

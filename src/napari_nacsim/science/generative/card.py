@@ -36,6 +36,15 @@ def sampling_defaults(config: dict[str, Any]) -> dict[str, Any]:
             "default_guidance": float(values["default_guidance"])}
 
 
+def grid_shape(config: dict[str, Any]) -> tuple[int, ...]:
+    """The model-input grid of a model's config: ``grid_shape``, or a square of
+    ``image_size`` pixels (2D models)."""
+    if config.get("grid_shape"):
+        return tuple(int(n) for n in config["grid_shape"])
+    size = int(config["image_size"])
+    return (size, size)
+
+
 def read_card(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / CARD
     if not path.exists():
