@@ -1,15 +1,17 @@
 """Responsiveness of the napari what-if workspace while it generates (a real window).
 
     xvfb-run -a python benchmarks/ui_responsiveness.py --out docs/benchmarks/ui_responsiveness.json
+    xvfb-run -a python benchmarks/ui_responsiveness.py --sample lung --out docs/benchmarks/ui_responsiveness_lung.json
 
-Opens napari with the sample breast patient and the workspace — which generates the
-default comparison by itself (``first_result_s``: from opening the widget to the first
-comparison on screen, model loading included) — then measures, on the UI thread, the
-longest gap between ticks of a 5 ms timer (a stall the user would feel):
+Opens napari with a sample patient (``--sample``: one of the plugin's samples) and the
+workspace — which generates the family's default comparison by itself (``first_result_s``:
+from opening the widget to the first comparison on screen, model loading included, and for
+a sample of whole scans the making of the model input) — then measures, on the UI thread,
+the longest gap between ticks of a 5 ms timer (a stall the user would feel):
 
-- ``during_runs``: from a scenario change until its result starts to be drawn, while the
-  worker generates and segments (``--runs`` changes, each with a new seed so that nothing is
-  remembered);
+- ``during_runs``: from a change that needs a new run until its result starts to be drawn,
+  while the worker generates and segments (``--runs`` changes, each a new seed so that
+  nothing is remembered, whatever the family's variables);
 - ``showing_result``: the UI-thread time to put a result on screen (layers, table, plot);
 - ``toggling``: 100 scenario toggles in a burst (each submitting a run, superseding the one
   before) until the last result is shown; also how many results were shown (should be 1).
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
+    p.add_argument("--sample", default="breast", help="the nacsim sample to open (breast, lung)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_nacsim.plugin.workspace import WhatIfWorkspace
 
     viewer = napari.Viewer(show=True)
-    viewer.open_sample("nacsim", "breast")
+    viewer.open_sample("nacsim", args.sample)
     app = QApplication.instance()
 
     clock = QElapsedTimer()
@@ -94,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     latencies, run_gaps = [], []
     for k in range(args.runs):
         widget.seed.setValue(1000 + k)
-        widget.panel["HR"].value = not widget.panel["HR"].value
         before = widget.results_shown
         started = clock.elapsed()
         t = time.perf_counter()
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     before = widget.results_shown
     since = clock.elapsed()
     for k in range(100):
-        widget.panel["HR"].value = bool(k % 2)
+        widget.seed.setValue(2000 + k % 2)
         widget.run()
         app.processEvents()
     wait_for(lambda: widget.results_shown > before and not widget.runner.running)
@@ -117,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "command": "xvfb-run -a python benchmarks/ui_responsiveness.py" + (
-            f" --steps {args.steps}" if args.steps else "") + f" --runs {args.runs}",
+            f" --steps {args.steps}" if args.steps else "") + f" --runs {args.runs}" +
+            f" --sample {args.sample}",
+        "family": widget.result.family.name,
         "machine": {"platform": platform.platform(), "cpu_cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
                     "display": "Xvfb (software OpenGL)"},
