@@ -11,6 +11,7 @@ sidecar; the figure says so in its title.
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
@@ -131,10 +132,15 @@ def comparison_figure(result: WhatIfResult, path: str | Path, *, dpi: int = 110)
     table.auto_set_font_size(False)
     table.set_fontsize(7.5)
     request = result.request
-    fig.suptitle("SYNTHETIC counterfactual follow-ups (* generated, not measured) — "
-                 f"model {result.model['model_hash'][:12]}, seed {request.seed}, "
-                 f"{request.samples} sample(s); tumour contour in red (nnU-Net)", fontsize=8.5)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    heading = ("SYNTHETIC counterfactual follow-ups (* generated, not measured) — "
+               f"model {result.model['model_hash'][:12]}, seed {request.seed}, "
+               f"{request.samples} sample(s); tumour contour in red (nnU-Net)")
+    # wrapped to the figure's width (a two-column figure would cut it at both sides): about
+    # 14 characters of 8.5 pt text per inch; each line takes about 0.16 inch at the top
+    width_in, height_in = fig.get_size_inches()
+    lines = textwrap.wrap(heading, width=int(width_in * 14))
+    fig.suptitle("\n".join(lines), fontsize=8.5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.16 * len(lines) + 0.05) / height_in))
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
