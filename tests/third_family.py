@@ -145,7 +145,7 @@ class SpheroidFamily(ModelFamily):
     def default_comparison(self) -> Comparison:
         return self.comparison("dose", (10, 90))
 
-    def predictions(self, generator, baseline, clinical, context=None):
+    def predictions(self, generator, baseline, clinical, context=None, *, baseline_mask=None):
         p = 1.0 / (1.0 + math.exp(-(float(clinical["dose"]) - 50.0) / 10.0))
         return {"response_probability": {"label": "P(response)", "value": round(p, 4),
                                          "unit": "", "meaning": "a toy logistic dose response"}}

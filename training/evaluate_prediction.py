@@ -98,6 +98,11 @@ def parse_args(argv=None):
     p.add_argument("--cnn-epochs", type=int, default=10)
     p.add_argument("--no-cnn", action="store_true", help="skip the image CNN baselines")
     p.add_argument("--bundle", help="save heads fitted on the whole cohort here")
+    p.add_argument("--head-inputs", default="denoiser_features,clinical,baseline_diameter",
+                   help="what the bundled heads take (comma-separated, in order): "
+                        "denoiser_features (the full variant), clinical (the clinical "
+                        "matrix), baseline_diameter (ln of the longest diameter measured on "
+                        "the pre-treatment crop's tumour mask / 30 mm)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if (args.protocol is None) == (args.patients is None):
@@ -204,6 +209,39 @@ def score_folds(name, folds, y, time_, event, predict, rows, oof):
     line = "  ".join(f"{k} {M.format_mean_sd(v)}" for k, v in summary.items()
                      if k in M.ALL)
     print(f"{name}: {line} ({rows[name]['seconds']} s)", flush=True)
+
+
+def measured_diameter_mm(record) -> float:
+    """The longest diameter of the pre-treatment crop's tumour mask, measured as the product
+    measures a segmented tumour (`science.measure`; the crop's spacing)."""
+    from scipy import ndimage
+
+    from napari_nacsim.science.measure import longest_diameter_mm
+    from napari_nacsim.science.preprocess.lung import CROP_SPACING
+
+    spacing = record["meta"].get("spacing") or CROP_SPACING
+    mask = record["arrays"]["pre_tumour"] > 0
+    labelled, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    return longest_diameter_mm(labelled, spacing)
+
+
+def head_matrix(names, denoiser, xc, records) -> np.ndarray:
+    """The heads' input matrix, columns in the order of ``names`` (as
+    `science.prediction.predict.head_input` builds one row)."""
+    from napari_nacsim.science.prediction.predict import diameter_feature
+
+    parts = []
+    for name in names:
+        if name == "denoiser_features":
+            parts.append(denoiser)
+        elif name == "clinical":
+            parts.append(xc)
+        elif name == "baseline_diameter":
+            parts.append(np.array([[diameter_feature(measured_diameter_mm(r))]
+                                   for r in records], np.float32))
+        else:
+            raise SystemExit(f"--head-inputs: unknown input {name!r}")
+    return np.concatenate(parts, axis=1)
 
 
 def main(argv=None) -> int:
@@ -313,6 +351,15 @@ def main(argv=None) -> int:
                 return 1 / (1 + np.exp(-r.predict(x[te]))), s.predict(x[te])
             score_folds(FEATURE_ROWS[variant], folds, y, time_, event, heads, rows, oof)
         if "full" in feats:
+            heads_inputs = [n for n in args.head_inputs.split(",") if n]
+            xh = head_matrix(heads_inputs, feats["full"], xc, records)
+
+            def heads_chosen(tr, te):
+                r = H.fit_response(xh[tr], y[tr])
+                s = H.fit_survival(xh[tr], time_[tr], event[tr])
+                return 1 / (1 + np.exp(-r.predict(xh[te]))), s.predict(xh[te])
+            score_folds(f"ImmunoDiff heads ({' + '.join(heads_inputs)})", folds, y, time_,
+                        event, heads_chosen, rows, oof)
             xf = np.concatenate([feats["full"], xc], axis=1)
 
             def heads_clinical(tr, te):
@@ -337,12 +384,13 @@ def main(argv=None) -> int:
     if args.bundle and "full" in feats:
         from napari_nacsim.science.prediction import features as F
 
-        x = feats["full"]
+        x = xh
         r = H.fit_response(x, y)
         s = H.fit_survival(x, time_, event)
         risks = s.predict(x)
         H.save_heads(args.bundle, r, s, {
             "model_hash": model_info["model_hash"], "feature_variant": "full",
+            "inputs": heads_inputs,
             "timestep_fraction": args.timestep_fraction or F.TIMESTEP_FRACTION,
             "n_features": int(x.shape[1]), "threshold": float(y.mean()),
             "reference_log_risk": float(np.median(risks)),

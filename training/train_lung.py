@@ -86,24 +86,38 @@ def _pairs(items: list[str], what: str, cast) -> dict[str, object]:
 
 
 def _records(args, family, cfg, paired: bool):
-    from napari_nacsim.science.generative.immunodiff.data import build_cache, load_records
-
     tr = cfg["training"]
     seed = tr["cohort_seed_paired"] if paired else tr["cohort_seed_unpaired"]
     n = (args.paired if paired else args.unpaired) or tr["paired_patients" if paired
                                                         else "unpaired_patients"]
     folder = args.data / f"{'paired' if paired else 'unpaired'}_{seed}"
+    records = _cached(args, family, folder, seed, n, paired=paired)
+    # an outcome-conditioned generator also sees every patient under the other outcome
+    for outcome in (cfg["adapter"]["outcome_input"] if paired and tr["flipped_outcomes"]
+                    else ()):
+        flipped = _cached(args, family, args.data / f"paired_{seed}_flipped_{outcome}", seed,
+                          n, paired=True, flip_outcome=outcome)
+        mine = {r["meta"]["index"] for r in records}
+        records = records + [r for r in flipped if r["meta"]["index"] in mine]
+    return records, seed, folder
+
+
+def _cached(args, family, folder: Path, seed: int, n: int, *, paired: bool,
+            flip_outcome: str | None = None) -> list:
+    from napari_nacsim.science.generative.immunodiff.data import build_cache, load_records
+
     if args.use_cached:
         records = load_records(folder)[:n]
         if len(records) < 2:
             raise SystemExit(f"{folder}: fewer than 2 cached records (drop --use-cached)")
-        return records, seed, folder
-    bar = _bar(args, n, f"{'paired' if paired else 'unpaired'} phantoms")
-    build_cache(folder, family, seed, range(n), paired=paired,
+        return records
+    what = "flipped-outcome" if flip_outcome else ("paired" if paired else "unpaired")
+    bar = _bar(args, n, f"{what} phantoms")
+    build_cache(folder, family, seed, range(n), paired=paired, flip_outcome=flip_outcome,
                 progress=(lambda k: bar.update(k)) if bar else None)
     if bar:
         bar.close()
-    return load_records(folder, range(n)), seed, folder
+    return load_records(folder, range(n))
 
 
 def _init_from(model, folder: Path) -> dict:
@@ -116,12 +130,16 @@ def _init_from(model, folder: Path) -> dict:
         source, card = load_checkpoint(folder)
     except InputError as err:
         raise SystemExit(f"--init-from: {err}") from None
+    from napari_nacsim.science.generative.immunodiff.checkpoint import load_extending
+
     try:
-        model.load_state_dict(source.state_dict())
-    except RuntimeError as err:
+        # same sizes; the config may add inputs to the cbi-Adapter (an outcome), which
+        # start silent (`load_extending`)
+        new = load_extending(model, source)
+    except ValueError as err:
         raise SystemExit(f"--init-from {folder}: its network sizes differ from the config's "
-                         f"({str(err).splitlines()[0]})") from None
-    return {"path": str(folder), "model_hash": card["model_hash"],
+                         f"({err})") from None
+    return {"path": str(folder), "model_hash": card["model_hash"], "new_weights": new,
             "prediction_type": card["config"]["diffusion"]["prediction_type"],
             "target": card["config"].get("target", "image"),
             "steps_done": card.get("training", {}).get("steps_done")}
@@ -259,12 +277,16 @@ def main(argv: list[str] | None = None) -> int:
                  "alignment": "none (each visit cut with the baseline tumour's box)"})
             data_info["unpaired"][f"patients_{stage}"] = len(records)
         else:
-            split.update(T.split_patients([r["meta"]["index"] for r in records],
-                                          float(tr["validation_share"]), seed))
+            patients = sorted({r["meta"]["index"] for r in records})
+            split.update(T.split_patients(patients, float(tr["validation_share"]), seed))
             train = [r for r in records if r["meta"]["index"] in set(split["train"])]
             loaded[kind] = T.CropSet(train, paired=True)
-            data_info["paired"] = {"cohort_seed": cseed, "patients": len(records),
-                                   "train": len(train), "folder": str(folder),
+            flipped = sum(1 for r in train if r["meta"].get("flipped_outcome"))
+            data_info["paired"] = {"cohort_seed": cseed, "patients": len(patients),
+                                   "train": len(split["train"]), "records": len(records),
+                                   "train_records": len(train),
+                                   "flipped_outcome_records": flipped,
+                                   "folder": str(folder),
                                    "alignment": records[0]["meta"].get("align", "ants")}
             if main:
                 (out / "split.json").write_text(json.dumps({"cohort_seed": cseed,

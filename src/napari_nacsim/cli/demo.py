@@ -92,7 +92,7 @@ def write_demo(out: Path, *, seed: int = 0, steps: int | None = None,
     clinical = {k: v for k, v in case["clinical"].items()
                 if k in {v.name for v in schema.condition_variables}}
     request = WhatIfRequest(clinical=clinical, target=schema.timepoint_names[-1], seed=seed,
-                            steps=steps)
+                            steps=steps, samples=chosen.default_samples)
     base_inputs = case["inputs"][schema.baseline]
     result = session.run(base_inputs["image"], request,
                          context=chosen.model_context(base_inputs))

@@ -63,6 +63,15 @@ def cmd_predict(args) -> int:
                                                    "prediction heads (train them with "
                                                    "training/evaluate_prediction.py --bundle)")
     rows = []
+    segmenter = []
+
+    def mask_of(grid):
+        """The baseline tumour mask (the heads use its measured size), by the family's
+        segmenter, loaded once."""
+        if not segmenter:
+            segmenter.append(family.load_segmenter(device=args.device))
+        return segmenter[0].segment(family.to_segmenter(grid))
+
     if args.input is not None:
         from .simulate import _read_context
 
@@ -71,7 +80,8 @@ def cmd_predict(args) -> int:
         grid = model_grid(model, image)
         rows.append(_row(str(args.input), clinical,
                          family.predictions(model, grid, clinical,
-                                            family.require_context(context, grid.shape))))
+                                            family.require_context(context, grid.shape),
+                                            baseline_mask=mask_of(grid))))
     elif args.sample is not None:
         sample = sample_case(args.sample, family=family.name, size=model.image_size)
         inputs = sample["inputs"][family.schema.baseline]
@@ -80,7 +90,8 @@ def cmd_predict(args) -> int:
         grid = model_grid(model, inputs["image"])
         rows.append(_row(sample["patient"], clinical,
                          family.predictions(model, grid, clinical,
-                                            family.model_context(inputs))))
+                                            family.model_context(inputs),
+                                            baseline_mask=mask_of(grid))))
     else:
         from ..core.cohort import load_cohort, load_timepoint
 
@@ -102,7 +113,8 @@ def cmd_predict(args) -> int:
             grid = model_grid(model, prepared["image"])
             rows.append(_row(patient.id, clinical,
                              family.predictions(model, grid, clinical,
-                                                family.model_context(prepared))))
+                                                family.model_context(prepared),
+                                                baseline_mask=mask_of(grid))))
         if not rows:
             raise InputError(args.manifest, "has no patient with a baseline scan and every "
                                             "clinical value")

@@ -38,6 +38,7 @@ from ..core.schema import FamilySchema
 from ..families import ModelFamily, get_family
 from ..science.measure import dice, match_percent, measure_tumour
 from .jobs import CancelToken, Progress, Steps
+from .outcomes import given, sample_outcomes
 from .whatif import WhatIfModel, load_model, model_grid, simulate
 
 DIFFERENCE = "generated minus real follow-up"
@@ -130,6 +131,9 @@ class CaseReview:
             row[column_name(metric, self.unit)] = self.metrics.get(metric.key)
         for name, prediction in self.predictions.items():
             row[f"predicted_{name}"] = prediction.get("value")
+        for key in ("outcome", "counterfactual_outcome"):  # what each image was generated for
+            for draw in self.provenance.get(key, ()):
+                row[f"{key}_{draw['variable']}"] = draw.get("value")
         for key in ("model_hash", "seed", "steps", "sampler", "segmenter"):
             row[key] = self.provenance.get(key)
         return row
@@ -242,24 +246,33 @@ class CohortReview:
             truth = self._truth(patient, followups, cf_clinical)
         steps.advance(1, f"{patient.id}: preprocessed")
 
-        scenarios = [{"time": tp, **clinical} for tp in followups]
+        base_mask = self._segment(baseline)
+        size_t0 = measure_tumour(base_mask)
+        # the outcome each scenario's image is generated for (a model that takes one): drawn
+        # from the predicted probability with the seed's u, as in a what-if run
+        predictions = family.predictions(self.model, baseline, clinical, context,
+                                         baseline_mask=base_mask)
+        draws = sample_outcomes(family, self.model.card, predictions, self.seed)
+        scenarios = [{"time": tp, **clinical, **given(draws)} for tp in followups]
+        cf_draws = []
         if cf_clinical is not None:
-            scenarios += [{"time": tp, **cf_clinical} for tp in followups]
+            cf_predictions = family.predictions(self.model, baseline, cf_clinical, context,
+                                                baseline_mask=base_mask)
+            cf_draws = sample_outcomes(family, self.model.card, cf_predictions, self.seed)
+            scenarios += [{"time": tp, **cf_clinical, **given(cf_draws)} for tp in followups]
         generated = simulate(self.model, baseline, scenarios, seed=self.seed, steps=self.steps,
                              sampler=self.sampler, context=context,
                              progress=lambda i, n: steps.advance(1, f"{patient.id}: generating"))
-
-        base_mask = self._segment(baseline)
-        size_t0 = measure_tumour(base_mask)
         provenance = {
             "model": self.model.card.get("title", self.model.path.name),
             "model_hash": self.model.model_hash, "seed": self.seed, "steps": self.steps,
             "sampler": self.sampler,
             "segmenter": getattr(self.segmenter, "name", type(self.segmenter).__name__),
             "counterfactual_text": schema.describe(cf_clinical) if cf_clinical else "",
+            **({"outcome": [d.to_json() for d in draws]} if draws else {}),
+            **({"counterfactual_outcome": [d.to_json() for d in cf_draws]} if cf_draws else {}),
         }
         value_range = family.model_input.value_range or family.model_input.display_range
-        predictions = family.predictions(self.model, baseline, clinical, context)
         cases = []
         for k, tp in enumerate(followups):
             steps.check()

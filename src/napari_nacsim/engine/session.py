@@ -35,8 +35,12 @@ from ..core.errors import InputError
 from ..core.scan import IMAGE, LABELS, Scan
 from ..core.schema import FamilySchema, Variable
 from ..families import Comparison, ModelFamily
-from ..science.measure import SizeChange, TumourSize, measure_tumour, size_change
+from ..science.generative.card import outcome_inputs
+from ..science.generative.outcome import FIXED, OutcomeDraw
+from ..science.measure import (SizeChange, TumourSize, measure_tumour, recist_category,
+                               size_change)
 from .jobs import CancelToken, Progress, Steps
+from .outcomes import given, sample_outcomes
 from .whatif import WhatIfModel, model_grid, simulate
 
 AUTO = "auto"  # compare what the family compares by default
@@ -57,11 +61,17 @@ class WhatIfRequest:
     sampler: Optional[str] = None
     samples: int = 1
     guidance: Optional[float] = None   # None: the model's default
+    # Outcomes the user fixes for every arm (e.g. {"responder": True}: what a response would
+    # look like); an outcome input of the model that is not fixed here is drawn per sample
+    # from the predicted probability (`science.generative.outcome`)
+    outcomes: Optional[Mapping[str, Any]] = None
 
     def key(self) -> tuple:
         values = None if self.compare_values is None else tuple(map(repr, self.compare_values))
+        fixed = tuple(sorted((k, repr(v)) for k, v in (self.outcomes or {}).items()))
         return (tuple(sorted((k, repr(v)) for k, v in self.clinical.items())), self.compare,
-                values, self.seed, self.steps, self.sampler, self.samples, self.guidance)
+                values, self.seed, self.steps, self.sampler, self.samples, self.guidance,
+                fixed)
 
 
 @dataclasses.dataclass
@@ -78,6 +88,23 @@ class FollowUp:
     sizes: list[TumourSize]        # one per sample
     change: SizeChange             # mean size vs the baseline
     baseline_diameter: float = 0.0  # the baseline tumour's longest diameter (mm)
+    # per sample: the outcomes it was generated for (`OutcomeDraw`s; empty: the model takes
+    # no outcome input)
+    outcomes: list[list[OutcomeDraw]] = dataclasses.field(default_factory=list)
+
+    def recist_per_sample(self) -> list[str]:
+        """The RECIST 1.1 category of each sample, from its longest diameter against the
+        baseline's ("" without a baseline tumour)."""
+        if self.baseline_diameter <= 0:
+            return ["" for _ in self.sizes]
+        return [recist_category(100.0 * (s.diameter - self.baseline_diameter)
+                                / self.baseline_diameter) for s in self.sizes]
+
+    def outcome_share(self, variable: str) -> Optional[tuple[int, int]]:
+        """(samples generated with ``variable`` true, samples with it given), or None."""
+        given = [d.value for draws in self.outcomes for d in draws
+                 if d.variable == variable and d.value is not None]
+        return (sum(bool(v) for v in given), len(given)) if given else None
 
     @property
     def unit(self) -> str:
@@ -148,7 +175,11 @@ class FollowUp:
                 "description": self.describe_size(),
                 "diameter_mean_mm": self.diameter_mean, "diameter_sd_mm": self.diameter_sd,
                 "diameter_per_sample_mm": [s.diameter for s in self.sizes],
-                "diameter_change_vs_baseline": self.diameter_change.to_json()}
+                "diameter_change_vs_baseline": self.diameter_change.to_json(),
+                "recist_per_sample": self.recist_per_sample(),
+                **({"outcome_per_sample": [[d.to_json() for d in draws]
+                                           for draws in self.outcomes]}
+                   if any(self.outcomes) else {})}
 
 
 @dataclasses.dataclass
@@ -167,6 +198,31 @@ class Arm:
         return " · ".join(f"{p['label']} {_number(p['value'])}{p.get('unit', '')}"
                           for p in self.predictions.values())
 
+    def outcome_summary(self, follow: "FollowUp") -> dict[str, Any]:
+        """Per outcome input of ``follow``'s samples: how many were generated with it true,
+        out of how many, the predicted probability and where the value came from."""
+        out = {}
+        for draws in follow.outcomes[:1]:
+            for draw in draws:
+                share = follow.outcome_share(draw.variable)
+                out[draw.variable] = {
+                    "source": draw.source, "probability": draw.p,
+                    "samples_true": share[0] if share else None,
+                    "samples": share[1] if share else 0,
+                    "share": share[0] / share[1] if share else None}
+        return out
+
+    def describe_outcomes(self, follow: "FollowUp", schema: FamilySchema) -> str:
+        """``"3/8 responder"`` (drawn per sample), ``"fixed: responder"`` or ""."""
+        parts = []
+        for name, info in self.outcome_summary(follow).items():
+            states = schema.variable(name).states
+            if info["source"] == FIXED:
+                parts.append(f"fixed: {states[int(bool(info['samples_true']))]}")
+            elif info["samples"]:
+                parts.append(f"{info['samples_true']}/{info['samples']} {states[1]}")
+        return " · ".join(parts)
+
 
 def _describe_diameter_change(follow: FollowUp) -> str:
     """"−8.0 mm (−26 %)", with ± over samples; "—" without a baseline tumour."""
@@ -175,6 +231,17 @@ def _describe_diameter_change(follow: FollowUp) -> str:
         return "—"
     spread = f" ± {follow.diameter_sd:.1f}" if len(follow.samples) > 1 else ""
     return f"{change.absolute:+.1f}{spread} mm ({change.percent:+.0f} %)"
+
+
+def describe_recist(categories: Sequence[str]) -> str:
+    """``"PR 3 · SD 5"``: RECIST categories of the samples, counted, in CR PR SD PD order;
+    the single category for one sample; "" without a baseline tumour."""
+    counts = collections.Counter(c for c in categories if c)
+    if not counts:
+        return ""
+    if len(categories) == 1:
+        return categories[0]
+    return " · ".join(f"{c} {counts[c]}" for c in ("CR", "PR", "SD", "PD") if counts[c])
 
 
 def _number(value: Any) -> str:
@@ -205,6 +272,11 @@ class WhatIfResult:
     def has_predictions(self) -> bool:
         return any(arm.predictions for arm in self.arms)
 
+    @property
+    def has_outcomes(self) -> bool:
+        """Whether the samples were generated for outcomes (drawn or fixed)."""
+        return any(any(f.outcomes) for arm in self.arms for f in arm.followups.values())
+
     def shown(self) -> list[tuple[Arm, FollowUp]]:
         """The follow-ups the compare grid shows (the target time of every arm)."""
         return [(arm, arm.followups[self.target]) for arm in self.arms]
@@ -216,7 +288,7 @@ class WhatIfResult:
         unit = self.baseline_size.unit
         base = self.schema.baseline
         base_diameter = self.baseline_size.diameter
-        rows = [{"scenario": f"{base} input (measured)",
+        rows = [{"scenario": f"{base} input (measured)", "outcome": "", "recist": "",
                  "time": base, "size": self.baseline_size.describe(diameter=False),
                  "size_value": self.baseline_size.total, "delta": "—", "delta_percent": "—",
                  "unit": unit, "predictions": "",
@@ -235,6 +307,8 @@ class WhatIfResult:
                         if several else ""
                     pct = f"{change.percent:+.1f}{sd_pct} %"
                 rows.append({"scenario": follow.title, "time": tp,
+                             "outcome": arm.describe_outcomes(follow, self.schema),
+                             "recist": describe_recist(follow.recist_per_sample()),
                              "size": follow.describe_size(), "size_value": follow.size_mean,
                              "delta": f"{change.absolute:+.{digits}f}{spread} {unit}",
                              "delta_percent": pct, "unit": unit,
@@ -257,6 +331,9 @@ class WhatIfResult:
                          "provenance": self.baseline.provenance},
             "scenarios": [{"label": arm.label, "clinical": arm.clinical,
                            **({"predictions": arm.predictions} if arm.predictions else {}),
+                           **({"outcomes": {tp: arm.outcome_summary(f)
+                                            for tp, f in arm.followups.items()}}
+                              if self.has_outcomes else {}),
                            "followups": {tp: f.to_json() for tp, f in arm.followups.items()}}
                           for arm in self.arms],
             "seconds": self.seconds,
@@ -347,6 +424,9 @@ class WhatIfSession:
         schema = self.schema
         clinical = schema.validate_clinical(dict(request.clinical), subject="scenario",
                                             partial=True)
+        # outcomes known afterwards (a cohort patient's actual response, survival) are not
+        # scenario inputs; an outcome the generator takes is drawn or fixed in `run`
+        clinical = {k: v for k, v in clinical.items() if schema.variable(k).conditions_model}
         missing = [v.name for v in schema.condition_variables
                    if v.derive is None and v.name not in clinical]
         comparison = comparison_of(self.family, request.compare, request.compare_values)
@@ -390,17 +470,37 @@ class WhatIfSession:
             return dataclasses.replace(cached, request=request)
         t_base = time.perf_counter() - started
 
-        scenarios = [{"time": tp, **clinical} for _, clinical in arms for tp in followup_times]
-        generated: list[list[Scan]] = [[] for _ in scenarios]
+        # predictions first: a predicted outcome probability decides what each sample shows
+        t0 = time.perf_counter()
+        predictions = [self.family.predictions(self.model, grid, clinical, self._context,
+                                               baseline_mask=base_mask)
+                       for _, clinical in arms]
+        t_pred = time.perf_counter() - t0
+        takes = outcome_inputs(self.model.card["config"])
+        fixed = self._fixed_outcomes(request, takes)
+        generated: list[list[Scan]] = [[] for _ in range(len(arms) * len(followup_times))]
+        drawn: list[list[list[OutcomeDraw]]] = [[] for _ in generated]
         t0 = time.perf_counter()
         for k in range(request.samples):
-            images = simulate(self.model, grid, scenarios, seed=request.seed + k,
+            seed = request.seed + k
+            scenarios, draws = [], []
+            for (_, clinical), predicted in zip(arms, predictions):
+                # abduction, action, prediction: the sample's u (from its seed) against this
+                # arm's probability; the same u in every arm (science.generative.outcome)
+                arm_draws = sample_outcomes(self.family, self.model.card, predicted, seed, fixed)
+                for tp in followup_times:
+                    scenarios.append({"time": tp, **clinical, **given(arm_draws)})
+                    draws.append(arm_draws)
+            images = simulate(self.model, grid, scenarios, seed=seed,
                               steps=request.steps, sampler=request.sampler,
                               guidance_scale=request.guidance, context=self._context,
                               progress=lambda i, n: steps.advance(1, f"generating sample "
                                                                      f"{k + 1}/{request.samples}"))
-            for slot, img in zip(generated, images):
+            for slot, outs, img, arm_draws in zip(generated, drawn, images, draws):
+                if arm_draws:
+                    img.provenance["outcome"] = [d.to_json() for d in arm_draws]
                 slot.append(img)
+                outs.append(arm_draws)
         t_gen = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -417,9 +517,8 @@ class WhatIfSession:
                     steps.advance(1, f"segmenting {tp} {label}")
                 followups[tp] = self._followup(tp, label, var, clinical, samples, masks,
                                                base_size)
-            result_arms.append(Arm(label, clinical, followups,
-                                   self.family.predictions(self.model, grid, clinical,
-                                                           self._context)))
+                followups[tp].outcomes = drawn[i - 1]
+            result_arms.append(Arm(label, clinical, followups, predictions[len(result_arms)]))
         t_seg = time.perf_counter() - t0
 
         result = WhatIfResult(
@@ -429,13 +528,27 @@ class WhatIfSession:
                    "model_hash": self.model.model_hash, "path": str(self.model.path),
                    "device": self.model.device},
             segmenter=self.segmenter.describe() if hasattr(self.segmenter, "describe") else {},
-            seconds={"baseline": round(t_base, 3), "generation": round(t_gen, 3),
+            seconds={"baseline": round(t_base, 3), "prediction": round(t_pred, 3),
+                     "generation": round(t_gen, 3),
                      "segmentation": round(t_seg, 3),
                      "total": round(time.perf_counter() - started, 3)})
         self._results[(key, request.key())] = result
         while len(self._results) > self.RESULT_CACHE:
             self._results.popitem(last=False)
         return result
+
+    def _fixed_outcomes(self, request: WhatIfRequest, takes: Sequence[str]) -> dict[str, Any]:
+        """The request's fixed outcomes, parsed; only outcomes the model takes."""
+        fixed = {}
+        for name, value in (request.outcomes or {}).items():
+            if value is None:
+                continue
+            if name not in takes:
+                raise InputError(f"outcome '{name}'",
+                                 "cannot be fixed: the model takes no such input "
+                                 f"({', '.join(takes) or 'it takes no outcome'})")
+            fixed[name] = self.schema.variable(name).parse(value, "outcome")
+        return fixed
 
     def _followup(self, tp: str, label: str, var: Optional[Variable], clinical: dict,
                   samples: list[Scan], masks: list[Scan], base_size: TumourSize) -> FollowUp:

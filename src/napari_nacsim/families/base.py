@@ -109,6 +109,10 @@ class ModelFamily:
     # them (shown when one is missing).
     context_inputs: tuple[str, ...] = ()
     context_help: str = ""
+    # Samples per scenario a what-if run makes unless told otherwise: more than one where
+    # the outcome is stochastic (lung: a share of responding samples), one where a single
+    # image says what the scenario does (breast: pCR is an input)
+    default_samples: int = 1
 
     # --- schema ------------------------------------------------------------------------------
     @property
@@ -297,12 +301,25 @@ class ModelFamily:
 
     # --- predictions -------------------------------------------------------------------------
     def predictions(self, generator: Any, baseline: Scan, clinical: Mapping[str, Any],
-                    context: Optional[Mapping[str, Scan]] = None
-                    ) -> dict[str, dict[str, Any]]:
+                    context: Optional[Mapping[str, Scan]] = None, *,
+                    baseline_mask: Optional[Scan] = None) -> dict[str, dict[str, Any]]:
         """Model predictions per scenario beside the images (e.g. a response probability):
-        name -> ``{"label", "value", "unit", "meaning"}``; ``context``: the family's extra
-        model inputs on the baseline's grid (see `context_inputs`). None by default."""
+        name -> ``{"label", "value", "unit", "meaning"}``, plus ``"outcome": VARIABLE`` on a
+        prediction that is the probability of a yes/no outcome the generator can be given
+        (`outcome_probability`); ``context``: the family's extra model inputs on the
+        baseline's grid (see `context_inputs`); ``baseline_mask``: the baseline's tumour mask
+        (its measured size). None by default."""
         return {}
+
+    @staticmethod
+    def outcome_probability(variable: str, predictions: Mapping[str, Mapping[str, Any]]
+                            ) -> Optional[float]:
+        """The predicted probability of the yes/no outcome ``variable`` among
+        ``predictions`` (the one marked ``"outcome": variable``), or None."""
+        for prediction in predictions.values():
+            if prediction.get("outcome") == variable:
+                return float(prediction["value"])
+        return None
 
     # --- display -----------------------------------------------------------------------------
     @property

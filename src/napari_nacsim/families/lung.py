@@ -42,6 +42,9 @@ class LungFamily(ModelFamily):
                                     configuration="3d_fullres")
     size_bins = (0.0, 2.0, 8.0, float("inf"))       # mL
     bundled_generator = "lung_immunodiff"   # ImmunoDiff lung_tiny (docs/lung-model.md)
+    # a response is drawn per sample (P(response) from the heads): several samples show a
+    # share, one would show a coin toss as if certain (docs/lung-model.md, speed)
+    default_samples = 8
     bundled_segmenter = LUNG.name
     sample_channel = "ct"
     orientation = ("A", "P", "R", "L")   # axial slices in LPS storage order
@@ -111,17 +114,22 @@ class LungFamily(ModelFamily):
         return self.comparison("PD_L1", (PD_L1_LOW, PD_L1_HIGH))
 
     def predictions(self, generator: Any, baseline: Scan, clinical: Mapping[str, Any],
-                    context: Optional[Mapping[str, Scan]] = None
-                    ) -> dict[str, dict[str, Any]]:
+                    context: Optional[Mapping[str, Scan]] = None, *,
+                    baseline_mask: Optional[Scan] = None) -> dict[str, dict[str, Any]]:
         """ImmunoDiff's heads (response probability, survival risk relative to the training
-        cohort) from the frozen denoiser's features under ``clinical``, when heads are
-        bundled next to the model (``<model>/prediction_heads``, `science.prediction`);
-        {} otherwise or without the anatomy masks."""
+        cohort) from the frozen denoiser's features, the clinical values of ``clinical`` and
+        the baseline tumour's measured longest diameter, when heads are bundled next to the
+        model (``<model>/prediction_heads``, `science.prediction`); {} otherwise or without
+        the anatomy masks. The response probability is what each sample's response is
+        drawn from (`science.generative.outcome`)."""
+        from ..science.measure import measure_tumour
         from ..science.prediction.predict import has_heads, predict
 
         if generator is None or not has_heads(generator.path) or not context:
             return {}
         context = self.require_context(context, baseline.shape)
+        diameter = None if baseline_mask is None else measure_tumour(baseline_mask).diameter
         return predict(generator.network, generator.path, generator.model_hash,
                        np.asarray(baseline.array), np.asarray(context["lobes"].array),
-                       np.asarray(context["vessels"].array), clinical)
+                       np.asarray(context["vessels"].array), clinical,
+                       baseline_diameter_mm=diameter)

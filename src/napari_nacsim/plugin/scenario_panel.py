@@ -9,13 +9,14 @@ spin boxes with their unit and reference range, derived values (NLR) are read-on
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label
 
 from ..core.schema import BINARY, CATEGORICAL, FamilySchema, Variable
 
 TARGET = "target"  # the widget choosing the follow-up time point to generate
+FROM_MODEL = "drawn"  # an outcome choice: drawn per sample from the predicted probability
 
 
 def _default(var: Variable) -> Any:
@@ -71,6 +72,7 @@ class ScenarioPanel(Container):
                          labels=True)
         for widget in self._inputs.values():
             widget.changed.connect(self._update_derived)
+        self._outcomes: dict[str, ComboBox] = {}   # outcome inputs of the model
         self._compared: Optional[str] = None
         self._held: dict[str, Any] = {}        # compared variable -> its value before
         self._tooltips = {name: w.tooltip for name, w in self._inputs.items()}
@@ -130,6 +132,36 @@ class ScenarioPanel(Container):
     @property
     def scenario(self) -> dict[str, Any]:
         return {TARGET: self._target.value, **self.clinical}
+
+    # --- outcomes the model can be given ------------------------------------------------------
+    def set_outcome_inputs(self, names: Sequence[str]) -> None:
+        """One choice per outcome the model takes as an input (e.g. the lung response):
+        "from the model" (drawn per sample from the predicted probability), or fixed to
+        either state, to see what that outcome would look like for this patient. Choices
+        of outcomes the model does not take are removed."""
+        for name in list(self._outcomes):
+            if name not in names:
+                self.remove(self._outcomes.pop(name))
+        for name in names:
+            if name in self._outcomes:
+                continue
+            var = self.schema.variable(name)
+            combo = ComboBox(name=f"outcome_{name}", label=var.label,
+                             choices=[("from the model (drawn per sample)", FROM_MODEL),
+                                      (f"fixed: {var.states[1]}", True),
+                                      (f"fixed: {var.states[0]}", False)],
+                             value=FROM_MODEL,
+                             tooltip=f"{var.description}: drawn for each sample from the "
+                                     "predicted probability, or fixed to see what it would "
+                                     "look like")
+            self._outcomes[name] = combo
+            self.append(combo)
+
+    @property
+    def outcomes(self) -> dict[str, Any]:
+        """The outcomes the user fixed (name -> value); drawn ones are left out."""
+        return {name: combo.value for name, combo in self._outcomes.items()
+                if combo.value != FROM_MODEL}
 
     def set_values(self, values: Mapping[str, Any]) -> None:
         """Pre-fill from a patient's clinical data (unknown or outcome-only keys ignored)."""

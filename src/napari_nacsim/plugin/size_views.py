@@ -18,6 +18,11 @@ COLUMNS = ("scenario", "tumour size", "Δ vs input", "Δ %", "longest diameter",
            "Δ diameter")
 KEYS = ("scenario", "size", "delta", "delta_percent", "diameter", "diameter_delta")
 PREDICTIONS = "predicted"  # a column shown when the model attaches predictions
+# columns shown when the samples were generated for an outcome (lung: the response drawn
+# per sample from P(response)): how many samples show it, and the RECIST category measured
+# on each generated image
+OUTCOME_COLUMNS = ("samples generated as", "RECIST (measured)")
+OUTCOME_KEYS = ("outcome", "recist")
 # Colour of a scenario in the plot: the same for the same value of the same variable in
 # every run (pCR keeps its colour whether it is compared or the one scenario). Red is the
 # tumour contour's colour, so it is not used here.
@@ -66,14 +71,17 @@ class SizeTable(QWidget):
 
     def show_result(self, result: WhatIfResult) -> None:
         rows = result.table_rows()
-        columns = COLUMNS + ((PREDICTIONS,) if result.has_predictions else ())
+        outcomes = result.has_outcomes
+        columns = COLUMNS + ((PREDICTIONS,) if result.has_predictions else ()) + \
+            (OUTCOME_COLUMNS if outcomes else ())
         self.table.setColumnCount(len(columns))
         self.table.setHorizontalHeaderLabels(columns)
         self.table.setRowCount(len(rows))
         target = result.target
         for r, row in enumerate(rows):
             values = tuple(row[k] for k in KEYS) + \
-                ((row["predictions"],) if result.has_predictions else ())
+                ((row["predictions"],) if result.has_predictions else ()) + \
+                (tuple(row[k] for k in OUTCOME_KEYS) if outcomes else ())
             for c, value in enumerate(values):
                 item = QTableWidgetItem(str(value))
                 if c == 0:
@@ -91,6 +99,10 @@ class SizeTable(QWidget):
                   f"{result.request.seed}–{result.request.seed + samples - 1}): the model's "
                   "sampling variability, not a clinical confidence interval. "
                   if samples > 1 else "One sample per scenario (no spread shown). ")
+        if outcomes:
+            spread += ("Each sample's response was drawn from P(response) (the same random "
+                       "number in every scenario, so a higher P never turns a responder into "
+                       "a non-responder) and its image generated for it. ")
         grid = "×".join(str(n) for n in result.baseline.shape)
         spacing = " × ".join(f"{s:g}" for s in result.baseline.spacing)
         self.note.setText(

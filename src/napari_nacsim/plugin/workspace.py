@@ -327,8 +327,20 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             self._set_schema(family)
             self._set_window_presets()
         self._show_sampling_defaults()
+        self._show_outcome_inputs()
         self._update_ready_status()
         self._on_scenario_changed()
+
+    def _show_outcome_inputs(self) -> None:
+        """The outcomes the model can be given (its card): a choice each in the panel."""
+        from ..science.generative.card import outcome_inputs, read_card
+
+        try:
+            names = outcome_inputs(read_card(self._model_folder())["config"])
+        except (InputError, OSError, KeyError):
+            names = ()
+        if self.panel is not None:
+            self.panel.set_outcome_inputs(names)
 
     def _show_sampling_defaults(self) -> None:
         """The Advanced fields start at the model's own defaults (its card), which are also
@@ -356,6 +368,9 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.compare_combo.blockSignals(True)
         self.compare_combo.clear()
         family = get_family(schema.name)
+        self.samples.blockSignals(True)   # Advanced starts at what runs without it
+        self.samples.setValue(family.default_samples)
+        self.samples.blockSignals(False)
         default = family.default_comparison()
         self._compare_defaults = {}
         variables = [v for v in schema.condition_variables if v.derive is None]
@@ -774,8 +789,9 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             seed=self.seed.value() if advanced else 0,
             steps=self.steps.value() if advanced else None,
             sampler=self.sampler.currentText() if advanced else None,
-            samples=self.samples.value() if advanced else 1,
-            guidance=self.guidance.value() if advanced else None)
+            samples=self.samples.value() if advanced else self._family().default_samples,
+            guidance=self.guidance.value() if advanced else None,
+            outcomes=self.panel.outcomes or None)
 
     def _on_scenario_changed(self, *_):
         if not self._ready:

@@ -15,6 +15,7 @@ the comparisons clinicians read:
   100 %; the symmetric form makes 100 % perfect and lowers the score for over- and
   under-estimates alike (a 2x over-estimate and a 2x under-estimate both score 50 %).
 - `dice`: overlap of two masks (segmentation quality).
+- `recist_category`: the RECIST 1.1 response category of a change of the longest diameter.
 
 The longest diameter (`longest_diameter_mm`) is what a radiologist measures with a ruler
 (RECIST 1.1: the longest diameter of a target lesion): the maximum Feret diameter of the
@@ -210,6 +211,19 @@ def match_percent(generated: float, real: float) -> float:
     if generated == 0 and real == 0:
         return 100.0
     return 100.0 * min(generated, real) / max(generated, real)
+
+
+def recist_category(change_percent: float) -> str:
+    """RECIST 1.1 for one target lesion from the change of its longest diameter (%):
+    CR (gone, -100 %), PR (at least 30 % smaller), PD (at least 20 % larger), else SD.
+    (RECIST's 5 mm absolute minimum for PD is left out: one lesion, no nadir history.)"""
+    if change_percent <= -100.0:
+        return "CR"
+    if change_percent <= -30.0:
+        return "PR"
+    if change_percent >= 20.0:
+        return "PD"
+    return "SD"
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -45,6 +45,14 @@ def grid_shape(config: dict[str, Any]) -> tuple[int, ...]:
     return (size, size)
 
 
+def outcome_inputs(config: dict[str, Any]) -> tuple[str, ...]:
+    """The outcome variables a model's generator takes as inputs (the lung model's
+    ``adapter.outcome_input``, `science.generative.outcome`); () = none: the outcome emerges
+    from the diffusion (the paper's implicit mode)."""
+    names = (config.get("adapter") or {}).get("outcome_input") or config.get("outcome_input")
+    return tuple(names or ())
+
+
 def read_card(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / CARD
     if not path.exists():

@@ -186,8 +186,14 @@ def normalise_scenario(schema: FamilySchema, scenario: Mapping[str, Any],
     missing = sorted(needed - set(clinical))
     if missing:
         raise InputError(f"{subject}: field '{missing[0]}'", "is missing")
+    # an outcome given with the scenario (lung: the response a sample was drawn or fixed to
+    # show) is kept for a generator that takes it as an input (`generative.outcome`)
+    outcomes = {v.name: clinical[v.name] for v in schema.variables
+                if v.outcome and not v.conditions_model and v.kind != CONTINUOUS
+                and v.name in clinical}
     return {TIME_FACTOR: lookup[time.lower()],
-            **{k: clinical[k] for k in (v.name for v in schema.condition_variables)}}
+            **{k: clinical[k] for k in (v.name for v in schema.condition_variables)},
+            **outcomes}
 
 
 class Conditioner(nn.Module):

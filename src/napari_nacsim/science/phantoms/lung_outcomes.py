@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..measure import recist_category  # the phantom's truth uses the standard
+
 # --- clinical values -----------------------------------------------------------------------
 
 RACES = ("White", "Black", "Asian", "Other")
@@ -111,16 +113,6 @@ def diameter_change_percent(responder: bool, u: float) -> float:
             return -100.0
         return -(32.0 + 58.0 * u / partial)
     return 50.0 - 78.0 * u
-
-
-def recist_category(change_percent: float) -> str:
-    if change_percent <= -100.0:
-        return "CR"
-    if change_percent <= -30.0:
-        return "PR"
-    if change_percent >= 20.0:
-        return "PD"
-    return "SD"
 
 
 def survival_outcome(clinical: Mapping[str, Any], responder: bool,

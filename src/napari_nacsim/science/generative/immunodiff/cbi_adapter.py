@@ -14,6 +14,11 @@ paper leaves λ open: here a learned scalar (initialised from the config, 1.0), 
 sets how strongly the clinical values steer the control. The positions: the paper's text says
 1-D RoPE and its equation uses (h, w) positions; with one token per variable there is no
 image grid inside a group, so 1-D positions over the group's variables are what applies.
+
+Outcome input (not in the paper; ``adapter.outcome_input``, docs/lung-model.md): the
+response the follow-up is generated for is one more token, in a group "outcome" of its own,
+whose "missing" embedding means "not given". A calibrated head then says how likely a
+response is, and the generator shows what this tumour looks like under the response drawn.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from rotary_embedding_torch import RotaryEmbedding
 from torch import nn
 
 from ....core.schema import FamilySchema
-from .tokens import ClinicalTokens
+from .tokens import ClinicalTokens, token_group
 
 
 class GroupAttention(nn.Module):
@@ -60,10 +65,10 @@ class CbiAdapter(nn.Module):
     def __init__(self, schema: FamilySchema, cfg: dict, image_in_channels: int):
         super().__init__()
         dim, channels = int(cfg["dim"]), int(cfg["image_channels"])
-        self.tokens = ClinicalTokens(schema, dim)
+        self.tokens = ClinicalTokens(schema, dim, cfg.get("outcome_input", ()))
         groups: dict[str, list[int]] = {}
         for j, var in enumerate(self.tokens.variables):
-            groups.setdefault(var.group or "clinical", []).append(j)
+            groups.setdefault(token_group(var), []).append(j)
         self.groups = groups
         self.attention = nn.ModuleDict({g: GroupAttention(dim, int(cfg["heads"]),
                                                           float(cfg["rope_base"]), channels)

@@ -50,6 +50,42 @@ def load_weights(model: ImmunoDiff, folder: Path, files: dict[str, Any]) -> None
                              f"does not fit the config: {str(err).splitlines()[0]}") from None
 
 
+def load_extending(model: ImmunoDiff, source: ImmunoDiff) -> list[str]:
+    """Load ``source``'s weights into ``model``, a network of the same sizes whose
+    cbi-Adapter takes more inputs (e.g. an outcome: ``adapter.outcome_input``). Every tensor
+    of ``source`` is copied; the per-variable token rows of the new variables (appended last,
+    `tokens.model_variables`) and the new groups keep their initialisation, and each new
+    group's output map starts at zero, so that the extended model generates exactly what
+    ``source`` does until fine-tuning teaches it the new input. Returns the names of what is
+    new; raises ValueError when the networks differ otherwise."""
+    target, weights = model.state_dict(), source.state_dict()
+    extra = sorted(set(weights) - set(target))
+    if extra:
+        raise ValueError(f"the source has weights the model lacks ({extra[0]})")
+    new: list[str] = []
+    for key, value in target.items():
+        if key not in weights:
+            new.append(key)
+            continue
+        src = weights[key]
+        if src.shape == value.shape:
+            target[key] = src
+        elif (key.startswith("adapter.tokens.") and src.ndim == value.ndim
+              and src.shape[1:] == value.shape[1:] and src.shape[0] < value.shape[0]):
+            value[:src.shape[0]] = src     # rows of the source's variables, in their order
+            new.append(f"{key}[{src.shape[0]}:]")
+        else:
+            raise ValueError(f"{key}: shape {tuple(src.shape)} in the source, "
+                             f"{tuple(value.shape)} in the model")
+    model.load_state_dict(target, strict=True)
+    new_groups = set(model.adapter.groups) - set(source.adapter.groups)
+    with torch.no_grad():
+        for group in new_groups:
+            model.adapter.attention[group].out.weight.zero_()
+            model.adapter.attention[group].out.bias.zero_()
+    return new
+
+
 def save_checkpoint(model: ImmunoDiff, folder: str | os.PathLike,
                     card: dict[str, Any] | None = None) -> Path:
     folder = Path(folder)

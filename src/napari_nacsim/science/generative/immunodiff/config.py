@@ -30,7 +30,13 @@ DEFAULTS: dict[str, Any] = {
     "vl": {"channels": [16, 32], "feature_channels": 16, "projection_dim": 32,
            "temperature": 0.5},
     "adapter": {"dim": 32, "heads": 2, "rope_base": 100000.0, "lambda_init": 1.0,
-                "image_channels": 16, "drop_condition": 0.1},
+                "image_channels": 16, "drop_condition": 0.1,
+                # outcome variables the generator is given (e.g. ["responder"]); [] = the
+                # paper's implicit mode: the outcome emerges from the diffusion
+                "outcome_input": [],
+                # training: each given outcome alone is dropped ("not given") this often,
+                # so that the same network keeps the implicit mode
+                "drop_outcome": 0.0},
     "diffusion": {"train_timesteps": 1000, "beta_schedule": "scaled_linear",
                   "beta_start": 0.0015, "beta_end": 0.0195, "prediction_type": "epsilon"},
     "default_steps": 20, "default_sampler": "ddim", "default_guidance": 1.0,
@@ -48,7 +54,10 @@ DEFAULTS: dict[str, Any] = {
                  # the tumour is ~0.5 % of a crop's voxels: its voxels (dilated) weigh
                  # 1 + tumour_weight in the loss, and this share of the drawn slices is
                  # drawn among the slices that show it (0, 0: every voxel and slice alike)
-                 "tumour_weight": 0.0, "tumour_slice_share": 0.0},
+                 "tumour_weight": 0.0, "tumour_slice_share": 0.0,
+                 # adapter stage with an outcome input: every paired patient also rendered
+                 # under the other outcome (`data.flipped_outcome_record`)
+                 "flipped_outcomes": False},
 }
 
 

@@ -128,6 +128,20 @@ def unpaired_record(family, cohort_seed: int, index: int) -> dict[str, Any]:
     return {"arrays": arrays, "meta": meta}
 
 
+def flipped_outcome_record(family, cohort_seed: int, index: int, outcome: str, *,
+                           align: str = "truth") -> dict[str, Any]:
+    """`paired_record` of the patient under the other value of the yes/no ``outcome``
+    (e.g. a non-responder rendered as a responder): the phantom keeps every latent draw and
+    renders the forced outcome. Training an outcome-conditioned generator on both renderings
+    of every patient balances the outcomes (a quarter of the patients respond) and shows the
+    network the same tumour under both, which is exactly the contrast it must learn."""
+    factual = family.make_phantom(cohort_seed, index).outcome().clinical[outcome]
+    record = paired_record(family, cohort_seed, index, align=align,
+                           scenario={outcome: not bool(factual)})
+    record["meta"]["flipped_outcome"] = outcome
+    return record
+
+
 def write_record(folder: Path, index: int, record: dict[str, Any]) -> Path:
     """Atomically: a half-written record is never read (resumable cache)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,10 +153,17 @@ def write_record(folder: Path, index: int, record: dict[str, Any]) -> Path:
 
 
 def build_cache(folder: str | os.PathLike, family, cohort_seed: int, indices: Iterable[int], *,
-                paired: bool, progress: Any = None) -> Path:
-    """Draw and cache the records that are not cached yet (resumable)."""
+                paired: bool, progress: Any = None, flip_outcome: Optional[str] = None
+                ) -> Path:
+    """Draw and cache the records that are not cached yet (resumable). ``flip_outcome``
+    (paired only): the patients under the other value of that outcome
+    (`flipped_outcome_record`)."""
     folder = Path(folder)
-    make = paired_record if paired else unpaired_record
+    if flip_outcome:
+        def make(fam, seed, index):
+            return flipped_outcome_record(fam, seed, index, flip_outcome)
+    else:
+        make = paired_record if paired else unpaired_record
     for index in indices:
         if not _record_path(folder, index).exists():
             write_record(folder, index, make(family, cohort_seed, index))

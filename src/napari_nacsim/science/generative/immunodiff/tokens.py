@@ -10,6 +10,10 @@ Encoding (all from the schema, so a new variable is a one-place change):
   (never a silent 0, which would read as a real value). The same embeddings form the null
   condition of classifier-free guidance (all variables missing).
 - every token adds a learned embedding of the variable's identity.
+- outcomes (e.g. the response) are not conditions of the paper's model: it must learn their
+  probability implicitly. A config may name outcome variables as inputs
+  (``adapter.outcome_input``): they come last, each in the group "outcome", and their
+  "missing" embedding means "not given" (the implicit mode of the same network).
 """
 
 from __future__ import annotations
@@ -23,9 +27,24 @@ from torch import nn
 from ....core.schema import BINARY, CATEGORICAL, CONTINUOUS, FamilySchema, Variable
 
 
-def model_variables(schema: FamilySchema) -> list[Variable]:
-    """The variables the model is conditioned on, in schema order."""
-    return [v for v in schema.condition_variables if v.conditions_model and not v.outcome]
+def model_variables(schema: FamilySchema, outcome_input: Sequence[str] = ()) -> list[Variable]:
+    """The variables the model is conditioned on: the baseline ones in schema order, then
+    the outcomes named in ``outcome_input`` (appended, so that a model trained without them
+    keeps its token rows when it is extended with them)."""
+    baseline = [v for v in schema.condition_variables if v.conditions_model and not v.outcome]
+    outcomes = []
+    for name in outcome_input:
+        var = schema.variable(name)
+        if not var.outcome or var.kind not in (BINARY, CATEGORICAL):
+            raise ValueError(f"outcome input {name!r} must be a yes/no or categorical "
+                             f"outcome of the {schema.name} schema")
+        outcomes.append(var)
+    return baseline + outcomes
+
+
+def token_group(var: Variable) -> str:
+    """The cbi-Adapter group of a variable's token: outcomes form a group of their own."""
+    return "outcome" if var.outcome else (var.group or "clinical")
 
 
 def continuous_scale(var: Variable) -> tuple[float, float]:
@@ -37,9 +56,9 @@ def continuous_scale(var: Variable) -> tuple[float, float]:
 
 
 class ClinicalTokens(nn.Module):
-    def __init__(self, schema: FamilySchema, dim: int):
+    def __init__(self, schema: FamilySchema, dim: int, outcome_input: Sequence[str] = ()):
         super().__init__()
-        self.variables = model_variables(schema)
+        self.variables = model_variables(schema, outcome_input)
         n = len(self.variables)
         self.identity = nn.Parameter(torch.randn(n, dim) * 0.02)
         self.missing = nn.Parameter(torch.randn(n, dim) * 0.02)

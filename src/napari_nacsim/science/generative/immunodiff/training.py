@@ -12,7 +12,10 @@ folder):
 - ``adapter``: the cbi-Adapter and the ControlNet on paired patients: target = the
   post-treatment slice, control = [anatomy of the pre-treatment masks ; ĉ(pre slice,
   clinical values)]; the clinical values are dropped (all "missing") with probability
-  ``drop_condition`` so that classifier-free guidance has an unconditional branch.
+  ``drop_condition`` so that classifier-free guidance has an unconditional branch. With an
+  outcome input (``adapter.outcome_input``) the record's actual outcome is one of the values
+  (dropped alone with probability ``drop_outcome``), and with ``training.flipped_outcomes``
+  every patient comes twice: as it happened and rendered under the other outcome.
 
 With the config's ``target`` "change" the diffused quantity is the follow-up minus the
 pre-treatment crop (registered pairs), not the follow-up itself. Why: outside the tumour the
@@ -202,6 +205,13 @@ def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torc
         scen = [dict(data.clinical[int(i)]) for i in idx]
         drop = torch.rand(n_global, generator=g)[mine] < drop_condition
         scen = [{} if d else s for s, d in zip(scen, drop.tolist())]
+        outcomes = list(cfg["adapter"].get("outcome_input", ()))
+        drop_outcome = float(cfg["adapter"].get("drop_outcome", 0.0))
+        if outcomes and drop_outcome > 0:  # (extra draws only then: other configs keep theirs)
+            # the outcome alone "not given": the same network keeps the implicit mode
+            hide = (torch.rand(n_global, generator=g)[mine] < drop_outcome).tolist()
+            scen = [{k: v for k, v in s.items() if k not in outcomes} if h else s
+                    for s, h in zip(scen, hide)]
         values, codes, present = (v.to(device) for v in model.adapter.encode(scen))
         pre25 = slices_of(hu_to_model(data.source[idx].float(), cfg), k, z).to(device)
         fused = model.fused(pre25, model.adapter.clinical(values, codes, present))
