@@ -27,6 +27,9 @@ crop generated for it; the session segments every generated crop with the bundle
 - **image quality** (factual): SSIM (3D, lung window) of each sample against the true
   follow-up, beside the copied pre-treatment crop; adjacent-slice |difference| (HU)
   generated vs real; MMD² generated vs real.
+- **implicit mode** (a model without the outcome input, e.g. `lung_tiny_implicit` or v3):
+  the share is the RECIST-measured responders among the generated samples, and the two
+  PD-L1 scenarios are generated as arms of the same request (3× the generation).
 - **heads**: the heads' P(response) against the phantom's p (mean absolute difference,
   Spearman), Brier score of the heads against the phantom's actual responses.
 """
@@ -49,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate_lung import mmd2, ssim3d, z_step  # noqa: E402  (one definition of each)
 
 STRATA = (("<1 %", 0.0, 1.0), ("1-49 %", 1.0, 50.0), (">=50 %", 50.0, 101.0))
+RESPONSE = ("CR", "PR")  # RECIST categories that count as a response
 
 
 def build_parser():
@@ -95,6 +99,7 @@ def main(argv=None) -> int:
     from napari_nacsim.engine import WhatIfRequest, WhatIfSession, load_model
     from napari_nacsim.families import get_family
     from napari_nacsim.science.generative.immunodiff.data import truth_aligned_inputs
+    from napari_nacsim.science.generative.card import outcome_inputs
     from napari_nacsim.science.generative.outcome import choose_outcome
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -103,6 +108,7 @@ def main(argv=None) -> int:
     model = load_model(args.model, family="lung", device="cpu")
     session = WhatIfSession(model, family.load_segmenter(device="cpu"))
     low, high = (float(v) for v in args.pdl1.split(","))
+    implicit = "responder" not in outcome_inputs(model.card["config"])
     args.out.mkdir(parents=True, exist_ok=True)
     rows, generated, real = [], [], []
     started = time.perf_counter()
@@ -114,14 +120,25 @@ def main(argv=None) -> int:
         context = {name: pre[name] for name in family.context_inputs}
         clinical = {k: v for k, v in rendering.clinical.items()
                     if schema.variable(k).conditions_model}
-        request = WhatIfRequest(clinical=clinical, target="post", compare=None,
-                                samples=args.samples, seed=args.seed)
+        if implicit:
+            # the paper's mode: the response is whatever the diffusion renders, so the two
+            # PD-L1 scenarios are generated too (arms share each sample's starting noise)
+            request = WhatIfRequest(clinical=clinical, target="post", compare="PD_L1",
+                                    compare_values=(clinical["PD_L1"], low, high),
+                                    samples=args.samples, seed=args.seed)
+        else:
+            request = WhatIfRequest(clinical=clinical, target="post", compare=None,
+                                    samples=args.samples, seed=args.seed)
         result = session.run(pre["image"], request, context=context)
         arm = result.arms[0]
         follow = arm.followups["post"]
-        p_head = arm.predictions["response_probability"]["value"]
-        drawn = [bool(d[0].value) for d in follow.outcomes]
         recist = follow.recist_per_sample()
+        if implicit:
+            p_head = None
+            drawn = [category in RESPONSE for category in recist]
+        else:
+            p_head = arm.predictions["response_probability"]["value"]
+            drawn = [bool(d[0].value) for d in follow.outcomes]
         base_d = result.baseline_size.diameter
         changes = [100.0 * (s.diameter - base_d) / base_d if base_d > 0 else float("nan")
                    for s in follow.sizes]
@@ -129,19 +146,27 @@ def main(argv=None) -> int:
         truth_post = np.asarray(post["image"].array)
         generated.append(crops[0])
         real.append(truth_post)
+        if_responding = phantom.outcome({"responder": True})
         row = {"patient": phantom.id, "index": index, "pd_l1": clinical["PD_L1"],
                "p_phantom": float(rendering.truth["response_probability"]),
                "responder_actual": bool(rendering.truth["responder"]),
                "p_head": p_head, "drawn": drawn, "recist": recist,
                "diameter_change": changes,
-               "phantom_change_if_responding": float(
-                   phantom.outcome({"responder": True}).diameter_change_percent),
+               "phantom_change_if_responding": if_responding.diameter_change_percent,
+               "phantom_recist_if_responding": if_responding.recist,
                "ssim": [ssim3d(c, truth_post) for c in crops],
                "ssim_copy": ssim3d(np.asarray(pre["image"].array), truth_post),
                "z_step": [z_step(c) for c in crops], "z_step_real": z_step(truth_post),
                "scenarios": {}}
         # the direction test: PD-L1 low / high, all else fixed, the same samples' u
-        for value in (low, high):
+        for k, value in enumerate((low, high)):
+            if implicit:
+                measured = result.arms[1 + k].followups["post"].recist_per_sample()
+                row["scenarios"][f"{value:g}"] = {
+                    "p_head": None,
+                    "share": float(np.mean([c in RESPONSE for c in measured])),
+                    "p_phantom": float(phantom.outcome({"PD_L1": value}).probability)}
+                continue
             scen = {**clinical, "PD_L1": value}
             scen = schema.validate_clinical({k: v for k, v in scen.items()
                                              if schema.variable(k).derive is None},
@@ -196,15 +221,16 @@ def summarise(rows, args, generated, real, spearmanr) -> dict:
                       for r in rows)
     rising = [r["scenarios"][high]["share"] > r["scenarios"][low]["share"] for r in rows
               if r["scenarios"][high]["p_phantom"] - r["scenarios"][low]["p_phantom"] >= 0.15]
+    implicit = rows[0]["p_head"] is None
     agree, resp_changes, cr = [], [], []
     for r in rows:
         for drawn, category, change in zip(r["drawn"], r["recist"], r["diameter_change"]):
-            agree.append(drawn == (category in ("CR", "PR")))
+            agree.append(drawn == (category in RESPONSE))
             if drawn:
                 resp_changes.append(change)
                 cr.append(category == "CR")
     phantom_resp = [r["phantom_change_if_responding"] for r in rows]
-    heads_p = np.array([r["p_head"] for r in rows])
+    heads_p = np.array([np.nan if implicit else r["p_head"] for r in rows], float)
     phantom_p = np.array([r["p_phantom"] for r in rows])
     actual = np.array([r["responder_actual"] for r in rows], float)
     z_gen = float(np.mean([np.mean(r["z_step"]) for r in rows]))
@@ -223,25 +249,34 @@ def summarise(rows, args, generated, real, spearmanr) -> dict:
                       "patients_probability_rises_0_15": len(rising),
                       "share_rises_fraction": float(np.mean(rising)) if rising else None},
         "image_obeys_outcome": {
-            "samples": len(agree), "recist_agrees_with_drawn": float(np.mean(agree)),
+            # implicit: the outcome *is* the measured category, so agreement is not a test
+            "samples": len(agree), "recist_agrees_with_drawn": None if implicit
+            else float(np.mean(agree)),
             "responders_mean_diameter_change": float(np.nanmean(resp_changes))
             if resp_changes else None,
             "phantom_mean_change_if_responding": float(np.mean(phantom_resp)),
             "responders_complete_share": float(np.mean(cr)) if cr else None,
-            "phantom_complete_share_of_responders": 0.12},
+            "phantom_complete_share_of_responders": float(np.mean(
+                [r["phantom_recist_if_responding"] == "CR" for r in rows]))},
         "image_quality": {
             "ssim_factual": float(np.mean([np.mean(r["ssim"]) for r in rows])),
             "ssim_copy_pre": float(np.mean([r["ssim_copy"] for r in rows])),
             "z_step_generated": z_gen, "z_step_real": z_real,
             "z_step_ratio": z_gen / z_real,
             "mmd2_generated": mmd2(generated, real) if len(rows) > 2 else None},
-        "heads": {"mean_abs_difference_vs_phantom_p": float(np.mean(np.abs(heads_p
-                                                                           - phantom_p))),
-                  "spearman_vs_phantom_p": float(spearmanr(heads_p, phantom_p).statistic)
-                  if len(rows) > 2 else None,
-                  "brier_vs_actual": float(np.mean((heads_p - actual) ** 2)),
-                  "phantom_brier_vs_actual": float(np.mean((phantom_p - actual) ** 2))},
+        "mode": "implicit (the share is what the diffusion renders)" if implicit else
+                "outcome input (drawn from the heads' P(response), rendered for it)",
+        "heads": None if implicit else {
+            "mean_abs_difference_vs_phantom_p": float(np.mean(np.abs(heads_p - phantom_p))),
+            "spearman_vs_phantom_p": float(spearmanr(heads_p, phantom_p).statistic)
+            if len(rows) > 2 else None,
+            "brier_vs_actual": float(np.mean((heads_p - actual) ** 2)),
+            "phantom_brier_vs_actual": float(np.mean((phantom_p - actual) ** 2))},
     }
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def markdown(result) -> str:
@@ -249,7 +284,8 @@ def markdown(result) -> str:
                                              "image_obeys_outcome", "image_quality", "heads"))
     lines = [f"Cohort seed {result['cohort_seed']}, {result['patients']} patients, "
              f"{result['samples']} samples each (seeds {result['seed']}.."
-             f"{result['seed'] + result['samples'] - 1}); model {result['model']['model_hash'][:12]}",
+             f"{result['seed'] + result['samples'] - 1}); model {result['model']['model_hash'][:12]}; "
+             f"mode: {result['mode']}",
              "",
              "| measure | value | target |", "|---|---|---|",
              f"| calibration error (5 bins), share vs phantom p | "
@@ -260,21 +296,23 @@ def markdown(result) -> str:
              f"| share rises where p rises >= 0.15 | {d['share_rises_fraction']} of "
              f"{d['patients_probability_rises_0_15']} | >= 0.9 |",
              f"| RECIST on generated crop agrees with drawn outcome | "
-             f"{io['recist_agrees_with_drawn']:.3f} ({io['samples']} samples) | >= 0.9 |",
+             f"{_fmt(io['recist_agrees_with_drawn'])} ({io['samples']} samples) | >= 0.9 |",
              f"| responders' diameter change, generated vs phantom | "
              f"{io['responders_mean_diameter_change']} vs "
              f"{io['phantom_mean_change_if_responding']:.1f} % | within 5 points |",
              f"| complete responses among responders, generated vs phantom | "
-             f"{io['responders_complete_share']} vs 0.12 | as often |",
+             f"{io['responders_complete_share']} vs "
+             f"{io['phantom_complete_share_of_responders']:.2f} | as often |",
              f"| SSIM factual (copy of pre-treatment crop) | {iq['ssim_factual']:.3f} "
              f"({iq['ssim_copy_pre']:.3f}) | >= the copy |",
              f"| adjacent-slice HU generated / real | {iq['z_step_generated']:.1f} / "
              f"{iq['z_step_real']:.1f} | within 10 % |",
              f"| MMD² generated vs real | {iq['mmd2_generated']} | reported |",
+             ] + ([] if h is None else [
              f"| heads: mean abs(P - phantom p), Spearman | "
              f"{h['mean_abs_difference_vs_phantom_p']:.3f}, {h['spearman_vs_phantom_p']} | |",
              f"| heads Brier vs actual (phantom p's Brier) | {h['brier_vs_actual']:.3f} "
-             f"({h['phantom_brier_vs_actual']:.3f}) | |",
+             f"({h['phantom_brier_vs_actual']:.3f}) | |"]) + [
              "", "| PD-L1 stratum | n | mean share | mean p | difference (points) |",
              "|---|---|---|---|---|"]
     for name, st in sv["strata"].items():
