@@ -396,12 +396,18 @@ def describe_summary(summary: Mapping[str, Any]) -> str:
 def cases_to_csv(cases: Sequence[CaseReview], path: str | os.PathLike) -> Path:
     """Write one row per case (see `CaseReview.row`); empty cells where a metric is not
     defined. Atomic: a reader never sees half a table."""
+    return rows_to_csv([c.row() for c in cases], cases[0].unit if cases else "mm²", path)
+
+
+def rows_to_csv(rows: Sequence[Mapping[str, Any]], unit: str,
+                path: str | os.PathLike) -> Path:
+    """`cases_to_csv` from the cases' rows (`CaseReview.row`, e.g. read back from the
+    per-case records of a distributed run: `engine.cohort_runner`); ``unit``: the cohort's
+    size unit. Atomic."""
     path = Path(path)
-    rows = [c.row() for c in cases]
-    unit = cases[0].unit if cases else "mm²"
     header = ["patient", "time", "scenario", "counterfactual_scenario",
               *(column_name(m, unit) for m in METRICS),
-              *sorted({f"predicted_{n}" for c in cases for n in c.predictions}),
+              *sorted({k for row in rows for k in row if k.startswith("predicted_")}),
               "model_hash", "seed", "steps", "sampler", "segmenter"]
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
