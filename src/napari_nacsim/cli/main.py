@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .review import add_review_command
 
     add_review_command(sub)
+    from .batch import add_batch_command
+
+    add_batch_command(sub)
     from .predict import add_predict_command
 
     add_predict_command(sub)
