@@ -1,6 +1,11 @@
 """``nacsim review``: the cohort inspector without a viewer — run the model over a cohort
 manifest with real follow-ups and write the per-case metrics as CSV (the same engine and
-columns as the napari inspector)."""
+columns as the napari inspector).
+
+The cases run through `engine.cohort_runner`: one task per patient on an embedded Dask
+cluster sized to the machine (or ``--workers N``, ``--scheduler``, ``--cluster slurm`` ...;
+``--workers 0`` or a single case: in this process), each patient's images and record written
+to ``--out`` as it finishes, so that ``--resume`` finishes an interrupted run."""
 
 from __future__ import annotations
 
@@ -10,52 +15,65 @@ from ..core.errors import InputError
 
 
 def cmd_review(args) -> int:
-    from ..engine.cohort_review import (cases_to_csv, describe_summary, review_cohort,
-                                        summarise)
-    from ..engine.whatif import load_model
+    from ..engine.cohort_review import describe_summary
+    from ..engine.cohort_runner import ReviewJob, review_rows_summary, run_cases
+    from .cohort_run import ProgressBar, run_options
 
-    if args.csv.exists() and not args.overwrite:
-        raise InputError(args.csv, "already exists (choose another output or --overwrite)")
-    model = load_model(args.model) if args.model else None
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=1, desc="reviewing", unit="step")
-
-    def progress(done: int, total: int, what: str = "") -> None:
-        if bar is not None:
-            bar.total = total
-            bar.n = done
-            bar.set_postfix_str(what[:40], refresh=True)
-
-    review = review_cohort(args.manifest, model=model, seed=args.seed, steps=args.steps,
-                           sampler=args.sampler, progress=progress)
-    cases = list(review)
-    if bar is not None:
+    if args.csv.exists() and not (args.overwrite or args.resume):
+        raise InputError(args.csv, "already exists (choose another output, --resume or "
+                                   "--overwrite)")
+    out = args.out if args.out is not None else args.csv.with_name(f"{args.csv.stem}_cases")
+    job = ReviewJob(args.manifest, model=args.model, seed=args.seed, steps=args.steps,
+                    sampler=args.sampler, device=args.device, images=not args.no_images)
+    options = run_options(args, job.runnable())
+    bar = ProgressBar(len(job), "reviewing", args.quiet)
+    try:
+        summary = run_cases(job, out, csv_path=args.csv, overwrite=args.overwrite,
+                            progress=bar.update, on_start=bar.start, **options)
+    except KeyboardInterrupt:
         bar.close()
-    if not cases:
-        raise InputError(args.manifest, "has no patient with a follow-up scan to compare with")
-    cases_to_csv(cases, args.csv)
-    print(describe_summary(summarise(cases)))
-    for skipped in review.skipped:
-        print(f"skipped {skipped.patient}: {skipped.reason}")
-    worst = sorted(cases, key=lambda c: c.metrics.get("ssim") or 0.0)[:3]
-    print("lowest SSIM: " + ", ".join(f"{c.patient} {c.time} ({c.metrics['ssim']:.2f})"
-                                      for c in worst))
-    print(f"wrote {len(cases)} cases to {args.csv}")
-    return 0
+        print(f"nacsim: interrupted; finished cases are kept in {out}: run the same command "
+              "with --resume to finish")
+        raise
+    bar.close()
+    stats = review_rows_summary(summary.records)
+    if not stats["n_cases"]:
+        raise InputError(args.manifest, "has no patient with a follow-up scan to compare with"
+                         + (f" ({summary.failed[0][0]} failed: {summary.failed[0][1]})"
+                            if summary.failed else ""))
+    print(describe_summary(stats))
+    for case, reason in summary.skipped:
+        print(f"skipped {case}: {reason}")
+    for case, reason in summary.failed:
+        print(f"failed {case}: {reason}")
+    rows = stats["rows"]
+    worst = sorted(rows, key=lambda r: r.get("ssim") or 0.0)[:3]
+    print("lowest SSIM: " + ", ".join(f"{r['patient']} {r['time']} ({r['ssim']:.2f})"
+                                      for r in worst if r.get("ssim") is not None))
+    reused = f", {len(summary.reused)} patients from before" if summary.reused else ""
+    print(f"wrote {len(rows)} cases to {args.csv} (per patient: {out}{reused})")
+    return 1 if summary.failed else 0
 
 
 def add_review_command(sub) -> None:
+    from .cohort_run import add_run_arguments
+
     p = sub.add_parser("review", help="run the model over a cohort with real follow-ups; "
                                       "per-case metrics as CSV (the inspector, headless)")
     p.add_argument("manifest", type=Path, help="cohort manifest (cohort.json)")
     p.add_argument("--csv", type=Path, required=True, help="output table")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder of the per-patient records and images (default: beside the "
+                        "CSV, named after it: cases_cases/ for cases.csv)")
+    p.add_argument("--no-images", action="store_true",
+                   help="per patient, the record only (no generated images)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
     p.add_argument("--sampler", choices=["ddim", "dpmpp", "unipc"], default=None)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (on every worker)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    add_run_arguments(p)
     p.set_defaults(func=cmd_review)
+

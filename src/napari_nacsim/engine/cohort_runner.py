@@ -1,0 +1,707 @@
+"""Run a cohort's cases one task each, in this process or on Dask distributed, resumably.
+
+Two kinds of run use it: the cohort review (`ReviewJob`: one case per patient, which yields
+that patient's follow-up rows of `engine.cohort_review`) and batch what-if runs (`BatchJob`:
+one case per patient and scenario, a results folder each as `engine.results.write_result`).
+
+How a run goes (`run_cases`):
+
+- **Plan**: the job lists its cases lazily, in CSV order, each with a *request hash*: a digest
+  of everything its outputs depend on (the patient's manifest record and the size and
+  modification time of its files, the model's hash, the run's options). Only a small payload
+  travels with a task (the patient's record and the options); the worker reads the images
+  from the manifest's paths and loads the models once per process (`_loaded`; on Dask a
+  worker plugin loads them when the worker starts).
+- **Execute**: ``workers=0`` runs the cases here, one after another; otherwise on Dask
+  (`engine.cohort_dask`: an embedded loopback `LocalCluster` sized to the machine, an existing
+  scheduler, or SLURM/PBS/SGE/LSF jobs through dask-jobqueue), at most ``window`` tasks in
+  flight, so that a 100,000-patient manifest is never all in the scheduler at once.
+- **Nothing lost**: each case writes its folder ``cases/<case>/`` atomically (a staging
+  folder renamed into place) with ``case.json`` (status, request hash, rows) in it. With
+  ``resume`` a case whose record has the request's hash is not run again; a case that
+  raises is recorded as *failed* with a one-line reason and the run goes on; a worker that
+  dies mid-case has its case rerun elsewhere by the scheduler.
+- **Same answer everywhere**: every case runs on one torch thread (and ITK's one thread,
+  `science.preprocess.registration`), wherever it runs, and the CSV is written at the end
+  from the records in plan order: the images and the CSV are the same bytes whatever the
+  number of workers and the order in which cases finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+from ..core.atomic import atomic_directory, atomic_path, write_json_atomic
+from ..core.cohort import Cohort, Patient, load_cohort
+from ..core.errors import InputError
+from .jobs import Cancelled, CancelToken
+
+FORMAT = "nacsim-cohort-run"
+VERSION = 1
+CASES = "cases"          # out/cases/<case id>/ : one folder per case
+RECORD = "case.json"     # written last into a case's folder: status, request hash, rows
+RUN = "run.json"         # what the run was asked (informational)
+FAILED_CSV = "failed.csv"
+
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+# --- cases and jobs -------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One unit of work: ``id`` names its folder under ``cases/``; ``index`` is its place in
+    the CSV; ``payload`` is what the worker needs (small: no images, no models)."""
+
+    id: str
+    index: int
+    request_hash: str
+    payload: Any
+
+
+class JobSpec:
+    """What a worker needs to run cases of one job (pickled once per task: keep it small).
+    Subclasses implement `preload` and `run`."""
+
+    kind = "job"
+
+    def preload(self) -> None:
+        """Load the models into this process (a worker calls it once when it starts)."""
+
+    def run(self, case: Case, folder: Path) -> dict[str, Any]:
+        """Run ``case``, writing its outputs into the (staging) ``folder``; return its record
+        fields: ``status`` (DONE or SKIPPED), ``rows`` (CSV rows), maybe ``reason``."""
+        raise NotImplementedError
+
+
+class Job:
+    """The client side of a run: the plan, the spec the workers get and the CSV."""
+
+    kind = "job"
+    spec: JobSpec
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def cases(self) -> Iterator[Case]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def write_csv(self, records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+        raise NotImplementedError
+
+
+# --- running one case (here or on a worker) ------------------------------------------------
+
+def case_folder(out: str | os.PathLike, case_id: str) -> Path:
+    return Path(out) / CASES / case_id
+
+
+def execute_case(spec: JobSpec, case: Case, out: str) -> dict[str, Any]:
+    """Run one case and write its folder atomically; returns ``{"id", "status", "reason"}``.
+    An exception inside the case becomes a *failed* record with a one-line reason (the run
+    goes on); only the process dying loses the case (the scheduler then reruns it)."""
+    started = time.perf_counter()
+    dest = case_folder(out, case.id)
+    with one_torch_thread():
+        try:
+            with atomic_directory(dest) as staging:
+                record = dict(spec.run(case, staging))
+                record = _stamp(record, case, started)
+                write_json_atomic(staging / RECORD, record)
+        except Exception as err:  # noqa: BLE001 - every failure is recorded, the run goes on
+            record = _stamp({"status": FAILED, "reason": one_line(err), "rows": []}, case,
+                            started)
+            write_failure(out, case, record)
+    return {"id": case.id, "status": record["status"], "reason": record.get("reason", "")}
+
+
+def write_failure(out: str | os.PathLike, case: Case, record: dict[str, Any]) -> None:
+    with atomic_directory(case_folder(out, case.id)) as staging:
+        write_json_atomic(staging / RECORD, record)
+
+
+def _stamp(record: dict[str, Any], case: Case, started: float) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "id": case.id, "index": case.index,
+            "request_hash": case.request_hash, "status": record.get("status", DONE),
+            "reason": record.get("reason", ""), "rows": record.get("rows", []),
+            **{k: v for k, v in record.items() if k not in ("status", "reason", "rows")},
+            "seconds": round(time.perf_counter() - started, 3),
+            "host": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: `InputError` says "file: problem" already; others get
+    their type."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if not isinstance(err, InputError):
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text[:400]
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run on one torch thread (as Dask workers do: one thread each), so that a case gives
+    the same numbers wherever it runs; the thread count is restored afterwards."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def read_record(out: str | os.PathLike, case: Case) -> Optional[dict[str, Any]]:
+    """The case's record when it answers this request (same hash), else None."""
+    path = case_folder(out, case.id) / RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("request_hash") != case.request_hash:
+        return None
+    return record
+
+
+# --- models, once per process ----------------------------------------------------------------
+
+_LOADED: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _loaded(family: str, model_dir: str, model_hash: str, device: str) -> tuple[Any, Any]:
+    """The generative model and the tumour segmenter of this process (loaded once, keyed by
+    the model's hash); refuses a model folder whose hash is not the one the run asked for
+    (a worker with another install)."""
+    key = (family, model_dir, model_hash, device)
+    if key not in _LOADED:
+        from ..families import get_family
+        from .whatif import load_model
+
+        model = load_model(model_dir, device=device)
+        if model.model_hash != model_hash:
+            raise InputError(model_dir, f"has model hash {model.model_hash[:12]} on "
+                                        f"{socket.gethostname()}, the run asked for "
+                                        f"{model_hash[:12]} (install the same model on every "
+                                        "worker)")
+        _LOADED[key] = (model, get_family(family).load_segmenter(device=device))
+    return _LOADED[key]
+
+
+def _resolve_model(family: str, model: str | os.PathLike | None, subject: str
+                   ) -> tuple[str, str]:
+    """(model folder, model hash) read from the model card, without loading torch."""
+    from ..families import get_family
+    from ..science.generative.card import model_hash, read_card  # no torch
+    from .whatif import bundled_model_path
+
+    fam = get_family(family)
+    if model is None and fam.bundled_generator is None:
+        raise InputError(subject, f"the {family} family has no bundled generative model yet; "
+                                  "pass a model folder")
+    folder = Path(model) if model is not None else bundled_model_path(family)
+    card = read_card(folder)
+    if card.get("family") != family:
+        raise InputError(subject, f"is a {family} cohort but the model is for "
+                                  f"{card.get('family')}")
+    return str(folder.resolve()), str(card.get("model_hash") or model_hash(card))
+
+
+# --- request hashes -------------------------------------------------------------------------
+
+def patient_record(patient: Patient) -> dict[str, Any]:
+    return {"id": patient.id, "clinical": patient.clinical,
+            "scans": {tp: {c: str(p) for c, p in v.items()} for tp, v in patient.scans.items()},
+            "masks": {tp: {c: str(p) for c, p in v.items()} for tp, v in patient.masks.items()},
+            "extra": patient.extra}
+
+
+def request_hash(kind: str, patient: Patient, options: Mapping[str, Any]) -> str:
+    """A digest of what a case's outputs depend on: the patient's manifest record, the size
+    and modification time of each of its files (an edited image is redone), the options."""
+    files = {}
+    for table in (patient.scans, patient.masks):
+        for entries in table.values():
+            for path in entries.values():
+                try:
+                    st = os.stat(path)
+                    files[str(path)] = [st.st_size, st.st_mtime_ns]
+                except OSError:
+                    files[str(path)] = None
+    payload = {"format": FORMAT, "version": VERSION, "kind": kind,
+               "patient": patient_record(patient), "files": files, "options": dict(options)}
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def safe_name(text: str) -> str:
+    """A folder name for a case id (a short digest is added where characters were
+    replaced, so that two ids never share a folder)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "case"
+    if name != text:
+        name += "-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]
+    return name
+
+
+def _one_patient(cohort_fields: Mapping[str, Any], patient: Patient) -> Cohort:
+    """The cohort of one patient, on the worker (the family schema by name: only plain data
+    travels)."""
+    from ..families import get_family
+
+    return Cohort(family=get_family(cohort_fields["family"]).schema, patients=[patient],
+                  root=Path(cohort_fields["root"]), meta=dict(cohort_fields["meta"]))
+
+
+# --- the review -----------------------------------------------------------------------------
+
+# images written per follow-up (CaseImages attribute -> file name part); masks as labels
+REVIEW_IMAGES = (("generated", "generated"), ("generated_mask", "generated_tumour"),
+                 ("difference", "difference"), ("counterfactual", "counterfactual"),
+                 ("counterfactual_mask", "counterfactual_tumour"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewSpec(JobSpec):
+    family: str
+    root: str
+    meta: dict
+    model_dir: str
+    model_hash: str
+    seed: int = 0
+    steps: Optional[int] = None
+    sampler: Optional[str] = None
+    device: str = "auto"
+    images: bool = True
+
+    kind = "review"
+
+    def preload(self) -> None:
+        _loaded(self.family, self.model_dir, self.model_hash, self.device)
+
+    def run(self, case: Case, folder: Path) -> dict[str, Any]:
+        from ..core.scan_io import write_scan
+        from .cohort_review import review_cohort
+
+        model, segmenter = _loaded(self.family, self.model_dir, self.model_hash, self.device)
+        cohort = _one_patient({"family": self.family, "root": self.root, "meta": self.meta},
+                              case.payload)
+        review = review_cohort(cohort, model=model, segmenter=segmenter, seed=self.seed,
+                               steps=self.steps, sampler=self.sampler)
+        cases = list(review)
+        if not cases:
+            reason = review.skipped[0].reason if review.skipped else "no case"
+            return {"status": SKIPPED, "reason": reason, "rows": []}
+        files = []
+        if self.images:
+            for c in cases:
+                for attr, part in REVIEW_IMAGES:
+                    scan = getattr(c.images, attr)
+                    if scan is not None:
+                        name = f"{c.time}_{part}.nii.gz"
+                        write_scan(scan, folder / name, extra={"patient": c.patient,
+                                                               "timepoint": c.time,
+                                                               "role": attr})
+                        files.append(name)
+        return {"status": DONE, "rows": [c.row() for c in cases], "unit": cases[0].unit,
+                "files": files}
+
+
+class ReviewJob(Job):
+    """The cohort review of `engine.cohort_review`, one task per patient (a patient's
+    follow-ups are generated in one batch, as in the in-process review, so each of its
+    follow-up cases is the same there and here)."""
+
+    kind = "review"
+
+    def __init__(self, manifest: Cohort | str | os.PathLike, *, model=None, seed: int = 0,
+                 steps: Optional[int] = None, sampler: Optional[str] = None,
+                 device: str = "auto", images: bool = True):
+        self.cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
+        self.source = str(manifest) if not isinstance(manifest, Cohort) else str(
+            self.cohort.root)
+        if steps is not None and int(steps) < 1:
+            raise InputError("steps", f"{steps} must be at least 1")
+        family = self.cohort.family.name
+        model_dir, model_hash = _resolve_model(family, model, self.source)
+        self.spec = ReviewSpec(family=family, root=str(self.cohort.root),
+                               meta=dict(self.cohort.meta), model_dir=model_dir,
+                               model_hash=model_hash, seed=int(seed),
+                               steps=None if steps is None else int(steps), sampler=sampler,
+                               device=device, images=images)
+        self._options = {"model_hash": model_hash, "seed": int(seed), "steps": steps,
+                         "sampler": sampler, "device": device, "images": images}
+
+    def __len__(self) -> int:
+        return len(self.cohort.patients)
+
+    def runnable(self) -> int:
+        """Patients with a follow-up scan (the others are recorded as skipped at once)."""
+        schema = self.cohort.family
+        return sum(any(tp != schema.baseline for tp in p.scans) for p in self.cohort.patients)
+
+    def cases(self) -> Iterator[Case]:
+        for index, patient in enumerate(self.cohort.patients):
+            yield Case(safe_name(patient.id), index,
+                       request_hash(self.kind, patient, self._options), patient)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "manifest": self.source, "family": self.spec.family,
+                "model": self.spec.model_dir, **self._options}
+
+    def write_csv(self, records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+        from .cohort_review import rows_to_csv
+
+        rows = [row for r in records if r.get("status") == DONE for row in r["rows"]]
+        unit = next((r["unit"] for r in records if r.get("unit")), "mm²")
+        return rows_to_csv(rows, unit, path)
+
+
+# --- batch what-if runs ---------------------------------------------------------------------
+
+COMPARE = "compare"  # the scenario name of the family's default comparison
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec(JobSpec):
+    family: str
+    root: str
+    meta: dict
+    model_dir: str
+    model_hash: str
+    seed: int = 0
+    steps: Optional[int] = None
+    sampler: Optional[str] = None
+    samples: int = 1
+    device: str = "auto"
+    figure: bool = True
+
+    kind = "batch"
+
+    def preload(self) -> None:
+        _loaded(self.family, self.model_dir, self.model_hash, self.device)
+
+    def run(self, case: Case, folder: Path) -> dict[str, Any]:
+        from .patients import baseline_input
+        from .results import write_result
+        from .session import AUTO, WhatIfRequest, WhatIfSession
+
+        patient, scenario, overrides = case.payload
+        model, segmenter = _loaded(self.family, self.model_dir, self.model_hash, self.device)
+        cohort = _one_patient({"family": self.family, "root": self.root, "meta": self.meta},
+                              patient)
+        family = model.family
+        entry = baseline_input(cohort, patient.id)
+        clinical = {**entry["clinical"], **(overrides or {})}
+        request = WhatIfRequest(clinical=clinical, target=family.followup_times[-1],
+                                compare=AUTO if overrides is None else None, seed=self.seed,
+                                steps=self.steps, sampler=self.sampler, samples=self.samples)
+        result = WhatIfSession(model, segmenter).run(entry["image"], request,
+                                                     context=entry["context"])
+        write_result(result, folder, overwrite=True, figure=self.figure,
+                     extra_report={"patient": patient.id, "batch_scenario": scenario,
+                                   "synthetic_patient": bool(patient.extra.get("phantom"))})
+        return {"status": DONE, "rows": batch_rows(result, patient.id, scenario, case.id)}
+
+
+def batch_rows(result, patient: str, scenario: str, folder: str) -> list[dict[str, Any]]:
+    """One row per arm and follow-up time: sizes and diameters (mean, SD over the samples),
+    their change vs the input, RECIST per sample, outcomes and predictions."""
+    from .session import describe_recist
+
+    rows = []
+    base = result.baseline_size
+    for arm in result.arms:
+        for tp, follow in arm.followups.items():
+            prov = follow.samples[0].provenance
+            rows.append({
+                "patient": patient, "scenario": scenario, "arm": arm.label, "time": tp,
+                "samples": len(follow.samples), "unit": follow.unit,
+                "size_t0": base.total, "size_mean": follow.size_mean,
+                "size_sd": follow.size_sd, "size_change_percent": follow.change.percent,
+                "diameter_t0_mm": base.diameter, "diameter_mean_mm": follow.diameter_mean,
+                "diameter_sd_mm": follow.diameter_sd,
+                "recist": describe_recist(follow.recist_per_sample()),
+                "outcome": arm.describe_outcomes(follow, result.schema),
+                **{f"predicted_{name}": p.get("value") for name, p in arm.predictions.items()},
+                "model_hash": result.model.get("model_hash"), "seed": prov.get("seed"),
+                "steps": prov.get("steps"), "sampler": prov.get("sampler"),
+                "folder": f"{CASES}/{folder}"})
+    return rows
+
+
+BATCH_HEAD = ("patient", "scenario", "arm", "time", "samples", "unit", "size_t0", "size_mean",
+              "size_sd", "size_change_percent", "diameter_t0_mm", "diameter_mean_mm",
+              "diameter_sd_mm", "recist", "outcome")
+BATCH_TAIL = ("model_hash", "seed", "steps", "sampler", "folder")
+
+
+def parse_overrides(text: str, schema) -> dict[str, Any]:
+    """``"pCR=yes,HR=+"`` -> validated values of the family's conditioning variables (the
+    patient's other values are kept)."""
+    values: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = (s.strip() for s in part.partition("="))
+        if not sep:
+            raise InputError(f"--scenario {text!r}", f"{part!r} is not NAME=VALUE")
+        try:
+            var = schema.variable(name)
+        except (KeyError, InputError):
+            var = None
+        if var is None or not var.conditions_model or var.derive is not None:
+            known = ", ".join(v.name for v in schema.condition_variables if v.derive is None)
+            raise InputError(f"--scenario {text!r}", f"{name!r} is not a scenario variable of "
+                                                     f"the {schema.name} model ({known})")
+        values[name] = var.parse(value, f"--scenario {text!r}")
+    if not values:
+        raise InputError("--scenario", f"{text!r} sets no variable")
+    return values
+
+
+class BatchJob(Job):
+    """Every patient x scenario: a what-if run (`WhatIfSession`, ``samples`` per scenario)
+    whose results folder (`write_result`) is the case's folder. A scenario sets some
+    conditioning values over the patient's own; without scenarios each patient gets the
+    family's default comparison (breast: pCR vs non-pCR) under its own values."""
+
+    kind = "batch"
+
+    def __init__(self, manifest: Cohort | str | os.PathLike, scenarios: Sequence[str] = (), *,
+                 model=None, seed: int = 0, steps: Optional[int] = None,
+                 sampler: Optional[str] = None, samples: int = 1, device: str = "auto",
+                 figure: bool = True):
+        self.cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
+        self.source = str(manifest) if not isinstance(manifest, Cohort) else str(
+            self.cohort.root)
+        if not 1 <= int(samples) <= 64:
+            raise InputError("samples", f"{samples} must be between 1 and 64")
+        if steps is not None and int(steps) < 1:
+            raise InputError("steps", f"{steps} must be at least 1")
+        family = self.cohort.family.name
+        self.scenarios: list[tuple[str, Optional[dict]]] = (
+            [(text, parse_overrides(text, self.cohort.family)) for text in scenarios]
+            or [(COMPARE, None)])
+        names = [safe_name(n) for n, _ in self.scenarios]
+        if len(set(names)) != len(names):
+            raise InputError("--scenario", "the same scenario is given twice")
+        model_dir, model_hash = _resolve_model(family, model, self.source)
+        self.spec = BatchSpec(family=family, root=str(self.cohort.root),
+                              meta=dict(self.cohort.meta), model_dir=model_dir,
+                              model_hash=model_hash, seed=int(seed),
+                              steps=None if steps is None else int(steps), sampler=sampler,
+                              samples=int(samples), device=device, figure=figure)
+        self._options = {"model_hash": model_hash, "seed": int(seed), "steps": steps,
+                         "sampler": sampler, "samples": int(samples), "device": device,
+                         "figure": figure}
+
+    def __len__(self) -> int:
+        return len(self.cohort.patients) * len(self.scenarios)
+
+    def runnable(self) -> int:
+        return len(self)
+
+    def cases(self) -> Iterator[Case]:
+        index = 0
+        for patient in self.cohort.patients:
+            for name, overrides in self.scenarios:
+                options = {**self._options, "scenario": name, "values": overrides}
+                yield Case(f"{safe_name(patient.id)}/{safe_name(name)}", index,
+                           request_hash(self.kind, patient, options),
+                           (patient, name, overrides))
+                index += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "manifest": self.source, "family": self.spec.family,
+                "model": self.spec.model_dir, "scenarios": [n for n, _ in self.scenarios],
+                **self._options}
+
+    def write_csv(self, records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+        from .cohort_review import _cell
+
+        rows = [row for r in records if r.get("status") == DONE for row in r["rows"]]
+        header = [*BATCH_HEAD,
+                  *sorted({k for row in rows for k in row if k.startswith("predicted_")}),
+                  *BATCH_TAIL]
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow({k: _cell(v) for k, v in row.items()})
+        return Path(path)
+
+
+# --- the run --------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RunProgress:
+    """Where a run stands (passed to the progress callback after every finished case)."""
+
+    total: int
+    done: int = 0          # finished this run (done or skipped)
+    failed: int = 0        # recorded as failed this run
+    reused: int = 0        # finished before (``resume``): not run again
+    last: str = ""         # the case that just finished
+    dashboard: str = ""    # the Dask dashboard's address, when one runs
+    workers: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.total - self.done - self.failed - self.reused)
+
+
+@dataclasses.dataclass
+class RunSummary:
+    total: int
+    computed: list[str]                 # case ids run this time
+    reused: list[str]                   # case ids finished before (resume)
+    failed: list[tuple[str, str]]       # (case id, one-line reason), this run or before
+    skipped: list[tuple[str, str]]
+    records: list[dict[str, Any]]       # every case's record, in plan order
+    csv: Optional[Path]
+    seconds: float
+    workers: int
+    dashboard: str = ""
+
+
+def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike | None = None,
+              workers: Optional[int] = None, scheduler: Optional[str] = None,
+              cluster: Optional[str] = None, cluster_options: Optional[Mapping[str, Any]] = None,
+              client: Any = None, resume: bool = False, overwrite: bool = False,
+              retry_failed: bool = False, window: Optional[int] = None,
+              progress: Optional[Callable[[RunProgress], None]] = None,
+              cancel: Optional[CancelToken] = None,
+              on_start: Optional[Callable[[RunProgress], None]] = None) -> RunSummary:
+    """Run every case of ``job``, writing ``out/cases/<case>/`` per case and, at the end, the
+    CSV (``csv_path``; default ``out/<kind>.csv``). Where: ``client`` (a connected
+    `distributed.Client`), ``scheduler`` (an address or a scheduler file), ``cluster``
+    (``slurm``, ``pbs``, ``sge``, ``lsf`` with ``cluster_options``), ``workers=0`` (this
+    process) or else an embedded loopback `LocalCluster` of ``workers`` processes (None:
+    sized to the machine). ``resume``: cases whose record answers the same request are not
+    run again (failed ones are, with ``retry_failed``). Raises `jobs.Cancelled` when
+    ``cancel`` is tripped (what finished is kept: resume later)."""
+    started = time.perf_counter()
+    out = Path(out)
+    csv_path = Path(csv_path) if csv_path is not None else out / f"{job.kind}.csv"
+    _prepare(out, job, resume, overwrite)
+    state = RunProgress(total=len(job))
+    computed: list[str] = []
+
+    def pending() -> Iterator[Case]:
+        """The cases to run, lazily (a resumed run reads each record as it goes)."""
+        for case in job.cases():
+            if resume:
+                record = read_record(out, case)
+                if record is not None and (record.get("status") != FAILED or not retry_failed):
+                    state.reused += 1
+                    continue
+            yield case
+
+    def finished(case_id: str, status: str) -> None:
+        computed.append(case_id)
+        if status == FAILED:
+            state.failed += 1
+        else:
+            state.done += 1
+        state.last = case_id
+        if progress is not None:
+            progress(state)
+
+    if client is None and scheduler is None and cluster is None and workers == 0:
+        state.workers = 1
+        if on_start is not None:
+            on_start(state)
+        for case in pending():
+            if cancel is not None:
+                cancel.check()
+            result = execute_case(job.spec, case, str(out))
+            finished(case.id, result["status"])
+    else:
+        from .cohort_dask import connect, run_on_dask
+
+        with connect(client=client, workers=workers, scheduler=scheduler, cluster=cluster,
+                     cluster_options=cluster_options) as (dask_client, dashboard):
+            state.dashboard = dashboard
+            run_on_dask(dask_client, job.spec, pending(), str(out), state, finished,
+                        window=window, cancel=cancel, on_start=on_start)
+    if cancel is not None:
+        cancel.check()
+    return _collect(job, out, csv_path, computed, state, time.perf_counter() - started)
+
+
+def _prepare(out: Path, job: Job, resume: bool, overwrite: bool) -> None:
+    cases = out / CASES
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    held = cases.is_dir() and any(cases.iterdir())
+    if held and not (resume or overwrite):
+        raise InputError(out, "already holds a run's cases (--resume to finish it, or "
+                              "--overwrite to run every case again)")
+    cases.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / RUN, {"format": FORMAT, "version": VERSION, **job.describe(),
+                                  "cases": len(job)})
+
+
+def _collect(job: Job, out: Path, csv_path: Path, computed: list[str], state: RunProgress,
+             seconds: float) -> RunSummary:
+    """Every case's record in plan order -> the CSV (and failed.csv when any failed)."""
+    records, failed, skipped, reused = [], [], [], []
+    ran = set(computed)
+    for case in job.cases():
+        record = read_record(out, case)
+        if record is None:  # cannot happen after a complete run; say so if it does
+            raise InputError(case_folder(out, case.id), "has no record of this request after "
+                                                        "the run (was the folder changed "
+                                                        "meanwhile?)")
+        records.append(record)
+        if case.id not in ran:
+            reused.append(case.id)
+        if record["status"] == FAILED:
+            failed.append((case.id, record.get("reason", "")))
+        elif record["status"] == SKIPPED:
+            skipped.append((case.id, record.get("reason", "")))
+    written = job.write_csv(records, csv_path)
+    failed_path = out / FAILED_CSV
+    if failed:
+        with atomic_path(failed_path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["case", "reason"])
+                writer.writerows(failed)
+    elif failed_path.exists():
+        failed_path.unlink()
+    return RunSummary(total=len(job), computed=computed, reused=reused, failed=failed,
+                      skipped=skipped, records=records, csv=written, seconds=seconds,
+                      workers=state.workers, dashboard=state.dashboard)
+
+
+def review_rows_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """`cohort_review.summarise` from the records' rows (the CSV's numbers)."""
+    from .cohort_review import METRICS, column_name
+
+    unit = next((r["unit"] for r in records if r.get("unit")), "mm²")
+    rows = [row for r in records if r.get("status") == DONE for row in r["rows"]]
+    means = {}
+    for metric in METRICS:
+        values = [row.get(column_name(metric, unit)) for row in rows]
+        values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        means[metric.key] = sum(values) / len(values) if values else None
+    return {"n_cases": len(rows), "n_patients": len({row["patient"] for row in rows}),
+            "n_with_truth": sum(bool(row.get("counterfactual_scenario")) for row in rows),
+            "unit": unit, "means": means, "rows": rows}
