@@ -170,7 +170,8 @@ def run_on_dask(client: Any, spec: Any, pending: Iterator[Any], out: str, state:
     as failed by the client, so that the run still ends with a record for every case."""
     from .cohort_runner import FAILED, _stamp, execute_case, one_line, write_failure
 
-    client.register_plugin(ModelPreload(spec), name=f"nacsim-models-{uuid.uuid4().hex[:8]}")
+    plugin = f"nacsim-models-{uuid.uuid4().hex[:8]}"
+    client.register_plugin(ModelPreload(spec), name=plugin)
     state.workers = len(client.scheduler_info().get("workers", {}))
     if on_start is not None:
         on_start(state)
@@ -222,3 +223,5 @@ def run_on_dask(client: Any, spec: Any, pending: Iterator[Any], out: str, state:
     finally:
         if inflight:  # cancelled or interrupted: nothing more is started for this run
             client.cancel(list(inflight))
+        with contextlib.suppress(Exception):  # a long-lived cluster keeps no stale plugin
+            client.unregister_worker_plugin(plugin)
