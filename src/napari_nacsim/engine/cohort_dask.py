@@ -163,13 +163,15 @@ def _total_memory() -> int:
 def run_on_dask(client: Any, spec: Any, pending: Iterator[Any], out: str, state: Any,
                 finished: Callable[[str, str], None], *, window: Optional[int] = None,
                 cancel: Optional[CancelToken] = None,
-                on_start: Optional[Callable[[Any], None]] = None) -> None:
+                on_start: Optional[Callable[[Any], None]] = None,
+                execute: Optional[Callable] = None) -> None:
     """Submit ``pending`` cases one task each, at most ``window`` in flight (default: twice
     the workers' threads, re-read as workers join), and report each as it finishes. A task
     that errors outside the case (e.g. its worker died too often: `KilledWorker`) is recorded
     as failed by the client, so that the run still ends with a record for every case."""
     from .cohort_runner import FAILED, _stamp, execute_case, one_line, write_failure
 
+    execute = execute or execute_case
     plugin = f"nacsim-models-{uuid.uuid4().hex[:8]}"
     client.register_plugin(ModelPreload(spec), name=plugin)
     state.workers = len(client.scheduler_info().get("workers", {}))
@@ -193,7 +195,7 @@ def run_on_dask(client: Any, spec: Any, pending: Iterator[Any], out: str, state:
             if case is None:
                 exhausted = True
                 return
-            future = client.submit(execute_case, spec, case, out, pure=False,
+            future = client.submit(execute, spec, case, out, pure=False,
                                    key=f"nacsim-{case.id.replace('/', '-')}-{run_id}")
             inflight[future] = case
 

@@ -587,7 +587,9 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
               retry_failed: bool = False, window: Optional[int] = None,
               progress: Optional[Callable[[RunProgress], None]] = None,
               cancel: Optional[CancelToken] = None,
-              on_start: Optional[Callable[[RunProgress], None]] = None) -> RunSummary:
+              on_start: Optional[Callable[[RunProgress], None]] = None,
+              execute: Optional[Callable[[JobSpec, Case, str], dict]] = None,
+              collect: bool = True) -> Optional[RunSummary]:
     """Run every case of ``job``, writing ``out/cases/<case>/`` per case and, at the end, the
     CSV (``csv_path``; default ``out/<kind>.csv``). Where: ``client`` (a connected
     `distributed.Client`), ``scheduler`` (an address or a scheduler file), ``cluster``
@@ -595,7 +597,10 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
     process) or else an embedded loopback `LocalCluster` of ``workers`` processes (None:
     sized to the machine). ``resume``: cases whose record answers the same request are not
     run again (failed ones are, with ``retry_failed``). Raises `jobs.Cancelled` when
-    ``cancel`` is tripped (what finished is kept: resume later)."""
+    ``cancel`` is tripped (what finished is kept: resume later). ``execute`` (default
+    `execute_case`) and ``collect=False`` (no CSV, returns None) serve the scheduling
+    benchmark (``benchmarks/cohort_scale.py``)."""
+    execute = execute or execute_case
     started = time.perf_counter()
     out = Path(out)
     csv_path = Path(csv_path) if csv_path is not None else out / f"{job.kind}.csv"
@@ -630,7 +635,7 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
         for case in pending():
             if cancel is not None:
                 cancel.check()
-            result = execute_case(job.spec, case, str(out))
+            result = execute(job.spec, case, str(out))
             finished(case.id, result["status"])
     else:
         from .cohort_dask import connect, run_on_dask
@@ -639,9 +644,11 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
                      cluster_options=cluster_options) as (dask_client, dashboard):
             state.dashboard = dashboard
             run_on_dask(dask_client, job.spec, pending(), str(out), state, finished,
-                        window=window, cancel=cancel, on_start=on_start)
+                        window=window, cancel=cancel, on_start=on_start, execute=execute)
     if cancel is not None:
         cancel.check()
+    if not collect:
+        return None
     return _collect(job, out, csv_path, computed, state, time.perf_counter() - started)
 
 

@@ -1,0 +1,176 @@
+"""Cohort runs at scale (issue 21; results in docs/cohort-scale.md). Run on an otherwise idle
+machine:
+
+    .venv/bin/python benchmarks/cohort_scale.py --review 16 --dry-run 100000 --lung 4 \\
+        --json docs/benchmarks/cohort-scale.json
+
+Three measurements:
+
+1. **review throughput**: a ``--review``-patient breast phantom review (one follow-up each,
+   ``--steps`` sampler steps) in this process (``--workers 0``), then on an embedded loopback
+   `LocalCluster` of 1 and of 2 workers (wall time including the cluster's start and each
+   worker's model loading, and without it: from the first to the last finished case). Target:
+   2 workers >= 1.7x the throughput of 1; the per-case cost through Dask <= 5 % over the
+   in-process one. The CSVs of the three runs are compared byte for byte.
+2. **dry run**: a ``--dry-run``-row manifest (every row the same phantom patient's files),
+   scheduled through the runner's bounded window with a task that does nothing (no models,
+   no outputs): time to schedule, and the peak memory of this process, which holds the client
+   and the LocalCluster's scheduler, and of the workers.
+3. **projection**: the lung review's per-patient cost measured here (``--lung`` phantom
+   patients, the model's default steps), projected to 1,000 and 10,000 patients on N workers
+   with the parallel efficiency measured in 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+
+from napari_nacsim.engine.cohort_runner import (DONE, Case, JobSpec, ReviewJob,  # noqa: E402
+                                                run_cases)
+from napari_nacsim.science.phantoms.cohort import write_phantom_cohort  # noqa: E402
+
+
+def phantom_manifest(family: str, n: int, folder: Path, keep=("T0", "T1")) -> Path:
+    """A phantom cohort whose patients keep only the ``keep`` visits."""
+    manifest = write_phantom_cohort(family, n, 0, folder, jobs=1, overwrite=True)
+    payload = json.loads(manifest.read_text())
+    for patient in payload["patients"]:
+        for section in ("scans", "masks"):
+            patient[section] = {tp: v for tp, v in patient[section].items() if tp in keep}
+    manifest.write_text(json.dumps(payload, indent=1))
+    return manifest
+
+
+def timed_run(job, out: Path, **where) -> dict:
+    first = {}
+
+    def progress(state):
+        first.setdefault("t", time.perf_counter())
+
+    start = time.perf_counter()
+    summary = run_cases(job, out, progress=progress, **where)
+    wall = time.perf_counter() - start
+    per_case = [r["seconds"] for r in summary.records]
+    return {"wall_s": round(wall, 2), "cases": len(per_case),
+            "sum_case_s": round(sum(per_case), 2),
+            "mean_case_s": round(sum(per_case) / len(per_case), 3),
+            "first_to_last_s": round(time.perf_counter() - first.get("t", start), 2),
+            "csv": summary.csv.read_bytes()}
+
+
+def review_throughput(n: int, steps: int, work: Path) -> dict:
+    manifest = phantom_manifest("breast", n, work / "breast")
+    results = {}
+    for name, where in (("in_process", {"workers": 0}), ("dask_1", {"workers": 1}),
+                        ("dask_2", {"workers": 2})):
+        print(f"review of {n} patients: {name}...", file=sys.stderr, flush=True)
+        results[name] = timed_run(ReviewJob(manifest, steps=steps), work / name, **where)
+    same = len({r.pop("csv") for r in results.values()}) == 1
+    one, two, here = results["dask_1"], results["dask_2"], results["in_process"]
+    return {"patients": n, "steps": steps, "runs": results, "csv_identical": same,
+            "speedup_2_vs_1_wall": round(one["wall_s"] / two["wall_s"], 2),
+            "speedup_2_vs_1_after_start": round(
+                one["first_to_last_s"] / max(two["first_to_last_s"], 1e-9), 2),
+            "per_case_overhead_percent": round(
+                100.0 * (one["mean_case_s"] - here["mean_case_s"]) / here["mean_case_s"], 1),
+            "per_case_overhead_wall_percent": round(
+                100.0 * (one["wall_s"] - here["wall_s"]) / here["wall_s"], 1)}
+
+
+class NoopSpec(JobSpec):
+    """Scheduling only: no models, no outputs."""
+
+    kind = "dry-run"
+
+
+def noop(spec, case, out):
+    return {"id": case.id, "status": DONE, "reason": ""}
+
+
+def dry_run(rows: int, workers: int, work: Path) -> dict:
+    from distributed import Client, LocalCluster
+
+    source = phantom_manifest("breast", 1, work / "one")
+    payload = json.loads(source.read_text())
+    patient = payload["patients"][0]
+    payload["patients"] = [{**patient, "id": f"P{i:06d}"} for i in range(rows)]
+    big = source.with_name("big.json")
+    big.write_text(json.dumps(payload))
+    start = time.perf_counter()
+    job = ReviewJob(big, steps=1)
+    job.spec = NoopSpec()
+    load_s = time.perf_counter() - start
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        start = time.perf_counter()
+        run_cases(job, work / "dry", client=client, execute=noop, collect=False)
+        schedule_s = time.perf_counter() - start
+        worker_rss = client.run(lambda: __import__("psutil").Process().memory_info().rss)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"rows": rows, "workers": workers, "load_manifest_and_plan_s": round(load_s, 2),
+            "schedule_s": round(schedule_s, 2),
+            "tasks_per_s": round(rows / schedule_s, 1),
+            "peak_rss_client_and_scheduler_mib": round(peak / 2**20),
+            "worker_rss_mib": sorted(round(v / 2**20) for v in worker_rss.values())}
+
+
+def lung_projection(n: int, work: Path, efficiency: float) -> dict:
+    manifest = phantom_manifest("lung", n, work / "lung", keep=("T0", "T1"))
+    print(f"lung review of {n} patients in process...", file=sys.stderr, flush=True)
+    run = timed_run(ReviewJob(manifest), work / "lung_run", workers=0)
+    run.pop("csv")
+    per_patient = run["mean_case_s"]
+    projection = {}
+    for patients in (1000, 10000):
+        for workers in (1, 2, 8, 32, 128):
+            hours = patients * per_patient / (workers * (efficiency if workers > 1 else 1.0))
+            projection[f"{patients}_patients_{workers}_workers_h"] = round(hours / 3600, 2)
+    return {"patients_measured": n, "per_patient_s": per_patient, "run": run,
+            "parallel_efficiency": round(efficiency, 2), "projection": projection}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--review", type=int, default=16, help="patients of the review (0: skip)")
+    parser.add_argument("--steps", type=int, default=4, help="sampler steps of the review")
+    parser.add_argument("--dry-run", type=int, default=100_000, help="manifest rows (0: skip)")
+    parser.add_argument("--dry-workers", type=int, default=2)
+    parser.add_argument("--lung", type=int, default=4, help="lung patients measured (0: skip)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nacsim-cohort-scale-"))
+    results = {"cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        efficiency = 1.0
+        if args.review:
+            results["review"] = review_throughput(args.review, args.steps, work)
+            efficiency = results["review"]["speedup_2_vs_1_after_start"] / 2
+        if args.dry_run:
+            results["dry_run"] = dry_run(args.dry_run, args.dry_workers, work)
+        if args.lung:
+            results["lung"] = lung_projection(args.lung, work, efficiency)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
