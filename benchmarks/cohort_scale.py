@@ -126,7 +126,7 @@ def dry_run(rows: int, workers: int, work: Path) -> dict:
 
 
 def lung_projection(n: int, work: Path, efficiency: float) -> dict:
-    manifest = phantom_manifest("lung", n, work / "lung", keep=("T0", "T1"))
+    manifest = phantom_manifest("lung", n, work / "lung", keep=("pre", "post"))
     print(f"lung review of {n} patients in process...", file=sys.stderr, flush=True)
     run = timed_run(ReviewJob(manifest), work / "lung_run", workers=0)
     run.pop("csv")
