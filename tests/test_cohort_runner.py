@@ -53,8 +53,11 @@ def client():
 
 
 def _images(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes()
-            for p in sorted((out / CASES).rglob("*.nii.gz"))}
+    """Every finished case's NIfTI files (not those of a staging folder a killed worker left
+    behind: nothing reads those)."""
+    files = {str(p.relative_to(out)): p for p in sorted((out / CASES).rglob("*.nii.gz"))}
+    return {name: p.read_bytes() for name, p in files.items()
+            if not any(part.startswith(".") for part in Path(name).parts)}
 
 
 def _csv_lines(path: Path) -> list[str]:

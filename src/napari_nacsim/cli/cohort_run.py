@@ -94,8 +94,7 @@ class ProgressBar:
             return
         from tqdm import tqdm
 
-        where = "in this process" if not state.dashboard and state.workers <= 1 \
-            else f"{state.workers} workers"
+        where = state.where if state.where != "on Dask" else f"{state.workers} Dask workers"
         self.bar = tqdm(total=self.total, desc=f"{self.desc} ({where})", unit="case",
                         file=sys.stderr, initial=0, dynamic_ncols=True)
         self.update(state)

@@ -560,6 +560,7 @@ class RunProgress:
     last: str = ""         # the case that just finished
     dashboard: str = ""    # the Dask dashboard's address, when one runs
     workers: int = 0
+    where: str = ""        # "in this process" or "on Dask"
 
     @property
     def remaining(self) -> int:
@@ -629,7 +630,7 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
             progress(state)
 
     if client is None and scheduler is None and cluster is None and workers == 0:
-        state.workers = 1
+        state.workers, state.where = 1, "in this process"
         if on_start is not None:
             on_start(state)
         for case in pending():
@@ -642,7 +643,7 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
 
         with connect(client=client, workers=workers, scheduler=scheduler, cluster=cluster,
                      cluster_options=cluster_options) as (dask_client, dashboard):
-            state.dashboard = dashboard
+            state.dashboard, state.where = dashboard, "on Dask"
             run_on_dask(dask_client, job.spec, pending(), str(out), state, finished,
                         window=window, cancel=cancel, on_start=on_start, execute=execute)
     if cancel is not None:
