@@ -2,7 +2,7 @@
 # One-shot set-up used by `make demo` and `make test` (and CI): system packages for a
 # headless Qt/OpenGL viewer, then a virtual environment with nacsim installed.
 #   scripts/setup.sh            -> runtime install (napari with PyQt6, napari's default)
-#   scripts/setup.sh testing    -> + pytest, pytest-qt
+#   scripts/setup.sh testing    -> + pytest, pytest-qt (and dicom3tools: dciodvfy)
 # Re-running is cheap: nothing is reinstalled unless pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ PYTHON="${PYTHON:-python3}"
 SYS_PKGS="xvfb xauth libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 \
 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 \
 libxcb-shape0 libxcb-cursor0 libfontconfig1 libdbus-1-3"
+# testing: dicom3tools' dciodvfy, the independent validator of the DICOM export tests
+if [ "$EXTRA" = "testing" ]; then SYS_PKGS="$SYS_PKGS dicom3tools"; fi
 if command -v apt-get >/dev/null 2>&1; then
   missing=""
   for pkg in $SYS_PKGS; do
