@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from ..core.atomic import atomic_directory, atomic_path, write_json_atomic
 from ..core.cohort import Cohort, Patient, load_cohort
 from ..core.errors import InputError
-from .jobs import Cancelled, CancelToken
+from .jobs import CancelToken
 
 FORMAT = "nacsim-cohort-run"
 VERSION = 1
