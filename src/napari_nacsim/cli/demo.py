@@ -47,12 +47,21 @@ def run_demo(out: Path | None = None, viewer: str = "auto", *, seed: int = 0,
 def open_viewer(family) -> int:
     import napari
 
-    viewer = napari.Viewer(title=f"nacsim — synthetic {family.name} patient (what-if "
-                                 "workspace)")
-    viewer.open_sample("nacsim", family.name)  # the manifest's sample keys are family names
-    viewer.window.add_plugin_dock_widget("nacsim", "What-if workspace")
+    demo_viewer(family)
     napari.run()
     return 0
+
+
+def demo_viewer(family, show: bool = True):
+    """The demo's viewer: the family's sample patient and the what-if workspace, docked the
+    way napari docks a plugin's widget (the Plugins menu's path). Returns (viewer, widget)."""
+    import napari
+
+    viewer = napari.Viewer(title=f"nacsim — synthetic {family.name} patient (what-if "
+                                 "workspace)", show=show)
+    viewer.open_sample("nacsim", family.name)  # the manifest's sample keys are family names
+    _, widget = viewer.window.add_plugin_dock_widget("nacsim", "What-if workspace")
+    return viewer, widget
 
 
 def _check_out(out: Path) -> bool:
