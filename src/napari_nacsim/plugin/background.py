@@ -99,7 +99,8 @@ class BackgroundRunner(QObject):
         # bad file).
         worker = create_worker(work, _start_thread=False, _ignore_errors=True,
                                _worker_class=FunctionWorker)
-        worker.returned.connect(lambda value: self._on_returned(ticket, value, on_result))
+        worker.returned.connect(lambda value: self._on_returned(ticket, value, on_result,
+                                                                on_error))
         worker.errored.connect(lambda exc: self._on_errored(ticket, exc, on_error))
         worker.finished.connect(self._on_finished)
         self._running = (ticket, token, worker)
@@ -129,10 +130,19 @@ class BackgroundRunner(QObject):
             pbar.set_description(f"{self.description}: {what}")
         pbar.refresh()
 
-    def _on_returned(self, ticket: int, value: Any, on_result: Callable) -> None:
-        if ticket == self._ticket and self._pending is None:
+    def _on_returned(self, ticket: int, value: Any, on_result: Callable,
+                     on_error: Optional[Callable] = None) -> None:
+        if ticket != self._ticket or self._pending is not None:
+            return  # a newer request exists; this result is stale and dropped
+        try:
             on_result(value)  # the newest request: show it
-        # else: a newer request exists; this result is stale and dropped
+        except Exception as exc:  # noqa: BLE001 — showing failed: say so, never hang
+            # (an exception escaping a Qt slot would leave the widget saying "generating…"
+            # with its buttons as they were; it goes where a failed job goes instead)
+            log.error("nacsim: showing the result of %s failed", self.description,
+                      exc_info=exc)
+            self.state_changed.emit("failed")
+            (on_error or notify_error)(exc)
 
     def _on_errored(self, ticket: int, exc: Exception, on_error: Optional[Callable]) -> None:
         if isinstance(exc, Cancelled) or ticket != self._ticket:

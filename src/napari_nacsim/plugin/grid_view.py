@@ -31,6 +31,11 @@ TITLE_MARGIN_PX = 14
 SUBTITLE_POINTS = 8  # the second line: the overlay's name (the tumour and its size)
 # viewer -> {id(layer): layer} of the user's layers hidden while the grid is on
 _SAVED_VISIBILITY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# viewer -> the group in the grid and the world extent its view and slider were fitted to
+_FITTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# viewers whose layer removals keep the cells whole (`_keep_cells_whole`)
+_WATCHED: "weakref.WeakSet" = weakref.WeakSet()
+_BUSY: "weakref.WeakSet" = weakref.WeakSet()  # viewers whose cells `show_cells` is changing
 
 
 def _group_of(layer) -> str | None:
@@ -76,6 +81,18 @@ def _canvas_width(viewer) -> float | None:
 def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
                grid: bool = True, columns: int | None = None,
                roles: Sequence[str] | None = None) -> list[list[Any]]:
+    """Display ``cells``: see `_show_cells` (its own removals of cell layers are not the
+    user's deletions, which take the whole cell)."""
+    _BUSY.add(viewer)
+    try:
+        return _show_cells(viewer, group, cells, grid=grid, columns=columns, roles=roles)
+    finally:
+        _BUSY.discard(viewer)
+
+
+def _show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
+                grid: bool = True, columns: int | None = None,
+                roles: Sequence[str] | None = None) -> list[list[Any]]:
     """Display ``cells`` (each a list of ``STRIDE`` layer data tuples, image first) and return
     the layers per cell. ``roles``: what each cell shows ("input", "real follow-up",
     "generated"; `viewing.style_cell`), default "input". The first cell's image ends up the
@@ -112,6 +129,7 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
         if slot not in wanted:
             viewer.layers.remove(layer)
     _order(viewer, [layer for row in shown for layer in row])
+    _watch_removals(viewer)
     cell_px = None
     if grid:
         enter_grid(viewer, group, len(cells), columns)
@@ -128,7 +146,9 @@ def show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
             else:  # at the foot of the cell, right-aligned above the scale bar
                 overlay = layer.name_overlay
                 overlay.position = "bottom_right"
-                overlay.font_size = SUBTITLE_POINTS
+                # right-aligned: a line too long for the cell would lose its start (the
+                # scenario's name), so it shrinks like the titles
+                overlay.font_size = min(SUBTITLE_POINTS, title_points(layer.name, cell_px))
                 overlay.color = (layer.metadata.get(METADATA_KEY) or {}).get(
                     "outline_colour", "white")
             if layer.name_overlay.visible != grid:
@@ -220,11 +240,103 @@ def enter_grid(viewer, group: str, n_cells: int, columns: int | None = None) -> 
             if not visible and _group_of(layer) is None:
                 saved[id(layer)] = layer  # the user's layer: shown again by leave_grid
             layer.visible = visible
+        for layer, visible in changes:  # another group's titles and legends go with it
+            if not visible and _group_of(layer) not in (None, group):
+                _hide_decorations(layer)
     grid.stride = -STRIDE
     grid.shape = shape
     grid.enabled = True
-    if not same_layout:
-        viewer.reset_view()
+    _fit_to_group(viewer, group, refit=not same_layout)
+
+
+def _hide_decorations(layer) -> None:
+    layer.name_overlay.visible = False
+    for name in ("colorbar", "bounding_box"):
+        overlay = getattr(layer, name, None)
+        if overlay is not None and overlay.visible:
+            overlay.visible = False
+
+
+def _fit_to_group(viewer, group: str, refit: bool) -> None:
+    """The camera and the slice slider fit the group's cells, not every open layer: the
+    user's hidden layers (a lung patient's whole CT, 40 slices, around a 16-slice crop)
+    would otherwise shrink every cell and leave slider positions with empty cells. The view
+    is fitted again when the layout or the cells' extent changes (a lung cohort's case after
+    a breast one), not on every re-run (the user's zoom stays)."""
+    layers = group_layers(viewer, group)
+    if not layers:
+        return
+    extent = viewer.layers.get_extent(layers)
+    lo, hi, step = (np.asarray(a, float) for a in (extent.world[0], extent.world[1],
+                                                   extent.step))
+    key = (group, tuple(np.round(lo, 3)), tuple(np.round(hi, 3)))
+    fitted = _FITTED.get(viewer)
+    if refit or fitted is None or fitted[0] != key:
+        viewer.reset_view(layers=layers)
+    ranges = _full_ranges(viewer)
+    n = len(lo)
+    not_shown = set(viewer.dims.not_displayed)
+    for k in range(n):  # the group's axes are the last n of the viewer's
+        axis = len(ranges) - n + k
+        if axis in not_shown and hi[k] > lo[k]:
+            ranges[axis] = type(ranges[axis])(lo[k], hi[k], step[k])
+    if tuple(ranges) != tuple(viewer.dims.range):
+        viewer.dims.range = tuple(ranges)
+    _FITTED[viewer] = key
+    for axis in not_shown:  # a slice inside the cells
+        r = viewer.dims.range[axis]
+        point = viewer.dims.point[axis]
+        if not r.start <= point <= r.stop:
+            viewer.dims.set_point(axis, min(max(point, r.start), r.stop))
+
+
+def _full_ranges(viewer) -> list:
+    """The slider ranges napari gives every open layer (its own rule: the layers' extent)."""
+    ranges = list(viewer.dims.range)
+    extent = viewer.layers.extent
+    lo, hi, step = extent.world[0], extent.world[1], extent.step
+    n = min(len(lo), len(ranges))
+    for k in range(n):
+        axis = len(ranges) - n + k
+        ranges[axis] = type(ranges[axis])(float(lo[len(lo) - n + k]),
+                                          float(hi[len(lo) - n + k]),
+                                          float(step[len(lo) - n + k]))
+    return ranges
+
+
+def _watch_removals(viewer) -> None:
+    if viewer not in _WATCHED:
+        _WATCHED.add(viewer)
+        viewer.layers.events.removed.connect(
+            lambda event, ref=weakref.ref(viewer): _keep_cells_whole(ref(), event.value))
+
+
+def _keep_cells_whole(viewer, removed) -> None:
+    """A cell is its image and its outline: when the user deletes one, the other goes too,
+    so that the cells below keep their pairs (napari places every ``STRIDE`` consecutive
+    layers in a cell; one layer less would put each image under the next cell's outline)."""
+    if viewer is None or viewer in _BUSY:
+        return
+    slot = _slot_of(removed)
+    group = _group_of(removed)
+    if slot is None or group is None:
+        return
+    cell = slot.rsplit(":", 1)[0]
+    partners = [layer for layer in group_layers(viewer, group)
+                if (_slot_of(layer) or "").rsplit(":", 1)[0] == cell]
+    for layer in partners:
+        viewer.layers.remove(layer)
+
+
+def leave_own_grid(viewer, group: str) -> None:
+    """Leave the grid if it shows ``group``'s cells (its widget closing): the user's
+    layers come back; another widget's grid stays."""
+    try:
+        layers = group_layers(viewer, group)
+        if grid_of(viewer).enabled and any(layer.visible for layer in layers):
+            leave_grid(viewer)
+    except (RuntimeError, AttributeError, KeyError):  # the viewer is already gone
+        pass
 
 
 def leave_grid(viewer) -> None:
@@ -233,6 +345,10 @@ def leave_grid(viewer) -> None:
     grid.enabled = False
     grid.stride = 1
     grid.shape = (-1, -1)
+    if _FITTED.pop(viewer, None) is not None and len(viewer.layers):
+        full = _full_ranges(viewer)
+        if len(full) == len(viewer.dims.range):
+            viewer.dims.range = tuple(full)  # the slider spans every layer again
     for layer in _SAVED_VISIBILITY.pop(viewer, {}).values():
         if layer in viewer.layers:
             layer.visible = True

@@ -32,11 +32,12 @@ from ..engine.cohort_review import (METRICS, CaseReview, Skipped, cases_to_csv,
 from ..engine.jobs import CancelToken, Progress
 from ..families import get_family
 from .background import BackgroundRunner, StopsWhenClosed, notify_error
-from .grid_view import show_cells
+from .grid_view import leave_own_grid, show_cells
 from .layers import contour_layer_data, scan_to_layer_data
+from .napari_access import real_viewer
 from .reader_choice import remember_our_reader
 from .viewing import (GENERATED, INPUT, REAL, ContrastLink, CursorReadout, enlarge_window,
-                      show_orientation, show_scale_bar)
+                      readout_label, show_orientation, show_scale_bar)
 
 GROUP = "inspector"
 FIXED_COLUMNS = ("Patient", "Time", "Scenario")
@@ -131,7 +132,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
 
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = real_viewer(napari_viewer)  # not napari's proxy: see `napari_access`
         self.runner = BackgroundRunner("nacsim cohort review", self)
         self.runner.progressed.connect(self._on_progress)
         self.runner.state_changed.connect(self._on_state)
@@ -143,8 +144,8 @@ class CohortInspector(StopsWhenClosed, QWidget):
         self._family = None                   # the family of the cohort under review
         self._shown_columns = set(DEFAULT_COLUMNS)
         self.window_link = ContrastLink()     # input, real, generated: one window
-        self.readout = CursorReadout(self.viewer)
         self._build()
+        self.readout = CursorReadout(self.viewer, self.cursor_label.setText)
         remember_our_reader()
 
     # --- layout ---------------------------------------------------------------------------
@@ -201,6 +202,8 @@ class CohortInspector(StopsWhenClosed, QWidget):
         layout.addWidget(self.table, 1)
         layout.addWidget(self.summary)
         layout.addWidget(self.export_button)
+        self.cursor_label = readout_label()
+        layout.addWidget(self.cursor_label)
 
     def _make_table(self) -> QTableWidget:
         table = QTableWidget(0, len(FIXED_COLUMNS) + len(METRICS))
@@ -460,4 +463,5 @@ class CohortInspector(StopsWhenClosed, QWidget):
                 self.readout.close()
             except (RuntimeError, AttributeError):  # the viewer is already gone
                 pass
+            leave_own_grid(self.viewer, GROUP)  # never the user's layers left hidden
 

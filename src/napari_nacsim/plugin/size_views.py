@@ -5,6 +5,7 @@ Both only read a `WhatIfResult` (engine), so they show exactly what `report.json
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -114,6 +115,12 @@ class SizeTable(QWidget):
     def rows_text(self) -> list[list[str]]:
         return [[self.table.item(r, c).text() for c in range(self.table.columnCount())]
                 for r in range(self.table.rowCount())]
+
+
+# A dock squeezed small (a short window) makes constrained layout fall back to the plain
+# one with a UserWarning, which napari shows the user as a notification; the fallback is fine.
+warnings.filterwarnings("ignore", message="constrained_layout not applied",
+                        category=UserWarning)
 
 
 class SizePlot(QWidget):

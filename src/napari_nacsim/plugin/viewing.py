@@ -4,7 +4,7 @@
   cell changes every cell; named presets come from the family (`ModelFamily.window_presets`).
 - `CursorReadout`: the value under the mouse in every cell at once (the cells share one
   geometry and one camera, so the same world position is the same anatomy in each), with
-  the position in mm, on one line at the foot of the canvas.
+  the position in mm, on one line in the owning widget (never over the cells).
 - `show_orientation` / `hide_orientation`: the orientation letters at the edges of every
   cell; `show_scale_bar`: a scale bar in mm in every cell (the layers' units are mm).
 - `style_cell`: what a cell is, at a glance: the input and real follow-ups with a white
@@ -26,7 +26,6 @@ INPUT, REAL, GENERATED = "input", "real follow-up", "generated"
 GENERATED_COLOUR = "#ff9f1c"      # orange: every generated cell (title and frame)
 MEASURED_COLOUR = "white"
 ORIENTATION_COLOUR = "#ffe066"    # the orientation letters (as on the saved figure: yellow)
-READOUT_KEY = "nacsim_readout"
 _ORIENTATION_KEYS = {"top": ("nacsim_orientation_top", "top_center"),
                      "bottom": ("nacsim_orientation_bottom", "bottom_center"),
                      "left": ("nacsim_orientation_left", "middle_left"),
@@ -118,48 +117,65 @@ class ContrastLink:
 # --- the value under the cursor in every cell --------------------------------------------
 
 class CursorReadout:
-    """One line at the foot of the canvas: the cursor position in mm and the value of every
-    cell's image there (``cells``: short label, image layer), in ``unit``."""
+    """The cursor position in mm and the value of every cell's image there (``cells``:
+    short label, image layer), in ``unit``, shown by ``show(text)`` — the owning widget's
+    label, never on the canvas: a line over the cells covered the bottom row's scale bars
+    and colour bars. Only cells that are shown count; a new set of cells clears the line
+    (no stale labels after the layout changes)."""
 
-    def __init__(self, viewer):
-        from napari.components.overlays import TextOverlay
-
+    def __init__(self, viewer, show: Callable[[str], None]):
         self.viewer = viewer
         self.cells: list[tuple[str, object]] = []
         self.unit = ""
-        self.overlay = TextOverlay(text="", position="bottom_left", font_size=10, box=True,
-                                   visible=False, color="white")
-        viewer.canvas.overlays[READOUT_KEY] = self.overlay
+        self.show = show
+        self.text = ""
         viewer.mouse_move_callbacks.append(self._on_move)
 
     def set_cells(self, cells: Sequence[tuple[str, object]], unit: str = "") -> None:
         self.cells = list(cells)
         self.unit = unit
-        if not self.cells:
-            self.overlay.visible = False
+        self._set("")
 
     def text_at(self, position: Sequence[float]) -> str:
         """The read-out for a world position (also what tests and scripts call)."""
         values = [f"{label} {_format_value(_value_at(layer, position))}"
-                  for label, layer in self.cells if layer in self.viewer.layers]
+                  for label, layer in self.cells if layer in self.viewer.layers and
+                  layer.visible]
         if not values:
             return ""
         where = ", ".join(f"{v:.0f}" for v in list(position)[-2:][::-1])
         unit = f"   [{self.unit}]" if self.unit else ""
         return f"(x, y) = ({where}) mm:  " + "  │  ".join(values) + unit
 
+    def _set(self, text: str) -> None:
+        if text != self.text:
+            self.text = text
+            try:
+                self.show(text)
+            except RuntimeError:  # the label went with its widget
+                self.close()
+
     def _on_move(self, viewer, event) -> None:
-        if not self.cells:
-            return
-        text = self.text_at(event.position)
-        self.overlay.text = text
-        self.overlay.visible = bool(text)
+        if self.cells:
+            self._set(self.text_at(event.position))
 
     def close(self) -> None:
         if self._on_move in self.viewer.mouse_move_callbacks:
             self.viewer.mouse_move_callbacks.remove(self._on_move)
-        self.viewer.canvas.overlays.pop(READOUT_KEY, None)
         self.cells = []
+
+
+def readout_label():
+    """The label a widget shows its `CursorReadout` in (one line, a point smaller)."""
+    from qtpy.QtWidgets import QLabel
+
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setToolTip("the value under the cursor in every cell")
+    font = label.font()
+    font.setPointSizeF(max(font.pointSizeF() - 1, 7))
+    label.setFont(font)
+    return label
 
 
 def _value_at(layer, position) -> Optional[float]:

@@ -35,13 +35,15 @@ from ..families import family_names, get_family
 from ..engine.jobs import CancelToken, Progress
 from ..engine.session import WhatIfRequest, WhatIfResult, WhatIfSession
 from .background import BackgroundRunner, StopsWhenClosed, notify_error
-from .grid_view import group_layers, leave_grid, make_layer, show_cells
+from .grid_view import group_layers, leave_grid, leave_own_grid, make_layer, show_cells
 from .layers import METADATA_KEY, contour_layer_data, layer_to_scan, scan_to_layer_data
+from .napari_access import real_viewer
 from .reader_choice import remember_our_reader
 from .scenario_panel import TARGET, ScenarioPanel
 from .size_views import SizePlot, SizeTable
 from .viewing import (GENERATED, INPUT, WINDOW_SIZE, ContrastLink, CursorReadout,
-                      enlarge_window, show_orientation, show_scale_bar, side_docks_to_content)
+                      enlarge_window, readout_label, show_orientation, show_scale_bar,
+                      side_docks_to_content)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,9 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self._ready = False  # no runs while the controls are being built
-        self.viewer = napari_viewer
+        # the viewer itself, not napari's proxy of it (the Plugins menu, `napari -w`, the
+        # demo): see `napari_access`
+        self.viewer = real_viewer(napari_viewer)
         self.runner = BackgroundRunner("nacsim what-if", self)
         self.runner.progressed.connect(self._on_progress)
         self.runner.state_changed.connect(self._on_state)
@@ -95,12 +99,13 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
-        self._debounce.timeout.connect(self.run)
+        self._debounce.timeout.connect(self._auto_run)
+        self._submitted: Optional[tuple] = None  # what the newest run was asked (its key)
         # linked viewing of the cells: one window for the images, one for the SD maps
         self.window_link = ContrastLink(on_change=self._on_window_changed)
         self.sd_link = ContrastLink()
-        self.readout = CursorReadout(self.viewer)
         self._build()
+        self.readout = CursorReadout(self.viewer, self.cursor_label.setText)
         # every family's bundled model (the registry lists them); the first one selected
         bundled = [n for n in family_names() if get_family(n).bundled_generator]
         for name in reversed(bundled):
@@ -256,6 +261,8 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         # progress and status stay in sight below the scrolling controls
         outer.addWidget(self.progress)
         outer.addWidget(self.status)
+        self.cursor_label = readout_label()
+        outer.addWidget(self.cursor_label)
         # Long layer and model names must not widen the dock (the grid needs the width).
         for combo in (self.input_combo, self.model_combo, self.compare_combo,
                       self.window_combo):
@@ -328,6 +335,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             self._set_window_presets()
         self._show_sampling_defaults()
         self._show_outcome_inputs()
+        self._update_make_input()  # the scans it is made from depend on the family
         self._update_ready_status()
         self._on_scenario_changed()
 
@@ -784,14 +792,43 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             # parsed and checked like any scenario value (one-line errors naming the field)
             values = get_family(self._schema.name).comparison(compare, values).values
         advanced = self.advanced.isChecked()
+        defaults = self._sampling_defaults[self._current_model()[0]]
+
+        def unless_default(value, key):
+            """An Advanced value, None where it is the model's default: the same request
+            with Advanced on or off (ticking it generates nothing new)."""
+            if not advanced or value == defaults[key] or \
+                    (isinstance(value, float) and abs(value - defaults[key]) < 1e-9):
+                return None
+            return value
+
         return WhatIfRequest(
             clinical=scenario, target=target, compare=compare, compare_values=values,
             seed=self.seed.value() if advanced else 0,
-            steps=self.steps.value() if advanced else None,
-            sampler=self.sampler.currentText() if advanced else None,
+            steps=unless_default(self.steps.value(), "default_steps"),
+            sampler=unless_default(self.sampler.currentText(), "default_sampler"),
             samples=self.samples.value() if advanced else self._family().default_samples,
-            guidance=self.guidance.value() if advanced else None,
+            guidance=unless_default(self.guidance.value(), "default_guidance"),
             outcomes=self.panel.outcomes or None)
+
+    def _run_key(self, request: WhatIfRequest) -> tuple:
+        """What makes two runs the same: the model, the input layer (its data) and the
+        request."""
+        layer = self.input_layer()
+        return (self._current_model()[0], layer.name if layer is not None else None,
+                id(layer.data) if layer is not None else None, request.key())
+
+    def _auto_run(self) -> Optional[int]:
+        """A run after a change (debounced): none where nothing that matters changed (ticking
+        Advanced with its values at the model's defaults, a value set back while a run for
+        it is going on or shown)."""
+        try:
+            key = self._run_key(self.request())
+        except InputError:
+            key = None  # run() says what is wrong
+        if key is not None and key == self._submitted:
+            return None
+        return self.run()
 
     def _on_scenario_changed(self, *_):
         if not self._ready:
@@ -818,6 +855,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         label, path, _ = self._current_model()
         layer = self.input_layer()
         context = self._contexts.get(layer.name) if layer is not None else None
+        self._submitted = self._run_key(request)
 
         def job(token: CancelToken, progress: Progress) -> WhatIfResult:
             session = self._session(label, path)
@@ -869,11 +907,13 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
     def cancel(self) -> None:
         self._debounce.stop()
+        self._submitted = None  # the same request may be asked again
         self.runner.cancel()
         self.status.setText("cancelled")
 
     # --- results ------------------------------------------------------------------------
     def _failed(self, exc: Exception) -> None:
+        self._submitted = None  # asking again is worth a try
         notify_error(exc, "what-if run")
         self.status.setText(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
@@ -882,6 +922,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             return
         self.result = result
         self.results_shown += 1
+        self.save_button.setEnabled(True)  # the result is whole: saving does not need the view
         cells, roles, labels = self._cells(result)
         grid = self.grid_mode.isChecked()
         several = result.request.samples > 1
@@ -907,7 +948,6 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.table.show_result(result)
         self.plot.show_result(result)
         self._add_docks()
-        self.save_button.setEnabled(True)
         done = "; ".join(f"{_short(f.title)}: {f.describe_size()}" for _, f in result.shown())
         self.status.setText(f"Done in {result.seconds['total']:.1f} s. Input "
                             f"{result.baseline_size.describe()}; {done}")
@@ -1042,24 +1082,28 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
                 layer.opacity = opacity
 
     def _add_docks(self) -> None:
+        """The size table and plot, docked once under the canvas (never a second pair)."""
         if self._docks_added:
             return
         window = getattr(self.viewer, "window", None)
         if window is None or not hasattr(window, "add_dock_widget"):
             return
+        self._docks_added = True  # before anything that could fail: never a second pair
         # Under the canvas: the grid keeps the full width, table and plot sit side by side,
         # as tall as the table's rows.
-        table = window.add_dock_widget(self.table, name="nacsim: tumour sizes", area="bottom")
-        plot = window.add_dock_widget(self.plot, name="nacsim: size over time", area="bottom")
+        window.add_dock_widget(self.table, name="nacsim: tumour sizes", area="bottom")
+        window.add_dock_widget(self.plot, name="nacsim: size over time", area="bottom")
         main = self.window()
-        if isinstance(main, QMainWindow) and table is not None and plot is not None:
+        docks = [_dock_of(widget) for widget in (self.table, self.plot)]
+        if isinstance(main, QMainWindow) and all(docks):
+            width = main.width()
             height = self.table.maximumHeight()
             self.plot.setMaximumHeight(max(height, self.plot.minimumHeight()))
-            main.resizeDocks([table, plot], [height, height], Qt.Vertical)
-            main.resizeDocks([table, plot], [3 * main.width() // 5, 2 * main.width() // 5],
-                             Qt.Horizontal)
+            main.resizeDocks(docks, [height, height], Qt.Vertical)
+            main.resizeDocks(docks, [3 * width // 5, 2 * width // 5], Qt.Horizontal)
             side_docks_to_content(main)  # new docks must not take the grid's width
-        self._docks_added = True
+            if main.width() != width and not (main.isMaximized() or main.isFullScreen()):
+                main.resize(width, main.height())  # the docks share the width it had
 
     def _on_grid_toggled(self, on: bool) -> None:
         if self.result is None:
@@ -1130,9 +1174,20 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             self.readout.close()
         except (RuntimeError, AttributeError):  # the viewer is already gone
             pass
+        leave_own_grid(self.viewer, GROUP)  # never the user's layers left hidden
 
     def result_layers(self) -> list:
         return group_layers(self.viewer, GROUP)
+
+
+def _dock_of(widget):
+    """The QDockWidget holding ``widget`` (napari wraps each docked widget in one)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    return parent
 
 
 def _number(value: float) -> str:
