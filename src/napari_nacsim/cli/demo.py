@@ -31,7 +31,8 @@ def display_available() -> bool:
 
 
 def run_demo(out: Path | None = None, viewer: str = "auto", *, seed: int = 0,
-             steps: int | None = None, family: str | None = None) -> int:
+             steps: int | None = None, family: str | None = None,
+             fmt: str = "nifti") -> int:
     from ..engine import default_family
     from ..families import get_family
 
@@ -41,7 +42,8 @@ def run_demo(out: Path | None = None, viewer: str = "auto", *, seed: int = 0,
     use_viewer = viewer == "yes" or (viewer == "auto" and out is None and display_available())
     if use_viewer:
         return open_viewer(chosen)
-    return write_demo(out or DEFAULT_OUT, seed=seed, steps=steps, family=chosen.name)
+    return write_demo(out or DEFAULT_OUT, seed=seed, steps=steps, family=chosen.name,
+                      fmt=fmt)
 
 
 def open_viewer(family) -> int:
@@ -83,8 +85,12 @@ def _check_out(out: Path) -> bool:
 
 
 def write_demo(out: Path, *, seed: int = 0, steps: int | None = None,
-               family: str | None = None) -> int:
+               family: str | None = None, fmt: str = "nifti") -> int:
+    """``fmt``: "nifti" (images and masks as NIfTI), "dicom" (DICOM series, SEGs and an SR
+    in ``dicom/`` instead) or "both"; report.json and comparison.png in every case."""
     from ..engine import WhatIfRequest, WhatIfSession, default_family, load_model
+    from ..engine.dicom_export import (DICOM_FOLDER, dicom_files, wants,
+                                       write_result_as_dicom, write_result_dicom)
     from ..engine.results import write_result
     from ..families import get_family
     from ..science.measure import measure_tumour
@@ -118,11 +124,20 @@ def write_demo(out: Path, *, seed: int = 0, steps: int | None = None,
                          f"{case['clinical'].get(compared)}), segmented by the same model on "
                          f"the {chosen.model_input.short_name} grid of its training",
                  "sizes": real}}
-    write_result(result, out, overwrite=overwrite, extra_report=extra)
+    if not wants(fmt, "nifti"):
+        write_result_as_dicom(result, out, overwrite=overwrite, extra_report=extra)
+    else:
+        if wants(fmt, "dicom"):
+            extra["dicom_files"] = dicom_files()
+        write_result(result, out, overwrite=overwrite, extra_report=extra)
+        if wants(fmt, "dicom"):   # into the folder just written
+            write_result_dicom(result, out / DICOM_FOLDER)
     shown = ", ".join(f"{row['scenario'].replace(' (synthetic)', '')}: {row['size']}"
                       for row in result.table_rows()[1:])
+    files = {"nifti": "images, masks", "dicom": "DICOM images, SEGs, SR in dicom/",
+             "both": "images, masks; DICOM images, SEGs, SR in dicom/"}[fmt]
     print(f"wrote the what-if demo for synthetic patient {case['patient']} to {out}/ "
-          f"(images, masks, report.json, comparison.png) in "
+          f"({files}, report.json, comparison.png) in "
           f"{result.seconds['total']:.1f} s of generation + segmentation\n"
           f"baseline {result.baseline_size.describe()}; {shown}")
     return 0

@@ -15,8 +15,16 @@ def cmd_simulate(args) -> int:
 
     if (args.input is None) == (args.sample is None):
         raise InputError("simulate", "give exactly one of --input FILE or --sample N")
+    from ..engine.dicom_export import check_exportable, wants
+
     # read the user's image first: a bad file is refused before seconds of model loading
     image = read_scan(args.input) if args.input is not None else None
+    if wants(args.format, "dicom"):
+        if image is not None:
+            check_exportable(image)   # a DICOM input without what a derived series needs
+        folder = Path(args.out) / "dicom"
+        if folder.exists() and any(folder.iterdir()) and not args.overwrite:
+            raise InputError(folder, "is not empty (choose another --out or --overwrite)")
     model = load_model(args.model, family=args.family, device=args.device)
     family = model.family
     if args.family is not None and args.family != family.name:
@@ -57,24 +65,37 @@ def cmd_simulate(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
-    written = []
+    written, dicom = [], []
+    nifti = wants(args.format, "nifti")
     for k, (scenario, scan) in enumerate(zip(scenarios, generated)):
         flags = "_".join(f"{name}{'pos' if v is True else 'neg' if v is False else v}"
                          for name, v in scenario.items() if name != "time")
-        path = out / f"synthetic_{k + 1:02d}_{scenario['time']}_{flags}.nii.gz"
-        write_scan(scan, path, overwrite=args.overwrite)
-        written.append({"file": path.name, "scenario": scenario})
+        stem = f"synthetic_{k + 1:02d}_{scenario['time']}_{flags}"
+        if nifti:
+            write_scan(scan, out / f"{stem}.nii.gz", overwrite=args.overwrite)
+        written.append({"file": f"{stem}.nii.gz" if nifti else None, "scenario": scenario})
+        dicom.append((stem, scan, scan.provenance.get("scenario_text") or stem))
     if args.sample is not None:  # the sample's input, for side-by-side viewing
-        write_scan(image, out / f"input_{family.schema.baseline}.nii.gz",
-                   overwrite=args.overwrite)
+        if nifti:
+            write_scan(image, out / f"input_{family.schema.baseline}.nii.gz",
+                       overwrite=args.overwrite)
+        dicom.insert(0, (f"input_{family.schema.baseline}", image, "input"))
+    if wants(args.format, "dicom"):
+        from ..engine.dicom_export import DICOM_FOLDER, write_scans_dicom
+
+        write_scans_dicom(family, image, dicom, out / DICOM_FOLDER, overwrite=args.overwrite)
+        for entry, (stem, _, _) in zip(written, dicom[-len(written):]):
+            entry["dicom_series"] = f"{DICOM_FOLDER}/{stem}"
     write_json_atomic(out / "simulation.json", {
         "synthetic": True, "case": case, "model": str(model.path),
         "model_hash": model.model_hash, "seed": args.seed, "sampler": generated[0].provenance["sampler"],
         "steps": generated[0].provenance["steps"],
         "guidance_scale": generated[0].provenance["guidance_scale"],
-        "device": model.device, "outputs": written})
-    print(f"wrote {len(written)} SYNTHETIC images to {out} (model {model.model_hash[:12]}, "
-          f"seed {args.seed})")
+        "device": model.device, "format": args.format, "outputs": written})
+    where = {"nifti": "NIfTI", "dicom": "DICOM series in dicom/",
+             "both": "NIfTI and DICOM series in dicom/"}[args.format]
+    print(f"wrote {len(written)} SYNTHETIC images to {out} as {where} (model "
+          f"{model.model_hash[:12]}, seed {args.seed})")
     return 0
 
 
@@ -153,6 +174,15 @@ def add_simulate_commands(sub) -> None:
     p.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", type=Path, required=True)
+    add_format_option(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_simulate)
+
+
+def add_format_option(p) -> None:
+    """``--format nifti|dicom|both`` (docs/dicom.md)."""
+    p.add_argument("--format", choices=["nifti", "dicom", "both"], default="nifti",
+                   help="image format: NIfTI files with provenance sidecars (default), "
+                        "DICOM series (with tumour SEGs and a TID 1500 size report where "
+                        "masks are made) in OUT/dicom/, or both; see docs/dicom.md")

@@ -1,0 +1,138 @@
+"""Reading nacsim's DICOM objects back: a SEG as a labels scan, an SR's measurements.
+
+Image series are read by `scan_io` (SimpleITK/GDCM), like any DICOM series. A SEG is read
+with highdicom into the labels volume on its own geometry (the plane positions and
+orientation it shares with its source images), so it lies on the image series it was made
+from. An SR's TID 1500 measurement groups become plain dictionaries: tracking identifier,
+time point, each measurement with its unit, qualitative evaluations, and the SEG and segment
+each group references.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..scan import LABELS, Scan
+
+SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.66.7": "SEG"}
+SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.22": "SR", "1.2.840.10008.5.1.4.1.1.88.33": "SR",
+              "1.2.840.10008.5.1.4.1.1.88.34": "SR"}
+
+
+def dicom_object_kind(path: str | os.PathLike) -> Optional[str]:
+    """``"SEG"``, ``"SR"`` or ``None`` (an image, or not a DICOM file), from the header."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # noqa: BLE001 - not DICOM: the image readers decide
+        return None
+    uid = str(ds.get("SOPClassUID", ""))
+    return SEG_CLASSES.get(uid) or SR_CLASSES.get(uid)
+
+
+def read_segmentation(path: str | os.PathLike) -> Scan:
+    """A DICOM SEG as a labels `Scan` (segment numbers as labels) on its own geometry."""
+    import highdicom as hd
+
+    path = Path(path)
+    try:
+        seg = hd.seg.segread(path)
+        volume = seg.get_volume(combine_segments=True)
+    except Exception as err:  # noqa: BLE001 - highdicom/pydicom raise many types
+        raise InputError(path, f"cannot read DICOM SEG ({type(err).__name__}: "
+                               f"{_first_line(err)})") from None
+    array = np.asarray(volume.array)              # (slices, rows, columns)
+    lps = np.asarray(volume.affine, float)        # index (slice, row, column) -> LPS
+    # nacsim indexes (x, y, z) = (column, row, slice) and stores RAS
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = lps[:3, 2], lps[:3, 1], lps[:3, 0]
+    affine[:3, 3] = lps[:3, 3]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    if array.shape[0] == 1:
+        array = array[0]
+    labels = array.astype(np.uint8 if array.max(initial=0) < 256 else np.uint16)
+    segments = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    return Scan(array=np.ascontiguousarray(labels), affine=affine, kind=LABELS, source=path,
+                provenance={"format": "dicom-seg", "series_uid": str(seg.SeriesInstanceUID),
+                            "sop_instance_uid": str(seg.SOPInstanceUID),
+                            "series_description": str(seg.get("SeriesDescription", "")),
+                            "segments": segments,
+                            "source_series_uids": [str(s.SeriesInstanceUID) for s in
+                                                   seg.ReferencedSeriesSequence]})
+
+
+def read_measurements(path: str | os.PathLike) -> dict[str, Any]:
+    """The measurement groups of a TID 1500 SR: a dict with the document's description and
+    a list of groups, each ``{"tracking", "time_point", "measurements": [{"name",
+    "value", "unit"}], "evaluations": [{"name", "value"}], "method", "segmentation":
+    {"sop_instance_uid", "segment_number"}}``."""
+    import highdicom as hd
+
+    path = Path(path)
+    try:
+        sr = hd.sr.srread(path)
+        report = sr.content
+        groups = [*report.get_planar_roi_measurement_groups(),
+                  *report.get_volumetric_roi_measurement_groups()]
+    except Exception as err:  # noqa: BLE001
+        raise InputError(path, f"cannot read the DICOM SR as a TID 1500 measurement report "
+                               f"({type(err).__name__}: {_first_line(err)})") from None
+    out = []
+    for group in groups:
+        ref = getattr(group, "referenced_segment", None) or \
+            getattr(group, "referenced_segmentation_frame", None)
+        time_point = None
+        for item in group[0].ContentSequence:
+            if item.name == hd.sr.CodedConcept("C2348792", "UMLS", "Time Point"):
+                time_point = str(item.value)
+        method = group.method
+        out.append({
+            "tracking": group.tracking_identifier, "tracking_uid": str(group.tracking_uid),
+            "time_point": time_point,
+            "measurements": [{"name": m.name.meaning, "value": float(m.value),
+                              "unit": m.unit.value} for m in group.get_measurements()],
+            "evaluations": [{"name": e.name.meaning, "value": e.value.meaning}
+                            for e in group.get_qualitative_evaluations()],
+            "method": method.meaning if method is not None else None,
+            "segmentation": _segment_reference(ref)})
+    return {"description": str(sr.get("SeriesDescription", "")),
+            "completion": str(sr.get("CompletionFlag", "")),
+            "verification": str(sr.get("VerificationFlag", "")), "groups": out}
+
+
+def describe_measurements(report: dict[str, Any]) -> str:
+    """Lines a person reads: one per group, its measurements and evaluations."""
+    lines = [f"{report['description']} ({report['completion'].lower()}, "
+             f"{report['verification'].lower()})"]
+    for group in report["groups"]:
+        parts = [f"{m['name']} {m['value']:.4g} {m['unit']}" for m in group["measurements"]]
+        parts += [f"{e['name']}: {e['value']}" for e in group["evaluations"]]
+        lines.append(f"  {group['tracking']}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def _segment_reference(ref) -> Optional[dict[str, Any]]:
+    if ref is None:
+        return None
+    found: dict[str, Any] = {}
+    for item in ref:
+        for seq in ("ReferencedSOPSequence",):
+            for sop in item.get(seq, []):
+                if "ReferencedSegmentNumber" in sop:
+                    found = {"sop_instance_uid": str(sop.ReferencedSOPInstanceUID),
+                             "segment_number": int(sop.ReferencedSegmentNumber)}
+                elif "sop_instance_uid" not in found:
+                    found.setdefault("source_images", []).append(
+                        str(sop.ReferencedSOPInstanceUID))
+    return found or None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else ""
