@@ -77,9 +77,15 @@ def cmd_validate(args) -> int:
 def cmd_info(args) -> int:
     import numpy as np
 
+    from ..core.dicom import (describe_measurements, dicom_object_kind, read_measurements,
+                              read_segmentation)
     from ..core.scan_io import read_scan
 
-    scan = read_scan(args.path)
+    kind = dicom_object_kind(args.path) if args.path.is_file() else None
+    if kind == "SR":   # a TID 1500 report (nacsim's export): its measurements
+        print(f"{args.path}\n{describe_measurements(read_measurements(args.path))}")
+        return 0
+    scan = read_segmentation(args.path) if kind == "SEG" else read_scan(args.path)
     arr = scan.array
     finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
     value_range = f"{finite.min():g}..{finite.max():g}" if finite.size else "no finite values"
@@ -105,7 +111,7 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(out=args.out, viewer=args.viewer, seed=args.seed, steps=args.steps,
-                    family=args.family)
+                    family=args.family, fmt=args.format)
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -135,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also read every scan and mask and check their grids")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("info", help="show a scan's geometry (NIfTI, DICOM folder, 2D image)")
+    p = sub.add_parser("info", help="show a scan's geometry (NIfTI, DICOM folder, 2D image, "
+                                    "DICOM SEG) or a DICOM SR's measurements")
     p.add_argument("path", type=Path)
     p.set_defaults(func=cmd_info)
 
@@ -150,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=family_names(), default=None,
                    help="the sample patient's model family (default: the first with a "
                         "bundled model)")
+    from .simulate import add_format_option
+
+    add_format_option(p)
     p.set_defaults(func=cmd_demo)
 
     from .preprocess import add_preprocess_commands
