@@ -18,6 +18,7 @@ from .. import __version__
 from ..core.errors import InputError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # the machine failed the command (a full disk), not its input
 # Arguments naming what a command writes: each is checked for writability before the command
 # starts, so that a long run does not end in a PermissionError.
 OUTPUT_ARGUMENTS = ("out", "labels_out", "tumour_out", "csv")
@@ -249,6 +250,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nacsim: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the disk, not the input: a full disk or quota, a lost mount
+        _close_progress_bars()
+        print(f"nacsim: error: {_os_error_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _os_error_line(err: OSError) -> str:
+    """One line for a failed read or write (outputs are atomic: nothing half-written)."""
+    import errno
+
+    where = f"{err.filename}: " if err.filename else ""
+    what = err.strerror or str(err) or type(err).__name__
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        what += " (nothing was left half-written; free some space and run it again)"
+    return f"{where}{what}"
 
 
 if __name__ == "__main__":
