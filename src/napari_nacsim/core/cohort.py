@@ -153,6 +153,9 @@ def _parse_patient(raw: Any, index: int, schema: FamilySchema, root: Path, manif
     missing = [c for c in schema.channels if c not in scans.get(schema.baseline, {})]
     if missing:
         raise InputError(subject, f"baseline {schema.baseline} lacks the {missing[0]!r} scan")
+    for mask, why in schema.baseline_masks:
+        if mask not in masks.get(schema.baseline, {}):
+            raise InputError(subject, f"\"masks\".{schema.baseline}.{mask} is missing ({why})")
     extra = raw.get("extra") or {}
     return Patient(id=pid, clinical=clinical, scans=scans, masks=masks, extra=extra)
 

@@ -114,6 +114,10 @@ class FamilySchema:
     channels: tuple[str, ...]  # images acquired per time point
     masks: tuple[str, ...]     # label images per time point (tumour first)
     variables: tuple[Variable, ...]
+    # masks every patient's baseline visit must have, and why (lung: the model input is the
+    # CT cut around the baseline tumour); a manifest without one fails on loading, naming
+    # the manifest, the patient and the field
+    baseline_masks: tuple[tuple[str, str], ...] = ()
 
     @property
     def baseline(self) -> str:
@@ -219,6 +223,8 @@ LUNG = FamilySchema(
     ),
     channels=("ct",),
     masks=("tumour", "lobes", "vessels"),
+    baseline_masks=(("tumour", "the lung model's input is the CT cut around the baseline "
+                               "tumour"),),
     variables=(
         Variable("age", "Age", CONTINUOUS, "years", plausible=(18, 110), group="clinical",
                  in_title=False),
