@@ -40,17 +40,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path``; on success it replaces ``path`` (an
-    existing folder there is removed first: callers decide whether overwriting is allowed).
-    On any error the staging folder is removed and ``path`` is left as it was."""
+    existing folder there is moved aside, then removed once the new one is in place:
+    callers decide whether overwriting is allowed). On any error the staging folder is
+    removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs are shared data
     try:
         yield staging
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
+        if not path.exists():
+            os.replace(staging, path)
+        else:
+            # The old folder is moved aside, not deleted, until the new one is in place: a
+            # failure between the two renames puts it back (deleting it first lost it).
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            moved = False
+            try:
+                os.replace(path, aside)   # onto an empty folder: allowed by rename(2)
+                moved = True
+                os.replace(staging, path)
+            except BaseException:
+                if moved:
+                    os.replace(aside, path)
+                raise
+            finally:
+                shutil.rmtree(aside, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
