@@ -147,6 +147,22 @@ def outcome_model(tmp_path_factory):
     return load_model(folder, device="cpu")
 
 
+def test_the_heads_features_never_see_the_outcome_they_predict(outcome_model):
+    """The outcome is what the heads predict: a responder value in the clinical values (as a
+    cohort record's has) must not reach the features (it would leak the answer)."""
+    from napari_nacsim.science.prediction.features import extract
+
+    net = outcome_model.network
+    z, y, x = net.config["grid_shape"]
+    pre = np.full((z, y, x), -800.0, np.float32)
+    pre[z // 2 - 1:z // 2 + 1, y // 3:2 * y // 3, x // 3:2 * x // 3] = 20.0
+    lobes, vessels = np.ones((z, y, x), np.uint8), np.zeros((z, y, x), np.uint8)
+    plain = extract(net, pre, lobes, vessels, CLINICAL)
+    for responder in (True, False):
+        told = extract(net, pre, lobes, vessels, {**CLINICAL, "responder": responder})
+        np.testing.assert_array_equal(told, plain)
+
+
 @pytest.fixture
 def p_of_pdl1(monkeypatch):
     """The lung family's predictions replaced by a known P(response) rising with PD-L1."""

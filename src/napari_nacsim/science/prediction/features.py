@@ -109,7 +109,11 @@ def extract(model, pre_hu: np.ndarray, lobes: np.ndarray, vessels: np.ndarray,
     if variant != "base":
         fused = None
         if variant in ("full", "adapter_only"):
-            values, codes, present = (t.to(dev) for t in model.adapter.encode([dict(clinical)]))
+            # an outcome input (lung: responder) is what the heads predict from these
+            # features: it is always "not given" here, whatever ``clinical`` holds
+            outcomes = set(model.config["adapter"].get("outcome_input") or ())
+            given = {k: v for k, v in clinical.items() if k not in outcomes}
+            values, codes, present = (t.to(dev) for t in model.adapter.encode([given]))
             sums = model.adapter.clinical(values.to(dtype), codes, present)
             fused = model.fused(pre25, sums[0][None].expand(z, -1))
         control = model.control(anatomy, fused)
