@@ -7,19 +7,28 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from ..core.scan import Scan
-from ..core.scan_io import is_readable_path, read_scan
+from ..core.scan_io import full_suffix, is_readable_path, read_scan
 from .layers import guess_kind, scan_to_layer_data
 
 NULL_LAYER = [(None,)]  # napari's sentinel for "read, but nothing to show"
 
 
+MAX_FOLDER_ENTRIES = 200  # a folder with more entries than this is not a patient's scans
+
+
 def get_reader(path):
-    """Return a reader for ``path`` or ``None`` to decline (napari then asks another plugin)."""
+    """Return a reader for ``path`` or ``None`` to decline (napari then asks another plugin).
+
+    Every folder is taken: a DICOM series is read as one volume; any other folder (a patient
+    folder of NIfTI scans, an empty folder, one with a broken or looping link) opens what it
+    can as layers and says why the rest cannot (napari's own answer was only "no reader")."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
     try:
+        if Path(path).is_dir():
+            return read_layers
         readable = is_readable_path(path)
     except OSError:
         return None
@@ -32,6 +41,13 @@ def read_layers(path: str | os.PathLike | list) -> list:
 
     if isinstance(path, (list, tuple)):
         path = path[0]
+    folder = Path(path)
+    try:
+        if folder.is_dir() and not is_readable_path(folder):  # not a DICOM series
+            return read_folder(folder)
+    except OSError as err:
+        show_error(f"nacsim could not open {folder}: {err.strerror or err}")
+        return NULL_LAYER
     try:
         scan = read_scan(Path(path))
         kind = guess_kind(scan)
@@ -45,6 +61,73 @@ def read_layers(path: str | os.PathLike | list) -> list:
         show_error(f"nacsim could not open {path}: not enough memory to load it")
         return NULL_LAYER
     return [scan_to_layer_data(scan)]
+
+
+def read_folder(folder: Path) -> list:
+    """A folder that is not one DICOM series: each scan in it (NIfTI files, 2D images, DICOM
+    series sub-folders) as a layer, sidecars and manifests skipped; one notification says
+    what could not be opened and why (or that the folder holds no scans)."""
+    from napari.utils.notifications import show_error, show_warning
+
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        show_error(f"nacsim could not open {folder}: {err.strerror or err}")
+        return NULL_LAYER
+    layers, problems = [], []
+    for entry in entries[:MAX_FOLDER_ENTRIES]:
+        if entry.name.startswith(".") or entry.name.lower().endswith(".json"):
+            continue  # hidden files; provenance sidecars and cohort manifests
+        why = _unreadable(entry)
+        if why:
+            problems.append(f"{entry.name}: {why}")
+            continue
+        try:
+            scan = read_scan(entry)
+            kind = guess_kind(scan)
+            if kind != scan.kind:
+                scan = read_scan(entry, kind=kind)
+            _check_displayable(scan)
+        except InputError as err:
+            problems.append(f"{entry.name}: {err.problem}")
+            continue
+        except (OSError, MemoryError) as err:
+            problems.append(f"{entry.name}: {getattr(err, 'strerror', None) or err}")
+            continue
+        layers.append(scan_to_layer_data(scan))
+    if len(entries) > MAX_FOLDER_ENTRIES:
+        problems.append(f"only the first {MAX_FOLDER_ENTRIES} of {len(entries)} entries "
+                        "were looked at")
+    if not layers:
+        what = f"; {'; '.join(problems[:4])}{'; …' if len(problems) > 4 else ''}" \
+            if problems else ""
+        show_error(f"nacsim: {folder} holds no scan nacsim can open (NIfTI files, DICOM "
+                   f"series, 2D images){what}")
+        return NULL_LAYER
+    if problems:
+        show_warning(f"nacsim opened {len(layers)} scan(s) of {folder.name}; not opened: "
+                     f"{'; '.join(problems[:4])}{'; …' if len(problems) > 4 else ''}")
+    return layers
+
+
+def _unreadable(entry: Path) -> str:
+    """Why an entry of a folder is no scan nacsim reads ("" if it may be one)."""
+    try:
+        if entry.is_symlink() and not entry.exists():
+            return "a broken link or a link loop"
+        if entry.is_dir():
+            try:
+                if entry.resolve() == entry.parent.resolve() or \
+                        entry.resolve() in entry.parent.resolve().parents:
+                    return "a link back into its own folder (a loop)"
+            except (OSError, RuntimeError):
+                return "a link loop"
+            return "" if is_readable_path(entry) else "a folder that is not a DICOM series"
+        if not is_readable_path(entry):
+            return f"not a scan ({full_suffix(entry) or 'no extension'})"
+    except OSError as err:
+        return err.strerror or str(err)
+    return ""
 
 
 def _check_displayable(scan: Scan) -> None:

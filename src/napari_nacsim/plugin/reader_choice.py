@@ -27,3 +27,12 @@ def remember_our_reader() -> list[str]:
     if added:
         settings.extension2reader = {**current, **{p: PLUGIN for p in added}}
     return added
+
+
+if __name__ == "__main__":
+    # Run once when nacsim is installed (scripts/setup.sh): napari's reader choice for NIfTI
+    # is made before any nacsim code runs in napari (a .nii opened first, in a fresh
+    # napari, would otherwise ask which reader to use). Never over the user's own choice.
+    added = remember_our_reader()
+    if added:
+        print(f"napari: nacsim reads {', '.join(added)} (File → Open, no reader choice)")
