@@ -57,6 +57,14 @@ def _our_warnings(caught) -> list[str]:
             "napari_nacsim" in w.filename]
 
 
+def _screenshot(qtbot, viewer, name: str) -> None:
+    """The whole window as a CI artefact (`test_screenshots.screenshot_dir`)."""
+    from test_screenshots import screenshot_dir
+
+    qtbot.wait(400)
+    viewer.screenshot(path=str(screenshot_dir() / name), canvas_only=False, flash=False)
+
+
 def _check_run_state(widget, main, width: int, height: int) -> None:
     assert widget.status.text().startswith("Done in"), widget.status.text()
     assert widget.save_button.isEnabled()
@@ -85,11 +93,13 @@ def test_demo_path_breast_consecutive_runs_save_and_window_size(qtbot, tmp_path,
                 _wait_result(qtbot, widget, k + 2)
                 _check_run_state(widget, main, width, height)
             assert widget.results_shown == 4
+            _screenshot(qtbot, viewer, "workspace-three-runs.png")  # docs/images
             out = widget.save_results(tmp_path)
             assert out is not None and (out / "report.json").is_file()
             assert (out / "comparison.png").is_file()
             report = json.loads((out / "report.json").read_text())
-            assert report["request"]["clinical"]["HR"] is widget.panel["HR"].value  # the last run
+            # the last run's scenario
+            assert report["request"]["clinical"]["HR"] is widget.panel["HR"].value
             assert notices() == []
         finally:
             widget.shutdown()
@@ -113,6 +123,7 @@ def test_plugins_menu_lung_sample_runs_without_a_click(make_napari_viewer, qtbot
             _wait_result(qtbot, widget, 1)
             assert widget.input_layer().name == "LU0001 pre CT crop · model input"
             assert widget.result.family.name == "lung"
+            _screenshot(qtbot, viewer, "lung-first-comparison.png")  # docs/images
             main = widget.window()
             qtbot.wait(50)
             width, height = main.width(), main.height()
@@ -129,3 +140,223 @@ def test_plugins_menu_lung_sample_runs_without_a_click(make_napari_viewer, qtbot
         finally:
             widget.shutdown()
     assert _our_warnings(caught) == []
+
+
+# --- each wrong or confusing item, on napari's path -----------------------------------------
+
+@pytest.fixture
+def docked(make_napari_viewer):
+    """A shown viewer with the breast sample and the workspace from the Plugins menu, its
+    updates off (the tests trigger runs), few sampler steps."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("nacsim", "breast")
+    dock, widget = viewer.window.add_plugin_dock_widget("nacsim", WORKSPACE)
+    widget.auto_run.setChecked(False)  # before its first run (queued to the event loop)
+    widget.advanced.setChecked(True)
+    widget.steps.setValue(2)
+    yield viewer, dock, widget
+    widget.shutdown()
+
+
+def _run(qtbot, widget) -> None:
+    before = widget.results_shown
+    assert widget.run() is not None
+    _wait_result(qtbot, widget, before + 1)
+
+
+def _cells_top_down(viewer, group: str) -> list:
+    """The group's layers from the top of the layer list: napari fills each grid cell with
+    the next two (stride -2), so [outline, image] pairs must share a slot's cell."""
+    from napari_nacsim.plugin.grid_view import group_layers
+
+    ours = set(map(id, group_layers(viewer, group)))
+    layers = [layer for layer in reversed(list(viewer.layers)) if id(layer) in ours]
+    return [layer.metadata["nacsim"]["slot"].split(":")[1] for layer in layers]
+
+
+def test_lung_slider_and_zoom_fit_the_crop_not_the_hidden_ct(make_napari_viewer, qtbot):
+    """Item 4: the hidden whole-CT layers (40 slices) neither extend the slice slider past
+    the 16-slice crop (empty cells) nor shrink the cells."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("nacsim", "lung")
+    _, widget = viewer.window.add_plugin_dock_widget("nacsim", WORKSPACE)
+    try:
+        _wait_result(qtbot, widget, 1)
+        crop = widget.input_layer()
+        lo, hi = crop.extent.world[:, 0]
+        r = viewer.dims.range[0]
+        positions = round((r.stop - r.start) / r.step) + 1
+        assert positions == crop.data.shape[0] == 16     # every position: the crop's slices
+        assert lo - r.step <= r.start and r.stop <= hi + r.step
+        assert lo <= viewer.dims.point[0] <= hi
+        zoom = viewer.camera.zoom
+        viewer.reset_view()                          # napari's own fit: every layer
+        assert zoom > 1.2 * viewer.camera.zoom       # the cells' fit is tighter
+        widget.grid_mode.setChecked(False)           # leaving the grid: the whole CT again
+        assert viewer.dims.range[0].stop - viewer.dims.range[0].start > hi - lo + 1
+    finally:
+        widget.shutdown()
+
+
+def test_deleting_a_cell_layer_takes_its_partner(docked, qtbot):
+    """Item 6: deleting a generated image removes its outline too, so the cells below keep
+    their [outline, image] pairs (no pCR image under the non-pCR size)."""
+    viewer, _, widget = docked
+    _run(qtbot, widget)
+    from napari_nacsim.plugin.workspace import GROUP
+
+    pcr = next(layer for layer in widget.result_layers()
+               if layer._type_string == "image" and "pCR" in layer.name and
+               "non-pCR" not in layer.name)
+    viewer.layers.remove(pcr)
+    cells = _cells_top_down(viewer, GROUP)
+    assert len(cells) == 4                            # input and non-pCR: whole cells
+    assert cells[0::2] == cells[1::2]                 # every pair from one cell
+    _run(qtbot, widget)                               # the next run restores every cell
+    assert len(widget.result_layers()) == 6
+
+
+def test_closing_the_dock_mid_run_leaves_the_grid(docked, qtbot):
+    """Item 6: the workspace closed (its dock's close button) while a run goes on: the grid
+    is left and the user's layers are visible again."""
+    from napari_nacsim.plugin.grid_view import grid_of
+
+    viewer, dock, widget = docked
+    _run(qtbot, widget)
+    own = [layer for layer in viewer.layers if "nacsim" not in layer.metadata or
+           layer.metadata["nacsim"].get("group") is None]
+    assert grid_of(viewer).enabled and not any(layer.visible for layer in own)
+    widget.panel["HR"].value = not widget.panel["HR"].value
+    widget.run()
+    viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: widget._closed, timeout=10_000)
+    assert not grid_of(viewer).enabled
+    assert all(layer.visible for layer in own)
+
+
+def test_inspector_and_workspace_together_lung_after_breast(docked, qtbot, tmp_path,
+                                                            notices):
+    """Items 5 and 6 on the Plugins-menu path: the inspector next to the workspace; a lung
+    cohort after a breast one opens on the lung window and the tumour's slice, its
+    scenario column starts with PD-L1, its cells are fitted; the workspace's cells never
+    carry the inspector's titles, frames or colour bars (nor the other way round)."""
+    from cohort_helpers import tiny_cohort
+    from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+    from napari_nacsim.plugin import inspector as inspector_module
+
+    viewer, _, widget = docked
+    _run(qtbot, widget)
+    _, inspector = viewer.window.add_plugin_dock_widget("nacsim", INSPECTOR)
+    assert type(inspector.viewer).__name__ == "Viewer"
+    inspector.steps.setValue(2)
+    breast = tiny_cohort(tmp_path / "breast", 1)
+    lung = write_phantom_cohort("lung", 1, 11, tmp_path / "lung", jobs=1)
+    try:
+        for manifest in (breast, lung):
+            inspector.path_edit.setText(str(manifest))
+            inspector.run()
+            qtbot.waitUntil(lambda: not inspector.runner.running and inspector.cases,
+                            timeout=RUN_TIMEOUT_MS)
+            inspector.table.selectRow(0)
+            qtbot.wait(20)
+            _decorations_only_on_shown_layers(viewer)
+        case = inspector.cases[0]
+        lung_family = get_family("lung")
+        images = sorted((layer for layer in viewer.layers
+                         if (layer.metadata.get("nacsim") or {}).get("group") ==
+                         inspector_module.GROUP and layer._type_string == "image"),
+                        key=lambda layer: layer.metadata["nacsim"]["slot"])
+        assert tuple(images[0].contrast_limits) == pytest.approx(
+            lung_family.window_presets[0].limits)      # not the breast 0-1 window
+        index = lung_family.display_slice(case.images.baseline_mask)
+        assert viewer.dims.point[0] == pytest.approx(images[0].data_to_world([index, 0, 0])[0])
+        assert inspector.table.item(0, 2).text().startswith("PD-L1")
+        r = viewer.dims.range[0]
+        assert round((r.stop - r.start) / r.step) + 1 == images[0].data.shape[0]
+        # back to the workspace: its cells, its decorations only
+        widget.panel["HR"].value = not widget.panel["HR"].value
+        _run(qtbot, widget)
+        _decorations_only_on_shown_layers(viewer)
+        assert inspector.cursor_label.text() == ""
+        assert notices() == []
+    finally:
+        inspector.shutdown()
+
+
+def _decorations_only_on_shown_layers(viewer) -> None:
+    for layer in viewer.layers:
+        if not layer.visible:
+            assert not layer.name_overlay.visible, layer.name
+            assert not layer.bounding_box.visible, layer.name
+            if hasattr(layer, "colorbar"):
+                assert not layer.colorbar.visible, layer.name
+
+
+def test_labels_fit_and_readout_is_off_the_canvas(docked, qtbot):
+    """Item 7: with samples > 1 (three columns) every cell's second line fits its cell (a
+    right-aligned line too long lost its start: "L1 TPS 0 %…"); the value under the cursor
+    is in the widget, not over the cells' scale bars, and a new layout clears it."""
+    from types import SimpleNamespace
+
+    from napari_nacsim.plugin.grid_view import PX_PER_CHAR_POINT, TITLE_MARGIN_PX
+
+    viewer, _, widget = docked
+    widget.samples.setValue(3)
+    _run(qtbot, widget)
+    cell_px = viewer.window._qt_viewer.canvas.size[1] / 3
+    for layer in widget.result_layers():
+        points = layer.name_overlay.font_size
+        assert len(layer.name) * points * PX_PER_CHAR_POINT <= cell_px - TITLE_MARGIN_PX + 1, \
+            (layer.name, points)
+    assert not any("readout" in str(key) for key in viewer.canvas.overlays)
+    image = widget.input_layer()
+    centre = tuple(np.asarray(image.data.shape) / 2 * np.asarray(image.scale))
+    widget.readout._on_move(viewer, SimpleNamespace(position=centre))
+    assert widget.cursor_label.text().startswith("(x, y) = (")
+    widget.samples.setValue(1)
+    _run(qtbot, widget)
+    assert widget.cursor_label.text() == ""           # no stale labels of the old layout
+
+
+def test_header_and_advice_describe_the_layer_chosen(docked):
+    """Item 8: a layer that is not the model's input is described as it is (not "input: T0
+    MIP"), and the advice names the commands that make an input from files."""
+    viewer, _, widget = docked
+    viewer.add_image(np.zeros((20, 64, 64), np.float32), name="brain MRI")
+    widget.select_input("brain MRI")
+    header = widget.header.text()
+    assert "input: T0 MIP" not in header
+    assert "brain MRI (3D, 20×64×64)" in header and "not the breast model's input" in header
+    assert "`nacsim mip --pre PRE --post POST`" in widget.status.text()
+
+
+def test_make_input_follows_the_model_and_advanced_alone_does_not_rerun(docked, qtbot):
+    """Item 9: 'Make from open scans…' is refreshed when the model changes; ticking
+    Advanced with its values unchanged generates nothing new."""
+    viewer, _, widget = docked
+    widget.advanced.setChecked(False)
+    widget.auto_run.setChecked(True)
+    _run(qtbot, widget)
+    shown = widget.results_shown
+    widget.advanced.setChecked(True)                  # the model's own defaults: same run
+    widget.advanced.setChecked(False)
+    qtbot.wait(600)                                   # past the debounce
+    assert widget.results_shown == shown and not widget.runner.running
+    widget.auto_run.setChecked(False)
+    viewer.open_sample("nacsim", "lung")              # the lung CT: a lung model input
+    lung = [k for k, (_, _, family) in enumerate(widget._models) if family == "lung"][0]
+    breast = [k for k, (_, _, family) in enumerate(widget._models) if family == "breast"][0]
+    widget.model_combo.setCurrentIndex(lung)
+    assert widget.make_input_button.isEnabled()
+    assert "pre ct" in widget.make_input_button.toolTip()
+    widget.model_combo.setCurrentIndex(breast)        # no breast DCE volumes open
+    assert not widget.make_input_button.isEnabled()
+    # the lung crop is cut around the tumour: without its mask open, no button to press,
+    # and the tooltip says what to open (not "lung visits: ... has no tumour mask" later)
+    widget.model_combo.setCurrentIndex(lung)
+    tumour = next(layer for layer in viewer.layers if layer._type_string == "labels" and
+                  "pre" in layer.name and "tumour" in layer.name and
+                  (layer.metadata.get("nacsim") or {}).get("group") is None)
+    viewer.layers.remove(tumour)
+    assert not widget.make_input_button.isEnabled()
+    assert "the tumour mask" in widget.make_input_button.toolTip()

@@ -264,9 +264,11 @@ def test_bad_inputs_are_notifications(workspace, qtbot, monkeypatch, tmp_path):
                               name="a post-contrast volume")
     widget.select_input(volume.name)
     assert widget.run() is None
-    # the widget's own ways to a model input, not a command or a function
+    # every way to a model input: the command that makes one from files, and the widget's
+    # (issue 24: naming the widget's buttons only was a dead end for a file)
     assert "is 3D" in messages[-1] and volume.name in messages[-1]
-    assert "'Open cohort patient…'" in messages[-1] and "nacsim mip" not in messages[-1]
+    assert "`nacsim mip --pre PRE --post POST`" in messages[-1]
+    assert "cohort patient…'" in messages[-1]
     assert widget.status.text() == messages[-1]
 
     viewer.add_image(np.full((64, 64), np.nan, np.float32), name="broken")

@@ -37,7 +37,7 @@ from .layers import contour_layer_data, scan_to_layer_data
 from .napari_access import real_viewer
 from .reader_choice import remember_our_reader
 from .viewing import (GENERATED, INPUT, REAL, ContrastLink, CursorReadout, enlarge_window,
-                      readout_label, show_orientation, show_scale_bar)
+                      readout_label, show_orientation, show_scale_bar, show_slice)
 
 GROUP = "inspector"
 FIXED_COLUMNS = ("Patient", "Time", "Scenario")
@@ -355,6 +355,9 @@ class CohortInspector(StopsWhenClosed, QWidget):
     # --- results --------------------------------------------------------------------------
     def _clear(self) -> None:
         self.cases, self.skipped = [], []
+        # a new cohort opens on its family's window (a lung CT after a breast MIP would keep
+        # the MIP's 0–1 window: a black-and-white image), not the last one chosen
+        self.window_link.set_layers([])
         self.table.setRowCount(0)
         self._show_counterfactual_columns(self.table, False)
         self.summary.setText("")
@@ -375,7 +378,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
         first.setData(CASE_ROLE, index)
         table.setItem(row, 0, first)
         table.setItem(row, 1, QTableWidgetItem(case.time))
-        scenario = QTableWidgetItem(case.scenario_text)
+        scenario = QTableWidgetItem(self._scenario_cell(case))
         tip = f"scenario: {case.scenario_text}"
         if case.counterfactual is not None:
             tip += f"\ncounterfactual: {case.provenance.get('counterfactual_text')}"
@@ -391,6 +394,21 @@ class CohortInspector(StopsWhenClosed, QWidget):
         self._fit_columns()
         self.summary.setText(describe_summary(summarise(self.cases)))
         self.export_button.setEnabled(True)
+
+    def _scenario_cell(self, case: CaseReview) -> str:
+        """The scenario in the narrow column: the variables the schema puts in titles first
+        (lung: PD-L1, not the age and blood counts that come first in the schema and filled
+        the column), the rest after them (the full text is the tooltip)."""
+        if self._family is None:
+            return case.scenario_text
+        schema = self._family.schema
+        values = {k: v for k, v in case.clinical.items() if k in
+                  {var.name for var in schema.condition_variables}}
+        titled = {k: v for k, v in values.items() if schema.variable(k).in_title and
+                  schema.variable(k).derive is None}
+        rest = {k: v for k, v in values.items() if k not in titled}
+        parts = [schema.describe(part) for part in (titled, rest) if part]
+        return " · ".join(parts) or case.scenario_text
 
     def _on_done(self, number: int, skipped: list[Skipped]) -> None:
         if number != self._run_number or self._closed:
@@ -449,6 +467,8 @@ class CohortInspector(StopsWhenClosed, QWidget):
         self.readout.set_cells(list(zip(labels, images)), unit)
         if family is not None:
             show_orientation(self.viewer, family.orientation)
+            # a volume opens on the slice where the case's input tumour is largest
+            show_slice(self.viewer, images[0], family.display_slice(case.images.baseline_mask))
         show_scale_bar(self.viewer)
         return shown
 

@@ -165,6 +165,14 @@ class CursorReadout:
         self.cells = []
 
 
+def show_slice(viewer, layer, index: Optional[int]) -> None:
+    """Move the slice slider of a volume ``layer`` (z, y, x) to its slice ``index``."""
+    if index is None or layer.ndim != 3:
+        return
+    axis = viewer.dims.ndim - 3  # the slice axis of the (z, y, x) cells in world coordinates
+    viewer.dims.set_point(axis, float(layer.data_to_world([index, 0, 0])[0]))
+
+
 def readout_label():
     """The label a widget shows its `CursorReadout` in (one line, a point smaller)."""
     from qtpy.QtWidgets import QLabel

@@ -523,15 +523,18 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
                                 f"takes {self._model_input().what}.")
 
     def _wrong_input_reason(self, layer) -> str:
-        """Why a layer cannot be the input, and the widget's own ways to make one."""
+        """Why a layer cannot be the input, and every way to make one: from the open scans
+        (where they are open), with the command line (`nacsim mip`, `nacsim crop`: the
+        family's `how_to_make`), or from a cohort."""
         spec, family = self._model_input(), self._family()
-        ways = "'Open cohort patient…'"
-        if self._visit_layers(family) is not None:
-            ways = f"'{self.make_input_button.text()}' (the open {family.schema.baseline} " \
-                   f"{'/'.join(family.schema.channels)} scans) or " + ways
         found = f"is {layer.ndim}D" if layer.ndim != spec.ndim else \
             f"has shape {tuple(layer.data.shape)}"
-        return f"{found}; the {family.name} model takes {spec.what}. Make it with {ways}."
+        ways = f"{spec.how_to_make[:1].upper()}{spec.how_to_make[1:]}"
+        if self._visit_layers(family) is not None:
+            ways = (f"Press '{self.make_input_button.text()}' (the open "
+                    f"{family.schema.baseline} {'/'.join(family.schema.channels)} scans), "
+                    f"or {spec.how_to_make}")
+        return f"{found}; the {family.name} model takes {spec.what}. {ways}."
 
     def _scenario_text(self) -> str:
         """``"pCR vs non-pCR · HR+, HER2−"``: what is compared, then the values every cell
@@ -571,7 +574,13 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         parts = [f"<b>{html.escape(str(title))}</b>"]
         if side:
             parts.append(html.escape(str(side)))
-        parts.append(f"input: {html.escape(str(time))} {html.escape(family.model_input.short_name)}")
+        if self._input_fits(layer):
+            parts.append(f"input: {html.escape(str(time))} "
+                         f"{html.escape(family.model_input.short_name)}")
+        else:  # the layer chosen, as it is: not what the model expects
+            shape = "×".join(str(n) for n in layer.data.shape)
+            parts.append(f"layer: {html.escape(layer.name)} ({layer.ndim}D, {shape}), "
+                         f"<i>not the {html.escape(family.name)} model's input</i>")
         text = " · ".join(parts)
         recorded = patient.get("clinical")
         if recorded:
@@ -721,7 +730,10 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         channels = pick(schema.channels, Image)
         if len(channels) != len(schema.channels):
             return None
-        return {**channels, **pick(schema.masks, Labels)}
+        masks = pick(schema.masks, Labels)
+        if any(name not in masks for name, _ in schema.baseline_masks):
+            return None  # e.g. the lung crop is cut around the tumour: its mask must be open
+        return {**channels, **masks}
 
     def _update_make_input(self) -> None:
         if not self._models:
@@ -730,11 +742,13 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         found = self._visit_layers(family)
         self.make_input_button.setEnabled(found is not None)
         channels = "/".join(family.schema.channels)
+        needed = [f"the {name} mask ({why})" for name, why in family.schema.baseline_masks]
         self.make_input_button.setToolTip(
             f"make the {family.name} model's input ({family.model_input.what}) from the open "
             f"{family.schema.baseline} {channels} scans" +
             (": " + ", ".join(f"{k} = '{v.name}'" for k, v in found.items()) if found else
-             f" (none open: open the {channels} volumes first)"))
+             f" (not open: open the {channels} volumes"
+             f"{' and ' + ', '.join(needed) if needed else ''} first)"))
 
     def make_model_input(self, layers: Optional[dict[str, Any]] = None) -> Optional[int]:
         """Make the model input from open scans of the baseline visit, off the UI thread,
@@ -744,9 +758,11 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         family = self._family()
         layers = layers or self._visit_layers(family)
         if not layers:
+            needed = "".join(f" and its {name} mask ({why})"
+                             for name, why in family.schema.baseline_masks)
             notify_error(InputError("model input", f"open the {family.schema.baseline} "
                                                    f"{'/'.join(family.schema.channels)} "
-                                                   "scans first"))
+                                                   f"scans{needed} first"))
             return None
         kinds = {name: ("labels" if name in family.schema.masks else "image")
                  for name in layers}
