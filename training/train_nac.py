@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"train_nac: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk or quota while saving: the last checkpoint is whole
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"train_nac: error: {where}{err.strerror or err} (the last checkpoint is "
+              "intact: run the same command again to resume)", file=sys.stderr)
+        return 1
 
 
 def _run(args, argv: list[str] | None) -> int:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...core.atomic import atomic_path, write_json_atomic
+from ...core.atomic import atomic_directory, atomic_path, write_json_atomic
 from ...core.errors import InputError
 from .checkpoint import SAMPLING_DEFAULTS, load_checkpoint, save_checkpoint
 from .config import validate_config
@@ -205,17 +205,19 @@ def _save_resume(folder: Path, model: ControlledDiffusion, optimizer, stage: int
                  extra: dict) -> None:
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
         for key, value in state.items():
             value = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"opt.{idx}.{key}"] = value.detach().cpu().contiguous()
-    with atomic_path(folder / "resume.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    write_json_atomic(folder / STATE, {"stage": stage, "step": step,
-                                       "param_groups": opt["param_groups"], **extra})
+    # weights and state replace the previous checkpoint together: a write that fails midway
+    # (a full disk) leaves the previous one whole, never new weights under an old step
+    with atomic_directory(folder) as staging:
+        save_file(tensors, str(staging / "resume.safetensors"))
+        (staging / STATE).write_text(json.dumps(
+            {"stage": stage, "step": step, "param_groups": opt["param_groups"], **extra},
+            indent=1))
 
 
 def _load_resume(folder: Path, model: ControlledDiffusion, make_optimizer):
