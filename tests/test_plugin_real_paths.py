@@ -209,6 +209,7 @@ def test_deleting_a_cell_layer_takes_its_partner(docked, qtbot):
                if layer._type_string == "image" and "pCR" in layer.name and
                "non-pCR" not in layer.name)
     viewer.layers.remove(pcr)
+    qtbot.waitUntil(lambda: len(widget.result_layers()) == 4, timeout=5_000)
     cells = _cells_top_down(viewer, GROUP)
     assert len(cells) == 4                            # input and non-pCR: whole cells
     assert cells[0::2] == cells[1::2]                 # every pair from one cell

@@ -232,6 +232,7 @@ def enter_grid(viewer, group: str, n_cells: int, columns: int | None = None) -> 
     same_layout = grid.enabled and grid.stride == -STRIDE and \
         tuple(grid.shape) == shape
     if same_layout and not changes:
+        _fit_to_group(viewer, group, refit=False)  # new data: napari re-spanned the slider
         return
     if changes:
         saved = _SAVED_VISIBILITY.setdefault(viewer, {})
@@ -324,8 +325,18 @@ def _keep_cells_whole(viewer, removed) -> None:
     cell = slot.rsplit(":", 1)[0]
     partners = [layer for layer in group_layers(viewer, group)
                 if (_slot_of(layer) or "").rsplit(":", 1)[0] == cell]
-    for layer in partners:
-        viewer.layers.remove(layer)
+
+    def remove_partners() -> None:  # after napari (and its Qt layer list) finished the removal
+        present = {_slot_of(layer) for layer in group_layers(viewer, group)}
+        if all(f"{cell}:{j}" in present for j in range(STRIDE)):
+            return  # a new result has filled the cell again
+        for layer in partners:
+            if layer in viewer.layers and _slot_of(layer) is not None:
+                viewer.layers.remove(layer)
+
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, remove_partners)
 
 
 def leave_own_grid(viewer, group: str) -> None:
