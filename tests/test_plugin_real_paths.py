@@ -119,7 +119,8 @@ def test_plugins_menu_lung_sample_runs_without_a_click(make_napari_viewer, qtbot
         try:
             assert type(widget.viewer).__name__ == "Viewer"
             assert widget.input_combo.currentText() == "LU0001 pre ct (phantom)"
-            assert "pre CT" in widget.header.text() and "post CT" not in widget.header.text()
+            header = widget.header.text()                   # the layer as it is
+            assert "LU0001 pre ct (phantom)" in header and "post" not in header
             _wait_result(qtbot, widget, 1)
             assert widget.input_layer().name == "LU0001 pre CT crop · model input"
             assert widget.result.family.name == "lung"
@@ -361,3 +362,20 @@ def test_make_input_follows_the_model_and_advanced_alone_does_not_rerun(docked, 
     viewer.layers.remove(tumour)
     assert not widget.make_input_button.isEnabled()
     assert "the tumour mask" in widget.make_input_button.toolTip()
+
+
+def test_a_window_restored_wider_than_the_screen_comes_back(make_napari_viewer, qtbot):
+    """Item 1's aftermath: napari restores the last session's window size (11,727 px wide
+    after twelve broken runs); the workspace brings such a window back within the screen."""
+    viewer = make_napari_viewer(show=True)
+    main = viewer.window._qt_window
+    main.resize(11727, 900)
+    qtbot.wait(50)
+    _, widget = viewer.window.add_plugin_dock_widget("nacsim", WORKSPACE)
+    widget.auto_run.setChecked(False)
+    try:
+        screen = main.screen().availableGeometry()
+        qtbot.waitUntil(lambda: main.width() <= screen.width(), timeout=10_000)
+        assert main.height() >= min(900, screen.height()) - 1   # never shrunk otherwise
+    finally:
+        widget.shutdown()

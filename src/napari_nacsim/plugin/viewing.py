@@ -271,7 +271,9 @@ WINDOW_SIZE = (1600, 1000)  # napari's window is enlarged to this (at most the s
 def enlarge_window(widget, size: tuple[int, int] = WINDOW_SIZE) -> bool:
     """Make the napari window holding ``widget`` at least ``size`` (within the screen), so
     that side-by-side cells and their titles are readable (napari's default window leaves
-    each cell a thumbnail). Never shrinks, never touches a maximised or full-screen window.
+    each cell a thumbnail). Never shrinks, except a window larger than the screen (napari
+    restores the size of the last session, however broken), which comes back within it;
+    never touches a maximised or full-screen window.
     Returns whether it resized."""
     from qtpy.QtWidgets import QMainWindow
 
@@ -280,11 +282,16 @@ def enlarge_window(widget, size: tuple[int, int] = WINDOW_SIZE) -> bool:
         return False
     screen = main.screen().availableGeometry() if main.screen() else None
     width, height = size
+    now = (main.width(), main.height())
     if screen is not None:
         width, height = min(width, screen.width()), min(height, screen.height())
-    if main.width() >= width and main.height() >= height:
+        # a window wider or taller than the screen (a size napari restored from its settings
+        # after a broken session) comes back within it
+        now = (min(now[0], screen.width()), min(now[1], screen.height()))
+    target = (max(now[0], width), max(now[1], height))
+    if target == (main.width(), main.height()):
         return False
-    main.resize(max(main.width(), width), max(main.height(), height))
+    main.resize(*target)
     side_docks_to_content(main)
     # Once more when the resize has gone through the layout: on a loaded machine Qt may lay
     # the new width out after this call and share it among the docks.
