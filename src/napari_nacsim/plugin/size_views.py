@@ -182,7 +182,11 @@ class SizePlot(QWidget):
                            fontsize=8)
         ax.set_ylabel(f"tumour size ({result.baseline_size.unit})", fontsize=8)
         ax.tick_params(labelsize=8)
-        ax.set_ylim(bottom=0)
+        tops = [v + e for _, y, sd in self.series.values() for v, e in zip(y, sd)]
+        top = float(np.nanmax(tops)) if tops and np.isfinite(tops).any() else 0.0
+        # (all sizes 0, no tumour found: a range of its own, not matplotlib's warning about
+        # identical limits, which napari would show the user)
+        ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         n = result.request.samples
