@@ -336,6 +336,7 @@ def test_make_input_follows_the_model_and_advanced_alone_does_not_rerun(docked, 
     """Item 9: 'Make from open scans…' is refreshed when the model changes; ticking
     Advanced with its values unchanged generates nothing new."""
     viewer, _, widget = docked
+    widget._show_sampling_defaults()                  # Advanced at the model's own values
     widget.advanced.setChecked(False)
     widget.auto_run.setChecked(True)
     _run(qtbot, widget)

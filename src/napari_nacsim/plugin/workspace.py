@@ -708,7 +708,8 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         schema = family.schema
         ours = [layer for layer in self.viewer.layers  # a visit's scans are volumes
                 if (layer.metadata.get(METADATA_KEY) or {}).get("group") is None and
-                layer.ndim == 3]
+                layer.ndim == 3 and  # never another family's patient ("pre ct" is no DCE)
+                self._layer_family(layer) in (None, family.name)]
         others = [t for t in schema.timepoint_names if t != schema.baseline]
 
         def pick(names: tuple[str, ...], cls) -> dict[str, Any]:
