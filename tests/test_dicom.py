@@ -117,7 +117,7 @@ def lung_volume() -> np.ndarray:
     """(slices, rows, columns) in HU: lung at -850, a soft-tissue tumour at 40."""
     rng = np.random.default_rng(2)
     volume = rng.normal(-850, 30, size=(4, 24, 20))
-    volume[_disc(volume.shape, (1.5, 12, 9), 3.2)] = 40.0
+    volume[_disc(volume.shape, (1.2, 12, 9), 3.0)] = 40.0   # not symmetric along z
     return np.rint(volume).astype(np.int16)
 
 
@@ -247,11 +247,16 @@ def test_breast_mip_export_reads_back_with_references_and_validates(tmp_path):
         assert group["tracking"] == item.measurement.tracking
         assert group["time_point"] == item.measurement.time_point
         assert group["segmentation"]["sop_instance_uid"] == segs[item.key].SOPInstanceUID
-        assert group["segmentation"]["segment_number"] == 1
+        # a planar group references the SEG's frame (whose segment is the tumour)
+        assert group["segmentation"]["frame_number"] == 1
+        assert "segment_number" not in group["segmentation"]
+        assert segment_of_frame(segs[item.key], 1) == 1
         values = {m["name"]: (m["value"], m["unit"]) for m in group["measurements"]}
         assert values["Area"] == (pytest.approx(item.measurement.size), "mm2")
-        assert values["Long Axis"] == (pytest.approx(item.measurement.diameter_mm), "mm")
+        assert values["Long axis"] == (pytest.approx(item.measurement.diameter_mm), "mm")
     assert report["groups"][0]["evaluations"] == []
+    assert report["groups"][0]["finding"]["Finding category"] == \
+        "Morphologically Abnormal Structure"
     follow_up = report["groups"][1]
     assert follow_up["evaluations"] == [{"name": "Current Response",
                                          "value": "Target Lesion Partial Response"}]
@@ -266,6 +271,13 @@ def test_breast_mip_export_reads_back_with_references_and_validates(tmp_path):
                         if key[1] != "sr" for ds in group}
     for path in sorted(out.rglob("*.dcm")):
         validate(path)
+
+
+def segment_of_frame(seg, frame: int) -> int:
+    groups = seg.PerFrameFunctionalGroupsSequence[frame - 1]
+    if "SegmentIdentificationSequence" not in groups:
+        groups = seg.SharedFunctionalGroupsSequence[0]
+    return int(groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
 
 
 def index_file(index, key, kind) -> str:
@@ -345,7 +357,8 @@ def test_lung_ct_export_keeps_the_input_study_and_frame_and_validates(tmp_path):
     report = read_measurements(out / "measurements_SR.dcm")
     for group, item in zip(report["groups"], items):
         seg = objects[(item.key, "seg")][0]
-        assert group["segmentation"]["sop_instance_uid"] == seg.SOPInstanceUID
+        assert group["segmentation"] == {"sop_instance_uid": seg.SOPInstanceUID,
+                                         "segment_number": 1}   # the whole segment
         values = {m["name"]: (m["value"], m["unit"]) for m in group["measurements"]}
         assert values["Volume"] == (pytest.approx(item.measurement.size), "mL")
     assert report["groups"][1]["method"] == "RECIST 1.1"

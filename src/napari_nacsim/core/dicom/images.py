@@ -169,7 +169,8 @@ def _common(ds, study: Study, text: SeriesText, geometry: PlaneGeometry,
     head = study.header
     if "SpecificCharacterSet" in head:  # the copied names are in the input's character set
         ds.SpecificCharacterSet = head.SpecificCharacterSet
-    # General Series, type 2C: the input's value where it has one, else empty
+    # General Series, type 2C (required for a paired body part, which dciodvfy assumes
+    # without a Body Part Examined): the input's value where it has one, else empty
     ds.Laterality = head.get("Laterality", "")
     now = datetime.datetime.now()
     ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")

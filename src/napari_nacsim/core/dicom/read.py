@@ -48,7 +48,17 @@ def read_segmentation(path: str | os.PathLike) -> Scan:
         raise InputError(path, f"cannot read DICOM SEG ({type(err).__name__}: "
                                f"{_first_line(err)})") from None
     array = np.asarray(volume.array)              # (slices, rows, columns)
-    lps = np.asarray(volume.affine, float)        # index (slice, row, column) -> LPS
+    lps = np.array(volume.affine, float)          # index (slice, row, column) -> LPS
+    # highdicom stacks the slices along the planes' normal; nacsim's slice order is the
+    # order of the frames (the source images' order, in which nacsim writes them)
+    frames = seg.get("PerFrameFunctionalGroupsSequence", [])
+    if array.shape[0] > 1 and len(frames) > 1 and "PlanePositionSequence" in frames[0]:
+        first, second = (np.array([float(v) for v in f.PlanePositionSequence[0]
+                                   .ImagePositionPatient]) for f in frames[:2])
+        if float(np.dot(second - first, lps[:3, 0])) < 0:
+            array = array[::-1]
+            lps[:3, 3] = lps[:3, 3] + (array.shape[0] - 1) * lps[:3, 0]
+            lps[:3, 0] = -lps[:3, 0]
     # nacsim indexes (x, y, z) = (column, row, slice) and stores RAS
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2] = lps[:3, 2], lps[:3, 1], lps[:3, 0]
@@ -70,8 +80,9 @@ def read_segmentation(path: str | os.PathLike) -> Scan:
 def read_measurements(path: str | os.PathLike) -> dict[str, Any]:
     """The measurement groups of a TID 1500 SR: a dict with the document's description and
     a list of groups, each ``{"tracking", "time_point", "measurements": [{"name",
-    "value", "unit"}], "evaluations": [{"name", "value"}], "method", "segmentation":
-    {"sop_instance_uid", "segment_number"}}``."""
+    "value", "unit"}], "evaluations": [{"name", "value"}] (e.g. the RECIST response),
+    "finding": {name: value} (its type and category), "method", "segmentation":
+    {"sop_instance_uid", and "segment_number" or "frame_number"}}``."""
     import highdicom as hd
 
     path = Path(path)
@@ -85,22 +96,23 @@ def read_measurements(path: str | os.PathLike) -> dict[str, Any]:
                                f"({type(err).__name__}: {_first_line(err)})") from None
     out = []
     for group in groups:
-        ref = getattr(group, "referenced_segment", None) or \
-            getattr(group, "referenced_segmentation_frame", None)
         time_point = None
         for item in group[0].ContentSequence:
             if item.name == hd.sr.CodedConcept("C2348792", "UMLS", "Time Point"):
                 time_point = str(item.value)
         method = group.method
+        evaluations = group.get_qualitative_evaluations()
         out.append({
             "tracking": group.tracking_identifier, "tracking_uid": str(group.tracking_uid),
             "time_point": time_point,
             "measurements": [{"name": m.name.meaning, "value": float(m.value),
                               "unit": m.unit.value} for m in group.get_measurements()],
             "evaluations": [{"name": e.name.meaning, "value": e.value.meaning}
-                            for e in group.get_qualitative_evaluations()],
+                            for e in evaluations if not _descriptive(e.name)],
+            "finding": {e.name.meaning: e.value.meaning
+                        for e in evaluations if _descriptive(e.name)},
             "method": method.meaning if method is not None else None,
-            "segmentation": _segment_reference(ref)})
+            "segmentation": _segment_reference(group)})
     return {"description": str(sr.get("SeriesDescription", "")),
             "completion": str(sr.get("CompletionFlag", "")),
             "verification": str(sr.get("VerificationFlag", "")), "groups": out}
@@ -117,20 +129,33 @@ def describe_measurements(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _segment_reference(ref) -> Optional[dict[str, Any]]:
-    if ref is None:
-        return None
-    found: dict[str, Any] = {}
-    for item in ref:
-        for seq in ("ReferencedSOPSequence",):
-            for sop in item.get(seq, []):
-                if "ReferencedSegmentNumber" in sop:
-                    found = {"sop_instance_uid": str(sop.ReferencedSOPInstanceUID),
-                             "segment_number": int(sop.ReferencedSegmentNumber)}
-                elif "sop_instance_uid" not in found:
-                    found.setdefault("source_images", []).append(
-                        str(sop.ReferencedSOPInstanceUID))
-    return found or None
+def _descriptive(name) -> bool:
+    """Whether a coded item of a measurement group describes the finding (its type or
+    category, TID 1501) rather than evaluates it; highdicom lists both as evaluations."""
+    return (str(name.value), str(name.scheme_designator)) in _FINDING_CODES
+
+
+_FINDING_CODES = {("121071", "DCM"),      # Finding (the finding type: Neoplasm)
+                  ("276214006", "SCT")}   # Finding category
+
+
+def _segment_reference(group) -> Optional[dict[str, Any]]:
+    """The SEG a measurement group references: ``{"sop_instance_uid", "segment_number"}``
+    (a volumetric group: the whole segment) or ``{"sop_instance_uid", "frame_number"}``
+    (a planar group: one frame of the SEG), from the group's IMAGE content items."""
+    for item in group[0].get("ContentSequence", []):
+        if item.get("ValueType") != "IMAGE":
+            continue
+        for sop in item.get("ReferencedSOPSequence", []):
+            if str(sop.ReferencedSOPClassUID) not in SEG_CLASSES:
+                continue
+            found: dict[str, Any] = {"sop_instance_uid": str(sop.ReferencedSOPInstanceUID)}
+            if "ReferencedSegmentNumber" in sop:
+                found["segment_number"] = int(sop.ReferencedSegmentNumber)
+            if "ReferencedFrameNumber" in sop:
+                found["frame_number"] = int(sop.ReferencedFrameNumber)
+            return found
+    return None
 
 
 def _first_line(err: BaseException) -> str:

@@ -134,7 +134,7 @@ def measurement_report(lesions: Sequence[tuple[LesionMeasurement, object, bool]]
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=groups)
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=list(evidence), content=report[0],
         series_instance_uid=series_uid, series_number=series_number,
         sop_instance_uid=sop_uid, instance_number=1, manufacturer=MANUFACTURER,
@@ -143,6 +143,21 @@ def measurement_report(lesions: Sequence[tuple[LesionMeasurement, object, bool]]
         coding_schemes=[CodingSchemeIdentificationItem(
             designator=LOCAL_SCHEME, name="nacsim local codes",
             responsible_organization="nacsim")])
+    _frame_or_segment(sr)
+    return sr
+
+
+def _frame_or_segment(dataset) -> None:
+    """A reference to a SEG frame names the frame, not also its segment: highdicom writes
+    both into a planar group's Referenced Segmentation Frame, where the SOP Instance
+    Reference macro (PS3.3 C.17.3) allows Referenced Segment Number only for a reference to
+    a whole segment (dciodvfy: "shall not be present when ReferencedFrameNumber is
+    present"). The frame's segment is in the SEG (one segment here)."""
+    for item in dataset.get("ContentSequence", []):
+        for ref in item.get("ReferencedSOPSequence", []):
+            if "ReferencedFrameNumber" in ref and "ReferencedSegmentNumber" in ref:
+                del ref.ReferencedSegmentNumber
+        _frame_or_segment(item)
 
 
 def _measure(named, value: float, algorithm_id):
