@@ -57,6 +57,22 @@ def _our_warnings(caught) -> list[str]:
             "napari_nacsim" in w.filename]
 
 
+def _check_slider_and_zoom_fit_the_crop(viewer, widget) -> None:
+    """Item 4: the hidden whole-CT layers (40 slices) neither extend the slice slider past
+    the 16-slice crop (empty cells) nor shrink the cells."""
+    crop = widget.input_layer()
+    lo, hi = crop.extent.world[:, 0]
+    r = viewer.dims.range[0]
+    positions = round((r.stop - r.start) / r.step) + 1
+    assert positions == crop.data.shape[0] == 16       # every position: the crop's slices
+    assert lo - r.step <= r.start and r.stop <= hi + r.step
+    assert lo <= viewer.dims.point[0] <= hi
+    zoom = viewer.camera.zoom
+    viewer.reset_view()                                # napari's own fit: every layer
+    assert zoom > 1.2 * viewer.camera.zoom             # the cells' fit is tighter
+    viewer.camera.zoom = zoom
+
+
 def _screenshot(qtbot, viewer, name: str) -> None:
     """The whole window as a CI artefact (`test_screenshots.screenshot_dir`)."""
     from test_screenshots import screenshot_dir
@@ -125,6 +141,7 @@ def test_plugins_menu_lung_sample_runs_without_a_click(make_napari_viewer, qtbot
             assert widget.input_layer().name == "LU0001 pre CT crop · model input"
             assert widget.result.family.name == "lung"
             _screenshot(qtbot, viewer, "lung-first-comparison.png")  # docs/images
+            _check_slider_and_zoom_fit_the_crop(viewer, widget)
             main = widget.window()
             qtbot.wait(50)
             width, height = main.width(), main.height()
@@ -137,7 +154,12 @@ def test_plugins_menu_lung_sample_runs_without_a_click(make_napari_viewer, qtbot
             widget.samples.setValue(2)                      # a different request: a run
             _wait_result(qtbot, widget, 2)
             _check_run_state(widget, main, width, height)
+            r = viewer.dims.range[0]                       # still the crop's slices
+            assert round((r.stop - r.start) / r.step) + 1 == 16
             assert notices() == []
+            widget.grid_mode.setChecked(False)             # off the grid: the whole CT again
+            r = viewer.dims.range[0]
+            assert round((r.stop - r.start) / r.step) + 1 > 16
         finally:
             widget.shutdown()
     assert _our_warnings(caught) == []
@@ -173,30 +195,6 @@ def _cells_top_down(viewer, group: str) -> list:
     ours = set(map(id, group_layers(viewer, group)))
     layers = [layer for layer in reversed(list(viewer.layers)) if id(layer) in ours]
     return [layer.metadata["nacsim"]["slot"].split(":")[1] for layer in layers]
-
-
-def test_lung_slider_and_zoom_fit_the_crop_not_the_hidden_ct(make_napari_viewer, qtbot):
-    """Item 4: the hidden whole-CT layers (40 slices) neither extend the slice slider past
-    the 16-slice crop (empty cells) nor shrink the cells."""
-    viewer = make_napari_viewer(show=True)
-    viewer.open_sample("nacsim", "lung")
-    _, widget = viewer.window.add_plugin_dock_widget("nacsim", WORKSPACE)
-    try:
-        _wait_result(qtbot, widget, 1)
-        crop = widget.input_layer()
-        lo, hi = crop.extent.world[:, 0]
-        r = viewer.dims.range[0]
-        positions = round((r.stop - r.start) / r.step) + 1
-        assert positions == crop.data.shape[0] == 16     # every position: the crop's slices
-        assert lo - r.step <= r.start and r.stop <= hi + r.step
-        assert lo <= viewer.dims.point[0] <= hi
-        zoom = viewer.camera.zoom
-        viewer.reset_view()                          # napari's own fit: every layer
-        assert zoom > 1.2 * viewer.camera.zoom       # the cells' fit is tighter
-        widget.grid_mode.setChecked(False)           # leaving the grid: the whole CT again
-        assert viewer.dims.range[0].stop - viewer.dims.range[0].start > hi - lo + 1
-    finally:
-        widget.shutdown()
 
 
 def test_deleting_a_cell_layer_takes_its_partner(docked, qtbot):
@@ -320,10 +318,11 @@ def test_labels_fit_and_readout_is_off_the_canvas(docked, qtbot):
     assert widget.cursor_label.text() == ""           # no stale labels of the old layout
 
 
-def test_header_and_advice_describe_the_layer_chosen(docked):
+def test_header_and_advice_describe_the_layer_chosen(docked, qtbot):
     """Item 8: a layer that is not the model's input is described as it is (not "input: T0
     MIP"), and the advice names the commands that make an input from files."""
     viewer, _, widget = docked
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=RUN_TIMEOUT_MS)  # preload
     viewer.add_image(np.zeros((20, 64, 64), np.float32), name="brain MRI")
     widget.select_input("brain MRI")
     header = widget.header.text()

@@ -82,8 +82,10 @@ def test_folder_of_unreadable_files_names_each(tmp_path, told):
 
 @pytest.mark.viewer
 def test_napari_opens_the_patient_folder(make_napari_viewer, patient_folder, told):
-    """File → Open Folder's path: no plugin named, no "no reader" error."""
+    """File → Open Folder, nacsim chosen (napari's builtin reader claims folders too, so
+    napari asks, as `napari --plugin nacsim FOLDER` answers): the scans open, no "no
+    reader" error."""
     viewer = make_napari_viewer()
-    viewer.open(str(patient_folder))
+    viewer.open(str(patient_folder), plugin="nacsim")
     assert sorted(layer.name for layer in viewer.layers) == ["T0_post", "T0_pre",
                                                              "T0_tumour"]
