@@ -117,7 +117,8 @@ def lung_volume() -> np.ndarray:
     """(slices, rows, columns) in HU: lung at -850, a soft-tissue tumour at 40."""
     rng = np.random.default_rng(2)
     volume = rng.normal(-850, 30, size=(4, 24, 20))
-    volume[_disc(volume.shape, (1.2, 12, 9), 3.0)] = 40.0   # not symmetric along z
+    volume[_disc(volume.shape, (1.5, 12, 9), 3.2)] = 40.0
+    volume[0, 3:6, 3:7] = 45.0      # a second part in the first slice: not symmetric in z
     return np.rint(volume).astype(np.int16)
 
 
@@ -353,6 +354,7 @@ def test_lung_ct_export_keeps_the_input_study_and_frame_and_validates(tmp_path):
         labels = read_segmentation(out / index_file(index, item.key, "seg"))
         assert np.array_equal(labels.array > 0, item.mask.array > 0)
         assert np.allclose(labels.affine, item.image.affine, atol=1e-4)
+        assert np.allclose(labels.affine, back.affine, atol=1e-4)   # on its series
 
     report = read_measurements(out / "measurements_SR.dcm")
     for group, item in zip(report["groups"], items):

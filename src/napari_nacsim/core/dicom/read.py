@@ -49,16 +49,14 @@ def read_segmentation(path: str | os.PathLike) -> Scan:
                                f"{_first_line(err)})") from None
     array = np.asarray(volume.array)              # (slices, rows, columns)
     lps = np.array(volume.affine, float)          # index (slice, row, column) -> LPS
-    # highdicom stacks the slices along the planes' normal; nacsim's slice order is the
-    # order of the frames (the source images' order, in which nacsim writes them)
-    frames = seg.get("PerFrameFunctionalGroupsSequence", [])
-    if array.shape[0] > 1 and len(frames) > 1 and "PlanePositionSequence" in frames[0]:
-        first, second = (np.array([float(v) for v in f.PlanePositionSequence[0]
-                                   .ImagePositionPatient]) for f in frames[:2])
-        if float(np.dot(second - first, lps[:3, 0])) < 0:
-            array = array[::-1]
-            lps[:3, 3] = lps[:3, 3] + (array.shape[0] - 1) * lps[:3, 0]
-            lps[:3, 0] = -lps[:3, 0]
+    # slices run along the planes' normal (row direction x column direction), as nacsim
+    # reads an image series (`scan_io`, GDCM's position sorter): the SEG then lies on its
+    # image series read back; highdicom may stack them the other way round
+    normal = np.cross(lps[:3, 2], lps[:3, 1])
+    if array.shape[0] > 1 and float(np.dot(normal, lps[:3, 0])) < 0:
+        array = array[::-1]
+        lps[:3, 3] = lps[:3, 3] + (array.shape[0] - 1) * lps[:3, 0]
+        lps[:3, 0] = -lps[:3, 0]
     # nacsim indexes (x, y, z) = (column, row, slice) and stores RAS
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2] = lps[:3, 2], lps[:3, 1], lps[:3, 0]
