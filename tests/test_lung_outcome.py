@@ -296,3 +296,23 @@ def test_heads_read_the_inputs_their_card_lists(tmp_path):
     # the head learnt y from the last column (the diameter): the size moves P
     assert diameter_feature(60.0) > diameter_feature(10.0)
     assert large["value"] > small["value"]
+
+
+def test_the_review_csv_carries_what_each_image_was_generated_for(tmp_path):
+    import csv
+
+    from napari_nacsim.engine.cohort_review import rows_to_csv
+
+    row = {"patient": "LU0001", "time": "post", "scenario": "PD-L1 TPS 30 %",
+           "predicted_response_probability": 0.4, "outcome_responder": True,
+           "outcome_responder_u": 0.21, "outcome_responder_p": 0.4,
+           "counterfactual_outcome_responder": False,
+           "counterfactual_outcome_responder_u": 0.21,
+           "counterfactual_outcome_responder_p": 0.1, "model_hash": "abc"}
+    path = rows_to_csv([row], "mm", tmp_path / "cases.csv")
+    with open(path, newline="") as fh:
+        (read,) = list(csv.DictReader(fh))
+    assert read["outcome_responder"] == "True"
+    assert read["outcome_responder_u"] == "0.21"
+    assert read["counterfactual_outcome_responder"] == "False"
+    assert read["counterfactual_outcome_responder_p"] == "0.1"

@@ -134,6 +134,9 @@ class CaseReview:
         for key in ("outcome", "counterfactual_outcome"):  # what each image was generated for
             for draw in self.provenance.get(key, ()):
                 row[f"{key}_{draw['variable']}"] = draw.get("value")
+                for part in ("u", "p"):       # the sample's draw, where it was drawn
+                    if draw.get(part) is not None:
+                        row[f"{key}_{draw['variable']}_{part}"] = draw[part]
         for key in ("model_hash", "seed", "steps", "sampler", "segmenter"):
             row[key] = self.provenance.get(key)
         return row
@@ -408,6 +411,8 @@ def rows_to_csv(rows: Sequence[Mapping[str, Any]], unit: str,
     header = ["patient", "time", "scenario", "counterfactual_scenario",
               *(column_name(m, unit) for m in METRICS),
               *sorted({k for row in rows for k in row if k.startswith("predicted_")}),
+              *sorted({k for row in rows for k in row
+                       if k.startswith(("outcome_", "counterfactual_outcome_"))}),
               "model_hash", "seed", "steps", "sampler", "segmenter"]
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
