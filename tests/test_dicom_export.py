@@ -64,7 +64,8 @@ def _generated(base: Scan, array, tp: str, seed: int, scenario: str) -> Scan:
 
 
 def lung_result() -> WhatIfResult:
-    """A phantom's CT crop (4 x 24 x 20) and two scenarios at T1, two samples each."""
+    """A phantom's CT crop (4 x 24 x 20) and two scenarios at follow-up ("post"), two
+    samples each."""
     family = get_family("lung")
     rng = np.random.default_rng(4)
     affine = np.diag([-0.8, -0.8, 2.0, 1.0])
@@ -76,17 +77,17 @@ def lung_result() -> WhatIfResult:
     base_mask = _mask(base, -300)
     base_size = measure_tumour(base_mask)
     arms = []
-    for label, radius in (("PD-L1 TPS 0 %", 4.0), ("PD-L1 TPS 50 %", 1.6)):
+    for label, radius in (("PD-L1 TPS 0 %", 6.0), ("PD-L1 TPS 50 %", 0.0)):
         samples = []
         for k in range(2):
             array = volume.copy()
             array[tumour] = -850.0
             array[_disc(volume.shape, (1.5, 12, 9), radius + 0.3 * k)] = 35.0
-            samples.append(_generated(base, array, "T1", 7 + k, f"T1: {label}"))
-        title = f"T1 · {label} (synthetic)"
-        arms.append(Arm(label, {}, {"T1": _followup("T1", title, {"time": "T1"}, samples,
-                                                    -300, base_size)}))
-    return WhatIfResult(request=WhatIfRequest({}, target="T1", seed=7, samples=2),
+            samples.append(_generated(base, array, "post", 7 + k, f"post: {label}"))
+        title = f"post · {label} (synthetic)"
+        arms.append(Arm(label, {}, {"post": _followup("post", title, {"time": "post"},
+                                                      samples, -300, base_size)}))
+    return WhatIfResult(request=WhatIfRequest({}, target="post", seed=7, samples=2),
                         family=family, baseline=base, baseline_mask=base_mask,
                         baseline_size=base_size, arms=arms, model=MODEL,
                         segmenter=SEGMENTER, seconds={"total": 0.0})
@@ -101,15 +102,17 @@ def breast_result() -> WhatIfResult:
     base_mask = _mask(base, 0.6)
     base_size = measure_tumour(base_mask)
     arms = []
-    for label, radius in (("pCR", 0), ("non-pCR", 7)):
+    for label, radius in (("pCR", 0), ("non-pCR", 8)):
         array = image.copy()
         array[_disc(image.shape, (15, 17), 6)] = 0.2
         if radius:
             array[_disc(image.shape, (15, 17), radius)] = 0.9
-        follow = _generated(base, array, "T2", 0, f"T2: {label}, HR+, HER2−")
-        title = f"T2 · {label} · HR+ HER2− (synthetic)"
-        arms.append(Arm(label, {}, {"T2": _followup("T2", title, {"time": "T2"}, [follow],
-                                                    0.6, base_size)}))
+        followups = {}
+        for tp in ("T1", "T2"):
+            follow = _generated(base, array, tp, 0, f"{tp}: {label}, HR+, HER2−")
+            title = f"{tp} · {label} · HR+ HER2− (synthetic)"
+            followups[tp] = _followup(tp, title, {"time": tp}, [follow], 0.6, base_size)
+        arms.append(Arm(label, {}, followups))
     return WhatIfResult(request=WhatIfRequest({}, target="T2"), family=family,
                         baseline=base, baseline_mask=base_mask, baseline_size=base_size,
                         arms=arms, model=MODEL, segmenter={"name": "threshold (test)"},
@@ -127,47 +130,49 @@ def test_lung_run_as_ct_series_segs_and_a_recist_report(tmp_path):
     write_result_dicom(result, out)
     index, entries = _objects(out)
     keys = [(e["key"], e["kind"]) for e in index["series"]]
-    assert keys == [("T0_input", "image"), ("T0_input", "seg"),
-                    ("T1_PD-L1_TPS_0", "image"), ("T1_PD-L1_TPS_0", "seg"),
-                    ("T1_PD-L1_TPS_0_sample1", "image"), ("T1_PD-L1_TPS_0_sample2", "image"),
-                    ("T1_PD-L1_TPS_50", "image"), ("T1_PD-L1_TPS_50", "seg"),
-                    ("T1_PD-L1_TPS_50_sample1", "image"), ("T1_PD-L1_TPS_50_sample2", "image"),
+    assert keys == [("pre_input", "image"), ("pre_input", "seg"),
+                    ("post_PD-L1_TPS_0", "image"), ("post_PD-L1_TPS_0", "seg"),
+                    ("post_PD-L1_TPS_0_sample1", "image"),
+                    ("post_PD-L1_TPS_0_sample2", "image"),
+                    ("post_PD-L1_TPS_50", "image"), ("post_PD-L1_TPS_50", "seg"),
+                    ("post_PD-L1_TPS_50_sample1", "image"),
+                    ("post_PD-L1_TPS_50_sample2", "image"),
                     ("measurements", "sr")]
     assert index["patient_id"] == "SYNTHETIC-LU0003" and index["synthetic_identifiers"]
     numbers = [e["series_number"] for e in index["series"]]
     assert len(set(numbers)) == len(numbers)
-    mean = pydicom.dcmread(out / entries[("T1_PD-L1_TPS_50", "image")]["files"][0])
+    mean = pydicom.dcmread(out / entries[("post_PD-L1_TPS_50", "image")]["files"][0])
     assert mean.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and mean.Modality == "CT"
-    assert mean.SeriesDescription.startswith("SYNTHETIC T1 - PD-L1 TPS 50 %")
+    assert mean.SeriesDescription.startswith("SYNTHETIC post - PD-L1 TPS 50 %")
     assert "mean of 2 samples" in mean.ImageComments
     assert MODEL["model_hash"] in mean.DerivationDescription
     assert "seed 7, 8" in mean.DerivationDescription
     assert (float(mean.WindowCenter), float(mean.WindowWidth)) == (-600.0, 1500.0)
-    sample = pydicom.dcmread(out / entries[("T1_PD-L1_TPS_50_sample2", "image")]["files"][0])
+    sample = pydicom.dcmread(out / entries[("post_PD-L1_TPS_50_sample2", "image")]["files"][0])
     assert "sample 2 of 2" in sample.ImageComments and "seed 8;" in sample.DerivationDescription
     # the input of a phantom patient is synthetic too, and says so
-    base = pydicom.dcmread(out / entries[("T0_input", "image")]["files"][0])
+    base = pydicom.dcmread(out / entries[("pre_input", "image")]["files"][0])
     assert "SYNTHETIC phantom" in base.SeriesDescription and base.BurnedInAnnotation == "YES"
 
     report = read_measurements(out / "measurements_SR.dcm")
-    assert [g["time_point"] for g in report["groups"]] == ["T0", "T1", "T1"]
+    assert [g["time_point"] for g in report["groups"]] == ["pre", "post", "post"]
     by_seg = {e["sop_instance_uid"]: key for key, e in entries.items() if key[1] == "seg"}
     assert [by_seg[g["segmentation"]["sop_instance_uid"]][0] for g in report["groups"]] == \
-        ["T0_input", "T1_PD-L1_TPS_0", "T1_PD-L1_TPS_50"]
+        ["pre_input", "post_PD-L1_TPS_0", "post_PD-L1_TPS_50"]
     for group, arm in zip(report["groups"][1:], result.arms):
-        follow = arm.followups["T1"]
+        follow = arm.followups["post"]
         values = {m["name"]: m["value"] for m in group["measurements"]}
         assert values["Volume"] == pytest.approx(follow.size_mean)
-        assert values["Long Axis"] == pytest.approx(follow.diameter_mean)
+        assert values["Long axis"] == pytest.approx(follow.diameter_mean)
         assert values["Long axis change from baseline"] == \
             pytest.approx(follow.diameter_change.percent)
         assert group["method"] == "RECIST 1.1"
     responses = [g["evaluations"][0]["value"] for g in report["groups"][1:]]
-    assert responses == ["Target Lesion Progressive Disease", "Target Lesion Partial Response"]
-    seg = read_segmentation(out / entries[("T1_PD-L1_TPS_50", "seg")]["files"][0])
-    assert np.array_equal(seg.array > 0, result.arms[1].followups["T1"].mask.array > 0)
+    assert responses == ["Target Lesion Progressive Disease", "Target Lesion Complete Response"]
+    seg = read_segmentation(out / entries[("post_PD-L1_TPS_50", "seg")]["files"][0])
+    assert np.array_equal(seg.array > 0, result.arms[1].followups["post"].mask.array > 0)
     # the algorithm the SEG names: nnU-Net with its version
-    ds = pydicom.dcmread(out / entries[("T0_input", "seg")]["files"][0])
+    ds = pydicom.dcmread(out / entries[("pre_input", "seg")]["files"][0])
     algorithm = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName.startswith("nnU-Net")
     for path in sorted(out.rglob("*.dcm")):
@@ -184,7 +189,9 @@ def test_breast_run_as_dicom_only_folder_with_report_and_figure(tmp_path, capsys
     assert report["demo"] == "nacsim demo"
     index, entries = _objects(out / "dicom")
     assert [k for k in entries] == [("T0_input", "image"), ("T0_input", "seg"),
+                                    ("T1_pCR", "image"), ("T1_pCR", "seg"),
                                     ("T2_pCR", "image"), ("T2_pCR", "seg"),
+                                    ("T1_non-pCR", "image"), ("T1_non-pCR", "seg"),
                                     ("T2_non-pCR", "image"), ("T2_non-pCR", "seg"),
                                     ("measurements", "sr")]
     image = pydicom.dcmread(out / "dicom" / entries[("T2_pCR", "image")]["files"][0])
@@ -192,9 +199,12 @@ def test_breast_run_as_dicom_only_folder_with_report_and_figure(tmp_path, capsys
     assert image.SeriesDescription == "SYNTHETIC T2 - pCR - HR+ HER2- (one sample)"
     groups = read_measurements(out / "dicom" / "measurements_SR.dcm")["groups"]
     assert [g["tracking"] for g in groups] == [
-        "T0 input tumour", "T2 - pCR - HR+ HER2- (synthetic) tumour",
+        "T0 input tumour", "T1 - pCR - HR+ HER2- (synthetic) tumour",
+        "T2 - pCR - HR+ HER2- (synthetic) tumour",
+        "T1 - non-pCR - HR+ HER2- (synthetic) tumour",
         "T2 - non-pCR - HR+ HER2- (synthetic) tumour"]
-    assert groups[1]["evaluations"][0]["value"] == "Target Lesion Complete Response"
+    assert [g["evaluations"][0]["value"] for g in groups[1:]] == [
+        "Target Lesion Complete Response"] * 2 + ["Target Lesion Progressive Disease"] * 2
     # a SEG that names a segmenter other than nnU-Net names it as it is
     ds = pydicom.dcmread(out / "dicom" / entries[("T0_input", "seg")]["files"][0])
     algorithm = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
