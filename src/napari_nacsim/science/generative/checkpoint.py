@@ -52,7 +52,9 @@ def save_checkpoint(model: ControlledDiffusion, folder: str | os.PathLike,
             state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
         path = folder / f"{name}.safetensors"
         with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata={"component": name, "format": "pt"})
+            # one metadata key: safetensors writes the map in random order, so two keys gave
+            # the same weights other bytes (and another model hash) at every save
+            save_file(state, str(tmp), metadata={"format": "pt"})
         files[name] = {"path": path.name, "sha256": file_sha256(path),
                        "bytes": path.stat().st_size}
     schema = model.schema
@@ -104,7 +106,9 @@ def set_sampling_defaults(folder: str | os.PathLike, changes: dict[str, Any],
 
 
 def verify_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
-    """Check that every weight file exists and matches its sha256; return the card."""
+    """Check that every weight file exists and matches its sha256, that the card's model
+    hash is the hash of those files (it is what every generated image names) and that the
+    schema version is this nacsim's; return the card."""
     folder = Path(folder)
     card = read_card(folder)
     for name, entry in card["files"].items():
@@ -116,6 +120,10 @@ def verify_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
             raise InputError(path, f"sha256 {digest[:12]}... does not match the model card "
                                    f"({entry['sha256'][:12]}...): the file is corrupt or was "
                                    "changed")
+    if "model_hash" in card and card["model_hash"] != model_hash(card):
+        raise InputError(folder / CARD, f"model_hash {str(card['model_hash'])[:12]}... is not "
+                                        f"the hash of its weight files "
+                                        f"({model_hash(card)[:12]}...): the card was edited")
     schema = family_schema(card["family"])
     if str(card.get("schema_version")) != schema.version:
         raise InputError(folder / CARD, f"model was trained with {schema.name} schema version "

@@ -32,7 +32,9 @@ def save_weights(model: ImmunoDiff, folder: Path) -> dict[str, Any]:
         state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
         path = folder / f"{name}.safetensors"
         with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata={"component": name, "format": "pt"})
+            # one metadata key: safetensors writes the map in random order, so two keys gave
+            # the same weights other bytes (and another model hash) at every save
+            save_file(state, str(tmp), metadata={"format": "pt"})
         files[name] = {"path": path.name, "sha256": file_sha256(path),
                        "bytes": path.stat().st_size}
     return files
