@@ -165,7 +165,7 @@ def main(argv=None) -> int:
                 row["scenarios"][f"{value:g}"] = {
                     "p_head": None,
                     "share": float(np.mean([c in RESPONSE for c in measured])),
-                    "p_phantom": float(phantom.outcome({"PD_L1": value}).probability)}
+                    "p_phantom": float(phantom.outcome({"PD_L1": value}).response_probability)}
                 continue
             scen = {**clinical, "PD_L1": value}
             scen = schema.validate_clinical({k: v for k, v in scen.items()
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
                                    for k in range(args.samples)]))
             row["scenarios"][f"{value:g}"] = {
                 "p_head": p, "share": share,
-                "p_phantom": float(phantom.outcome({"PD_L1": value}).probability)}
+                "p_phantom": float(phantom.outcome({"PD_L1": value}).response_probability)}
         rows.append(row)
         print(f"{len(rows)}/{args.patients} {phantom.id} p {row['p_phantom']:.2f} head "
               f"{p_head:.2f} drawn {sum(drawn)}/{len(drawn)} recist {recist} "

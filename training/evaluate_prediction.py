@@ -103,6 +103,9 @@ def parse_args(argv=None):
                         "denoiser_features (the full variant), clinical (the clinical "
                         "matrix), baseline_diameter (ln of the longest diameter measured on "
                         "the pre-treatment crop's tumour mask / 30 mm)")
+    p.add_argument("--no-group-l2", dest="group_l2", action="store_false",
+                   help="one L2 strength for all the heads' inputs (default: the denoiser's "
+                        "features get their own, chosen by the inner CV)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if (args.protocol is None) == (args.patients is None):
@@ -223,6 +226,13 @@ def measured_diameter_mm(record) -> float:
     mask = record["arrays"]["pre_tumour"] > 0
     labelled, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     return longest_diameter_mm(labelled, spacing)
+
+
+def head_groups(names, n_denoiser: int, n_clinical: int) -> np.ndarray:
+    """Each column's L2 group in `head_matrix`'s order: 1 for the denoiser's features, 0
+    for the rest."""
+    sizes = {"denoiser_features": n_denoiser, "clinical": n_clinical, "baseline_diameter": 1}
+    return np.concatenate([np.full(sizes[n], int(n == "denoiser_features")) for n in names])
 
 
 def head_matrix(names, denoiser, xc, records) -> np.ndarray:
@@ -353,10 +363,13 @@ def main(argv=None) -> int:
         if "full" in feats:
             heads_inputs = [n for n in args.head_inputs.split(",") if n]
             xh = head_matrix(heads_inputs, feats["full"], xc, records)
+            # the denoiser's features get an L2 strength of their own (heads.GROUP_L2_GRID)
+            gh = head_groups(heads_inputs, feats["full"].shape[1], xc.shape[1]) \
+                if args.group_l2 else None
 
             def heads_chosen(tr, te):
-                r = H.fit_response(xh[tr], y[tr])
-                s = H.fit_survival(xh[tr], time_[tr], event[tr])
+                r = H.fit_response(xh[tr], y[tr], groups=gh)
+                s = H.fit_survival(xh[tr], time_[tr], event[tr], groups=gh)
                 return 1 / (1 + np.exp(-r.predict(xh[te]))), s.predict(xh[te])
             score_folds(f"ImmunoDiff heads ({' + '.join(heads_inputs)})", folds, y, time_,
                         event, heads_chosen, rows, oof)
@@ -385,12 +398,14 @@ def main(argv=None) -> int:
         from napari_nacsim.science.prediction import features as F
 
         x = xh
-        r = H.fit_response(x, y)
-        s = H.fit_survival(x, time_, event)
+        r = H.fit_response(x, y, groups=gh)
+        s = H.fit_survival(x, time_, event, groups=gh)
         risks = s.predict(x)
         H.save_heads(args.bundle, r, s, {
             "model_hash": model_info["model_hash"], "feature_variant": "full",
             "inputs": heads_inputs,
+            "l2_groups": None if gh is None else
+            "denoiser_features: group 1 (its own L2 strength); the other inputs: group 0",
             "timestep_fraction": args.timestep_fraction or F.TIMESTEP_FRACTION,
             "n_features": int(x.shape[1]), "threshold": float(y.mean()),
             "reference_log_risk": float(np.median(risks)),

@@ -31,6 +31,10 @@ from ...core.checksum import file_sha256
 from ...core.errors import InputError
 
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+# a second column group (the denoiser's ~300 features beside a dozen clinical columns) gets
+# its own strength, up to one that switches it off: one shared L2 let the features' noise
+# dilute the clinical signal (600 patients: ROC AUC 0.66 with the features, 0.73 without)
+GROUP_L2_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 CARD = "heads_card.json"
 CARD_FORMAT = "nacsim-prediction-heads/1"
 HEADS = ("response", "survival")
@@ -70,13 +74,22 @@ def _init(x: np.ndarray) -> tuple[LinearHead, torch.Tensor]:
     return head, torch.as_tensor(x)
 
 
-def _lbfgs(head: LinearHead, loss_fn, l2: float, iterations: int = 200) -> LinearHead:
+def _penalty(l2, groups, n: int) -> torch.Tensor:
+    """Per-column L2 strengths: ``l2`` a number (every column), or one strength per group
+    with ``groups`` (each column's group index)."""
+    if groups is None:
+        return torch.full((n,), float(l2))
+    return torch.as_tensor(np.asarray(l2, np.float32)[np.asarray(groups, int)])
+
+
+def _lbfgs(head: LinearHead, loss_fn, l2, iterations: int = 200, groups=None) -> LinearHead:
     opt = torch.optim.LBFGS(head.linear.parameters(), lr=1.0, max_iter=iterations,
                             line_search_fn="strong_wolfe")
+    strength = _penalty(l2, groups, head.linear.weight.shape[1])
 
     def closure():
         opt.zero_grad()
-        loss = loss_fn() + l2 * head.linear.weight.pow(2).sum()
+        loss = loss_fn() + (strength * head.linear.weight[0].pow(2)).sum()
         loss.backward()
         return loss
 
@@ -93,56 +106,63 @@ def _cox_loss(risk: torch.Tensor, event: torch.Tensor, time: torch.Tensor) -> to
                                       reduction="mean")
 
 
-def fit_response(x: np.ndarray, y: Sequence[int], l2: float | None = None) -> LinearHead:
-    """Logistic regression of ``y`` (0/1) on ``x``; ``l2`` None: chosen by inner CV."""
+def fit_response(x: np.ndarray, y: Sequence[int], l2=None,
+                 groups: Sequence[int] | None = None) -> LinearHead:
+    """Logistic regression of ``y`` (0/1) on ``x``; ``l2`` None: chosen by inner CV.
+    ``groups`` (0 or 1 per column): group 1 gets an L2 strength of its own (`_choose_l2`)."""
     y = np.asarray(y, int)
     if l2 is None:
-        l2 = _choose_l2(x, y, None, "response")
+        l2 = _choose_l2(x, y, None, "response", groups)
     head, xt = _init(x)
     yt = torch.as_tensor(y, dtype=torch.float32)
     loss = nn.BCEWithLogitsLoss()
-    head = _lbfgs(head, lambda: loss(head(xt), yt), l2)
+    head = _lbfgs(head, lambda: loss(head(xt), yt), l2, groups=groups)
     head.l2 = l2
     return head
 
 
 def fit_survival(x: np.ndarray, time: Sequence[float], event: Sequence[bool],
-                 l2: float | None = None) -> LinearHead:
+                 l2=None, groups: Sequence[int] | None = None) -> LinearHead:
     """Linear Cox model (log hazard ratio) of ``(time, event)`` on ``x``."""
     time, event = np.asarray(time, float), np.asarray(event, bool)
     if l2 is None:
-        l2 = _choose_l2(x, time, event, "survival")
+        l2 = _choose_l2(x, time, event, "survival", groups)
     head, xt = _init(x)
     tt = torch.as_tensor(time, dtype=torch.float32)
     et = torch.as_tensor(event)
-    head = _lbfgs(head, lambda: _cox_loss(head(xt), et, tt), l2)
+    head = _lbfgs(head, lambda: _cox_loss(head(xt), et, tt), l2, groups=groups)
     head.l2 = l2
     return head
 
 
-def _choose_l2(x, target, event, kind: str) -> float:
+def _choose_l2(x, target, event, kind: str, groups=None):
     """The L2 strength of ``L2_GRID`` with the best held-out loss over an inner 3-fold CV
-    (stratified on the response, or on the event for survival)."""
+    (stratified on the response, or on the event for survival); with ``groups``, the pair
+    (group 0's from ``L2_GRID``, group 1's from ``GROUP_L2_GRID``) that does best."""
+    import itertools
+
     from sklearn.model_selection import StratifiedKFold
 
     x = np.asarray(x, np.float32)
     strata = np.asarray(target if kind == "response" else event, int)
     splits = min(3, int(np.bincount(strata).min()) if len(np.unique(strata)) > 1 else 0)
+    grid = L2_GRID if groups is None else \
+        [list(pair) for pair in itertools.product(L2_GRID, GROUP_L2_GRID)]
     if splits < 2:
-        return 0.1
+        return 0.1 if groups is None else [0.1, 0.1]
     folds = list(StratifiedKFold(splits, shuffle=True, random_state=0).split(x, strata))
-    best, best_loss = L2_GRID[0], float("inf")
-    for l2 in L2_GRID:
+    best, best_loss = grid[0], float("inf")
+    for l2 in grid:
         total = 0.0
         for tr, te in folds:
             if kind == "response":
-                head = fit_response(x[tr], target[tr], l2)
+                head = fit_response(x[tr], target[tr], l2, groups)
                 with torch.no_grad():
                     total += float(nn.functional.binary_cross_entropy_with_logits(
                         head(torch.as_tensor(x[te])),
                         torch.as_tensor(target[te], dtype=torch.float32)))
             else:
-                head = fit_survival(x[tr], target[tr], event[tr], l2)
+                head = fit_survival(x[tr], target[tr], event[tr], l2, groups)
                 with torch.no_grad():
                     total += float(_cox_loss(head(torch.as_tensor(x[te])),
                                              torch.as_tensor(event[te]),
@@ -153,6 +173,10 @@ def _choose_l2(x, target, event, kind: str) -> float:
 
 
 # --- saving and loading --------------------------------------------------------------------
+
+def _l2_json(l2):
+    return [float(v) for v in l2] if isinstance(l2, (list, tuple)) else float(l2)
+
 
 def save_heads(folder: str | os.PathLike, response: LinearHead, survival: LinearHead,
                card: dict[str, Any]) -> Path:
@@ -170,7 +194,7 @@ def save_heads(folder: str | os.PathLike, response: LinearHead, survival: Linear
         files[name] = {"path": path.name, "sha256": file_sha256(path),
                        "bytes": path.stat().st_size,
                        "n_features": int(head.linear.in_features),
-                       "l2": float(getattr(head, "l2", float("nan")))}
+                       "l2": _l2_json(getattr(head, "l2", float("nan")))}
     full = {"format": CARD_FORMAT, "synthetic_training_data": True,
             "created": datetime.datetime.now(datetime.timezone.utc)
             .isoformat(timespec="seconds"), **card, "files": files}
