@@ -39,6 +39,12 @@ def test_a_sample_u_depends_on_its_seed_only_and_the_share_converges_to_p():
     for p in (0.1, 0.37, 0.8):
         share = np.mean([draw_outcome(u, p) for u in us])
         assert abs(share - p) < 0.025, (p, share)
+    # any n consecutive seeds (a request's samples) spread evenly: the share is within 2/n
+    for n in (4, 8, 16):
+        for first in (0, 5, 123):
+            us = np.array([outcome_uniform(first + k, "responder") for k in range(n)])
+            for p in np.linspace(0.0, 1.0, 41):
+                assert abs(np.mean(us < p) - p) <= 2.0 / n, (n, first, p)
 
 
 def test_a_higher_probability_never_turns_a_responder_into_a_non_responder():
@@ -316,3 +322,29 @@ def test_the_review_csv_carries_what_each_image_was_generated_for(tmp_path):
     assert read["outcome_responder_u"] == "0.21"
     assert read["counterfactual_outcome_responder"] == "False"
     assert read["counterfactual_outcome_responder_p"] == "0.1"
+
+
+def test_heads_give_noise_features_their_own_penalty_and_switch_them_off():
+    """~300 noise columns beside one informative column: with one shared L2 the noise
+    dilutes the signal; a group of its own is penalised away by the inner CV."""
+    from napari_nacsim.science.prediction import heads as H
+
+    rng = np.random.default_rng(0)
+    n = 400
+    signal = rng.normal(size=(n, 1))
+    noise = rng.normal(size=(n, 300))
+    y = (rng.random(n) < 1 / (1 + np.exp(-1.5 * signal[:, 0]))).astype(int)
+    x = np.concatenate([signal, noise], axis=1).astype(np.float32)
+    groups = np.r_[0, np.ones(300, int)]
+    head = H.fit_response(x, y, groups=groups)
+    shared = H.fit_response(x, y)
+    assert head.l2[1] > head.l2[0]
+    w = head.linear.weight.detach().numpy()[0]
+    assert abs(w[0] - 1.5) < 0.3 and abs(w[0]) > 10 * np.abs(w[1:]).max()
+    test = rng.normal(size=(2000, 301)).astype(np.float32)
+    y_test = (rng.random(2000) < 1 / (1 + np.exp(-1.5 * test[:, 0]))).astype(int)
+
+    def log_loss(h):
+        p = 1 / (1 + np.exp(-h.predict(test)))
+        return -np.mean(y_test * np.log(p) + (1 - y_test) * np.log(1 - p))
+    assert log_loss(head) < log_loss(shared) - 0.05

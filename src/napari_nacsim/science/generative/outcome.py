@@ -8,7 +8,8 @@ patient's tumour looks like under it. Each sample couples them the way a structu
 model does (Pearl's three steps):
 
 - **abduction**: the sample's exogenous noise, one uniform number u per outcome variable,
-  drawn from the sample's seed (`outcome_uniform`), the same for every scenario;
+  from the sample's seed (`outcome_uniform`: a low-discrepancy sequence over seeds, so a
+  request's samples cover [0, 1) evenly), the same for every scenario;
 - **action**: the scenario sets the clinical values, hence p;
 - **prediction**: the sample shows the outcome u < p (`draw_outcome`) and its image is
   generated for it.
@@ -31,11 +32,21 @@ import numpy as np
 DRAWN, FIXED, NOT_GIVEN = "drawn", "fixed by the user", "not given"
 
 
+# Consecutive seeds step through [0, 1) by the golden ratio's fraction (a Weyl sequence, the
+# additive recurrence of quasi-Monte Carlo): any n consecutive seeds — a request's samples
+# are seed, seed + 1, ... — lie evenly spread, so the share of n samples showing the outcome
+# is within 2/n of p (a uniform draw per seed left 8 samples up to 0.5 off, and the first
+# eight seeds held two u's below 0.05: every patient showed at least 2 of 8 responders)
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
 def outcome_uniform(seed: int, variable: str) -> float:
     """The sample's u for ``variable``: a function of the seed alone (never of the
-    scenario), from its own stream (the image noise comes from torch's generator)."""
+    scenario), with its own offset per variable (the image noise comes from torch's
+    generator)."""
     stream = zlib.crc32(variable.encode())  # a stable number per variable name
-    return float(np.random.default_rng([int(seed), stream, 0xAB]).random())
+    offset = float(np.random.default_rng([stream, 0xAB]).random())
+    return float((offset + int(seed) * _GOLDEN) % 1.0)
 
 
 def draw_outcome(u: float, p: float) -> bool:
