@@ -89,7 +89,8 @@ def add_batch_command(sub) -> None:
                    help="values set over each patient's own, e.g. pCR=yes or PD-L1=50 "
                         "(repeat: one case per scenario; default: the family's comparison, "
                         "e.g. pCR vs non-pCR, under the patient's own values)")
-    p.add_argument("--samples", type=int, default=1, help="samples per scenario (default 1)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per scenario (default: the family's; breast 1, lung 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
     p.add_argument("--sampler", choices=["ddim", "dpmpp", "unipc", "ddpm"], default=None)

@@ -484,11 +484,15 @@ class BatchJob(Job):
 
     def __init__(self, manifest: Cohort | str | os.PathLike, scenarios: Sequence[str] = (), *,
                  model=None, seed: int = 0, steps: Optional[int] = None,
-                 sampler: Optional[str] = None, samples: int = 1, device: str = "auto",
-                 figure: bool = True):
+                 sampler: Optional[str] = None, samples: Optional[int] = None,
+                 device: str = "auto", figure: bool = True):
         self.cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
         self.source = str(manifest) if not isinstance(manifest, Cohort) else str(
             self.cohort.root)
+        if samples is None:  # the family's default (lung: several, a response is a chance)
+            from ..families import get_family
+
+            samples = get_family(self.cohort.family.name).default_samples
         if not 1 <= int(samples) <= 64:
             raise InputError("samples", f"{samples} must be between 1 and 64")
         if steps is not None and int(steps) < 1:
