@@ -73,8 +73,12 @@ class SizeTable(QWidget):
     def show_result(self, result: WhatIfResult) -> None:
         rows = result.table_rows()
         outcomes = result.has_outcomes
+        # RECIST per scenario wherever the tumour is measured on cross-sections (a volume,
+        # lung CT), with or without outcomes; the samples' outcome where they have one
+        extra = [(c, k) for c, k in zip(OUTCOME_COLUMNS, OUTCOME_KEYS)
+                 if outcomes or (k == "recist" and result.baseline.ndim == 3)]
         columns = COLUMNS + ((PREDICTIONS,) if result.has_predictions else ()) + \
-            (OUTCOME_COLUMNS if outcomes else ())
+            tuple(c for c, _ in extra)
         self.table.setColumnCount(len(columns))
         self.table.setHorizontalHeaderLabels(columns)
         self.table.setRowCount(len(rows))
@@ -82,7 +86,7 @@ class SizeTable(QWidget):
         for r, row in enumerate(rows):
             values = tuple(row[k] for k in KEYS) + \
                 ((row["predictions"],) if result.has_predictions else ()) + \
-                (tuple(row[k] for k in OUTCOME_KEYS) if outcomes else ())
+                tuple(row[k] for _, k in extra)
             for c, value in enumerate(values):
                 item = QTableWidgetItem(str(value))
                 if c == 0:
