@@ -304,7 +304,8 @@ def test_labels_fit_and_readout_is_off_the_canvas(docked, qtbot):
     is in the widget, not over the cells' scale bars, and a new layout clears it."""
     from types import SimpleNamespace
 
-    from napari_nacsim.plugin.grid_view import PX_PER_CHAR_POINT, TITLE_MARGIN_PX
+    from napari_nacsim.plugin.grid_view import (PX_PER_CHAR_POINT, SUBTITLE_PX_PER_CHAR_POINT,
+                                                 TITLE_MARGIN_PX)
 
     viewer, _, widget = docked
     widget.samples.setValue(3)
@@ -312,7 +313,9 @@ def test_labels_fit_and_readout_is_off_the_canvas(docked, qtbot):
     cell_px = viewer.window._qt_viewer.canvas.size[1] / 3
     for layer in widget.result_layers():
         points = layer.name_overlay.font_size
-        assert len(layer.name) * points * PX_PER_CHAR_POINT <= cell_px - TITLE_MARGIN_PX + 1, \
+        per_char = PX_PER_CHAR_POINT if layer._type_string == "image" else \
+            SUBTITLE_PX_PER_CHAR_POINT
+        assert len(layer.name) * points * per_char <= cell_px - TITLE_MARGIN_PX + 1, \
             (layer.name, points)
     assert not any("readout" in str(key) for key in viewer.canvas.overlays)
     image = widget.input_layer()

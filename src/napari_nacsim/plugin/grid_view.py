@@ -61,13 +61,19 @@ def grid_columns(n_cells: int, columns: int | None = None) -> int:
     return columns or (n_cells if n_cells <= 4 else (n_cells + 1) // 2)
 
 
-def title_points(title: str, cell_px: float | None) -> float:
-    """The font size of a cell's title: `TITLE_POINTS`, smaller where the whole title would
-    not fit the cell's width otherwise (never below `MIN_TITLE_POINTS`)."""
+# The second line is mostly digits, "±" and units, wider than mixed-case words (measured on
+# the lung sample's "PD-L1 TPS 0 %: 1.92±1.37 mL, Ø 18±5 mm": about 1.2 px per char per pt)
+SUBTITLE_PX_PER_CHAR_POINT = 1.2
+
+
+def title_points(title: str, cell_px: float | None, px_per_char: float = PX_PER_CHAR_POINT,
+                 largest: float = TITLE_POINTS) -> float:
+    """The font size of a cell's title: ``largest`` (`TITLE_POINTS`), smaller where the whole
+    title would not fit the cell's width otherwise (never below `MIN_TITLE_POINTS`)."""
     if not cell_px:
-        return TITLE_POINTS
-    fit = (cell_px - TITLE_MARGIN_PX) / (max(len(title), 1) * PX_PER_CHAR_POINT)
-    return max(MIN_TITLE_POINTS, min(TITLE_POINTS, fit))
+        return largest
+    fit = (cell_px - TITLE_MARGIN_PX) / (max(len(title), 1) * px_per_char)
+    return max(MIN_TITLE_POINTS, min(largest, fit))
 
 
 def _canvas_width(viewer) -> float | None:
@@ -148,7 +154,8 @@ def _show_cells(viewer, group: str, cells: Sequence[Sequence[tuple]], *,
                 overlay.position = "bottom_right"
                 # right-aligned: a line too long for the cell would lose its start (the
                 # scenario's name), so it shrinks like the titles
-                overlay.font_size = min(SUBTITLE_POINTS, title_points(layer.name, cell_px))
+                overlay.font_size = title_points(layer.name, cell_px,
+                                                 SUBTITLE_PX_PER_CHAR_POINT, SUBTITLE_POINTS)
                 overlay.color = (layer.metadata.get(METADATA_KEY) or {}).get(
                     "outline_colour", "white")
             if layer.name_overlay.visible != grid:
