@@ -259,6 +259,27 @@ def longest_diameter_mm(labelled: np.ndarray, spacing) -> float:
     return longest
 
 
+def axial_longest_diameter_mm(labelled: np.ndarray, spacing) -> float:
+    """RECIST 1.1's longest diameter of a volume's lesion: measured in the axial plane, the
+    largest in-plane maximum Feret diameter over the slices (a ruler on one slice), the
+    longest of the parts; 0 without any. A 2D mask: its Feret diameter."""
+    from scipy import ndimage
+
+    labelled = np.asarray(labelled)
+    if labelled.ndim == 2:
+        return longest_diameter_mm(labelled, spacing)
+    spacing = np.asarray([float(s) for s in spacing][-labelled.ndim:])
+    longest = 0.0
+    for k, box in enumerate(ndimage.find_objects(labelled.astype(np.int32, copy=False)), 1):
+        if box is None:
+            continue
+        region = labelled[box] == k
+        for section in region:
+            if section.any():
+                longest = max(longest, _feret_max(section, spacing[1:]))
+    return longest
+
+
 def _feret_max(region: np.ndarray, spacing: np.ndarray) -> float:
     from scipy.spatial import ConvexHull, QhullError
     from scipy.spatial.distance import pdist
