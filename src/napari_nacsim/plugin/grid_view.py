@@ -279,8 +279,11 @@ def _fit_to_group(viewer, group: str, refit: bool) -> None:
                                                    extent.step))
     key = (group, tuple(np.round(lo, 3)), tuple(np.round(hi, 3)))
     fitted = _FITTED.get(viewer)
-    if refit or fitted is None or fitted[0] != key:
-        viewer.reset_view(layers=layers)
+    if refit or fitted != key:
+        # napari's fit takes layers of the viewer's dimensionality only (2D cells in a
+        # viewer that also holds 3D layers: IndexError); those fit by napari's own rule
+        same = all(layer.ndim == viewer.dims.ndim for layer in layers)
+        viewer.reset_view(layers=layers) if same else viewer.reset_view()
     ranges = _full_ranges(viewer)
     n = len(lo)
     not_shown = set(viewer.dims.not_displayed)
