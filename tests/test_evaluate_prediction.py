@@ -43,7 +43,8 @@ def test_entrypoint_scores_every_model_on_the_same_folds(evaluated):
                 "phantom ceiling without tumour size (clinical part of its p)",
                 "clinical only (logistic regression; Cox, lifelines)",
                 "image CNN (MONAI DenseNet, 3D)", "image CNN + clinical",
-                "ImmunoDiff heads (full)", "ImmunoDiff heads (full) + clinical"}
+                "ImmunoDiff heads (full)", "ImmunoDiff heads (full) + clinical",
+                "ImmunoDiff heads (denoiser_features + clinical + baseline_diameter)"}
     assert set(rows) == expected
     for name, row in rows.items():
         assert len(row["folds"]) == 2
@@ -58,7 +59,14 @@ def test_entrypoint_scores_every_model_on_the_same_folds(evaluated):
     card = json.loads((model / "prediction_heads" / "heads_card.json").read_text())
     assert card["model_hash"] == json.loads((model / "model_card.json").read_text())[
         "model_hash"]
-    assert card["training_cohort"]["patients"] == 12 and card["n_features"] == 32
+    from napari_nacsim.science.prediction.clinical import COLUMNS
+
+    # what the product's heads read: the features, the clinical matrix, the baseline size
+    assert card["inputs"] == ["denoiser_features", "clinical", "baseline_diameter"]
+    assert card["training_cohort"]["patients"] == 12
+    assert card["n_features"] == 32 + len(COLUMNS) + 1
+    # the denoiser features got an L2 strength of their own (heads.GROUP_L2_GRID)
+    assert len(card["files"]["response"]["l2"]) == 2
 
 
 def test_family_hook_and_predict_cli(evaluated, capsys):
@@ -80,13 +88,17 @@ def test_family_hook_and_predict_cli(evaluated, capsys):
     model = load_model(model_dir)
     clinical = {k: v for k, v in record["meta"]["clinical"].items()
                 if k not in ("responder", "survival_months", "death")}
-    low = family.predictions(model, crop, {**clinical, "PD_L1": 0.0}, context)
-    high = family.predictions(model, crop, {**clinical, "PD_L1": 80.0}, context)
+    mask = Scan(a["pre_tumour"].astype(np.uint8), affine, kind=LABELS)
+    low = family.predictions(model, crop, {**clinical, "PD_L1": 0.0}, context,
+                             baseline_mask=mask)
+    high = family.predictions(model, crop, {**clinical, "PD_L1": 80.0}, context,
+                              baseline_mask=mask)
     assert set(low) == {"response_probability", "survival_risk"}
     assert 0 < low["response_probability"]["value"] < 1 and low["survival_risk"]["value"] > 0
     assert low["survival_risk"]["unit"] == "× cohort" and low["survival_risk"]["meaning"]
     assert low != high                       # the scenario's clinical values matter
-    assert family.predictions(model, crop, clinical, None) == {}   # no anatomy: none
+    assert family.predictions(model, crop, clinical, None,
+                              baseline_mask=mask) == {}   # no anatomy: none
 
     paths = {}
     for name, scan in (("crop", crop), *context.items()):
@@ -99,9 +111,11 @@ def test_family_hook_and_predict_cli(evaluated, capsys):
                "--clinical", text, "--model", str(model_dir), "--out", str(out)])
     assert rc == 0
     saved = json.loads(out.read_text())["predictions"][0]
+    # the CLI measures the baseline tumour with the bundled segmenter, as the workspace does
+    measured = family.load_segmenter(device="cpu").segment(family.to_segmenter(crop))
     assert saved["predicted_response_probability"] == pytest.approx(
         family.predictions(model, crop, family.schema.validate_clinical(
-            dict(clinical), subject="t", partial=True), context)[
+            dict(clinical), subject="t", partial=True), context, baseline_mask=measured)[
             "response_probability"]["value"])
 
     capsys.readouterr()
