@@ -414,9 +414,17 @@ def rows_to_csv(rows: Sequence[Mapping[str, Any]], unit: str,
               *sorted({k for row in rows for k in row
                        if k.startswith(("outcome_", "counterfactual_outcome_"))}),
               "model_hash", "seed", "steps", "sampler", "segmenter"]
+    return write_rows_csv(rows, header, path)
+
+
+def write_rows_csv(rows: Sequence[Mapping[str, Any]], header: Sequence[str],
+                   path: str | os.PathLike) -> Path:
+    """The rows under ``header`` (other keys ignored), empty cells where a value is None or
+    NaN, floats rounded to 6 digits. Atomic: a reader never sees half a table."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=list(header), extrasaction="ignore")
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: _cell(v) for k, v in row.items()})

@@ -82,7 +82,7 @@ class JobSpec:
     def run(self, case: Case, folder: Path) -> dict[str, Any]:
         """Run ``case``, writing its outputs into the (staging) ``folder``; return its record
         fields: ``status`` (DONE or SKIPPED), ``rows`` (CSV rows), maybe ``reason``."""
-        raise NotImplementedError
+        raise NotImplementedError  # each spec (review, batch): what one case is
 
 
 class Job:
@@ -91,17 +91,18 @@ class Job:
     kind = "job"
     spec: JobSpec
 
+    # the interface every job (ReviewJob, BatchJob) fills in: no generic plan or table
     def __len__(self) -> int:
-        raise NotImplementedError
+        raise NotImplementedError  # each job: how many cases its plan has
 
     def cases(self) -> Iterator[Case]:
-        raise NotImplementedError
+        raise NotImplementedError  # each job: its cases, in the CSV's order
 
     def describe(self) -> dict[str, Any]:
         return {}
 
     def write_csv(self, records: Sequence[Mapping[str, Any]], path: Path) -> Path:
-        raise NotImplementedError
+        raise NotImplementedError  # each job: its own table's columns
 
 
 # --- running one case (here or on a worker) ------------------------------------------------
@@ -536,19 +537,13 @@ class BatchJob(Job):
                 **self._options}
 
     def write_csv(self, records: Sequence[Mapping[str, Any]], path: Path) -> Path:
-        from .cohort_review import _cell
+        from .cohort_review import write_rows_csv
 
         rows = [row for r in records if r.get("status") == DONE for row in r["rows"]]
         header = [*BATCH_HEAD,
                   *sorted({k for row in rows for k in row if k.startswith("predicted_")}),
                   *BATCH_TAIL]
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
-                writer.writeheader()
-                for row in rows:
-                    writer.writerow({k: _cell(v) for k, v in row.items()})
-        return Path(path)
+        return write_rows_csv(rows, header, path)
 
 
 # --- the run --------------------------------------------------------------------------------
