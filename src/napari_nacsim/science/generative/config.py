@@ -21,6 +21,12 @@ from ...core.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
+# What the denoiser generates: the follow-up itself, or its change from the pre-treatment
+# image (the result is then the pre-treatment image plus the generated change).
+TARGETS = ("image", "change")
+# Per-sample loss weighting over timesteps: none, or min-SNR (Hang et al. 2023).
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
 _REQUIRED = ("name", "family", "image_size", "image_channels", "unet", "controlnet", "text",
              "scheduler")
 
@@ -65,6 +71,25 @@ def validate_config(config: dict[str, Any], subject: str = "model config") -> di
         raise InputError(f"{subject}: field 'image_size'", "must be a multiple of 8")
     vae, control = config.get("vae"), (config.get("controlnet") or {})
     embedding = control.get("conditioning_embedding_out_channels")
+    fold = config.get("pixel_fold", 1)
+    if not isinstance(fold, int) or isinstance(fold, bool) or fold < 1 or \
+            int(config["image_size"]) % (8 * fold):
+        raise InputError(f"{subject}: field 'pixel_fold'", f"must be a whole number >= 1 that "
+                                                           f"divides image_size / 8, got {fold!r}")
+    if fold > 1 and vae:
+        raise InputError(f"{subject}: field 'pixel_fold'", "folds pixels into channels in "
+                                                           "pixel space: not with a VAE")
+    if fold > 1 and embedding and 2 ** (len(embedding) - 1) != fold:
+        raise InputError(f"{subject}: field 'controlnet.conditioning_embedding_out_channels'",
+                         f"has {len(embedding)} entries (downsampling {2 ** (len(embedding) - 1)}"
+                         f"x); pixel_fold {fold} needs {int(math.log2(fold)) + 1} entries")
+    if config.get("target", "image") not in TARGETS:
+        raise InputError(f"{subject}: field 'target'", f"{config.get('target')!r} is not one of "
+                                                       f"{', '.join(TARGETS)}")
+    weighting = ((config.get("training") or {}).get("loss_weighting") or "none")
+    if weighting not in LOSS_WEIGHTINGS:
+        raise InputError(f"{subject}: field 'training.loss_weighting'",
+                         f"{weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
     if vae and embedding and not (config.get("weights") or {}).get("vae"):
         # The ControlNet sees the pixel-space image; its embedding must bring it down to the
         # latent grid (each extra entry halves the resolution). A VAE read from pretrained

@@ -52,13 +52,26 @@ def build_vae(config: dict[str, Any]):
 
 
 def latent_factor(config: dict[str, Any]) -> int:
+    """How many times coarser the UNet's grid is than the image: the VAE's downsampling, or
+    the pixel fold."""
     vae = config.get("vae")
-    return 2 ** (len(vae["block_out_channels"]) - 1) if vae else 1
+    return 2 ** (len(vae["block_out_channels"]) - 1) if vae else pixel_fold(config)
 
 
 def latent_channels(config: dict[str, Any]) -> int:
     vae = config.get("vae")
-    return int(vae.get("latent_channels", 4)) if vae else int(config["image_channels"])
+    if vae:
+        return int(vae.get("latent_channels", 4))
+    return int(config["image_channels"]) * pixel_fold(config) ** 2
+
+
+def pixel_fold(config: dict[str, Any]) -> int:
+    return int(config.get("pixel_fold", 1))
+
+
+def generates_change(config: dict[str, Any]) -> bool:
+    """True when the denoiser generates the change from the pre-treatment image."""
+    return config.get("target", "image") == "change"
 
 
 def text_width(config: dict[str, Any]) -> int:
@@ -111,13 +124,36 @@ class ControlledDiffusion(nn.Module):
         VAE latents; a grey image is repeated to the VAE's channels)."""
         x = images * 2.0 - 1.0
         if self.vae is None:
-            return x
+            # Pixel unshuffle: each fold x fold block becomes fold**2 channels (no pixel is
+            # lost; the UNet's convolutions and attention work on the coarser grid).
+            fold = pixel_fold(self.config)
+            return nn.functional.pixel_unshuffle(x, fold) if fold > 1 else x
         if x.shape[1] != self.vae.config.in_channels:
             x = x.mean(1, keepdim=True).expand(-1, self.vae.config.in_channels, -1, -1)
         return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode() * self.scaling_factor
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space -> [0, 1] images with ``image_channels`` channels."""
+    def diffusion_sample(self, target: torch.Tensor, control: torch.Tensor | None
+                         ) -> torch.Tensor:
+        """What the denoiser learns to generate for a [0, 1] ``target`` image: its encoding,
+        or (``target: change``) its encoding minus that of the pre-treatment ``control``."""
+        x0 = self.encode_images(target)
+        if generates_change(self.config):
+            x0 = x0 - self.encode_images(control)
+        return x0
+
+    def decode(self, x: torch.Tensor, control: torch.Tensor | None = None) -> torch.Tensor:
+        """Model space -> [0, 1] images with ``image_channels`` channels. A generated change
+        (``target: change``) is added to the encoding of the pre-treatment ``control``
+        image ([0, 1], one per sample or one for all) first."""
+        if generates_change(self.config):
+            if control is None:
+                raise ValueError("this model generates a change: decode needs the "
+                                 "pre-treatment image")
+            x = x + self.encode_images(control.to(x)).expand_as(x)
+        if self.vae is None:
+            fold = pixel_fold(self.config)
+            if fold > 1:
+                x = nn.functional.pixel_shuffle(x, fold)
         if self.vae is not None:
             x = self.vae.decode(x.to(self.vae.dtype) / self.scaling_factor).sample
             if x.shape[1] != self.config["image_channels"]:

@@ -11,6 +11,8 @@
   conditional branch; the unconditional branch replaces them with the empty prompt. (The NAC
   reference code's guidance built its conditional branch without the tokens, so guidance
   silently removed the clinical conditioning.)
+- A model that generates the change (config ``target: change``) returns the pre-treatment
+  image plus the generated change; the change is still sampled from noise, so samples differ.
 - Initial noise comes from a CPU generator seeded with ``seed``, so a seed means the same
   noise on every device; on CPU, the same inputs and seed give bit-identical output.
 """
@@ -114,4 +116,4 @@ def generate(model: ControlledDiffusion, control_image: torch.Tensor,
             x = scheduler.step(out, t, x, return_dict=False)[0]
             if progress:
                 progress(i + 1, len(timesteps))
-    return model.decode(x).float()
+    return model.decode(x, control_image.to(device, dtype)).float()

@@ -21,6 +21,12 @@ not drowned by the rest of the image, and ``balance`` names a conditioning varia
 ``pCR``) whose values are drawn equally often, so a minority outcome is seen as often as the
 majority. Stage 2 can also start from a trained model (``init_from``), which skips stage 1.
 
+A model that generates the change (config ``target: change``) learns, in both stages, the
+encoding of the target visit minus that of the pre-treatment image (stage 1: unconditional
+changes from T0 to a drawn visit). ``training.loss_weighting: min_snr`` weights each sample's
+loss by min(SNR, ``min_snr_gamma``) over its timestep's SNR (+1 for v-prediction), which
+stops the nearly noise-free timesteps from dominating the gradient.
+
 `accelerate` runs it on one CPU, one GPU or many (``accelerate launch``, docs/training.md).
 Every random draw of a step comes from a generator seeded with (seed, stage, step), so a
 resumed run continues exactly as an uninterrupted one. With N processes, every process draws
@@ -52,7 +58,7 @@ from ...core.errors import InputError
 from .checkpoint import SAMPLING_DEFAULTS, load_checkpoint, save_checkpoint
 from .config import validate_config
 from .data import PairedCohort
-from .model import ControlledDiffusion, build_controlnet
+from .model import ControlledDiffusion, build_controlnet, generates_change
 
 STATE = "train_state.json"
 
@@ -137,46 +143,76 @@ def latent_scaling_factor(model: ControlledDiffusion, images: torch.Tensor) -> f
 
 
 class _Stage1(nn.Module):
-    def __init__(self, model: ControlledDiffusion):
+    """The base denoiser alone, on single images (or, for a model that generates the change,
+    on the change between a patient's pre-treatment image ``base`` and another visit)."""
+
+    def __init__(self, model: ControlledDiffusion, min_snr_gamma: float | None = None):
         super().__init__()
         self.model = model
+        self.min_snr_gamma = min_snr_gamma
 
-    def forward(self, images, t, noise, null):
+    def forward(self, images, t, noise, null, base=None):
         m = self.model
-        x0 = m.encode_images(images)
-        x_t = m.scheduler.add_noise(x0, noise.to(x0), t.to(x0.device))
-        pred = m.base_denoise(x_t, t.to(x0.device), null)
-        return nn.functional.mse_loss(pred.float(), _diffusion_target(m, x0, noise.to(x0), t.to(x0.device)).float())
+        x0 = m.diffusion_sample(images, base)
+        noise, t = noise.to(x0), t.to(x0.device)
+        x_t = m.scheduler.add_noise(x0, noise, t)
+        pred = m.base_denoise(x_t, t, null)
+        per_sample = weighted_mse(pred.float(), _diffusion_target(m, x0, noise, t).float(),
+                                  None, reduce=False)
+        return _timestep_weighted(m, per_sample, t, self.min_snr_gamma)
 
 
 class _Stage2(nn.Module):
-    def __init__(self, model: ControlledDiffusion):
+    def __init__(self, model: ControlledDiffusion, min_snr_gamma: float | None = None):
         super().__init__()
         self.model = model
+        self.min_snr_gamma = min_snr_gamma
 
     def forward(self, control, target, codes, drop, t, noise, null, weight=None):
         m = self.model
-        x0 = m.encode_images(target)
+        x0 = m.diffusion_sample(target, control)
         noise, t = noise.to(x0), t.to(x0.device)
         x_t = m.scheduler.add_noise(x0, noise, t)
         context = m.conditioner(codes)
         context = torch.where(drop.to(x0.device)[:, None, None], null, context)
         pred = m.denoise(x_t, t, context, null, m.control_input(control))
-        return weighted_mse(pred.float(), _diffusion_target(m, x0, noise, t).float(), weight)
+        per_sample = weighted_mse(pred.float(), _diffusion_target(m, x0, noise, t).float(),
+                                  weight, reduce=False)
+        return _timestep_weighted(m, per_sample, t, self.min_snr_gamma)
+
+
+def _timestep_weighted(model: ControlledDiffusion, per_sample: torch.Tensor, t: torch.Tensor,
+                       gamma: float | None) -> torch.Tensor:
+    """Mean of the per-sample losses, each weighted by min-SNR-gamma (Hang et al. 2023) when
+    ``gamma`` is set: min(SNR, gamma) / SNR for epsilon targets, / (SNR + 1) for v targets.
+    The SNR comes from diffusers' `compute_snr` (the one its training scripts use)."""
+    if gamma is None:
+        return per_sample.mean()
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(model.scheduler, t.cpu()).to(per_sample)
+    clipped = torch.clamp(snr, max=float(gamma))
+    if model.scheduler.config.prediction_type == "v_prediction":
+        w = clipped / (snr + 1.0)
+    else:
+        w = clipped / snr.clamp_min(1e-8)
+    return (per_sample * w).mean()
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor,
-                 weight: torch.Tensor | None) -> torch.Tensor:
+                 weight: torch.Tensor | None, *, reduce: bool = True) -> torch.Tensor:
     """MSE with a per-pixel weight map (B, 1, H, W) in image space, pooled to the model's
     grid (latent space is smaller), normalised per sample so the loss scale stays that of a
-    plain MSE; ``None`` is the plain MSE."""
+    plain MSE; ``None`` is the plain MSE. ``reduce=False``: one value per sample."""
     if weight is None:
-        return nn.functional.mse_loss(pred, target)
+        per_sample = ((pred - target) ** 2).flatten(1).mean(1)
+        return per_sample.mean() if reduce else per_sample
     if weight.shape[-1] != pred.shape[-1]:
         weight = nn.functional.adaptive_avg_pool2d(weight, pred.shape[-2:])
     weight = weight.to(pred)
     per_pixel = ((pred - target) ** 2).mean(1, keepdim=True)
-    return ((per_pixel * weight).sum((1, 2, 3)) / weight.sum((1, 2, 3))).mean()
+    per_sample = (per_pixel * weight).sum((1, 2, 3)) / weight.sum((1, 2, 3))
+    return per_sample.mean() if reduce else per_sample
 
 
 def tumour_weights(masks: torch.Tensor, weight: float, margin: int) -> torch.Tensor:
@@ -287,6 +323,9 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
     tumour_weight = float(s2.get("tumour_weight", 0.0))
     tumour_margin = int(s2.get("tumour_margin", 2))
     balance = s2.get("balance")
+    weighting = tcfg.get("loss_weighting") or "none"
+    min_snr_gamma = float(tcfg.get("min_snr_gamma", 5.0)) if weighting == "min_snr" else None
+    change = generates_change(config)
     accelerator = Accelerator(cpu=cpu)
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
@@ -382,7 +421,8 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
             if optimizer is None:
                 optimizer = make_optimizer(stage)
             wrapper = (_Stage0(model, kl_weight) if stage == 0 else
-                       _Stage1(model) if stage == 1 else _Stage2(model))
+                       _Stage1(model, min_snr_gamma) if stage == 1 else
+                       _Stage2(model, min_snr_gamma))
             wrapper, opt = accelerator.prepare(wrapper, optimizer)
             device = accelerator.device
             null = model.conditioner.null_context(bs[stage]).to(device) if stage else None
@@ -407,6 +447,11 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                     shape = (n_global, model.vae.config.latent_channels,
                              batch.shape[-2] // factor, batch.shape[-1] // factor)
                     loss = wrapper(batch.to(device), torch.randn(shape, generator=g)[mine])
+                elif stage == 1 and change:  # the change from T0 to the drawn visit
+                    pair = augment(torch.stack([images[idx, 0], images[idx, tp]], 1), g, mine)
+                    t, noise = _noisy(model, (n_global, 1, *pair.shape[2:]), g)
+                    loss = wrapper(pair[:, 1:2].to(device), t[mine], noise[mine], null,
+                                   pair[:, :1].to(device))
                 elif stage == 1:
                     batch = augment(images[idx, tp][:, None], g, mine)
                     t, noise = _noisy(model, (n_global, *batch.shape[1:]), g)
@@ -482,6 +527,10 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                             if with_vae else {}),
                          "batch_size": bs, "learning_rate": lrs, "cond_drop_prob": drop_p,
                          "tumour_weight": tumour_weight, "tumour_margin": tumour_margin,
+                         "loss_weighting": weighting,
+                         **({"min_snr_gamma": min_snr_gamma} if min_snr_gamma else {}),
+                         "target": config.get("target", "image"),
+                         "pixel_fold": config.get("pixel_fold", 1),
                          "balance": balance,
                          "device": str(accelerator.device),
                          "num_processes": world,
