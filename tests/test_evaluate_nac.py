@@ -85,6 +85,8 @@ def _assert_rows_recomputed(rows, cohort, test_ids, made, segmenter):
 
 def test_evaluation_end_to_end_on_micro_model(tmp_path, monkeypatch):
     cohort = random_cohort(6)
+    cohort.masks[:] = 0  # small tumours, so that there is an outside to measure
+    cohort.masks[:, :, 6:9, 6:9] = 1
     test_ids = cohort.ids[-2:]
     for pid in test_ids:  # counterfactual ground truth for the held-out patients
         k = cohort.ids.index(pid)
@@ -98,7 +100,7 @@ def test_evaluation_end_to_end_on_micro_model(tmp_path, monkeypatch):
     seg = train_segmenter(cohort, steps=1, batch=2)
     assert segment(seg, cohort.images[:2, 0]).shape == (2, 16, 16)
     save_net(seg, base / "segmenter.safetensors", {})
-    import napari_nacsim.science.generative.data as data_module
+    import napari_nacsim.datasets.paired as data_module
 
     monkeypatch.setattr(data_module, "phantom_cohort", lambda *a, **k: cohort)
     # keep the images the evaluation scores, to recompute its metrics from them
@@ -128,6 +130,29 @@ def test_evaluation_end_to_end_on_micro_model(tmp_path, monkeypatch):
     _assert_rows_recomputed(result["rows"], cohort, test_ids, made, load_net(
         base / "segmenter.safetensors")[0])
     assert "| nac |" in (out / "results.md").read_text()
+    # T1 ordering: each held-out patient has both outcomes (factual + flipped counterfactual)
+    t1 = [r for r in result["rows"] if r["method"] == "nac" and r["time"] == "T1"]
+    by = {}
+    for r in t1:
+        by.setdefault(r["patient"], {})[r["pCR"]] = r["size_generated_mm2"]
+    assert result["ordering"]["nac"]["patients"] == 2
+    assert result["ordering"]["nac"]["pcr_smaller_generated"] == sum(
+        v[True] < v[False] for v in by.values())
+    # outside-tumour intensity: recomputed from the rows, and the pixels it reads are right
+    entry = next(e for e in result["outside_intensity"]
+                 if (e["method"], e["kind"]) == ("nac", "factual"))
+    rs = [r for r in result["rows"] if r["method"] == "nac" and r["kind"] == "factual"]
+    gen, real = (np.mean([r[k] for r in rs]) for k in ("outside_mean_generated",
+                                                       "outside_mean_real"))
+    assert entry["generated_vs_real_percent"] == pytest.approx(100 * (gen / real - 1))
+    first = rs[0]
+    k = cohort.ids.index(first["patient"])
+    t = ["T0", "T1", "T2"].index(first["time"])
+    from scipy import ndimage
+    outside = ~ndimage.binary_dilation((cohort.masks[k, 0] > 0) | (cohort.masks[k, t] > 0),
+                                       iterations=3)
+    assert first["outside_mean_real"] == pytest.approx(float(cohort.images[k, t][outside].mean()))
+    assert "pCR tumour smaller" in (out / "results.md").read_text()
     # another cohort seed: every patient held out, recorded; the training seed is refused
     out2 = tmp_path / "eval2"
     assert evaluate.main(["--model", str(model_dir), "--baseline", str(base), "--out", str(out2),

@@ -7,7 +7,8 @@ training never used); or the patients of a cohort manifest (``--cohort cohort.js
 
 Per target time (T1, T2) and pCR group: PSNR, SSIM (scikit-image, data range 1), tumour size
 reduction vs T0 of generated and real follow-ups, and the match between generated and real
-follow-up tumour size. Factual scenarios are compared with the patient's real follow-up;
+follow-up tumour size; in how many patients the T1 tumour under pCR is smaller than under
+non-pCR; the mean intensity outside the tumour of generated, real and T0 MIPs. Factual scenarios are compared with the patient's real follow-up;
 counterfactual ones (pCR flipped) with the phantom's ground-truth rendering of that scenario.
 The pix2pix-style baseline is scored the same way.
 
@@ -62,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     import platform
 
     import torch
+    from scipy import ndimage
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from napari_nacsim.engine import load_model
     from napari_nacsim.science.generative.baseline import load_net, pix2pix_predict
-    from napari_nacsim.science.generative.data import (manifest_cohort, phantom_cohort,
-                                                       phantom_ids)
+    from napari_nacsim.datasets.paired import manifest_cohort, phantom_cohort, phantom_ids
     from napari_nacsim.science.generative.sampling import generate
 
     p = argparse.ArgumentParser(description="evaluate a NAC model on held-out phantoms")
@@ -168,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         base = pix2pix_predict(pix2pix, test, t0, codes)
         refs = np.stack([e[3] for e in entries])
         n = len(entries)
+        # Intensity outside the tumour: everything but the union of the T0 and target truth
+        # masks, grown by 3 pixels (the tumour bed is where the images should differ).
+        outside = [~ndimage.binary_dilation((test.masks[i, 0] > 0) | (e[4] > 0), iterations=3)
+                   for e in entries]
         seg = sizer(np.concatenate([t0[None], refs, base, *samples]))
         areas = seg.sum(axis=(1, 2)) * pixel_mm2
         size_t0, size_ref, size_base = areas[0], areas[1:1 + n], areas[1 + n:1 + 2 * n]
@@ -184,11 +189,16 @@ def main(argv: list[str] | None = None) -> int:
                     "size_truth_mm2": float(gt.sum() * pixel_mm2),
                     "size_truth_t0_mm2": float(test.masks[i, 0].sum() * pixel_mm2),
                     "match": match(float(sizes[k]), float(size_ref[k])),
+                    "outside_mean_generated": _mean_or_nan(images[k][outside[k]]),
+                    "outside_mean_real": _mean_or_nan(ref[outside[k]]),
+                    "outside_mean_t0": _mean_or_nan(t0[outside[k]]),
                 })
         print(f"{pid} done ({time.time() - started:.0f} s)", flush=True)
 
     summary = summarise(rows)
     pooled = summarise_pooled(rows, times[-1])
+    ordering = outcome_ordering(rows, times[1] if len(times) > 2 else times[-1])
+    intensity = outside_intensity(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python training/evaluate_nac.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -199,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
               "held_out": source,
               "n_test_patients": len(test.ids), "extra_patients": len(extra), "machine": platform.platform(),
               "generation_seconds_total": round(gen_seconds, 1),
-              "summary": summary, "pooled": pooled, "rows": rows}
+              "summary": summary, "pooled": pooled, "ordering": ordering,
+              "outside_intensity": intensity, "rows": rows}
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    table = markdown(summary) + "\n\n" + markdown_pooled(pooled)
+    table = (markdown(summary) + "\n\n" + markdown_pooled(pooled) + "\n\n"
+             + markdown_extra(ordering, intensity))
     (args.out / "results.md").write_text(f"`{command}`\n\n{table}\n")
     print(table)
     return 0
@@ -250,6 +262,62 @@ def summarise_pooled(rows, time_point):
                                     **_size_stats(rs)})
         out.append(entry)
     return {"time": time_point, "methods": out}
+
+
+def _mean_or_nan(values) -> float:
+    return float(values.mean()) if values.size else float("nan")
+
+
+def outcome_ordering(rows, time_point):
+    """Per method: in how many patients the tumour generated at ``time_point`` under pCR is
+    smaller than the one under non-pCR (patients with both scenarios: the factual one and
+    its counterfactual), against the same count on the real / ground-truth follow-ups."""
+    out = {}
+    for method in sorted({r["method"] for r in rows}):
+        by_patient = {}
+        for r in rows:
+            if r["method"] == method and r["time"] == time_point:
+                by_patient.setdefault(r["patient"], {})[r["pCR"]] = r
+        both = [v for v in by_patient.values() if True in v and False in v]
+        gen = sum(v[True]["size_generated_mm2"] < v[False]["size_generated_mm2"] for v in both)
+        real = sum(v[True]["size_real_mm2"] < v[False]["size_real_mm2"] for v in both)
+        out[method] = {"time": time_point, "patients": len(both), "pcr_smaller_generated": gen,
+                       "pcr_smaller_real": real,
+                       "share_generated": gen / len(both) if both else float("nan")}
+    return out
+
+
+def outside_intensity(rows):
+    """Per method and scenario kind: mean intensity outside the grown tumour union of the
+    generated, the real (or ground-truth) follow-up and the T0 MIP; generated / real - 1 is
+    the target's "within 5 %", real / T0 - 1 says whether real follow-ups are darker."""
+    out = []
+    for method in sorted({r["method"] for r in rows}):
+        for kind in sorted({r["kind"] for r in rows}):
+            rs = [r for r in rows if r["method"] == method and r["kind"] == kind]
+            if not rs:
+                continue
+            # nan where the grown tumour covers the whole image
+            gen, real, t0 = (float(np.nanmean([r[k] for r in rs])) for k in (
+                "outside_mean_generated", "outside_mean_real", "outside_mean_t0"))
+            out.append({"method": method, "kind": kind, "n": len(rs), "generated": gen,
+                        "real": real, "t0": t0, "generated_vs_real_percent": 100 * (gen / real - 1),
+                        "real_vs_t0_percent": 100 * (real / t0 - 1)})
+    return out
+
+
+def markdown_extra(ordering, intensity):
+    lines = ["| method | time | patients | pCR tumour smaller (generated) | (real) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {m} | {o['time']} | {o['patients']} | {o['pcr_smaller_generated']} "
+              f"({100 * o['share_generated']:.1f} %) | {o['pcr_smaller_real']} |"
+              for m, o in ordering.items()]
+    lines += ["", "| method | scenario | n | outside-tumour mean: generated | real | T0 | "
+              "generated vs real % | real vs T0 % |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {e['method']} | {e['kind']} | {e['n']} | {e['generated']:.4f} | "
+              f"{e['real']:.4f} | {e['t0']:.4f} | {e['generated_vs_real_percent']:+.1f} | "
+              f"{e['real_vs_t0_percent']:+.1f} |" for e in intensity]
+    return "\n".join(lines)
 
 
 def markdown_pooled(pooled):
