@@ -59,12 +59,6 @@ def image_cell(scan, name: str, window=(0.0, 1.0), **kwargs) -> tuple:
     return scan_to_layer_data(scan, name=name, **kwargs)
 
 
-def _with(title: str, word: str) -> str:
-    """``"T2 · pCR (synthetic)"`` + ``"tumour"`` -> ``"T2 · pCR tumour (synthetic)"``."""
-    marker = " (synthetic)"
-    return title.replace(marker, f" {word}{marker}") if marker in title else f"{title} {word}"
-
-
 def _short(title: str) -> str:
     return title.replace(" (synthetic)", "")
 
