@@ -17,7 +17,7 @@ def test_registry_lists_and_finds_the_built_in_families():
     assert family_names()[:2] == ["breast", "lung"]
     assert get_family("lung").schema is LUNG
     assert get_family(BREAST) is get_family("breast")          # by schema too
-    assert family_schema("breast") is BREAST                     # core asks the registry
+    assert family_schema("breast") is BREAST                     # core's own schema registry
     with pytest.raises(InputError, match="'kidney' is not a model family"):
         get_family("kidney")
 
@@ -32,6 +32,28 @@ def test_registration_refuses_a_second_family_of_the_same_name():
     finally:
         register_family(BreastFamily(), replace=True)
     unregister_family("not-there")  # no error
+
+
+def test_core_reads_the_schemas_the_registry_hands_down():
+    # core never looks a family up: registering feeds core's schema registry, unregistering
+    # empties it again (manifests and model cards of that family are then refused)
+    import dataclasses
+
+    copied = dataclasses.replace(BREAST, name="breast-copy")
+
+    class Copy(BreastFamily):
+        name = copied.name
+        schema = copied
+
+    with pytest.raises(InputError, match="'breast-copy' is not a model family"):
+        family_schema("breast-copy")
+    register_family(Copy())
+    try:
+        assert family_schema("breast-copy") is copied
+    finally:
+        unregister_family("breast-copy")
+    with pytest.raises(InputError, match=r"not a model family \(known: breast, lung\)"):
+        family_schema("breast-copy")
 
 
 def test_comparisons_over_values():

@@ -265,11 +265,31 @@ LUNG = FamilySchema(
     ),
 )
 
-def family_schema(name: str) -> FamilySchema:
-    """The clinical schema of a registered model family (`napari_nacsim.families`).
+# --- the schema registry -------------------------------------------------------------------
+# Families are registered above core (`napari_nacsim.families.register_family`), which feeds
+# their schemas down here; core reads schemas by name (manifests, model cards) without ever
+# looking a family up. The built-in schemas are known from the start, so a manifest of
+# theirs can be read with core alone.
 
-    The registry is imported here, lazily: it is the plug-in point where families (built-in
-    or your own) are listed; their schemas are plain data, so core stays free of torch."""
-    from ..families import get_family
+_SCHEMAS: dict[str, FamilySchema] = {BREAST.name: BREAST, LUNG.name: LUNG}
 
-    return get_family(name).schema
+
+def register_schema(schema: FamilySchema) -> FamilySchema:
+    """Make ``schema`` known by its name (replacing an earlier one of that name: the family
+    registry decides whether a replacement is allowed)."""
+    _SCHEMAS[schema.name] = schema
+    return schema
+
+
+def unregister_schema(name: str) -> None:
+    _SCHEMAS.pop(name, None)
+
+
+def family_schema(name: str | FamilySchema) -> FamilySchema:
+    """The clinical schema of a registered model family, by name."""
+    key = name.name if isinstance(name, FamilySchema) else str(name)
+    try:
+        return _SCHEMAS[key]
+    except KeyError:
+        raise InputError("family", f"{key!r} is not a model family "
+                                   f"(known: {', '.join(_SCHEMAS)})") from None

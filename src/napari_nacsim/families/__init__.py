@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Union
 
 from ..core.errors import InputError
-from ..core.schema import FamilySchema
+from ..core.schema import FamilySchema, register_schema, unregister_schema
 from .base import (Comparison, ModelFamily, ModelInput, SegmentationSpec, WindowPreset,
                    rendering_visits)
 
@@ -29,11 +29,13 @@ def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamil
     if family.name in _REGISTRY and not replace and _REGISTRY[family.name] is not family:
         raise ValueError(f"a model family {family.name!r} is already registered")
     _REGISTRY[family.name] = family
+    register_schema(family.schema)  # core reads schemas by name, never the families
     return family
 
 
 def unregister_family(name: str) -> None:
-    _REGISTRY.pop(name, None)
+    if _REGISTRY.pop(name, None) is not None:
+        unregister_schema(name)
 
 
 def family_names() -> list[str]:
