@@ -37,7 +37,7 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 from napari_nacsim.engine.cohort_runner import (DONE, Case, JobSpec, ReviewJob,  # noqa: E402
                                                 run_cases)
-from napari_nacsim.science.phantoms.cohort import write_phantom_cohort  # noqa: E402
+from napari_nacsim.datasets.phantom_cohort import write_phantom_cohort  # noqa: E402
 
 
 def phantom_manifest(family: str, n: int, folder: Path, keep=("T0", "T1")) -> Path:

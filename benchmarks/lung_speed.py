@@ -26,11 +26,10 @@ import time
 
 def case():
     from napari_nacsim.families import get_family
-    from napari_nacsim.families.base import rendering_visits
 
     family = get_family("lung")
     rendering = family.make_phantom(0, 0).render()
-    inputs = family.model_inputs({"pre": rendering_visits(rendering)["pre"]})["pre"]
+    inputs = family.model_inputs({"pre": rendering.visits()["pre"]})["pre"]
     clinical = {k: v for k, v in rendering.clinical.items()
                 if k not in ("responder", "survival_months", "death")}
     return family, inputs, clinical

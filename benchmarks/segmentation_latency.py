@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     # nnU-Net caps its inference threads at nnUNet_def_n_proc (read when it is imported).
     nnunet_env.configure(override={"nnUNet_def_n_proc": str(args.threads)})
     import torch
-    from napari_nacsim.science.segmentation.dataset import phantom_cases
-    from napari_nacsim.science.segmentation.segmenter import load_segmenter
+    from napari_nacsim.datasets.segmentation_cases import phantom_cases
+    from napari_nacsim.families import get_family
 
     torch.set_num_threads(args.threads)
     results = {}
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = family_schema(family).baseline  # no registration needed
         case = phantom_cases(family, 1, args.seed, timepoints=[baseline], jobs=1)[0]
         t0 = time.perf_counter()
-        segmenter = load_segmenter(family, device="cpu")
+        segmenter = get_family(family).load_segmenter(device="cpu")
         load_s = time.perf_counter() - t0
         for _ in range(args.warmup):
             segmenter.segment(case.image)

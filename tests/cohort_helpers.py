@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+from napari_nacsim.datasets.phantom_cohort import write_phantom_cohort
 
 
 def tiny_cohort(folder: Path, n_patients: int = 2, seed: int = 5, *, keep=("T0", "T1"),

@@ -60,10 +60,9 @@ def lung_baseline_case() -> dict:
     """A lung phantom's baseline model inputs and clinical values (baseline only: no
     registration needed): ``{"inputs": {"pre": {...}}, "clinical": {...}}``."""
     from napari_nacsim.families import get_family
-    from napari_nacsim.families.base import rendering_visits
 
     family = get_family("lung")
     rendering = family.make_phantom(0, 0).render()
-    visits = rendering_visits(rendering)
+    visits = rendering.visits()
     return {"inputs": family.model_inputs({"pre": visits["pre"]}),
             "clinical": dict(rendering.clinical)}

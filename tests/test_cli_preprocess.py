@@ -7,7 +7,7 @@ import pytest
 
 from napari_nacsim.cli.main import main as _main
 from napari_nacsim.core.scan_io import read_scan, write_scan
-from napari_nacsim.science.phantoms import make_patient
+from napari_nacsim.families import get_family
 from napari_nacsim.science.preprocess.pipeline import lung_crops
 
 
@@ -18,7 +18,7 @@ def main(argv):
 @pytest.fixture(scope="module")
 def breast_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("breast")
-    rendering = make_patient("breast", 0, 1).render()
+    rendering = get_family("breast").make_phantom(0, 1).render()
     paths = {}
     for tp in ("T0", "T1"):
         for name, scan in {**rendering.scans[tp], **rendering.masks[tp]}.items():
@@ -75,7 +75,7 @@ def test_register_refuses_4d_and_nan(tmp_path, breast_files, capsys):
 
 
 def test_lung_crop_command_and_pipeline(tmp_path, capsys):
-    rendering = make_patient("lung", 0, 2).render()
+    rendering = get_family("lung").make_phantom(0, 2).render()
     ct = write_scan(rendering.scans["pre"]["ct"], tmp_path / "ct.nii.gz")
     tumour = write_scan(rendering.masks["pre"]["tumour"], tmp_path / "tumour.nii.gz")
     assert main(["crop", "--ct", ct, "--tumour", tumour, "--out", tmp_path / "crop.nii.gz",

@@ -160,7 +160,7 @@ def test_predict_cli_over_a_cohort_manifest(evaluated, tmp_path):
     import csv
 
     from napari_nacsim.cli.main import main
-    from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+    from napari_nacsim.datasets.phantom_cohort import write_phantom_cohort
 
     _, model_dir, _ = evaluated
     manifest = write_phantom_cohort("lung", 1, 9, tmp_path / "cohort")

@@ -14,12 +14,11 @@ from immunodiff_helpers import ThresholdSegmenter
 def lung_sample():
     """A lung phantom's baseline model inputs (baseline only: no registration needed)."""
     from napari_nacsim.families import get_family
-    from napari_nacsim.families.base import rendering_visits
 
     family = get_family("lung")
     phantom = family.make_phantom(0, 0)
     rendering = phantom.render()
-    visits = rendering_visits(rendering)
+    visits = rendering.visits()
     inputs = family.model_inputs({"pre": visits["pre"]})["pre"]
     return family, dict(rendering.clinical), inputs
 

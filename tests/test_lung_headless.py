@@ -66,11 +66,9 @@ def test_demo_lung_writes_pd_l1_arms_masks_report_and_figure(tmp_path, no_displa
 def crop_files(tmp_path_factory):
     """The lung sample patient's baseline crop and its lobe and vessel crops as NIfTI (as
     `nacsim crop --mask` writes them), and its clinical values."""
-    from napari_nacsim.families.base import rendering_visits
-
     family = get_family("lung")
     rendering = family.make_phantom(0, 0).render()
-    entry = family.model_inputs({"pre": rendering_visits(rendering)["pre"]})["pre"]
+    entry = family.model_inputs({"pre": rendering.visits()["pre"]})["pre"]
     own = {v.name: rendering.clinical[v.name] for v in family.schema.condition_variables
            if v.derive is None}
     folder = tmp_path_factory.mktemp("crops")
@@ -131,7 +129,7 @@ def test_simulate_lung_without_its_context_is_one_line(crop_files, tmp_path, cap
 
 
 def test_review_of_a_lung_cohort_writes_its_table(tmp_path, capsys):
-    from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+    from napari_nacsim.datasets.phantom_cohort import write_phantom_cohort
 
     manifest = write_phantom_cohort("lung", 1, 3, tmp_path / "cohort", jobs=1)
     table = tmp_path / "cases.csv"

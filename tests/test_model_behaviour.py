@@ -12,7 +12,6 @@ import pytest
 
 from napari_nacsim.engine import WhatIfRequest, WhatIfSession, load_model, simulate
 from napari_nacsim.families import get_family
-from napari_nacsim.families.base import rendering_visits
 from napari_nacsim.science.generative.card import outcome_inputs
 
 BREAST_STEPS = 3   # the workspace test's setting; sizes below measured with it
@@ -25,7 +24,7 @@ def baseline_of(family_name: str, index: int = 0):
     family = get_family(family_name)
     rendering = family.make_phantom(0, index).render()
     base = family.schema.baseline
-    entry = family.model_inputs({base: rendering_visits(rendering)[base]})[base]
+    entry = family.model_inputs({base: rendering.visits()[base]})[base]
     own = {v.name: rendering.clinical[v.name] for v in family.schema.condition_variables
            if v.derive is None}
     return entry, own

@@ -10,7 +10,7 @@ import pytest
 from napari_nacsim.cli.main import main
 from napari_nacsim.core.cohort import check_cohort_images, load_cohort
 from napari_nacsim.core.scan_io import read_scan
-from napari_nacsim.science.phantoms.cohort import phantom_of, write_phantom_cohort
+from napari_nacsim.datasets.phantom_cohort import phantom_of, write_phantom_cohort
 
 
 @pytest.mark.parametrize("family, timepoints, masks", [

@@ -11,8 +11,9 @@ import pytest
 
 from napari_nacsim.core.errors import InputError
 from napari_nacsim.core.schema import LUNG
+from napari_nacsim.families import get_family
 from napari_nacsim.science import measure
-from napari_nacsim.science.phantoms import base, lung, lung_outcomes, shapes
+from napari_nacsim.science.phantoms import lung, lung_outcomes, shapes
 
 COHORT = 0
 
@@ -60,8 +61,8 @@ def test_patient_identity_and_factory(patient):
     assert patient.id == "LU0003"
     assert patient.family is LUNG
     assert (patient.cohort_seed, patient.index) == (COHORT, 2)
-    via_base = base.make_patient("lung", COHORT, 2)
-    assert isinstance(via_base, lung.LungPhantom) and via_base.clinical == patient.clinical
+    via_family = get_family("lung").make_phantom(COHORT, 2)
+    assert isinstance(via_family, lung.LungPhantom) and via_family.clinical == patient.clinical
 
 
 def test_scans_and_masks_have_the_documented_layout(rendering):
@@ -84,6 +85,11 @@ def test_scans_and_masks_have_the_documented_layout(rendering):
         assert set(np.unique(rendering.masks[tp]["lobes"].array)) == {0, 1, 2, 3, 4, 5}
         assert set(np.unique(rendering.masks[tp]["vessels"].array)) == {0, 1}
     assert rendering.masks["pre"]["tumour"].array.any()
+    # as visits (what a family's preprocessing takes): each time point's scans and masks
+    visits = rendering.visits()
+    assert {tp: set(v) for tp, v in visits.items()} == {
+        tp: {"ct", "tumour", "lobes", "vessels"} for tp in ("pre", "post")}
+    assert visits["post"]["lobes"] is rendering.masks["post"]["lobes"]
 
 
 def test_same_seed_same_arrays_different_patients_differ():

@@ -246,7 +246,7 @@ def test_inspector_and_workspace_together_lung_after_breast(docked, qtbot, tmp_p
     scenario column starts with PD-L1, its cells are fitted; the workspace's cells never
     carry the inspector's titles, frames or colour bars (nor the other way round)."""
     from cohort_helpers import tiny_cohort
-    from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+    from napari_nacsim.datasets.phantom_cohort import write_phantom_cohort
     from napari_nacsim.plugin import inspector as inspector_module
 
     viewer, _, widget = docked

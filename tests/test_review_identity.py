@@ -22,8 +22,7 @@ from napari_nacsim.core.scan import LABELS, Scan
 from napari_nacsim.engine import load_model, simulate
 from napari_nacsim.engine.cohort_review import review_cohort
 from napari_nacsim.families import get_family
-from napari_nacsim.families.base import rendering_visits
-from napari_nacsim.science.phantoms.cohort import phantom_of, write_phantom_cohort
+from napari_nacsim.datasets.phantom_cohort import phantom_of, write_phantom_cohort
 
 STEPS = 2
 
@@ -71,7 +70,7 @@ def _phantom_inputs(family, cohort, clinical=None) -> dict:
     scenario when None), baseline and the reviewed follow-up preprocessed as model inputs."""
     phantom = phantom_of(cohort, cohort.patients[0])
     rendering = phantom.render(None if clinical is None else dict(clinical))
-    visits = rendering_visits(rendering)
+    visits = rendering.visits()
     keep = (family.schema.baseline, FOLLOW_UP[family.name])
     return family.model_inputs({tp: visits[tp] for tp in keep})
 

@@ -14,10 +14,18 @@ from napari_nacsim.core.scan_io import read_scan, write_scan
 from napari_nacsim.plugin.layers import layer_to_scan, scan_to_layer_data
 from napari_nacsim.science.measure import dice, measure_tumour
 from napari_nacsim.science.segmentation import model_files
-from napari_nacsim.science.segmentation.dataset import phantom_cases
-from napari_nacsim.science.segmentation.segmenter import bundled_model_dir, load_segmenter
+from napari_nacsim.datasets.segmentation_cases import phantom_cases
+from napari_nacsim.families import get_family
 
 HELD_OUT_SEED = 7001  # the bundled models were trained on seed 1000
+
+
+def load_segmenter(family: str, **options):
+    return get_family(family).load_segmenter(**options)
+
+
+def bundled_model_dir(family: str):
+    return get_family(family).bundled_segmenter_path()
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,20 @@ import numpy as np
 import pytest
 
 from napari_nacsim.core.errors import InputError
+from napari_nacsim.datasets.segmentation_cases import cohort_cases, phantom_cases
+from napari_nacsim.families import get_family
 from napari_nacsim.science.segmentation import nnunet_env
-from napari_nacsim.science.segmentation.dataset import (
-    SLICE_SPACING_2D, cohort_cases, export_dataset, nnunet_input, phantom_cases,
-    verify_dataset)
+from napari_nacsim.science.segmentation.dataset import (SLICE_SPACING_2D, export_dataset,
+                                                        nnunet_input, verify_dataset)
+
+
+def export(cases, family, raw_root, **options):
+    """`export_dataset` handed the family's specs (segmentation training hands those its
+    `TrainingSettings` carry)."""
+    chosen = get_family(family)
+    return export_dataset(cases, raw_root, family=chosen.name,
+                          input_spec=chosen.segmenter_input,
+                          segmentation=chosen.segmentation, **options)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +50,7 @@ def read_with_nnunet_io(path):
 def test_lung_crops_export_passes_nnunet_integrity_check(tmp_path, lung_cases):
     case = lung_cases[0]
     assert case.image.shape == (16, 96, 96) and case.label.array.any()
-    folder = export_dataset(lung_cases, "lung", tmp_path / "raw")
+    folder = export(lung_cases, "lung", tmp_path / "raw")
     assert folder.name == "Dataset502_NacsimLungCrop"
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "CT"}          # nnU-Net's CT normalisation
@@ -63,7 +73,7 @@ def test_lung_crops_export_passes_nnunet_integrity_check(tmp_path, lung_cases):
 def test_breast_mips_are_2d_slices_with_nnunet_2d_spacing(tmp_path, breast_cases):
     case = breast_cases[0]
     assert case.image.ndim == 2 and case.image.shape == (128, 128)
-    folder = export_dataset(breast_cases, "breast", tmp_path / "raw", dataset_id=777,
+    folder = export(breast_cases, "breast", tmp_path / "raw", dataset_id=777,
                             name="MIPs")
     assert folder.name == "Dataset777_MIPs"
     data, props = read_with_nnunet_io(folder / "imagesTr" / f"{case.case_id}_0000.nii.gz")
@@ -78,18 +88,21 @@ def test_breast_mips_are_2d_slices_with_nnunet_2d_spacing(tmp_path, breast_cases
 
 def test_export_refuses_clashes_and_wrong_dimensions(tmp_path, breast_cases, lung_cases):
     raw = tmp_path / "raw"
-    export_dataset(breast_cases, "breast", raw)
+    export(breast_cases, "breast", raw)
     with pytest.raises(InputError, match="already exists"):
-        export_dataset(breast_cases, "breast", raw)
+        export(breast_cases, "breast", raw)
     with pytest.raises(InputError, match="another dataset already uses id 501"):
-        export_dataset(breast_cases, "breast", raw, name="Other")
+        export(breast_cases, "breast", raw, name="Other")
     with pytest.raises(InputError, match="not unique"):
-        export_dataset(breast_cases + breast_cases[:1], "breast", raw, overwrite=True)
+        export(breast_cases + breast_cases[:1], "breast", raw, overwrite=True)
     with pytest.raises(InputError, match="is 3D; the breast segmenter takes a 2D"):
-        export_dataset(lung_cases, "breast", raw, dataset_id=9)
+        export(lung_cases, "breast", raw, dataset_id=9)
     with pytest.raises(InputError, match="1..999"):
-        export_dataset(breast_cases, "breast", raw, dataset_id=1000)
-    export_dataset(breast_cases[:1], "breast", raw, overwrite=True)
+        export(breast_cases, "breast", raw, dataset_id=1000)
+    with pytest.raises(InputError, match="spheroid family: has no nnU-Net segmentation"):
+        export_dataset(breast_cases, raw, family="spheroid",
+                       input_spec=get_family("breast").segmenter_input, segmentation=None)
+    export(breast_cases[:1], "breast", raw, overwrite=True)
     assert len(list((raw / "Dataset501_NacsimBreastMIP" / "imagesTr").iterdir())) == 1
     assert not [p for p in raw.iterdir() if p.name.startswith(".")]  # no staging left
 
@@ -107,7 +120,7 @@ def test_lesion_free_phantom_cases_have_empty_masks():
 
 
 def test_cases_from_a_cohort_manifest(tmp_path):
-    from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+    from napari_nacsim.datasets.phantom_cohort import write_phantom_cohort
 
     from napari_nacsim.core.cohort import load_cohort
 

@@ -26,10 +26,20 @@ from napari_nacsim.core.errors import InputError
 from napari_nacsim.core.scan import LABELS
 from napari_nacsim.core.scan_io import read_scan, write_scan
 from napari_nacsim.science.segmentation import model_files
-from napari_nacsim.science.segmentation.dataset import phantom_cases
+from napari_nacsim.datasets.segmentation_cases import phantom_cases
+from napari_nacsim.families import get_family
 from napari_nacsim.science.segmentation.segmenter import TumourSegmenter
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def settings_of(family: str, **options):
+    """Training settings with the family's specs handed in, as train_segmenter.py does."""
+    from napari_nacsim.science.segmentation.train import TrainingSettings
+
+    chosen = get_family(family)
+    return TrainingSettings(chosen.name, chosen.segmentation, chosen.segmenter_input,
+                            **options)
 
 
 @pytest.fixture(scope="module")
@@ -195,18 +205,18 @@ def test_cli_segment_with_a_model_folder(trained, image, tmp_path, capsys):
 
 
 def test_resume_finds_the_interrupted_run(trained, monkeypatch):
-    from napari_nacsim.science.segmentation.train import TrainingSettings, _previous_run
+    from napari_nacsim.science.segmentation.train import _previous_run
 
     root, summary = trained
     monkeypatch.setenv("nnUNet_preprocessed", str(root / "nnunet" / "nnUNet_preprocessed"))
     raw = root / "nnunet" / "nnUNet_raw"
-    folder, plans, identifier = _previous_run(TrainingSettings("breast"), raw)
+    folder, plans, identifier = _previous_run(settings_of("breast"), raw)
     assert folder.name == summary["dataset"] and identifier == summary["plans_identifier"]
     assert "2d" in plans["configurations"]
     with pytest.raises(InputError, match="no dataset 502 .* nothing to resume"):
-        _previous_run(TrainingSettings("lung"), raw)
+        _previous_run(settings_of("lung"), raw)
     with pytest.raises(InputError, match="was not planned yet"):
-        _previous_run(TrainingSettings("breast", plan="default"), raw)
+        _previous_run(settings_of("breast", plan="default"), raw)
 
 
 @pytest.fixture(scope="module")
@@ -274,9 +284,7 @@ def test_lesion_free_is_refused_where_it_does_not_apply(tmp_path, capsys):
 
 
 def test_init_from_refuses_another_architecture(trained):
-    from napari_nacsim.science.segmentation.train import (TrainingSettings,
-                                                          initialise_from_model,
-                                                          train_segmenter)
+    from napari_nacsim.science.segmentation.train import initialise_from_model, train_segmenter
 
     root, _ = trained
     with pytest.raises(InputError, match="does not match this run's plans"):
@@ -284,7 +292,7 @@ def test_init_from_refuses_another_architecture(trained):
     with pytest.raises(InputError, match="is a '2d' model"):
         initialise_from_model(torch.nn.Linear(2, 2), root / "model", "3d_fullres")
     with pytest.raises(InputError, match="cannot be combined with --resume"):
-        train_segmenter(None, TrainingSettings("breast"), None, resume=True,
+        train_segmenter(None, settings_of("breast"), None, resume=True,
                         init_from=root / "model")
 
 
@@ -312,7 +320,7 @@ def test_gpus_reach_nnunets_multi_gpu_training(trained, tmp_path, monkeypatch):
     inherit."""
     from napari_nacsim.science.segmentation import nnunet_env
     from napari_nacsim.science.segmentation import segmenter as segmenter_module
-    from napari_nacsim.science.segmentation.train import TrainingSettings, train_segmenter
+    from napari_nacsim.science.segmentation.train import train_segmenter
 
     root, summary = trained
     shutil.copytree(root / "nnunet", tmp_path / "nnunet")
@@ -337,7 +345,7 @@ def test_gpus_reach_nnunets_multi_gpu_training(trained, tmp_path, monkeypatch):
         raise Recorded
 
     monkeypatch.setattr(nnunet_run, "run_training", run_training)
-    settings = TrainingSettings("breast", epochs=7, gpus=2, device="cuda")
+    settings = settings_of("breast", epochs=7, gpus=2, device="cuda")
     with pytest.raises(Recorded):
         train_segmenter(None, settings, tmp_path / "nnunet", reuse=True, log=lambda m: None)
     (args, kwargs, epochs, ext), = calls

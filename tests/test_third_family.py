@@ -136,7 +136,7 @@ def test_cli_simulate_uses_the_family(spheroid, tmp_path):
 
 def test_cohort_review_scores_against_the_counterfactual_truth(spheroid, tmp_path):
     from napari_nacsim.engine.cohort_review import cases_to_csv, review_cohort
-    from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+    from napari_nacsim.datasets.phantom_cohort import write_phantom_cohort
     from skimage.metrics import structural_similarity
 
     family, model_dir = spheroid
@@ -207,8 +207,8 @@ def test_workspace_builds_its_panel_and_grid_from_the_family(spheroid, make_napa
 def test_manifest_cohort_matches_the_phantom_cohort(spheroid, tmp_path):
     """Evaluation data from a cohort manifest (files) equal those made in memory, with the
     counterfactual ground truth of phantom patients reachable the same way."""
-    from napari_nacsim.science.generative.data import manifest_cohort, phantom_cohort
-    from napari_nacsim.science.phantoms.cohort import write_phantom_cohort
+    from napari_nacsim.datasets.paired import manifest_cohort, phantom_cohort
+    from napari_nacsim.datasets.phantom_cohort import write_phantom_cohort
 
     family, _ = spheroid
     manifest = write_phantom_cohort("spheroid", 3, 31, tmp_path / "cohort", jobs=1)

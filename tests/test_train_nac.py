@@ -91,7 +91,7 @@ def train_nac_script(monkeypatch):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     import napari_nacsim.science.generative.config as config_module
-    import napari_nacsim.science.generative.data as data_module
+    import napari_nacsim.datasets.paired as data_module
 
     big = random_cohort(8)
     monkeypatch.setattr(data_module, "phantom_cohort", lambda *a, **k: big)

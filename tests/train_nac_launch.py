@@ -27,7 +27,7 @@ def use_micro_setup(patch=setattr):
     from generative_helpers import micro_config, random_cohort
 
     import napari_nacsim.science.generative.config as config_module
-    import napari_nacsim.science.generative.data as data_module
+    import napari_nacsim.datasets.paired as data_module
 
     cohort = random_cohort(8)
     patch(data_module, "phantom_cohort", lambda *a, **k: cohort)

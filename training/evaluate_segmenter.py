@@ -138,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     from napari_nacsim.core.errors import InputError
     from napari_nacsim.core.schema import family_schema
     from napari_nacsim.science.measure import dice, match_percent, measure_tumour
-    from napari_nacsim.science.segmentation.dataset import phantom_cases
-    from napari_nacsim.science.segmentation.segmenter import load_segmenter
+    from napari_nacsim.datasets.segmentation_cases import phantom_cases
+    from napari_nacsim.families import get_family
 
     try:
-        segmenter = load_segmenter(args.family, args.model, trust_pickle=args.trust_pickle,
-                                   device=args.device)
+        segmenter = get_family(args.family).load_segmenter(
+            args.model, trust_pickle=args.trust_pickle, device=args.device)
         training = (segmenter.model.card.get("training") or {}).get("data") or {}
         if training.get("source") == "nacsim phantoms" and training.get("seed") == args.seed:
             raise InputError("--seed", f"{args.seed} is the seed the model was trained on; "
@@ -177,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     for case in free_cases:
         free_rows.append({"case": case.case_id, "timepoint": case.timepoint,
                           "predicted_size": measure_tumour(segmenter.segment(case.image)).total})
-
-    from napari_nacsim.families import get_family
 
     schema = family_schema(args.family)
     per_tp = {tp: _summary([r for r in rows if r["timepoint"] == tp])

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_nacsim.core.atomic import atomic_path
     from napari_nacsim.core.scan import Scan, affine_from_spacing
     from napari_nacsim.engine import load_model
-    from napari_nacsim.science.generative.data import phantom_cohort
+    from napari_nacsim.datasets.paired import phantom_cohort
     from napari_nacsim.science.generative.sampling import generate
 
     model = load_model(args.model, device="cpu")

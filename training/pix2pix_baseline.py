@@ -21,7 +21,7 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 def main(argv: list[str] | None = None) -> int:
     from napari_nacsim.science.generative.baseline import save_net, train_pix2pix, train_segmenter
-    from napari_nacsim.science.generative.data import phantom_cohort
+    from napari_nacsim.datasets.paired import phantom_cohort
 
     p = argparse.ArgumentParser(description="pix2pix-style baseline + tumour segmenter")
     p.add_argument("--split", type=Path, required=True, help="split.json of the NAC training run")

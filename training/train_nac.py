@@ -89,7 +89,8 @@ def _run(args, argv: list[str] | None) -> int:
     from napari_nacsim.core.atomic import write_json_atomic
     from napari_nacsim.science.generative.config import load_config
     from napari_nacsim.families import get_family
-    from napari_nacsim.science.generative.data import phantom_cohort, phantom_ids, split_ids
+    from napari_nacsim.datasets.paired import phantom_cohort, phantom_ids
+    from napari_nacsim.science.generative.data import split_ids
     from napari_nacsim.science.generative.train import train
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))

@@ -154,7 +154,8 @@ def _run(args, argv: list[str]) -> int:
 
     from napari_nacsim.core.errors import InputError
     from napari_nacsim.science.segmentation import nnunet_env
-    from napari_nacsim.science.segmentation.dataset import cohort_cases, phantom_cases
+    from napari_nacsim.datasets.segmentation_cases import cohort_cases, phantom_cases
+    from napari_nacsim.families import get_family
     from napari_nacsim.science.segmentation.plans import CompactSettings
     from napari_nacsim.science.segmentation.train import TrainingSettings, train_segmenter
 
@@ -178,8 +179,6 @@ def _run(args, argv: list[str]) -> int:
     if args.lesion_free < 0:
         raise InputError("--lesion-free", f"{args.lesion_free} must be >= 0")
     if args.lesion_free and args.family is not None:
-        from napari_nacsim.families import get_family
-
         spec = get_family(args.family).segmentation
         if spec is None or not spec.lesion_free:
             raise InputError("--lesion-free", f"the {args.family} family has no lesion-free "
@@ -226,11 +225,14 @@ def _run(args, argv: list[str]) -> int:
                 "synthetic": all(c.image.provenance.get("synthetic") for c in cases)}
     data["cases"] = len(cases) if cases else None
     data["prepare_cases_s"] = round(time.time() - started, 1)
+    chosen = get_family(family)
     # 2D inputs (MIPs) are resized to --size; 3D crops keep their grid
-    data["breast_mip_size"] = args.size if _family_input_ndim(family) == 2 else None
+    data["breast_mip_size"] = args.size if chosen.segmenter_input.ndim == 2 else None
 
     settings = TrainingSettings(
-        family=family, plan=args.plan, compact=compact, configuration=args.configuration,
+        family=chosen.name, segmentation=chosen.segmentation,
+        input_spec=chosen.segmenter_input, plan=args.plan, compact=compact,
+        configuration=args.configuration,
         trainer=args.trainer, fold=args.fold, epochs=args.epochs, iterations=args.iterations,
         val_iterations=args.val_iterations, learning_rate=args.lr, device=args.device,
         dataset_id=args.dataset_id, dataset_name=args.dataset_name, processes=args.processes,
@@ -245,12 +247,6 @@ def _run(args, argv: list[str]) -> int:
         args.summary.write_text(text + "\n")
     print(text)
     return 0
-
-
-def _family_input_ndim(family: str) -> int:
-    from napari_nacsim.families import get_family
-
-    return get_family(family).segmenter_input.ndim
 
 
 if __name__ == "__main__":

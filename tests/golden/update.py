@@ -111,7 +111,6 @@ def compute(family_name: str, steps: int | None = None, sampler: str | None = No
     """The record of ``family_name``'s bundled model (see the module docstring)."""
     from napari_nacsim.engine import load_model, model_grid, simulate
     from napari_nacsim.families import get_family
-    from napari_nacsim.families.base import rendering_visits
     from napari_nacsim.science.generative.card import outcome_inputs
 
     family = get_family(family_name)
@@ -119,7 +118,7 @@ def compute(family_name: str, steps: int | None = None, sampler: str | None = No
     phantom = family.make_phantom(0, 0)
     rendering = phantom.render()
     base = family.schema.baseline
-    entry = family.model_inputs({base: rendering_visits(rendering)[base]})[base]
+    entry = family.model_inputs({base: rendering.visits()[base]})[base]
     grid = model_grid(model, entry["image"])
     region = tumour_region(family.resample(entry["tumour"], model.grid).array)
     context = family.model_context(entry)

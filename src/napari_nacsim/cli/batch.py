@@ -53,7 +53,7 @@ def _phantom_cohort(args) -> Path:
     it was made with the same family, size and seed)."""
     import json
 
-    from ..science.phantoms.cohort import write_phantom_cohort
+    from ..datasets.phantom_cohort import write_phantom_cohort
 
     folder = args.out / "phantoms"
     manifest = folder / "cohort.json"

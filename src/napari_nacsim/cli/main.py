@@ -52,7 +52,7 @@ def _progress(desc: str):
 # --- commands ------------------------------------------------------------------------------
 
 def cmd_phantoms(args) -> int:
-    from ..science.phantoms.cohort import write_phantom_cohort
+    from ..datasets.phantom_cohort import write_phantom_cohort
 
     start = time.perf_counter()
     manifest = write_phantom_cohort(args.family, args.patients, args.seed, args.out,

@@ -317,7 +317,7 @@ class CohortReview:
                cf_clinical: dict[str, Any]) -> dict[str, Scan]:
         """The phantom rendered under the counterfactual scenario, preprocessed like the real
         scans: the ground truth of what the model should have generated."""
-        from ..science.phantoms.cohort import phantom_of
+        from ..datasets.phantom_cohort import phantom_of
 
         phantom = phantom_of(self.cohort, patient)
         return self._on_grid(self.family.counterfactual_truth(phantom, cf_clinical))

@@ -15,8 +15,7 @@ from typing import Union
 
 from ..core.errors import InputError
 from ..core.schema import FamilySchema, register_schema, unregister_schema
-from .base import (Comparison, ModelFamily, ModelInput, SegmentationSpec, WindowPreset,
-                   rendering_visits)
+from .base import Comparison, ModelFamily, ModelInput, SegmentationSpec, WindowPreset
 
 _REGISTRY: dict[str, ModelFamily] = {}
 
@@ -65,5 +64,4 @@ def _register_builtin() -> None:
 _register_builtin()
 
 __all__ = ["Comparison", "ModelFamily", "ModelInput", "SegmentationSpec", "family_names",
-           "get_family", "register_family", "rendering_visits", "unregister_family",
-           "WindowPreset"]
+           "get_family", "register_family", "unregister_family", "WindowPreset"]

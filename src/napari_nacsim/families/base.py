@@ -24,29 +24,13 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.model_input import ModelInput, SegmentationSpec
 from ..core.scan import IMAGE, Scan, check_image_values, require_ndim
 from ..core.schema import BINARY, CATEGORICAL, FamilySchema, Variable
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 Visits = Mapping[str, Mapping[str, Scan]]  # time point -> channel or mask name -> scan
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInput:
-    """What an image must look like for a family's models (generator and segmenter)."""
-
-    ndim: int                                   # 2 (a MIP) or 3 (a CT crop)
-    what: str                                   # "a 2D breast subtraction MIP (nacsim mip)"
-    how_to_make: str                            # the command or action that makes one
-    value_range: Optional[tuple[float, float]]  # None: physical units (HU), not normalised
-    display_range: tuple[float, float]          # default window of the viewer and figure
-    channel: str                                # nnU-Net channel name ("MIP", "CT")
-    short_name: str                             # "MIP", "CT crop" (layer names, labels)
-    value_unit: str = "normalised intensity"     # what the values are ("HU"): SD maps, read-out
-    # False: the input must already be on the model's grid (a crop cut around the tumour),
-    # it is not resampled; a larger scan of the patient has to be made into one first
-    resampled: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,17 +49,6 @@ class WindowPreset:
     def describe(self) -> str:
         """``"lung (L -600, W 1500)"``."""
         return f"{self.name} (L {self.level:g}, W {self.width:g})"
-
-
-@dataclasses.dataclass(frozen=True)
-class SegmentationSpec:
-    """How the family's nnU-Net segmenter is trained and found."""
-
-    dataset_id: int
-    dataset_name: str
-    configuration: str               # nnU-Net configuration ("2d", "3d_fullres")
-    lesion_free: bool = False        # phantoms can be drawn without their tumour
-    input_size: Optional[int] = None  # 2D inputs are resized to this square grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +139,10 @@ class ModelFamily:
         """The tumour segmenter (an object with ``segment(scan) -> labels scan``)."""
         from ..science.segmentation import load_segmenter
 
-        return load_segmenter(self.name, path, device=device, trust_pickle=trust_pickle)
+        # the bundled model is loaded once per process; a given folder each time asked
+        return load_segmenter(self.bundled_segmenter_path() if path is None else path,
+                              family=self.name, input_spec=self.segmenter_input,
+                              bundled=path is None, device=device, trust_pickle=trust_pickle)
 
     # --- images ------------------------------------------------------------------------------
     def check_model_input(self, image: Scan) -> None:
@@ -254,8 +230,7 @@ class ModelFamily:
                              size: Optional[int] = None) -> dict[str, dict[str, Scan]]:
         """The model inputs of ``phantom`` rendered under ``clinical`` (same latent draws):
         what a perfect model would generate for that scenario."""
-        rendering = phantom.render(dict(clinical))
-        return self.model_inputs(rendering_visits(rendering), size=size)
+        return self.model_inputs(phantom.render(dict(clinical)).visits(), size=size)
 
     def sample_case(self, index: int = 0, *, cohort_seed: int = 0,
                     size: Optional[int] = None) -> dict[str, Any]:
@@ -264,7 +239,7 @@ class ModelFamily:
         phantom = self.make_phantom(cohort_seed, index)
         rendering = phantom.render()
         return {"patient": phantom.id, "clinical": dict(rendering.clinical),
-                "inputs": self.model_inputs(rendering_visits(rendering), size=size),
+                "inputs": self.model_inputs(rendering.visits(), size=size),
                 "truth": rendering.truth}
 
     # --- scenarios ---------------------------------------------------------------------------
@@ -356,8 +331,3 @@ class ModelFamily:
     def __repr__(self) -> str:
         return f"<model family {self.name!r}: {self.title}>"
 
-
-def rendering_visits(rendering: Any) -> dict[str, dict[str, Scan]]:
-    """A phantom `Rendering` as visits: time point -> its scans and masks."""
-    return {tp: {**rendering.scans[tp], **rendering.masks.get(tp, {})}
-            for tp in rendering.scans}

@@ -71,10 +71,8 @@ def _volume_layers(family, patient_id: str, rendering) -> list:
 def _model_input_layers(family, patient_id: str, rendering) -> list:
     """The model's input at the baseline (no registration needed there) and its tumour
     mask (hidden), the input last."""
-    from ..families import rendering_visits
-
     base = family.schema.baseline
-    entry = family.model_inputs({base: rendering_visits(rendering)[base]})[base]
+    entry = family.model_inputs({base: rendering.visits()[base]})[base]
     what = family.model_input.short_name
     layers = []
     if "tumour" in entry:

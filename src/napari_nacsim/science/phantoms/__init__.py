@@ -6,10 +6,12 @@ A phantom patient is a pure function of ``(cohort_seed, index)``: its anatomy, n
 same patient under a scenario it did not have is the counterfactual ground truth that the
 evaluation scores generated images against.
 
-A model family says how its phantoms are made (``ModelFamily.make_phantom`` in
-`napari_nacsim.families`); ``make_patient(name, cohort_seed, index)`` asks it.
+Each family's phantoms have their own module (`breast`, `lung`, each with a
+``make_patient(cohort_seed, index)``); a model family hands its own out
+(``ModelFamily.make_phantom`` in `napari_nacsim.families`), and code above the registry asks
+the family, never this package, which phantom belongs to a name.
 """
 
 from __future__ import annotations
 
-from .base import PhantomPatient, Rendering, make_patient, patient_seed  # noqa: F401
+from .base import PhantomPatient, Rendering, patient_seed  # noqa: F401

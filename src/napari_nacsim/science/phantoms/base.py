@@ -7,7 +7,6 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from ...core.errors import InputError
 from ...core.scan import Scan
 from ...core.schema import FamilySchema
 from .shapes import Grid
@@ -23,6 +22,11 @@ class Rendering:
     scans: dict[str, dict[str, Scan]]        # time point -> channel -> scan
     masks: dict[str, dict[str, Scan]]        # time point -> mask name -> labels scan
     truth: dict[str, Any]                    # JSON-able: sizes, reductions, transforms, ...
+
+    def visits(self) -> dict[str, dict[str, Scan]]:
+        """The rendering as a patient's visits, what a family's preprocessing takes: time
+        point -> its scans and masks by name (a time point without masks has scans only)."""
+        return {tp: {**self.scans[tp], **self.masks.get(tp, {})} for tp in self.scans}
 
 
 class PhantomPatient(Protocol):
@@ -66,13 +70,3 @@ def phantom_scan(array: np.ndarray, grid: Grid, *, kind: str = "image", **proven
     return Scan(array=stored, affine=grid_affine(grid), kind=kind,
                 provenance={"synthetic": True, "generator": "nacsim phantom", **provenance})
 
-
-def make_patient(family: str, cohort_seed: int, index: int) -> PhantomPatient:
-    """Phantom patient ``index`` of cohort ``cohort_seed`` of a registered family (the family
-    says how its phantoms are made: `napari_nacsim.families`)."""
-    from ...families import get_family
-
-    chosen = get_family(family)  # clear error for unknown families
-    if index < 0:
-        raise InputError("patient index", f"{index} must be >= 0")
-    return chosen.make_phantom(int(cohort_seed), int(index))

@@ -3,7 +3,9 @@
 Modules, in the order of nnU-Net's own stages:
 
 - `nnunet_env`      the environment variables nnU-Net reads, set up for this machine
-- `dataset`         nacsim cases (model input + tumour mask) -> nnU-Net raw dataset
+- `dataset`         nacsim cases (model input + tumour mask) -> nnU-Net raw dataset (the
+                    cases themselves are made by `napari_nacsim.datasets`, which knows the
+                    families; here a family's specs come in as arguments)
 - `plans`           nnU-Net's default plan and a compact one for small CPU models
 - `nnunet_trainers` ``nnUNetTrainer_nacsimCPU``: nnU-Net's trainer on a short schedule
 - `train`           export -> fingerprint -> plan -> preprocess -> train -> package
@@ -17,7 +19,7 @@ the NAC paper's size/match numbers are in `napari_nacsim.science.measure`.
 
 from __future__ import annotations
 
-__all__ = ["TumourSegmenter", "load_segmenter", "segment_tumour", "bundled_model_dir"]
+__all__ = ["TumourSegmenter", "load_segmenter"]
 
 
 def __getattr__(name):  # lazy: importing the package must not import torch/nnunetv2

@@ -1,14 +1,10 @@
-"""Cohorts as nnU-Net v2 raw datasets: model inputs with their tumour masks.
+"""nacsim cases as nnU-Net v2 raw datasets: model inputs with their tumour masks.
 
-What nnU-Net segments is what the rest of nacsim measures on, so the training cases are
-made by the same preprocessing as everything else (`preprocess.pipeline`):
-
-- breast: one case per visit, the 2D subtraction MIP (``breast_mips``) and the footprint of
-  the tumour mask on it;
-- lung: one case per visit, the 3D CT crop in Hounsfield units (``lung_crops``) and the
-  tumour mask cut with the same box. Channel name ``CT``: nnU-Net then normalises with the
-  dataset's foreground intensity statistics (clipping to its 0.5-99.5 percentiles), the
-  scheme meant for CT.
+A `Case` is one model input and its tumour mask on the same grid; the cases of a family's
+phantoms or of a cohort manifest are made above this floor, by the family's own
+preprocessing (`napari_nacsim.datasets.segmentation_cases`). Exporting them needs only what
+the family's segmenter takes (a `ModelInput`) and its nnU-Net settings (a
+`SegmentationSpec`), handed in as arguments.
 
 Files follow nnU-Net's raw format (``DatasetXXX_Name/imagesTr/<case>_0000.nii.gz``,
 ``labelsTr/<case>.nii.gz``, ``dataset.json``) and are read by nnU-Net's ``SimpleITKIO``,
@@ -16,42 +12,30 @@ whose array order is nacsim's ``(z, y, x)``. A 2D MIP is stored as a NIfTI volum
 slice whose slice spacing is 999 mm, nnU-Net's own convention for 2D data: the large value
 makes the planner treat the slice axis as the odd one out and plan a 2D U-Net, whatever the
 in-plane spacing. `nnunet_input` gives the same arrays and spacing for in-memory inference,
-so training and prediction cannot disagree on axes or spacing.
+so training and prediction cannot disagree on axes or spacing. Lung crops use the channel
+name ``CT``: nnU-Net then normalises with the dataset's foreground intensity statistics
+(clipping to its 0.5-99.5 percentiles), the scheme meant for CT.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from ...core.atomic import atomic_directory, atomic_path
 from ...core.errors import InputError
-from ...core.scan import LABELS, Scan, check_image_values
-from ...core.schema import FamilySchema
+from ...core.model_input import ModelInput, SegmentationSpec
+from ...core.scan import Scan
 
 SLICE_SPACING_2D = 999.0  # nnU-Net's spacing for the non-axis of 2D images
 FILE_ENDING = ".nii.gz"
 TUMOUR_LABEL = 1
-
-# What each family's segmenter takes, its dataset id and name, whether its phantoms can be
-# drawn lesion-free: the family registry (`ModelFamily.segmenter_input`, `.segmentation`).
-DEFAULT_MIP_SIZE = 128
-LESION_FREE_SUFFIX = "lesion-free"
-
-
-def family_of(family: str):
-    """The registered model family of a name (`napari_nacsim.families`)."""
-    from ...families import get_family
-
-    return get_family(family)
 
 
 @dataclasses.dataclass
@@ -118,132 +102,6 @@ def write_nnunet_file(scan: Scan, path: str | os.PathLike, *, label: bool = Fals
     return Path(path)
 
 
-# --- cases from visits ---------------------------------------------------------------------
-
-def cases_from_visits(family: str, patient_id: str, visits: Mapping[str, Mapping[str, Scan]],
-                      *, size: int = DEFAULT_MIP_SIZE) -> list[Case]:
-    """Run the family's preprocessing on one patient's visits (time point -> channel/mask ->
-    scan) and return one case per visit that has a tumour mask."""
-    chosen = family_of(family)
-    schema = chosen.schema
-    # 2D inputs are resized to the segmenter's square grid; 3D crops have a fixed grid
-    inputs = chosen.model_inputs(visits, size=size if chosen.segmenter_input.ndim == 2 else None)
-    cases = []
-    for timepoint in schema.timepoint_names:
-        entry = inputs.get(timepoint)
-        if entry is None or "tumour" not in entry:
-            continue
-        image = chosen.to_segmenter(entry["image"])
-        check_image_values(image, f"patient {patient_id} {timepoint} "
-                                  f"{chosen.segmenter_input.short_name}")
-        label = entry["tumour"]
-        label = label.derive((label.array > 0).astype(np.uint8), kind=LABELS)
-        cases.append(Case(case_id(patient_id, timepoint), patient_id, timepoint, image, label))
-    return cases
-
-
-def _phantom_patient_cases(family: str, seed: int, index: int, timepoints: tuple[str, ...],
-                           size: int, lesion_free: bool = False) -> list[Case]:
-    from ..phantoms import make_patient
-
-    phantom = make_patient(family, seed, index)
-    rendering = phantom.render(tumour=False) if lesion_free else phantom.render()
-    visits = {tp: {**rendering.scans[tp], **rendering.masks.get(tp, {})}
-              for tp in rendering.scans if tp in timepoints}
-    patient_id = f"{phantom.id}-{LESION_FREE_SUFFIX}" if lesion_free else phantom.id
-    return cases_from_visits(family, patient_id, visits, size=size)
-
-
-def _cohort_patient_cases(manifest: str, patient_id: str, timepoints: tuple[str, ...],
-                          size: int) -> list[Case]:
-    from ...core.cohort import load_cohort, load_timepoint
-
-    cohort = load_cohort(manifest)
-    patient = cohort.patient(patient_id)
-    visits = {tp: load_timepoint(patient, tp, cohort.family) for tp in patient.scans
-              if tp in timepoints}
-    if not any("tumour" in v for v in visits.values()):
-        return []
-    return cases_from_visits(cohort.family.name, patient.id, visits, size=size)
-
-
-def _check_timepoints(schema: FamilySchema, timepoints: Sequence[str] | None) -> tuple[str, ...]:
-    if timepoints is None:
-        return schema.timepoint_names
-    timepoints = tuple(timepoints)
-    for tp in timepoints:
-        if tp not in schema.timepoint_names:
-            raise InputError("--timepoints", f"{tp!r} is not a {schema.name} time point "
-                                             f"({', '.join(schema.timepoint_names)})")
-    if schema.baseline not in timepoints:
-        # Follow-ups are registered to, and lung crops centred on, the baseline.
-        timepoints = (schema.baseline, *timepoints)
-    return timepoints
-
-
-def _run_jobs(job: Callable, arguments: list[tuple], jobs: int | None,
-              progress: Callable[[int, int], None] | None) -> list[Case]:
-    jobs = max(1, min(jobs or min(2, os.cpu_count() or 1), len(arguments)))
-    results: list[list[Case]] = []
-    if jobs == 1:
-        for done, args in enumerate(arguments, start=1):
-            results.append(job(*args))
-            if progress:
-                progress(done, len(arguments))
-    else:
-        # spawn: ANTs/ITK and torch are not fork-safe once initialised.
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(job, *args) for args in arguments]
-            for done, future in enumerate(futures, start=1):
-                results.append(future.result())
-                if progress:
-                    progress(done, len(arguments))
-    return [case for cases in results for case in cases]
-
-
-def phantom_cases(family: str, n_patients: int, seed: int, *,
-                  timepoints: Sequence[str] | None = None, size: int = DEFAULT_MIP_SIZE,
-                  first_index: int = 0, jobs: int | None = None, lesion_free: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> list[Case]:
-    """Cases of ``n_patients`` synthetic patients (rendered in memory, not written).
-
-    ``lesion_free``: the patients are rendered with no tumour at any visit (breast only,
-    `BreastPhantom.render(tumour=False)`); every case has an empty mask and its patient id
-    ends in ``-lesion-free`` (e.g. ``BR0065-lesion-free_T1``)."""
-    chosen = family_of(family)
-    schema = chosen.schema
-    if n_patients < 1:
-        raise InputError("--phantoms", f"{n_patients} patients: need at least 1")
-    if lesion_free and not (chosen.segmentation and chosen.segmentation.lesion_free):
-        from ...families import family_names
-
-        able = [n for n in family_names() if family_of(n).segmentation and
-                family_of(n).segmentation.lesion_free]
-        raise InputError("--lesion-free", f"lesion-free phantoms exist for "
-                                          f"{', '.join(able)} only, not {schema.name}")
-    tps = _check_timepoints(schema, timepoints)
-    args = [(schema.name, seed, i, tps, size, lesion_free)
-            for i in range(first_index, first_index + n_patients)]
-    return _run_jobs(_phantom_patient_cases, args, jobs, progress)
-
-
-def cohort_cases(manifest: str | os.PathLike, *, timepoints: Sequence[str] | None = None,
-                 size: int = DEFAULT_MIP_SIZE, jobs: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[str, list[Case]]:
-    """(family, cases) of every patient of a cohort manifest; visits without a tumour mask
-    are skipped (nnU-Net needs a mask for every training case)."""
-    from ...core.cohort import load_cohort
-
-    cohort = load_cohort(manifest)
-    tps = _check_timepoints(cohort.family, timepoints)
-    args = [(str(manifest), p.id, tps, size) for p in cohort.patients]
-    cases = _run_jobs(_cohort_patient_cases, args, jobs, progress)
-    if not cases:
-        raise InputError(manifest, "no visit in this cohort has a tumour mask; nnU-Net needs "
-                                   "masks to train")
-    return cohort.family.name, cases
-
-
 # --- export --------------------------------------------------------------------------------
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -255,20 +113,21 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
-def dataset_json(family: str, cases: Sequence[Case], **extra: Any) -> dict[str, Any]:
-    """nnU-Net's ``dataset.json`` for these cases (with nacsim's provenance added)."""
-    spec = family_of(family).segmenter_input
+def dataset_json(family: str, input_spec: ModelInput, cases: Sequence[Case],
+                 **extra: Any) -> dict[str, Any]:
+    """nnU-Net's ``dataset.json`` for these cases of ``family``'s segmenter, which takes
+    ``input_spec`` images (with nacsim's provenance added)."""
     return {
-        "channel_names": {"0": spec.channel},
+        "channel_names": {"0": input_spec.channel},
         "labels": {"background": 0, "tumour": TUMOUR_LABEL},
         "numTraining": len(cases),
         "file_ending": FILE_ENDING,
         "overwrite_image_reader_writer": "SimpleITKIO",
         "name": f"nacsim {family} tumour segmentation",
-        "description": f"{spec.what} with its tumour mask, one case per visit",
+        "description": f"{input_spec.what} with its tumour mask, one case per visit",
         "nacsim": {
             "family": family,
-            "input": spec.what,
+            "input": input_spec.what,
             "cases": [{"case": c.case_id, "patient": c.patient_id, "timepoint": c.timepoint,
                        "synthetic": bool(c.image.provenance.get("synthetic"))} for c in cases],
             **extra,
@@ -276,27 +135,27 @@ def dataset_json(family: str, cases: Sequence[Case], **extra: Any) -> dict[str, 
     }
 
 
-def export_dataset(cases: Sequence[Case], family: str, raw_root: str | os.PathLike, *,
+def export_dataset(cases: Sequence[Case], raw_root: str | os.PathLike, *, family: str,
+                   input_spec: ModelInput, segmentation: Optional[SegmentationSpec],
                    dataset_id: int | None = None, name: str | None = None,
                    overwrite: bool = False, **provenance: Any) -> Path:
     """Write ``cases`` as the nnU-Net raw dataset ``raw_root/DatasetXXX_Name``; returns its
-    folder. Written under a temporary name and renamed, so it is complete or absent."""
-    chosen = family_of(family)
-    family = chosen.name
+    folder. ``family`` names the family (``dataset.json``), ``input_spec`` is what its
+    segmenter takes and ``segmentation`` its nnU-Net settings (the default dataset id and
+    name). Written under a temporary name and renamed, so it is complete or absent."""
     if not cases:
         raise InputError("dataset", "no cases to export")
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         raise InputError("dataset", "case identifiers are not unique")
-    spec = chosen.segmenter_input
     for case in cases:
-        if case.image.ndim != spec.ndim:
+        if case.image.ndim != input_spec.ndim:
             raise InputError(f"case {case.case_id}", f"is {case.image.ndim}D; the {family} "
-                                                     f"segmenter takes {spec.what}")
-    if chosen.segmentation is None:
+                                                     f"segmenter takes {input_spec.what}")
+    if segmentation is None:
         raise InputError(f"{family} family", "has no nnU-Net segmentation settings")
-    dataset_id = chosen.segmentation.dataset_id if dataset_id is None else int(dataset_id)
-    name = name or chosen.segmentation.dataset_name
+    dataset_id = segmentation.dataset_id if dataset_id is None else int(dataset_id)
+    name = name or segmentation.dataset_name
     folder = Path(raw_root) / dataset_folder_name(dataset_id, name)
     others = [p for p in Path(raw_root).glob(f"Dataset{dataset_id:03d}_*") if p != folder] \
         if Path(raw_root).is_dir() else []
@@ -314,7 +173,7 @@ def export_dataset(cases: Sequence[Case], family: str, raw_root: str | os.PathLi
             write_nnunet_file(case.label, staging / "labelsTr" / f"{case.case_id}{FILE_ENDING}",
                               label=True)
         (staging / "dataset.json").write_text(
-            json.dumps(dataset_json(family, cases, **provenance), indent=2) + "\n")
+            json.dumps(dataset_json(family, input_spec, cases, **provenance), indent=2) + "\n")
     return folder
 
 

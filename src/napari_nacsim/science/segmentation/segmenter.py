@@ -18,23 +18,18 @@ import io
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from ...core.errors import InputError
+from ...core.model_input import ModelInput
 from ...core.scan import LABELS, Scan, check_image_values
 from ...core.schema import family_schema
 from . import nnunet_env
-from .dataset import family_of, nnunet_input
+from .dataset import nnunet_input
 from .input_grid import check_field_of_view, spacing_note
 from .model_files import LoadedModel, read_any
-
-
-
-def bundled_model_dir(family: str) -> Path:
-    """Where the family's bundled segmenter lives (the family registry says)."""
-    return family_of(family).bundled_segmenter_path()
 
 
 def resolve_device(device: str | None = None):
@@ -117,9 +112,14 @@ def _torch_threads(n: int | None):
 
 
 class TumourSegmenter:
-    """An nnU-Net tumour model ready to segment single images."""
+    """An nnU-Net tumour model ready to segment single images.
+
+    ``family``: the family the model must belong to (its name); ``input_spec``: what the
+    family's segmenter takes (``ModelFamily.segmenter_input``), against which each image is
+    checked before it is segmented."""
 
     def __init__(self, model: LoadedModel, *, family: str | None = None,
+                 input_spec: Optional[ModelInput] = None,
                  device: str | None = None, use_mirroring: bool | None = None,
                  tile_step_size: float = 0.5, threads: int | None = None):
         nnunet_env.configure()  # before nnunetv2 is first imported
@@ -132,6 +132,7 @@ class TumourSegmenter:
             if model_family and model_family != family:
                 raise InputError(model.source, f"is a {model_family} model, not a {family} one")
         self.family = family or model_family
+        self.input_spec = input_spec
         self.model = model
         self.device = resolve_device(device)
         self.use_mirroring = (self.device.type == "cuda") if use_mirroring is None \
@@ -159,14 +160,6 @@ class TumourSegmenter:
         """A nacsim model folder or a standard nnU-Net results folder."""
         return cls(read_any(folder, trust_pickle=trust_pickle, folds=folds), **options)
 
-    @classmethod
-    def bundled(cls, family: str, **options) -> TumourSegmenter:
-        folder = bundled_model_dir(family)
-        if not folder.is_dir():
-            raise InputError(folder, "the bundled segmentation model is missing from this "
-                                     "installation")
-        return cls.from_folder(folder, family=family, **options)
-
     @property
     def name(self) -> str:
         return str(self.model.card.get("name") or self.model.source.name)
@@ -191,7 +184,7 @@ class TumourSegmenter:
     def check_input(self, image: Scan) -> None:
         """Clear messages for images this model cannot segment."""
         check_image_values(image)
-        spec = family_of(self.family).segmenter_input if self.family else None
+        spec = self.input_spec
         check_field_of_view(image, self.model, spec.how_to_make if spec else "")  # 3D crops
         if spec is None:
             return
@@ -227,24 +220,24 @@ class TumourSegmenter:
 
 
 @functools.lru_cache(maxsize=4)
-def _bundled(family: str, device: str) -> TumourSegmenter:
-    return TumourSegmenter.bundled(family, device=device)
-
-
-def load_segmenter(family: str | None = None, model: str | os.PathLike | None = None, *,
-                   trust_pickle: bool = False, device: str | None = None) -> TumourSegmenter:
-    """The bundled model of ``family`` (cached: loaded once per process), or the model in
-    folder ``model`` (nacsim format or nnU-Net results folder)."""
-    if model is None:
-        if family is None:
-            raise InputError("segmentation", "give a model family or a model folder")
-        return _bundled(family_of(family).name, str(resolve_device(device)))
-    return TumourSegmenter.from_folder(model, family=family, trust_pickle=trust_pickle,
+def _bundled(folder: str, family: Optional[str], input_spec: Optional[ModelInput],
+             device: str) -> TumourSegmenter:
+    return TumourSegmenter.from_folder(folder, family=family, input_spec=input_spec,
                                        device=device)
 
 
-def segment_tumour(image: Scan, family: str, *, model: str | os.PathLike | None = None,
-                   trust_pickle: bool = False, device: str | None = None) -> Scan:
-    """One-call segmentation with the bundled (or given) model."""
-    return load_segmenter(family, model, trust_pickle=trust_pickle,
-                          device=device).segment(image)
+def load_segmenter(folder: str | os.PathLike, *, family: str | None = None,
+                   input_spec: Optional[ModelInput] = None, bundled: bool = False,
+                   trust_pickle: bool = False, device: str | None = None) -> TumourSegmenter:
+    """The segmenter in ``folder`` (nacsim format or nnU-Net results folder), for
+    ``family``'s images (``input_spec``: what they look like). A ``bundled`` model, one
+    shipped with nacsim, is loaded once per process (cached) and never unpickled; its
+    absence is a broken installation. A family asks for its own with
+    ``ModelFamily.load_segmenter``."""
+    if bundled:
+        if not Path(folder).is_dir():
+            raise InputError(folder, "the bundled segmentation model is missing from this "
+                                     "installation")
+        return _bundled(str(folder), family, input_spec, str(resolve_device(device)))
+    return TumourSegmenter.from_folder(folder, family=family, input_spec=input_spec,
+                                       trust_pickle=trust_pickle, device=device)

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ...core.errors import InputError
+from ...core.model_input import ModelInput, SegmentationSpec
 from ...core.schema import family_schema
 from . import nnunet_env
-from .dataset import Case, export_dataset, family_of, tumour_fraction
+from .dataset import Case, export_dataset, tumour_fraction
 from .plans import CompactSettings
 
 DEFAULT_TRAINER = "nnUNetTrainer_nacsimCPU"
@@ -40,7 +41,9 @@ DEFAULT_TRAINER = "nnUNetTrainer_nacsimCPU"
 
 @dataclasses.dataclass
 class TrainingSettings:
-    family: str
+    family: str                             # the family's name (dataset.json, model card)
+    segmentation: SegmentationSpec | None   # the family's nnU-Net dataset and configuration
+    input_spec: ModelInput                  # what the family's segmenter takes
     plan: str = "compact"                   # "compact" or "default" (nnU-Net's own)
     compact: CompactSettings = dataclasses.field(default_factory=CompactSettings)
     configuration: str | None = None        # default: 2d (breast MIPs), 3d_fullres (lung)
@@ -59,10 +62,12 @@ class TrainingSettings:
 
     def __post_init__(self):
         self.family = family_schema(self.family).name
+        if self.segmentation is None:
+            raise InputError(f"{self.family} family", "has no nnU-Net segmentation settings")
         if self.plan not in ("compact", "default"):
             raise InputError("--plan", f"{self.plan!r} is not 'compact' or 'default'")
         # the family's nnU-Net configuration ("2d" for MIPs, "3d_fullres" for CT crops)
-        self.configuration = self.configuration or family_of(self.family).segmentation.configuration
+        self.configuration = self.configuration or self.segmentation.configuration
         for name in ("epochs", "iterations", "val_iterations"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')}", "must be at least 1")
@@ -82,6 +87,14 @@ class TrainingSettings:
                 "NACSIM_NNUNET_ITERATIONS": str(self.iterations),
                 "NACSIM_NNUNET_VAL_ITERATIONS": str(self.val_iterations),
                 "NACSIM_NNUNET_LR": repr(float(self.learning_rate))}
+
+
+def _run_settings(settings: TrainingSettings) -> dict[str, Any]:
+    """The settings of the run as its model card records them: the family's own specs are
+    recorded elsewhere in the card (``family``, ``input``), not repeated here."""
+    recorded = dataclasses.asdict(settings)
+    del recorded["segmentation"], recorded["input_spec"]
+    return recorded
 
 
 @contextlib.contextmanager
@@ -150,7 +163,7 @@ def _previous_run(settings: TrainingSettings, raw_root: Path) -> tuple[Path, dic
 
     from .plans import COMPACT_PLANS, DEFAULT_PLANS
 
-    dataset_id = settings.dataset_id or family_of(settings.family).segmentation.dataset_id
+    dataset_id = settings.dataset_id or settings.segmentation.dataset_id
     found = sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*")) if raw_root.is_dir() else []
     if not found:
         raise InputError("--resume", f"no dataset {dataset_id} in {raw_root}: nothing to resume")
@@ -318,7 +331,9 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
     else:
         if not cases:
             raise InputError("training data", "no cases")
-        folder = export_dataset(cases, settings.family, raw_root,
+        folder = export_dataset(cases, raw_root, family=settings.family,
+                                input_spec=settings.input_spec,
+                                segmentation=settings.segmentation,
                                 dataset_id=settings.dataset_id, name=settings.dataset_name,
                                 overwrite=overwrite, source=data or {})
         dataset_name = folder.name
@@ -393,7 +408,7 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
             "name": Path(out).name if Path(out).name not in ("", ".") else dataset_name,
             "family": settings.family,
             "task": "tumour segmentation (labels: 0 background, 1 tumour)",
-            "input": family_of(settings.family).segmenter_input.what,
+            "input": settings.input_spec.what,
             "intended_use": ("Measuring tumour size on nacsim model inputs. Trained on "
                              "synthetic phantoms only: not validated on patient data."
                              if (data or {}).get("synthetic") else
@@ -407,7 +422,7 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
                 "init_from": initialised,
                 "commands": training_commands({"command": command,
                                                "init_from": initialised}),
-                "settings": {**dataclasses.asdict(settings),
+                "settings": {**_run_settings(settings),
                              "compact": dataclasses.asdict(settings.compact)
                              if settings.plan == "compact" else None},
                 "architecture": {"class": architecture["network_class_name"],

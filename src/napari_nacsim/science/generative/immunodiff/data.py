@@ -69,7 +69,7 @@ def truth_aligned_inputs(family, rendering) -> dict[str, dict[str, Any]]:
     from ...preprocess.registration import apply
 
     base = family.schema.baseline
-    visits = {tp: {**rendering.scans[tp], **rendering.masks[tp]} for tp in rendering.scans}
+    visits = rendering.visits()
     aligned = {base: visits[base]}
     for tp, visit in visits.items():
         if tp != base:
@@ -84,12 +84,10 @@ def paired_record(family, cohort_seed: int, index: int, *, align: str = "truth",
                   scenario: Optional[dict] = None) -> dict[str, Any]:
     """A patient's pre/post crops (+ clinical, truth); ``align``: "truth" or "ants" (the
     family's `model_inputs`). ``scenario``: render a counterfactual (same latent draws)."""
-    from ....families.base import rendering_visits
-
     phantom = family.make_phantom(cohort_seed, index)
     rendering = phantom.render(scenario)
     if align == "ants":
-        inputs = family.model_inputs(rendering_visits(rendering))
+        inputs = family.model_inputs(rendering.visits())
     else:
         inputs = truth_aligned_inputs(family, rendering)
     arrays = {}

@@ -1,7 +1,10 @@
-"""Write a synthetic cohort to disk: NIfTI scans and masks plus a cohort manifest.
+"""Write a family's phantom patients to disk as a cohort: NIfTI scans and masks plus a
+cohort manifest; and find the phantom behind a patient of such a cohort again.
 
 The whole cohort folder is built under a temporary name and renamed into place at the end,
-so an interrupted run never leaves a half-written cohort behind.
+so an interrupted run never leaves a half-written cohort behind. Worker processes are
+handed the family's name and look it up (built-in families only, as for every spawned
+worker: a family registered at run time is unknown to a fresh process).
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from ... import __version__
-from ...core.atomic import atomic_directory
-from ...core.cohort import Cohort, Patient
-from ...core.errors import InputError
-from ...core.scan_io import write_scan
-from ...core.schema import family_schema
-from .base import PhantomPatient, Rendering, make_patient
+from .. import __version__
+from ..core.atomic import atomic_directory
+from ..core.cohort import Cohort, Patient
+from ..core.errors import InputError
+from ..core.scan_io import write_scan
+from ..families import get_family
+from ..science.phantoms import PhantomPatient, Rendering
 
 MANIFEST_NAME = "cohort.json"
 MAX_PATIENTS = 10_000
@@ -40,7 +43,7 @@ def write_rendering(rendering: Rendering, folder: Path) -> tuple[dict, dict]:
 
 def _write_patient(family: str, seed: int, index: int, folder: Path) -> Patient:
     """Render one patient and write its files (a worker-process job)."""
-    phantom = make_patient(family, seed, index)
+    phantom = get_family(family).make_phantom(seed, index)
     rendering = phantom.render()
     scans, masks = write_rendering(rendering, folder / phantom.id)
     return Patient(id=phantom.id, clinical=dict(phantom.clinical), scans=scans, masks=masks,
@@ -55,7 +58,7 @@ def write_phantom_cohort(family: str, n_patients: int, seed: int, out_dir: str |
     manifest path. Deterministic for ``seed`` whatever ``jobs`` (each patient has its own
     random streams); ``jobs`` worker processes (default: up to 2, the size of a laptop/CI
     machine) render and compress patients in parallel."""
-    schema = family_schema(family)
+    schema = get_family(family).schema  # an unknown family: one line naming the known ones
     if not 1 <= n_patients <= MAX_PATIENTS:
         raise InputError("--patients", f"{n_patients} is not in 1..{MAX_PATIENTS}")
     if seed < 0:
@@ -99,4 +102,5 @@ def phantom_of(cohort: Cohort, patient: Patient) -> PhantomPatient:
     if not info:
         raise InputError(f"patient {patient.id}", "is not a nacsim phantom (no counterfactual "
                                                    "ground truth available)")
-    return make_patient(cohort.family.name, info["cohort_seed"], info["index"])
+    return get_family(cohort.family.name).make_phantom(int(info["cohort_seed"]),
+                                                       int(info["index"]))
