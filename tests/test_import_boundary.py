@@ -1,7 +1,8 @@
-"""The layers below the faces import no Qt and no napari (the package docstring and DESIGN.md
-§4): every module of ``core``, ``families``, ``engine`` and ``science`` is imported in a
-fresh interpreter, and after each import ``sys.modules`` must hold no Qt binding, napari,
-magicgui or vispy (``core`` not even torch).
+"""The floors below the faces import no Qt and no napari (the package docstring and
+DESIGN.md §4): every module of ``core``, ``science``, ``families``, ``datasets`` and
+``engine`` is imported in a fresh interpreter, and after each import ``sys.modules`` must
+hold no Qt binding, napari, magicgui or vispy (``core`` not even torch). Which floor may
+import which is tests/test_floors.py's check.
 
 One interpreter imports them one after the other and notes what each import added: a module
 that pulls in Qt is named (the first one, if several do). 54 separate interpreters found the
@@ -19,7 +20,7 @@ from pathlib import Path
 import napari_nacsim
 
 PACKAGE = Path(napari_nacsim.__file__).resolve().parent
-LAYERS = ("core", "families", "engine", "science")
+LAYERS = ("core", "families", "datasets", "engine", "science")
 QT_AND_NAPARI = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui",
                  "vispy", "superqt")
 CONTROL = "napari_nacsim.plugin.workspace"  # the what-if dock widget: Qt

@@ -1,11 +1,20 @@
 """nacsim: counterfactual follow-up images for cancer treatment response, in napari.
 
-Layers (each imports only those below it):
-    core     scans, scan I/O, clinical schema, cohort manifests (no torch, no Qt)
-    science  phantoms, preprocessing, measurement, generative models, nnU-Net (no Qt)
-    engine   the what-if service: sessions, cohort review, results (no Qt)
-    plugin   the napari face: reader, writer, sample data, workspace, inspector
-    cli      the `nacsim` command-line face
+Floors, low to high; each answers to the floors below it and imports nothing above (nor
+does a face import the other face). Where a lower floor needs a family's answer, it is
+handed down as an argument (a `FamilySchema`, a `ModelInput`, a family's ``make_phantom``),
+never looked up from below. tests/test_floors.py keeps this list and the imports true;
+docs/architecture.md walks through it.
+
+    core      scans, scan I/O, clinical schemas and their registry, cohort manifests, model
+              input specs (no torch, no Qt)
+    science   phantoms, preprocessing, measurement, generative models, nnU-Net (no Qt)
+    families  the model-family registry: what differs between breast, lung and your own
+    datasets  where a family meets phantoms, cohort manifests and preprocessing: paired
+              cohorts, segmentation cases, phantom cohorts on disk
+    engine    the what-if service: sessions, cohort review, results (no Qt)
+    cli       the `nacsim` command-line face
+    plugin    the napari face: reader, writer, sample data, workspace, inspector
 """
 
 import os
