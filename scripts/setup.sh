@@ -47,6 +47,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
-# napari opens NIfTI files with nacsim's reader without asking, even before nacsim's first use
+# napari opens NIfTI and DICOM files with nacsim's reader without asking, even before nacsim's first use
 # (never over a reader the user chose; src/napari_nacsim/plugin/reader_choice.py)
 "$VENV/bin/python" -m napari_nacsim.plugin.reader_choice || true

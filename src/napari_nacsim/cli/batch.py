@@ -1,6 +1,8 @@
 """``nacsim batch``: what-if runs over a whole cohort — every patient x the requested
 scenarios x samples — a results folder per case (images, masks, report.json,
-comparison.png: `engine.results.write_result`) and one CSV of sizes, changes and RECIST.
+comparison.png: `engine.results.write_result`; with ``--format dicom`` or ``both`` the
+images, SEGs and size report as DICOM in the case's ``dicom/``, docs/dicom.md) and one CSV
+of sizes, changes and RECIST.
 
 The cohort is a manifest, or a phantom cohort written first (``--phantoms FAMILY``). The cases
 run through `engine.cohort_runner` like `nacsim review`'s (Dask: --workers, --scheduler,
@@ -24,7 +26,7 @@ def cmd_batch(args) -> int:
         manifest = _phantom_cohort(args)
     job = BatchJob(manifest, args.scenario or (), model=args.model, seed=args.seed,
                    steps=args.steps, sampler=args.sampler, samples=args.samples,
-                   device=args.device, figure=not args.no_figure)
+                   device=args.device, figure=not args.no_figure, format=args.format)
     options = run_options(args, job.runnable())
     csv_path = args.csv if args.csv is not None else args.out / "batch.csv"
     bar = ProgressBar(len(job), "what-if runs", args.quiet)
@@ -74,6 +76,7 @@ def _phantom_cohort(args) -> Path:
 def add_batch_command(sub) -> None:
     from ..families import family_names
     from .cohort_run import add_run_arguments
+    from .simulate import add_format_option
 
     p = sub.add_parser("batch", help="what-if runs over a cohort: every patient x scenarios x "
                                      "samples, a results folder each plus one CSV "
@@ -101,6 +104,7 @@ def add_batch_command(sub) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="results folder: cases/<patient>/<scenario>/ and batch.csv")
     p.add_argument("--csv", type=Path, default=None, help="the table (default OUT/batch.csv)")
+    add_format_option(p, "each case's dicom/ folder")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     add_run_arguments(p)

@@ -89,9 +89,7 @@ def write_demo(out: Path, *, seed: int = 0, steps: int | None = None,
     """``fmt``: "nifti" (images and masks as NIfTI), "dicom" (DICOM series, SEGs and an SR
     in ``dicom/`` instead) or "both"; report.json and comparison.png in every case."""
     from ..engine import WhatIfRequest, WhatIfSession, default_family, load_model
-    from ..engine.dicom_export import (DICOM_FOLDER, dicom_files, wants,
-                                       write_result_as_dicom, write_result_dicom)
-    from ..engine.results import write_result
+    from ..engine.dicom_export import write_result_as
     from ..families import get_family
     from ..science.measure import measure_tumour
 
@@ -124,14 +122,7 @@ def write_demo(out: Path, *, seed: int = 0, steps: int | None = None,
                          f"{case['clinical'].get(compared)}), segmented by the same model on "
                          f"the {chosen.model_input.short_name} grid of its training",
                  "sizes": real}}
-    if not wants(fmt, "nifti"):
-        write_result_as_dicom(result, out, overwrite=overwrite, extra_report=extra)
-    else:
-        if wants(fmt, "dicom"):
-            extra["dicom_files"] = dicom_files()
-        write_result(result, out, overwrite=overwrite, extra_report=extra)
-        if wants(fmt, "dicom"):   # into the folder just written
-            write_result_dicom(result, out / DICOM_FOLDER)
+    write_result_as(result, out, fmt, overwrite=overwrite, extra_report=extra)
     shown = ", ".join(f"{row['scenario'].replace(' (synthetic)', '')}: {row['size']}"
                       for row in result.table_rows()[1:])
     files = {"nifti": "images, masks", "dicom": "DICOM images, SEGs, SR in dicom/",

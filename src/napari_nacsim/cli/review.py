@@ -5,7 +5,9 @@ columns as the napari inspector).
 The cases run through `engine.cohort_runner`: one task per patient on an embedded Dask
 cluster sized to the machine (or ``--workers N``, ``--scheduler``, ``--cluster slurm`` ...;
 ``--workers 0`` or a single case: in this process), each patient's images and record written
-to ``--out`` as it finishes, so that ``--resume`` finishes an interrupted run."""
+to ``--out`` as it finishes, so that ``--resume`` finishes an interrupted run. With
+``--format dicom`` (or ``both``) each patient's generated images, their tumour SEGs and a size
+report are written as DICOM in its ``dicom/`` folder (docs/dicom.md)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ def cmd_review(args) -> int:
                                    "--overwrite)")
     out = args.out if args.out is not None else args.csv.with_name(f"{args.csv.stem}_cases")
     job = ReviewJob(args.manifest, model=args.model, seed=args.seed, steps=args.steps,
-                    sampler=args.sampler, device=args.device, images=not args.no_images)
+                    sampler=args.sampler, device=args.device, images=not args.no_images,
+                    format=args.format)
     options = run_options(args, job.runnable())
     bar = ProgressBar(len(job), "reviewing", args.quiet)
     try:
@@ -57,6 +60,7 @@ def cmd_review(args) -> int:
 
 def add_review_command(sub) -> None:
     from .cohort_run import add_run_arguments
+    from .simulate import add_format_option
 
     p = sub.add_parser("review", help="run the model over a cohort with real follow-ups; "
                                       "per-case metrics as CSV (the inspector, headless)")
@@ -67,6 +71,7 @@ def add_review_command(sub) -> None:
                         "CSV, named after it: cases_cases/ for cases.csv)")
     p.add_argument("--no-images", action="store_true",
                    help="per patient, the record only (no generated images)")
+    add_format_option(p, "each patient's dicom/ folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
     p.add_argument("--sampler", choices=["ddim", "dpmpp", "unipc"], default=None)

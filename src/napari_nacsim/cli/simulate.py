@@ -180,9 +180,9 @@ def add_simulate_commands(sub) -> None:
     p.set_defaults(func=cmd_simulate)
 
 
-def add_format_option(p) -> None:
-    """``--format nifti|dicom|both`` (docs/dicom.md)."""
+def add_format_option(p, where: str = "OUT/dicom/") -> None:
+    """``--format nifti|dicom|both`` (docs/dicom.md); ``where``: the DICOM folder."""
     p.add_argument("--format", choices=["nifti", "dicom", "both"], default="nifti",
                    help="image format: NIfTI files with provenance sidecars (default), "
                         "DICOM series (with tumour SEGs and a TID 1500 size report where "
-                        "masks are made) in OUT/dicom/, or both; see docs/dicom.md")
+                        f"masks are made) in {where}, or both; see docs/dicom.md")

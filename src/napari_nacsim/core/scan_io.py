@@ -335,6 +335,9 @@ def _read_dicom_series(folder: Path, one_file: Path | None = None) -> Scan:
 
     all_series = _dicom_series_in(folder)
     if not all_series:
+        if one_file is not None:   # the file the user gave is the one to name
+            raise InputError(one_file, "is not a readable DICOM image (no DICOM series "
+                                       "found in its folder)")
         raise InputError(folder, "no DICOM series found in this folder")
     chosen = _choose_series(folder, all_series, one_file)
     files = chosen["files"]

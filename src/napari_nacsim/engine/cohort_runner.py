@@ -270,6 +270,26 @@ def _one_patient(cohort_fields: Mapping[str, Any], patient: Patient) -> Cohort:
                   root=Path(cohort_fields["root"]), meta=dict(cohort_fields["meta"]))
 
 
+def _check_format(fmt: str) -> None:
+    from .dicom_export import FORMATS
+
+    if fmt not in FORMATS:
+        raise InputError("--format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def _format_option(fmt: str) -> dict[str, str]:
+    """The format's part of a case's request hash: none for the default (NIfTI), so that
+    the records of runs made before there was a choice still answer a resumed run."""
+    return {} if fmt == "nifti" else {"format": fmt}
+
+
+def _described(segmenter: Any) -> dict[str, Any]:
+    """What the SEG and SR name as the algorithm: the segmenter's own description."""
+    describe = getattr(segmenter, "describe", None)
+    return dict(describe()) if callable(describe) else \
+        {"name": getattr(segmenter, "name", type(segmenter).__name__)}
+
+
 # --- the review -----------------------------------------------------------------------------
 
 # images written per follow-up (CaseImages attribute -> file name part); masks as labels
@@ -290,6 +310,7 @@ class ReviewSpec(JobSpec):
     sampler: Optional[str] = None
     device: str = "auto"
     images: bool = True
+    format: str = "nifti"    # the images: "nifti", "dicom" (dicom/) or "both"
 
     kind = "review"
 
@@ -299,6 +320,7 @@ class ReviewSpec(JobSpec):
     def run(self, case: Case, folder: Path) -> dict[str, Any]:
         from ..core.scan_io import write_scan
         from .cohort_review import review_cohort
+        from .dicom_export import wants
 
         model, segmenter = _loaded(self.family, self.model_dir, self.model_hash, self.device)
         cohort = _one_patient({"family": self.family, "root": self.root, "meta": self.meta},
@@ -310,7 +332,7 @@ class ReviewSpec(JobSpec):
             reason = review.skipped[0].reason if review.skipped else "no case"
             return {"status": SKIPPED, "reason": reason, "rows": []}
         files = []
-        if self.images:
+        if self.images and wants(self.format, "nifti"):
             for c in cases:
                 for attr, part in REVIEW_IMAGES:
                     scan = getattr(c.images, attr)
@@ -320,6 +342,13 @@ class ReviewSpec(JobSpec):
                                                                "timepoint": c.time,
                                                                "role": attr})
                         files.append(name)
+        if self.images and wants(self.format, "dicom"):
+            from ..families import get_family
+            from .dicom_export import DICOM_FOLDER, write_review_dicom
+
+            write_review_dicom(cases, get_family(self.family), folder / DICOM_FOLDER,
+                               segmenter=_described(segmenter))
+            files.append(DICOM_FOLDER)
         return {"status": DONE, "rows": [c.row() for c in cases], "unit": cases[0].unit,
                 "files": files}
 
@@ -333,21 +362,26 @@ class ReviewJob(Job):
 
     def __init__(self, manifest: Cohort | str | os.PathLike, *, model=None, seed: int = 0,
                  steps: Optional[int] = None, sampler: Optional[str] = None,
-                 device: str = "auto", images: bool = True):
+                 device: str = "auto", images: bool = True, format: str = "nifti"):
         self.cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
         self.source = str(manifest) if not isinstance(manifest, Cohort) else str(
             self.cohort.root)
         if steps is not None and int(steps) < 1:
             raise InputError("steps", f"{steps} must be at least 1")
+        _check_format(format)
+        if not images and format != "nifti":
+            raise InputError("--format", f"{format}: --no-images writes no images to give a "
+                                         "format")
         family = self.cohort.family.name
         model_dir, model_hash = _resolve_model(family, model, self.source)
         self.spec = ReviewSpec(family=family, root=str(self.cohort.root),
                                meta=dict(self.cohort.meta), model_dir=model_dir,
                                model_hash=model_hash, seed=int(seed),
                                steps=None if steps is None else int(steps), sampler=sampler,
-                               device=device, images=images)
+                               device=device, images=images, format=format)
         self._options = {"model_hash": model_hash, "seed": int(seed), "steps": steps,
-                         "sampler": sampler, "device": device, "images": images}
+                         "sampler": sampler, "device": device, "images": images,
+                         **_format_option(format)}
 
     def __len__(self) -> int:
         return len(self.cohort.patients)
@@ -392,6 +426,7 @@ class BatchSpec(JobSpec):
     samples: int = 1
     device: str = "auto"
     figure: bool = True
+    format: str = "nifti"    # the images: "nifti", "dicom" (dicom/, no NIfTI) or "both"
 
     kind = "batch"
 
@@ -399,8 +434,8 @@ class BatchSpec(JobSpec):
         _loaded(self.family, self.model_dir, self.model_hash, self.device)
 
     def run(self, case: Case, folder: Path) -> dict[str, Any]:
+        from .dicom_export import check_exportable, wants, write_result_as
         from .patients import baseline_input
-        from .results import write_result
         from .session import AUTO, WhatIfRequest, WhatIfSession
 
         patient, scenario, overrides = case.payload
@@ -409,15 +444,17 @@ class BatchSpec(JobSpec):
                               patient)
         family = model.family
         entry = baseline_input(cohort, patient.id)
+        if wants(self.format, "dicom"):
+            check_exportable(entry["image"])   # a DICOM input lacking what DICOM output needs
         clinical = {**entry["clinical"], **(overrides or {})}
         request = WhatIfRequest(clinical=clinical, target=family.followup_times[-1],
                                 compare=AUTO if overrides is None else None, seed=self.seed,
                                 steps=self.steps, sampler=self.sampler, samples=self.samples)
         result = WhatIfSession(model, segmenter).run(entry["image"], request,
                                                      context=entry["context"])
-        write_result(result, folder, overwrite=True, figure=self.figure,
-                     extra_report={"patient": patient.id, "batch_scenario": scenario,
-                                   "synthetic_patient": bool(patient.extra.get("phantom"))})
+        write_result_as(result, folder, self.format, overwrite=True, figure=self.figure,
+                        extra_report={"patient": patient.id, "batch_scenario": scenario,
+                                      "synthetic_patient": bool(patient.extra.get("phantom"))})
         return {"status": DONE, "rows": batch_rows(result, patient.id, scenario, case.id)}
 
 
@@ -486,7 +523,7 @@ class BatchJob(Job):
     def __init__(self, manifest: Cohort | str | os.PathLike, scenarios: Sequence[str] = (), *,
                  model=None, seed: int = 0, steps: Optional[int] = None,
                  sampler: Optional[str] = None, samples: Optional[int] = None,
-                 device: str = "auto", figure: bool = True):
+                 device: str = "auto", figure: bool = True, format: str = "nifti"):
         self.cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
         self.source = str(manifest) if not isinstance(manifest, Cohort) else str(
             self.cohort.root)
@@ -498,6 +535,7 @@ class BatchJob(Job):
             raise InputError("samples", f"{samples} must be between 1 and 64")
         if steps is not None and int(steps) < 1:
             raise InputError("steps", f"{steps} must be at least 1")
+        _check_format(format)
         family = self.cohort.family.name
         self.scenarios: list[tuple[str, Optional[dict]]] = (
             [(text, parse_overrides(text, self.cohort.family)) for text in scenarios]
@@ -510,10 +548,11 @@ class BatchJob(Job):
                               meta=dict(self.cohort.meta), model_dir=model_dir,
                               model_hash=model_hash, seed=int(seed),
                               steps=None if steps is None else int(steps), sampler=sampler,
-                              samples=int(samples), device=device, figure=figure)
+                              samples=int(samples), device=device, figure=figure,
+                              format=format)
         self._options = {"model_hash": model_hash, "seed": int(seed), "steps": steps,
                          "sampler": sampler, "samples": int(samples), "device": device,
-                         "figure": figure}
+                         "figure": figure, **_format_option(format)}
 
     def __len__(self) -> int:
         return len(self.cohort.patients) * len(self.scenarios)

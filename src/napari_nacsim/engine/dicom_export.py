@@ -11,7 +11,9 @@
   (``T2_pCR_sample1``; no SEG: only the majority mask of the samples is kept).
 
 `write_scans_dicom` writes images without masks (``nacsim simulate``, which does not
-segment). What the family knows (CT values or not, the display window) is handed to the
+segment); `write_review_dicom` one patient's cases of the cohort review (``nacsim review
+--format dicom``); `write_result_as` a what-if run in the format asked (``nacsim demo`` and
+``nacsim batch``). What the family knows (CT values or not, the display window) is handed to the
 core writer as arguments; every text a PACS shows says SYNTHETIC and names the model hash,
 seed and scenario. docs/dicom.md describes the objects.
 """
@@ -28,7 +30,7 @@ from ..core.dicom import ExportItem, LesionMeasurement, SeriesText, study_of, \
     write_dicom_export
 from ..core.scan import Scan
 from ..families import ModelFamily
-from ..science.measure import recist_category
+from ..science.measure import TumourSize, measure_tumour, recist_category, size_change
 from .results import slug
 from .session import SYNTHETIC, FollowUp, WhatIfResult
 
@@ -111,6 +113,51 @@ def write_scans_dicom(family: ModelFamily, reference: Scan,
                               overwrite=overwrite)
 
 
+def write_review_dicom(cases: Sequence[Any], family: ModelFamily, out: str | os.PathLike, *,
+                       segmenter: Optional[Mapping[str, Any]] = None,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """One patient's cases of the cohort review (`engine.cohort_review.CaseReview`, one per
+    follow-up time) as a DICOM export folder ``out``; returns its index.
+
+    Written: the input on the model grid (``T0_input``) and, per follow-up time, the
+    follow-up generated under the patient's own scenario (``T1_generated``) and, where the
+    review generated one (phantoms), the counterfactual (``T1_counterfactual``), each with
+    its tumour SEG and its sizes in the SR (change against the input, RECIST). Not written:
+    the real follow-up (the patient's own scan, often of another study: it is in the
+    patient's PACS already) and the difference map (a signed analysis map, not an image of
+    the patient: NIfTI only)."""
+    first = cases[0]
+    base, baseline = first.baseline_time, first.images.baseline
+    base_size = measure_tumour(first.images.baseline_mask)
+    phantom = bool(baseline.provenance.get("synthetic"))
+    items = [ExportItem(
+        key=f"{base}_input", image=baseline, mask=first.images.baseline_mask,
+        text=_input_text(baseline, base, family, phantom),
+        measurement=LesionMeasurement(tracking=f"{base} input tumour", time_point=base,
+                                      size=base_size.total, diameter_mm=base_size.diameter))]
+    for case in cases:
+        shown = [("generated", case.images.generated, case.images.generated_mask,
+                  case.scenario_text, "the patient's scenario")]
+        if case.images.counterfactual is not None:
+            shown.append(("counterfactual", case.images.counterfactual,
+                          case.images.counterfactual_mask,
+                          case.provenance.get("counterfactual_text") or "counterfactual",
+                          "counterfactual scenario"))
+        for part, image, mask, scenario, what in shown:
+            title = f"{case.time} · {scenario} {SYNTHETIC}"
+            items.append(ExportItem(
+                key=f"{case.time}_{part}", image=image, mask=mask,
+                text=_generated_text(title, image.provenance, image.provenance.get("seed"),
+                                     f"{what}, cohort review"),
+                measurement=_against_baseline(f"{title} tumour", case.time,
+                                              measure_tumour(mask), base_size)))
+    algorithm, version = _segmenter(segmenter or {})
+    return write_dicom_export(out, items, reference=baseline, modality=modality_of(family),
+                              display_range=family.model_input.display_range,
+                              algorithm=algorithm, algorithm_version=version,
+                              overwrite=overwrite)
+
+
 # --- texts ----------------------------------------------------------------------------------
 
 def _input_text(scan: Scan, base: str, family: ModelFamily, phantom: bool) -> SeriesText:
@@ -173,6 +220,21 @@ def _measurement(follow: FollowUp) -> LesionMeasurement:
         response=recist_category(diameter.percent) if has_baseline else None)
 
 
+def _against_baseline(tracking: str, time_point: str, size: TumourSize,
+                      base: TumourSize) -> LesionMeasurement:
+    """One generated image's sizes against the input's (as `_measurement` for a what-if
+    run's follow-up, for a single image)."""
+    finite = (lambda v: float(v) if np.isfinite(v) else None)
+    has_baseline = base.diameter > 0
+    diameter = size_change(base.diameter, size.diameter, "mm").percent
+    return LesionMeasurement(
+        tracking=tracking, time_point=time_point, size=size.total,
+        diameter_mm=size.diameter,
+        size_change_percent=finite(size_change(base, size).percent),
+        diameter_change_percent=finite(diameter) if has_baseline else None,
+        response=recist_category(diameter) if has_baseline else None)
+
+
 def _segmenter(described: Mapping[str, Any]) -> tuple[str, str]:
     """The algorithm name and version the SEG and SR name: an nnU-Net segmenter (its
     description names a trainer) as "nnU-Net <model>" with nnunetv2's version; any other
@@ -189,12 +251,35 @@ def _segmenter(described: Mapping[str, Any]) -> tuple[str, str]:
     return f"nnU-Net {name}", nnunet
 
 
+def write_result_as(result: WhatIfResult, out: str | os.PathLike, fmt: str, *,
+                    overwrite: bool = False, figure: bool = True,
+                    extra_report: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """``--format fmt`` of a what-if run's results folder ``out``: "nifti"
+    (`results.write_result`), "dicom" (`write_result_as_dicom`: no NIfTI images) or "both"
+    (the NIfTI folder with the DICOM export in ``dicom/``); returns the report."""
+    from .results import write_result
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+    if not wants(fmt, "nifti"):
+        return write_result_as_dicom(result, out, overwrite=overwrite, figure=figure,
+                                     extra_report=extra_report)
+    extra = dict(extra_report or {})
+    if wants(fmt, "dicom"):
+        check_exportable(result.baseline)   # before the NIfTI folder is written
+        extra["dicom_files"] = dicom_files()
+    report = write_result(result, out, overwrite=overwrite, figure=figure, extra_report=extra)
+    if wants(fmt, "dicom"):   # into the folder just written (atomically itself)
+        write_result_dicom(result, Path(out) / DICOM_FOLDER)
+    return report
+
+
 def write_result_as_dicom(result: WhatIfResult, out: str | os.PathLike, *,
-                          overwrite: bool = False,
+                          overwrite: bool = False, figure: bool = True,
                           extra_report: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """``--format dicom``: the folder ``out`` with ``report.json``, ``comparison.png`` and
-    the DICOM export in ``dicom/`` (no NIfTI images), written atomically; returns the
-    report."""
+    """``--format dicom``: the folder ``out`` with ``report.json``, ``comparison.png``
+    (unless not ``figure``) and the DICOM export in ``dicom/`` (no NIfTI images), written
+    atomically; returns the report."""
     from ..core.atomic import atomic_directory, write_json_atomic
     from ..core.errors import InputError
     from .results import comparison_figure
@@ -208,8 +293,10 @@ def write_result_as_dicom(result: WhatIfResult, out: str | os.PathLike, *,
     report = {**result.to_report(), **dict(extra_report or {})}
     with atomic_directory(out) as staging:
         write_result_dicom(result, staging / DICOM_FOLDER)
-        comparison_figure(result, staging / "comparison.png")
-        report["files"] = {"comparison": "comparison.png", **dicom_files()}
+        report["files"] = dicom_files()
+        if figure:
+            comparison_figure(result, staging / "comparison.png")
+            report["files"] = {"comparison": "comparison.png", **report["files"]}
         write_json_atomic(staging / "report.json", report)
     return report
 

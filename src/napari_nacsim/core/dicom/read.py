@@ -41,6 +41,7 @@ def read_segmentation(path: str | os.PathLike) -> Scan:
     import highdicom as hd
 
     path = Path(path)
+    check_complete(path)
     try:
         seg = hd.seg.segread(path)
         volume = seg.get_volume(combine_segments=True)
@@ -84,6 +85,7 @@ def read_measurements(path: str | os.PathLike) -> dict[str, Any]:
     import highdicom as hd
 
     path = Path(path)
+    check_complete(path)
     try:
         sr = hd.sr.srread(path)
         report = sr.content
@@ -114,6 +116,59 @@ def read_measurements(path: str | os.PathLike) -> dict[str, Any]:
     return {"description": str(sr.get("SeriesDescription", "")),
             "completion": str(sr.get("CompletionFlag", "")),
             "verification": str(sr.get("VerificationFlag", "")), "groups": out}
+
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """Refuse (`InputError`) a DICOM file cut short: one whose last element ends past the
+    end of the file, or that ends inside an element's header. pydicom reads such a file
+    without complaint where the cut falls inside the last element (an SR then loses its
+    last measurements, silently). Files without the DICOM preamble and file meta group
+    length, or with a deflated transfer syntax, are left to the reader."""
+    import warnings
+
+    import pydicom
+    from pydicom.filereader import data_element_generator
+    from pydicom.uid import UID
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+            "FileMetaInformationGroupLength"]).file_meta
+        group_length = int(meta.get("FileMetaInformationGroupLength", 0))
+        syntax = UID(str(meta.get("TransferSyntaxUID", "")))
+        end = 132 + 12 + group_length          # the preamble, "DICM", the meta group
+        if group_length and end > size:
+            raise InputError(path, "DICOM file is cut short (inside its file meta "
+                                   "information)")
+        if not group_length or not syntax or syntax.is_deflated:
+            return
+        with open(path, "rb") as fp:
+            if fp.read(132)[128:] != b"DICM":
+                return
+            fp.seek(end)
+            with warnings.catch_warnings():
+                # pydicom warns (and reads on) where a sequence's delimiter is missing
+                warnings.simplefilter("error")
+                # large values are skipped, not read: only their lengths are summed
+                for raw in data_element_generator(fp, syntax.is_implicit_VR,
+                                                  syntax.is_little_endian, defer_size=1024):
+                    end = fp.tell() if raw.length == UNDEFINED_LENGTH else \
+                        raw.value_tell + raw.length
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types for damaged files
+        raise InputError(path, f"damaged DICOM file ({type(err).__name__}: "
+                               f"{_first_line(err)})") from None
+    if end > size:
+        raise InputError(path, f"DICOM file is cut short ({size} bytes, its elements need "
+                               f"{end})")
+    if end < size:
+        raise InputError(path, f"DICOM file is cut short (it ends inside an element's "
+                               f"header after byte {end})")
 
 
 def describe_measurements(report: dict[str, Any]) -> str:
