@@ -57,7 +57,7 @@ def errors_from(monkeypatch):
                         lambda message: messages.append(message))
     monkeypatch.setattr(background, "notify_error",
                         lambda exc, context="": messages.append(str(exc)), raising=True)
-    import napari_nacsim.plugin.workspace as workspace_module
+    import napari_nacsim.plugin.workspace.widget as workspace_module
 
     monkeypatch.setattr(workspace_module, "notify_error",
                         lambda exc, context="": messages.append(str(exc)))

@@ -28,20 +28,20 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
                             QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton,
                             QSpinBox, QDoubleSpinBox, QLineEdit, QVBoxLayout, QWidget)
 
-from ..core.errors import InputError
-from ..core.scan import IMAGE, Scan
-from ..core.schema import BINARY, CATEGORICAL, FamilySchema, family_schema
-from ..families import family_names, get_family
-from ..engine.jobs import CancelToken, Progress
-from ..engine.session import WhatIfRequest, WhatIfResult, WhatIfSession
-from .background import BackgroundRunner, StopsWhenClosed, notify_error
-from .grid_view import group_layers, leave_grid, leave_own_grid, make_layer, show_cells
-from .layers import METADATA_KEY, contour_layer_data, layer_to_scan, scan_to_layer_data
-from .napari_access import real_viewer
-from .reader_choice import remember_our_reader
-from .scenario_panel import TARGET, ScenarioPanel
-from .size_views import SizePlot, SizeTable
-from .viewing import (GENERATED, INPUT, WINDOW_SIZE, ContrastLink, CursorReadout,
+from ...core.errors import InputError
+from ...core.scan import IMAGE, Scan
+from ...core.schema import BINARY, CATEGORICAL, FamilySchema, family_schema
+from ...families import family_names, get_family
+from ...engine.jobs import CancelToken, Progress
+from ...engine.session import WhatIfRequest, WhatIfResult, WhatIfSession
+from ..background import BackgroundRunner, StopsWhenClosed, notify_error
+from ..grid_view import group_layers, leave_grid, leave_own_grid, make_layer, show_cells
+from ..layers import METADATA_KEY, contour_layer_data, layer_to_scan, scan_to_layer_data
+from ..napari_access import real_viewer
+from ..reader_choice import remember_our_reader
+from ..scenario_panel import TARGET, ScenarioPanel
+from ..size_views import SizePlot, SizeTable
+from ..viewing import (GENERATED, INPUT, WINDOW_SIZE, ContrastLink, CursorReadout,
                       enlarge_window, readout_label, show_orientation, show_scale_bar,
                       side_docks_to_content)
 
@@ -268,7 +268,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     # --- models -------------------------------------------------------------------------
     def _add_model(self, path: Optional[Path], family: Optional[str] = None) -> None:
         """Add a model folder, or (``path`` None) the bundled model of ``family``."""
-        from ..science.generative.card import grid_shape, read_card, sampling_defaults
+        from ...science.generative.card import grid_shape, read_card, sampling_defaults
 
         card = read_card(path if path is not None else get_family(family).bundled_generator_path())
         title = card.get("title") or (path.name if path else family)
@@ -284,7 +284,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def add_model_folder(self, folder: str | Path) -> bool:
         """Add a local model folder (hash-checked card); a folder that is not a model gets a
         notification, nothing else."""
-        from ..science.generative.card import read_card
+        from ...science.generative.card import read_card
 
         folder = Path(folder)
         try:
@@ -335,7 +335,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
 
     def _show_outcome_inputs(self) -> None:
         """The outcomes the model can be given (its card): a choice each in the panel."""
-        from ..science.generative.card import outcome_inputs, read_card
+        from ...science.generative.card import outcome_inputs, read_card
 
         try:
             names = outcome_inputs(read_card(self._model_folder())["config"])
@@ -621,8 +621,8 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         view (its card's spacing at its image size), say so, and record it."""
         from napari.utils.notifications import show_warning
 
-        from ..core.scan import Scan, affine_from_spacing
-        from ..science.generative.card import read_card
+        from ...core.scan import Scan, affine_from_spacing
+        from ...science.generative.card import read_card
 
         card = read_card(self._model_folder())
         fov = [s * card["image_size"] for s in card["spacing_mm"]]
@@ -643,7 +643,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         if not path:
             return
         try:
-            from ..core.cohort import load_cohort
+            from ...core.cohort import load_cohort
 
             cohort = load_cohort(path)
         except InputError as err:
@@ -658,7 +658,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def open_cohort_patient(self, cohort, patient_id: str) -> int:
         """Load the patient's baseline MIP off the UI thread, add it as the input layer and
         pre-fill the scenario with the patient's clinical values."""
-        from ..engine.patients import baseline_input
+        from ...engine.patients import baseline_input
 
         self.status.setText(f"opening patient {patient_id}…")
         return self.runner.submit(lambda token, progress: baseline_input(cohort, patient_id),
@@ -910,7 +910,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def _session(self, label: str, path: Optional[Path]) -> WhatIfSession:
         """Models load once per model (in the worker thread, never on the UI thread)."""
         if label not in self._sessions:
-            from ..engine.whatif import load_model
+            from ...engine.whatif import load_model
 
             model = load_model(path if path is not None else self._model_folder())
             self._sessions[label] = WhatIfSession(model, model.family.load_segmenter())
@@ -1150,7 +1150,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
     def save_results(self, folder: str | Path) -> Optional[Path]:
         """Write the shown run (images, masks, report.json, comparison.png) into a new
         folder inside ``folder``."""
-        from ..engine.results import write_result
+        from ...engine.results import write_result
 
         if self.result is None:
             notify_error(InputError("save", "nothing generated yet"))
