@@ -18,7 +18,6 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox,
                             QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu,
@@ -32,12 +31,12 @@ from ..engine.cohort_review import (METRICS, CaseReview, Skipped, cases_to_csv,
 from ..engine.jobs import CancelToken, Progress
 from ..families import get_family
 from .background import BackgroundRunner, StopsWhenClosed, notify_error
+from .cells import case_cells, show_colour_bar
 from .grid_view import leave_own_grid, show_cells
-from .layers import contour_layer_data, scan_to_layer_data
 from .napari_access import real_viewer
 from .reader_choice import remember_our_reader
-from .viewing import (GENERATED, INPUT, REAL, ContrastLink, CursorReadout, enlarge_window,
-                      readout_label, show_orientation, show_scale_bar, show_slice)
+from .viewing import (ContrastLink, CursorReadout, enlarge_window, readout_label,
+                      show_orientation, show_scale_bar, show_slice)
 
 GROUP = "inspector"
 FIXED_COLUMNS = ("Patient", "Time", "Scenario")
@@ -64,65 +63,6 @@ class _NumberItem(QTableWidgetItem):
         if mine is None or theirs is None:
             return super().__lt__(other)
         return mine < theirs
-
-
-def difference_colormap():
-    """Blue-black-red: black where generated and real agree, so the map does not glare in a
-    dark viewer; blue where the generated image is darker, red where it is brighter."""
-    from napari.utils.colormaps import Colormap
-
-    # A short name: napari lists every colormap ever registered in the process in every image
-    # layer's colormap box, so a long one widens the layer controls of all later viewers (and
-    # takes that width from the compare canvas). The legend is the colour bar: signed ticks
-    # under the cell's title "generated − real".
-    return Colormap(colors=[[0.3, 0.6, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.35, 0.2, 1.0]],
-                    controls=[0.0, 0.5, 1.0], name="blue-black-red")
-
-
-
-def case_cells(case: CaseReview, window: tuple[float, float] = (0.0, 1.0)
-               ) -> tuple[list[list[tuple]], list[str], list[str]]:
-    """The grid cells of a case ([image, tumour outline] each), their roles and short labels:
-    the input, the real follow-up, the generated follow-up, the difference; with ground
-    truth also the generated counterfactual and the phantom rendered under it. Each cell's
-    second line (its outline's name) says under which scenario it was generated or
-    rendered. Generated layers are named "... (synthetic)" by `scan_to_layer_data` (their
-    provenance says so)."""
-    im = case.images
-    t0, tp = case.baseline_time, case.time
-    diff = np.asarray(im.difference.array)
-    limit = float(np.percentile(np.abs(diff), 99.5)) if diff.size else 0.0
-    limit = max(limit, 0.05)  # symmetric: black = no difference
-    same = {"contrast_limits": list(window)}  # real and generated on one window
-    scenario = case.scenario_text
-    cells = [
-        [scan_to_layer_data(im.baseline, name=f"{case.patient} {t0} input", **same),
-         contour_layer_data(im.baseline_mask, "input tumour")],
-        [scan_to_layer_data(im.real, name=f"{tp} real follow-up", **same),
-         contour_layer_data(im.real_mask, f"recorded: {scenario}")],
-        [scan_to_layer_data(im.generated, name=f"{tp} generated", **same),
-         contour_layer_data(im.generated_mask, f"under {scenario}")],
-        [scan_to_layer_data(im.difference, name=f"{tp} generated − real",
-                            colormap=difference_colormap(), contrast_limits=[-limit, limit]),
-         contour_layer_data(im.generated_mask, "generated tumour", "yellow")],
-    ]
-    roles = [INPUT, REAL, GENERATED, GENERATED]
-    labels = ["input", "real", "generated", "generated − real"]
-    if im.counterfactual is not None:
-        cf_text = case.provenance.get("counterfactual_text", "the other scenario")
-        cells.append([scan_to_layer_data(im.counterfactual, name=f"{tp} counterfactual",
-                                         **same),
-                      contour_layer_data(im.counterfactual_mask, f"under {cf_text}")])
-        roles.append(GENERATED)
-        labels.append("counterfactual")
-        if im.counterfactual_truth is not None:
-            cells.append([scan_to_layer_data(im.counterfactual_truth,
-                                             name=f"{tp} phantom ground truth", **same),
-                          contour_layer_data(im.counterfactual_truth_mask,
-                                             f"phantom under {cf_text}")])
-            roles.append(REAL)
-            labels.append("truth")
-    return cells, roles, labels
 
 
 class CohortInspector(StopsWhenClosed, QWidget):
@@ -458,10 +398,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
                            columns=2)  # 2 x 2 or 3 x 2: square images, large cells
         images = [row[0] for row in shown]
         difference = images[3]
-        difference.colorbar.visible = True  # the legend of the difference colours
-        difference.colorbar.position = "bottom_left"
-        difference.colorbar.size = (14, 90)
-        difference.colorbar.font_size = 8
+        show_colour_bar(difference)  # the legend of the difference colours
         self.window_link.set_layers([layer for layer in images if layer is not difference])
         unit = family.model_input.value_unit if family is not None else ""
         self.readout.set_cells(list(zip(labels, images)), unit)
