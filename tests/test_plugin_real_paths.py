@@ -343,7 +343,8 @@ def test_make_input_follows_the_model_and_advanced_alone_does_not_rerun(docked, 
     """Item 9: 'Make from open scans…' is refreshed when the model changes; ticking
     Advanced with its values unchanged generates nothing new."""
     viewer, _, widget = docked
-    widget._show_sampling_defaults()                  # Advanced at the model's own values
+    widget.controls.show_sampling_defaults(         # Advanced at the model's own values
+        widget.models.current.sampling_defaults)
     widget.advanced.setChecked(False)
     widget.auto_run.setChecked(True)
     _run(qtbot, widget)
@@ -357,8 +358,8 @@ def test_make_input_follows_the_model_and_advanced_alone_does_not_rerun(docked, 
     # visible layers were added to a gridded view)
     widget.grid_mode.setChecked(False)
     viewer.open_sample("nacsim", "lung")              # the lung CT: a lung model input
-    lung = [k for k, (_, _, family) in enumerate(widget._models) if family == "lung"][0]
-    breast = [k for k, (_, _, family) in enumerate(widget._models) if family == "breast"][0]
+    lung = [k for k, model in enumerate(widget.models) if model.family.name == "lung"][0]
+    breast = [k for k, model in enumerate(widget.models) if model.family.name == "breast"][0]
     widget.model_combo.setCurrentIndex(lung)
     assert widget.make_input_button.isEnabled()
     assert "pre ct" in widget.make_input_button.toolTip()

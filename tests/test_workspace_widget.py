@@ -14,6 +14,7 @@ import pytest
 from napari_nacsim.plugin.grid_view import (MIN_TITLE_POINTS, PX_PER_CHAR_POINT, TITLE_POINTS,
                                              grid_of, title_points)
 from napari_nacsim.plugin.workspace import WhatIfWorkspace
+from napari_nacsim.plugin.workspace.input_finder import input_fits, visit_layers
 
 pytestmark = pytest.mark.viewer
 
@@ -379,7 +380,7 @@ def test_lung_sample_first_run_picks_the_lung_model_and_makes_the_crop(make_napa
     widget = WhatIfWorkspace(viewer)
     viewer.window.add_dock_widget(widget, name="nacsim what-if", area="right")
     try:
-        assert widget._current_model()[2] == "lung"
+        assert widget.models.current.family.name == "lung"
         assert widget.input_combo.currentText() == "LU0001 pre ct (phantom)"  # the shown CT
         assert widget.panel["PD_L1"].value == pytest.approx(0.0)  # the patient's own values
         qtbot.waitUntil(lambda: widget.results_shown == 1 and not widget.runner.running,
@@ -402,7 +403,7 @@ def test_lung_sample_first_run_picks_the_lung_model_and_makes_the_crop(make_napa
             assert len(layer.name) * points * PX_PER_CHAR_POINT <= cell_px
         # the whole CT is not a model input: the widget says so and names its own way out
         widget.select_input("LU0001 pre ct (phantom)")
-        assert not widget._input_fits()
+        assert not input_fits(widget.input_layer(), widget.models.current)
         assert "has shape (40, 128, 160)" in widget.status.text()
         assert "'Make from open scans…'" in widget.status.text()
     finally:
@@ -423,7 +424,8 @@ def test_model_loads_at_once_when_nothing_to_compare_yet(make_napari_viewer, qtb
     viewer = make_napari_viewer()
     widget = WhatIfWorkspace(viewer)
     try:
-        qtbot.waitUntil(lambda: bool(widget._sessions) and not widget.runner.running,
+        qtbot.waitUntil(lambda: any(m.session is not None for m in widget.models) and
+                        not widget.runner.running,
                         timeout=RUN_TIMEOUT_MS)
         assert widget.results_shown == 0
         assert widget.status.text().startswith("Ready. Open the pre-treatment image")
@@ -508,7 +510,7 @@ def test_model_input_from_the_open_dce_volumes(make_napari_viewer, qtbot, monkey
     messages = errors_from(monkeypatch)
     try:
         assert widget.make_input_button.isEnabled()
-        found = widget._visit_layers()
+        found = visit_layers(viewer.layers, widget.models.current.family)
         assert {k: v.name for k, v in found.items()} == {
             "pre": "BR0001 T0 pre (phantom)", "post": "BR0001 T0 post (phantom)",
             "tumour": "BR0001 T0 tumour (phantom)"}
