@@ -92,10 +92,19 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self._update_header()
         QTimer.singleShot(0, self._start)  # once the widget is docked: the first run
 
+    def _show_progress(self, done: int, total: int, what: str) -> None:
+        self.controls.show_progress(done, total, what)
+
+    def _show_state(self, state: str) -> None:
+        self.controls.show_state(state)
+
     def _connect(self) -> None:
         controls = self.controls
-        self.runner.progressed.connect(controls.show_progress)
-        self.runner.state_changed.connect(controls.show_state)
+        # Through the widget's own methods: Qt drops a connection to a QObject's method when
+        # the widget is deleted, never one to a plain object's (a late progress signal of a
+        # job would then reach a deleted progress bar).
+        self.runner.progressed.connect(self._show_progress)
+        self.runner.state_changed.connect(self._show_state)
         self.input_combo.currentIndexChanged.connect(self._on_input_changed)
         controls.open_patient_button.clicked.connect(self._choose_cohort_patient)
         self.make_input_button.clicked.connect(lambda: self.make_model_input())
