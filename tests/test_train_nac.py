@@ -76,6 +76,32 @@ def test_resume_continues_exactly(tmp_path, cohort):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
+def test_a_deadline_stops_at_a_checkpoint_writes_the_model_and_resumes_exactly(tmp_path,
+                                                                              cohort):
+    full = train(micro_config(), cohort, tmp_path / "full", seed=1, stage1_steps=2,
+                 stage2_steps=4, batch_size=2, progress=False)
+    part = tmp_path / "part"
+    # a deadline already past: stage 1 stops at its first checkpoint, nothing but the state
+    first = train(micro_config(), cohort, part, seed=1, stage1_steps=2, stage2_steps=4,
+                  batch_size=2, checkpoint_every=1, stop_at=0.0, progress=False)
+    assert first == part / "resume" and not (part / "model").exists()
+    state = json.loads((part / "resume" / "train_state.json").read_text())
+    assert (state["stage"], state["step"]) == (1, 1)
+    # resumed without a deadline into stage 2, then stopped again: the model as it stands
+    train(micro_config(), cohort, part, seed=1, stage1_steps=2, stage2_steps=1, batch_size=2,
+          checkpoint_every=1, progress=False)
+    stopped = train(micro_config(), cohort, part, seed=1, stage1_steps=2, stage2_steps=4,
+                    batch_size=2, checkpoint_every=1, stop_at=0.0, progress=False)
+    card = json.loads((stopped / "model_card.json").read_text())
+    assert card["training"]["stopped_at"] == {"stage": 2, "step": 2, "of": 4}
+    resumed = train(micro_config(), cohort, part, seed=1, stage1_steps=2, stage2_steps=4,
+                    batch_size=2, progress=False)
+    assert "stopped_at" not in json.loads((resumed / "model_card.json").read_text())["training"]
+    a, b = _weights(full), _weights(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
 def test_split_is_deterministic_and_patient_level():
     ids = [f"BR{i:04d}" for i in range(1, 41)]
     train_ids, test_ids = split_ids(list(reversed(ids)), 0.25, 7)

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=Path("artifacts/breast_cache"),
                    help="prepared-patient cache folder")
     p.add_argument("--jobs", type=int, default=1, help="processes preparing patients")
+    p.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                   help="stop at the first checkpoint after this many minutes: the resume "
+                        "state is saved and, in stage 2, the model is written as it stands "
+                        "(its card says where it stopped); the same command continues")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
     p.add_argument("--log-samples", action="store_true",
@@ -157,6 +161,8 @@ def _run(args, argv: list[str] | None) -> int:
                       batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                       resume=not args.no_resume, cpu=args.cpu, card=card,
                       init_from=args.init_from, sample_log=args.log_samples,
+                      stop_at=(None if args.stop_after is None
+                               else started + 60 * args.stop_after),
                       progress=not args.quiet)
     if processes.is_main_process:
         print(f"model written to {model_dir} in {time.time() - started:.0f} s "

@@ -285,7 +285,7 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
           batch_size: int | None = None, checkpoint_every: int = 200, resume: bool = True,
           cpu: bool = False, card: dict[str, Any] | None = None,
           init_from: Path | None = None, sample_log: bool = False,
-          vae_steps: int | None = None,
+          vae_steps: int | None = None, stop_at: float | None = None,
           progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) both stages; write ``out/model`` (safetensors + card), the loss log
     (``loss_log.csv``) and plot (``loss_curve.png``). Returns the model folder.
@@ -297,7 +297,9 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
     every process also writes the patients and time points it drew at each step to
     ``out/samples/rank<k>.csv`` (to check how the data is shared out). ``vae_steps``: steps
     of stage 0 (the config's ``training.vae.steps`` otherwise; latent configurations whose VAE
-    is trained here only)."""
+    is trained here only). ``stop_at``: a ``time.time()`` deadline; at the first checkpoint
+    after it the run saves its resume state, writes the model as it stands (the card says where
+    it stopped) and returns; the same call resumes it to the end."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -411,8 +413,9 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
             samples_writer.writerow(["stage", "step", "num_processes", "patients", "times"])
     started = time.time()
     timing = {}
+    stopped_at = None
     try:
-        while stage <= 2:
+        while stage <= 2 and stopped_at is None:
             total = steps[stage]
             if step == 0 and stage == 2 and init_from is None:
                 # The ControlNet starts as a copy of the trained base encoder (zero convs).
@@ -495,7 +498,16 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                         _save_resume(out / "resume", model, optimizer, stage, step,
                                      {"seed": seed, "processes": processes,
                                       "vae_scaling_factor": _vae_scale(model)})
+                    # every process must stop at the same step: the deadline is agreed on
+                    late = torch.tensor(float(stop_at is not None and time.time() >= stop_at))
+                    if step < total and float(accelerator.reduce(late.to(device), "sum")) > 0:
+                        stopped_at = {"stage": stage, "step": step, "of": total}
+                        log(f"deadline reached: stopped at stage {stage} step {step} of "
+                            f"{total}; the checkpoint is saved and the same command resumes")
+                        break
             bar.close()
+            if stopped_at is not None:
+                break
             timing[f"stage{stage}_seconds_this_run"] = round(time.time() - t_stage, 1)
             if stage == 0:  # the VAE is trained: freeze it, scale its latents to unit spread
                 model.vae.requires_grad_(False)
@@ -513,6 +525,11 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
             if handle is not None:
                 handle.close()
     model_dir = out / "model"
+    if stopped_at is not None and stopped_at["stage"] < 2:
+        # before stage 2 there is no ControlNet to write: the checkpoint is the whole result
+        log("no model written before stage 2; run the same command again to continue")
+        accelerator.wait_for_everyone()
+        return out / "resume"
     if main:
         losses = _plot_losses(log_path, out / "loss_curve.png")
         full_card = {
@@ -541,6 +558,10 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
                          "processes_per_run": processes,
                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                          "torch": torch.__version__, **timing,
+                         **({"stopped_at": stopped_at,
+                             "stopped_note": "stopped by its deadline before the end of "
+                                             "the schedule; resuming continues it"}
+                            if stopped_at else {}),
                          "final_loss": losses},
         }
         save_checkpoint(model.to("cpu"), model_dir, full_card)
