@@ -13,6 +13,8 @@ arguments.
 - `phantom_cohort`      a family's phantoms written as a cohort manifest
                         (``write_phantom_cohort``), and the phantom behind a manifest's
                         patient (``phantom_of``)
+- `parallel`            ``map_jobs``: one job per patient in spawned worker processes,
+                        with progress (every preparation above uses it)
 
 Worker processes are handed a family's name and look it up once, in the worker; everywhere
 else the family object is passed on.

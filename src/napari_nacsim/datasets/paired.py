@@ -25,6 +25,7 @@ from ..core.errors import InputError
 from ..core.scan import Scan
 from ..families import ModelFamily, get_family
 from ..science.generative.data import PairedCohort
+from .parallel import map_jobs, worker_count
 from .phantom_cohort import phantom_of
 
 Family = Union[ModelFamily, str]
@@ -72,10 +73,6 @@ def prepare_phantom_patient(family: Family, cohort_seed: int, index: int, size: 
     return path
 
 
-def _prepare_one(args):
-    return prepare_phantom_patient(*args)
-
-
 def phantom_ids(family: Family, cohort_seed: int, n_patients: int) -> list[str]:
     """The patient ids of the first ``n_patients`` phantoms of a cohort (cheap: drawing a
     phantom's parameters renders nothing)."""
@@ -92,22 +89,11 @@ def phantom_cohort(family: Family, cohort_seed: int, n_patients: int, size: int,
     at run time is unknown to a fresh worker)."""
     family = get_family(family)
     ids = phantom_ids(family, cohort_seed, n_patients)
-    tasks = [(family.name, cohort_seed, i, size, ids[i] in set(counterfactual_ids),
-              Path(cache_dir)) for i in range(n_patients)]
-    paths: list[Path] = []
-    if jobs > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(jobs) as pool:
-            for k, path in enumerate(pool.imap(_prepare_one, tasks)):
-                paths.append(path)
-                if progress:
-                    progress(k + 1, len(tasks))
-    else:
-        for k, task in enumerate(tasks):
-            paths.append(prepare_phantom_patient(family, *task[1:]))
-            if progress:
-                progress(k + 1, len(tasks))
+    # A worker process is handed the name; in this process the family itself serves.
+    who = family.name if worker_count(jobs, n_patients) > 1 else family
+    tasks = [(who, cohort_seed, i, size, ids[i] in set(counterfactual_ids), Path(cache_dir))
+             for i in range(n_patients)]
+    paths = map_jobs(prepare_phantom_patient, tasks, jobs, progress)
     images, masks, clinical, truth = [], [], [], []
     cf_images, cf_masks, cf_clinical = {}, {}, {}
     spacing = None

@@ -9,9 +9,7 @@ worker: a family registered at run time is unknown to a fresh process).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +20,7 @@ from ..core.errors import InputError
 from ..core.scan_io import write_scan
 from ..families import get_family
 from ..science.phantoms import PhantomPatient, Rendering
+from .parallel import map_jobs
 
 MANIFEST_NAME = "cohort.json"
 MAX_PATIENTS = 10_000
@@ -71,21 +70,9 @@ def write_phantom_cohort(family: str, n_patients: int, seed: int, out_dir: str |
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise InputError(out_dir, "folder is not empty (choose a new folder or allow overwrite)")
     with atomic_directory(out_dir) as staging:
-        jobs = max(1, min(jobs or min(2, os.cpu_count() or 1), n_patients))
-        patients = []
-        if jobs == 1:
-            for index in range(n_patients):
-                patients.append(_write_patient(family, seed, index, staging))
-                if progress:
-                    progress(index + 1, n_patients)
-        else:
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = [pool.submit(_write_patient, family, seed, index, staging)
-                           for index in range(n_patients)]
-                for done, future in enumerate(futures, start=1):
-                    patients.append(future.result())
-                    if progress:
-                        progress(done, n_patients)
+        patients = map_jobs(_write_patient,
+                            [(family, seed, index, staging) for index in range(n_patients)],
+                            jobs, progress)
         cohort = Cohort(family=schema, patients=patients, root=staging, meta={
             "synthetic": True,
             "description": f"Synthetic {schema.title.lower()} cohort (nacsim phantoms)",

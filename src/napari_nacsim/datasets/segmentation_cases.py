@@ -16,9 +16,7 @@ name (or the manifest's path) and look it up once.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -29,6 +27,7 @@ from ..core.scan import LABELS, Scan, check_image_values
 from ..core.schema import FamilySchema
 from ..families import ModelFamily, family_names, get_family
 from ..science.segmentation.dataset import Case, case_id
+from .parallel import map_jobs
 
 DEFAULT_MIP_SIZE = 128  # 2D inputs are resized to this square grid; 3D crops keep theirs
 LESION_FREE_SUFFIX = "lesion-free"
@@ -93,24 +92,8 @@ def _check_timepoints(schema: FamilySchema, timepoints: Sequence[str] | None) ->
     return timepoints
 
 
-def _run_jobs(job: Callable, arguments: list[tuple], jobs: int | None,
-              progress: Callable[[int, int], None] | None) -> list[Case]:
-    jobs = max(1, min(jobs or min(2, os.cpu_count() or 1), len(arguments)))
-    results: list[list[Case]] = []
-    if jobs == 1:
-        for done, args in enumerate(arguments, start=1):
-            results.append(job(*args))
-            if progress:
-                progress(done, len(arguments))
-    else:
-        # spawn: ANTs/ITK and torch are not fork-safe once initialised.
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(job, *args) for args in arguments]
-            for done, future in enumerate(futures, start=1):
-                results.append(future.result())
-                if progress:
-                    progress(done, len(arguments))
-    return [case for cases in results for case in cases]
+def _flat(per_patient: list[list[Case]]) -> list[Case]:
+    return [case for cases in per_patient for case in cases]
 
 
 def phantom_cases(family: Family, n_patients: int, seed: int, *,
@@ -136,7 +119,7 @@ def phantom_cases(family: Family, n_patients: int, seed: int, *,
     tps = _check_timepoints(schema, timepoints)
     args = [(schema.name, seed, i, tps, size, lesion_free)
             for i in range(first_index, first_index + n_patients)]
-    return _run_jobs(_phantom_patient_cases, args, jobs, progress)
+    return _flat(map_jobs(_phantom_patient_cases, args, jobs, progress))
 
 
 def cohort_cases(manifest: str | os.PathLike, *, timepoints: Sequence[str] | None = None,
@@ -147,7 +130,7 @@ def cohort_cases(manifest: str | os.PathLike, *, timepoints: Sequence[str] | Non
     cohort = load_cohort(manifest)
     tps = _check_timepoints(cohort.family, timepoints)
     args = [(str(manifest), p.id, tps, size) for p in cohort.patients]
-    cases = _run_jobs(_cohort_patient_cases, args, jobs, progress)
+    cases = _flat(map_jobs(_cohort_patient_cases, args, jobs, progress))
     if not cases:
         raise InputError(manifest, "no visit in this cohort has a tumour mask; nnU-Net needs "
                                    "masks to train")
