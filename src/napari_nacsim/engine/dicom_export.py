@@ -12,10 +12,10 @@
 
 `write_scans_dicom` writes images without masks (``nacsim simulate``, which does not
 segment); `write_review_dicom` one patient's cases of the cohort review (``nacsim review
---format dicom``); `write_result_as` a what-if run in the format asked (``nacsim demo`` and
-``nacsim batch``). What the family knows (CT values or not, the display window) is handed to the
-core writer as arguments; every text a PACS shows says SYNTHETIC and names the model hash,
-seed and scenario. docs/dicom.md describes the objects.
+--format dicom``); `write_result_as` a what-if run in the format asked (``nacsim demo``,
+``nacsim batch`` and the workspace's Save). What the family knows (CT values or not, the
+display window) is handed to the core writer as arguments; every text a PACS shows says
+SYNTHETIC and names the model hash, seed and scenario. docs/dicom.md describes the objects.
 """
 
 from __future__ import annotations
@@ -256,21 +256,29 @@ def write_result_as(result: WhatIfResult, out: str | os.PathLike, fmt: str, *,
                     extra_report: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """``--format fmt`` of a what-if run's results folder ``out``: "nifti"
     (`results.write_result`), "dicom" (`write_result_as_dicom`: no NIfTI images) or "both"
-    (the NIfTI folder with the DICOM export in ``dicom/``); returns the report."""
+    (the NIfTI folder with the DICOM export in ``dicom/``); returns the report. ``nacsim
+    demo``, ``nacsim batch`` and the workspace's Save write through it. Atomic in every
+    format: a DICOM export that fails leaves no NIfTI folder without it."""
+    from ..core.atomic import atomic_directory
     from .results import write_result
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+    if not wants(fmt, "dicom"):
+        return write_result(result, out, overwrite=overwrite, figure=figure,
+                            extra_report=extra_report)
     if not wants(fmt, "nifti"):
         return write_result_as_dicom(result, out, overwrite=overwrite, figure=figure,
                                      extra_report=extra_report)
-    extra = dict(extra_report or {})
-    if wants(fmt, "dicom"):
-        check_exportable(result.baseline)   # before the NIfTI folder is written
-        extra["dicom_files"] = dicom_files()
-    report = write_result(result, out, overwrite=overwrite, figure=figure, extra_report=extra)
-    if wants(fmt, "dicom"):   # into the folder just written (atomically itself)
-        write_result_dicom(result, Path(out) / DICOM_FOLDER)
+    out = Path(out)
+    _refuse_occupied(out, overwrite)
+    check_exportable(result.baseline)   # before anything is written
+    extra = {**dict(extra_report or {}), "dicom_files": dicom_files()}
+    with atomic_directory(out) as staging:
+        # the NIfTI folder replaces the (empty) staging folder, then gets the DICOM export
+        report = write_result(result, staging, overwrite=True, figure=figure,
+                              extra_report=extra)
+        write_result_dicom(result, staging / DICOM_FOLDER)
     return report
 
 
@@ -281,14 +289,10 @@ def write_result_as_dicom(result: WhatIfResult, out: str | os.PathLike, *,
     (unless not ``figure``) and the DICOM export in ``dicom/`` (no NIfTI images), written
     atomically; returns the report."""
     from ..core.atomic import atomic_directory, write_json_atomic
-    from ..core.errors import InputError
     from .results import comparison_figure
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(out, "is not empty (choose another folder or allow overwriting)")
+    _refuse_occupied(out, overwrite)
     check_exportable(result.baseline)
     report = {**result.to_report(), **dict(extra_report or {})}
     with atomic_directory(out) as staging:
@@ -299,6 +303,17 @@ def write_result_as_dicom(result: WhatIfResult, out: str | os.PathLike, *,
             report["files"] = {"comparison": "comparison.png", **report["files"]}
         write_json_atomic(staging / "report.json", report)
     return report
+
+
+def _refuse_occupied(out: Path, overwrite: bool) -> None:
+    """The results folder's own check (`results.write_result`): never into a file, never
+    over a folder with files unless overwriting."""
+    from ..core.errors import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(out, "is not empty (choose another folder or allow overwriting)")
 
 
 def dicom_files() -> dict[str, str]:

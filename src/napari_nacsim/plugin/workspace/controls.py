@@ -27,8 +27,8 @@ MIN_COMBO_CHARS = 12        # long layer, model and choice names must not widen 
 NAMES = ("header", "input_combo", "make_input_button", "model_combo", "compare_combo",
          "compare_values", "panel_box", "panel_layout", "window_combo", "grid_mode",
          "outlines", "advanced", "seed", "steps", "sampler", "samples", "guidance",
-         "auto_run", "run_button", "cancel_button", "save_button", "progress", "status",
-         "cursor_label")
+         "auto_run", "run_button", "cancel_button", "save_button", "save_format", "progress",
+         "status", "cursor_label")
 
 
 def narrow(combo: QComboBox) -> None:
@@ -175,6 +175,12 @@ class WorkspaceControls:
         for b in (self.run_button, self.cancel_button, self.save_button):
             buttons.addWidget(b)
         layout.addLayout(buttons)
+        # what Save writes (`saving` fills it): NIfTI by default, DICOM for a PACS viewer
+        self.save_format = QComboBox()
+        narrow(self.save_format)
+        row = QFormLayout()
+        row.addRow("Save as", self.save_format)
+        layout.addLayout(row)
 
     def _footer(self, outer: QVBoxLayout) -> None:
         self.progress = QProgressBar()

@@ -38,7 +38,7 @@ from .docks import SizeDocks
 from .input_finder import InputChoice, input_fits
 from .model_list import ModelList, check_model_folder, choose_model_folder, read_entry
 from .result_view import GROUP, ResultView
-from .saving import choose_save_folder, save_result
+from .saving import ResultSaver, choose_save_folder
 from .window_presets import WindowPresets
 
 __all__ = ["GROUP", "WhatIfWorkspace"]
@@ -80,6 +80,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self.view = ResultView(self.viewer, self.windows.link, self.cursor_label.setText)
         self.window_link, self.sd_link = self.view.window_link, self.view.sd_link
         self.readout = self.view.readout
+        self.saver = ResultSaver(self.save_format)
         self._connect()
         self.models.add_bundled()
         self._refresh_layers()
@@ -402,23 +403,15 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
             enlarge_window(self, WINDOW_SIZE)
 
     # --- saving -------------------------------------------------------------------------
-    def save_results(self, folder: str | Path) -> Optional[Path]:
-        """Write the shown run (images, masks, report.json, comparison.png) into a new
-        folder inside ``folder``."""
-        try:
-            out = save_result(self.result, folder)
-        except InputError as err:
-            notify_error(err)
-            return None
-        from napari.utils.notifications import show_info
-
-        show_info(f"saved the synthetic follow-ups, masks and report to {out}")
-        return out
+    def save_results(self, folder: str | Path, fmt: Optional[str] = None) -> Optional[Path]:
+        """Write the shown run into a new folder inside ``folder``, in ``fmt`` ("nifti",
+        "dicom", "both"; default: the Save as choice), on this thread (scripts, tests)."""
+        return self.saver.save_now(self.result, folder, fmt)
 
     def _choose_save_folder(self) -> None:
         folder = choose_save_folder(self)
         if folder:
-            self.save_results(folder)
+            self.saver.save(self.result, folder)   # off the UI thread; notifies when written
 
     # --- lifetime -----------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -427,6 +420,7 @@ class WhatIfWorkspace(StopsWhenClosed, QWidget):
         self._closed = True
         self._debounce.stop()
         self.runner.shutdown()
+        self.saver.wait()
         self.view.close()
 
     def result_layers(self) -> list:
