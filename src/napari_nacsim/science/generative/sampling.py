@@ -1,8 +1,8 @@
 """Our sampling loop around diffusers schedulers (the diffusers pipelines need
 ``transformers``; this does not).
 
-- Samplers: ``ddim`` (the paper: 200 steps), ``dpmpp`` (DPM-Solver++ 2M), ``unipc``; all are
-  derived from the training noise schedule.
+- Samplers: those of `samplers` (``ddim``, the paper's, 200 steps by default; ``dpmpp``,
+  ``unipc``; ``ddpm``, the ancestral one, 1000), derived from the training noise schedule.
 - Several scenarios of one patient are one batch; they share the initial noise, so the
   generated images differ only by the scenario.
 - Work that does not change across steps is done once: the clinical context, the empty-prompt
@@ -14,7 +14,8 @@
 - A model that generates the change (config ``target: change``) returns the pre-treatment
   image plus the generated change; the change is still sampled from noise, so samples differ.
 - Initial noise comes from a CPU generator seeded with ``seed``, so a seed means the same
-  noise on every device; on CPU, the same inputs and seed give bit-identical output.
+  noise on every device (the ancestral sampler's per-step noise too); on CPU, the same inputs
+  and seed give bit-identical output.
 """
 
 from __future__ import annotations
@@ -25,25 +26,9 @@ import torch
 
 from ...core.errors import InputError
 from .model import ControlledDiffusion, fixed_control_embedding, latent_factor
+from .samplers import ANCESTRAL, SAMPLERS, make_scheduler
 
-SAMPLERS = ("ddim", "dpmpp", "unipc")
-DEFAULT_STEPS = {"ddim": 200, "dpmpp": 20, "unipc": 20}
-
-
-def make_sampler(model: ControlledDiffusion, sampler: str):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
-    config = model.scheduler.config
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False,
-                                         timestep_spacing="trailing")
-    if sampler == "dpmpp":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++",
-                                                       solver_order=2,
-                                                       timestep_spacing="trailing")
-    if sampler == "unipc":
-        return UniPCMultistepScheduler.from_config(config, timestep_spacing="trailing")
-    raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
+DEFAULT_STEPS = {"ddim": 200, "dpmpp": 20, "unipc": 20, "ddpm": 1000}
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -92,8 +77,11 @@ def generate(model: ControlledDiffusion, control_image: torch.Tensor,
     generator = torch.Generator("cpu").manual_seed(int(seed))
     noise = torch.randn((1, channels, latent_size, latent_size), generator=generator)
 
-    scheduler = make_sampler(model, sampler)
+    scheduler = make_scheduler(model.scheduler.config, sampler)
     scheduler.set_timesteps(steps, device=device)
+    # the ancestral sampler draws fresh noise every step: from the seed too (reproducible)
+    step_kw = {"generator": torch.Generator("cpu").manual_seed(int(seed) + 1)} \
+        if sampler in ANCESTRAL else {}
     x = (noise * scheduler.init_noise_sigma).to(device, dtype).expand(batch, -1, -1, -1)
     x = x.contiguous()
     if guided:  # [conditional | unconditional] in one batch
@@ -113,7 +101,7 @@ def generate(model: ControlledDiffusion, control_image: torch.Tensor,
             if guided:
                 cond, uncond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
-            x = scheduler.step(out, t, x, return_dict=False)[0]
+            x = scheduler.step(out, t, x, return_dict=False, **step_kw)[0]
             if progress:
                 progress(i + 1, len(timesteps))
     return model.decode(x, control_image.to(device, dtype)).float()

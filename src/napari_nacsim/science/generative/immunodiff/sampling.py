@@ -1,10 +1,10 @@
 """Generating post-treatment crops: all slices of a crop are denoised together (one batch
 of 2.5D slices per scenario, see `slices`), scenarios share the initial noise.
 
-Samplers (diffusers schedulers, derived from the training noise schedule; MONAI's networks
-do not care which scheduler steps them): ``ddim`` (the default, few steps), ``dpmpp``
-(DPM-Solver++ 2M), ``unipc``, and ``ddpm``, the paper-style ancestral sampler (use 1000
-steps). Classifier-free guidance: the unconditional branch has every clinical variable
+Samplers (`samplers`: diffusers schedulers derived from the training noise schedule; MONAI's
+networks do not care which scheduler steps them): ``ddim`` (the default, few steps),
+``dpmpp`` (DPM-Solver++ 2M), ``unipc``, and ``ddpm``, the paper-style ancestral sampler (use
+1000 steps). Classifier-free guidance: the unconditional branch has every clinical variable
 "missing" (their learned missing embeddings), the pre-treatment image and anatomy kept.
 Initial noise is drawn on the CPU from ``seed`` (same noise on every device; bit-identical
 output on CPU for the same inputs).
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from ....core.errors import InputError
+from ..samplers import ANCESTRAL, SAMPLERS, make_scheduler
 from .config import hu_to_model, model_to_hu
 from .network import ImmunoDiff
 from .slices import to_volume, with_neighbours
 from .vl_encoder import lobe_one_hot
 
-SAMPLERS = ("ddim", "dpmpp", "unipc", "ddpm")
 X0_CLIP = 1.8   # model units: HU 960 (air is -1, cortical bone ~1.6)
 
 
@@ -38,29 +38,13 @@ def noise_schedule(config: Mapping[str, Any]):
 
 
 def make_sampler(config: Mapping[str, Any], sampler: str):
-    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
-                           UniPCMultistepScheduler)
-
-    base = noise_schedule(config).config
-    # The predicted clean image is clipped to the CT's range in model units at every step.
-    # With this schedule the last timestep keeps sqrt(alpha_bar) = 0.012 of the image, so
-    # the first steps divide the noise-prediction error by ~80; unclipped, an error of a
-    # few percent there made the samples diverge (measured: HU std growing to ~3000).
-    clip = float(config.get("x0_clip", X0_CLIP))
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(base, clip_sample=True, clip_sample_range=clip,
-                                         set_alpha_to_one=False, timestep_spacing="trailing")
-    if sampler == "dpmpp":
-        return DPMSolverMultistepScheduler.from_config(
-            base, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
-            thresholding=True, sample_max_value=clip)
-    if sampler == "unipc":
-        return UniPCMultistepScheduler.from_config(base, timestep_spacing="trailing",
-                                                   thresholding=True, sample_max_value=clip)
-    if sampler == "ddpm":
-        return DDPMScheduler.from_config(base, timestep_spacing="trailing", clip_sample=True,
-                                         clip_sample_range=clip)
-    raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
+    """``sampler`` (`samplers`) on this config's noise schedule. The predicted clean image is
+    clipped to the CT's range in model units at every step: with this schedule the last
+    timestep keeps sqrt(alpha_bar) = 0.012 of the image, so the first steps divide the
+    noise-prediction error by ~80; unclipped, an error of a few percent there made the
+    samples diverge (measured: HU std growing to ~3000)."""
+    return make_scheduler(noise_schedule(config).config, sampler,
+                          clip=float(config.get("x0_clip", X0_CLIP)))
 
 
 def condition_inputs(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray,
@@ -141,7 +125,7 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     scheduler.set_timesteps(int(steps), device=dev)
     # the ancestral sampler draws fresh noise every step: from the seed too (reproducible)
     step_kw = {"generator": torch.Generator("cpu").manual_seed(int(seed) + 1)} \
-        if sampler == "ddpm" else {}
+        if sampler in ANCESTRAL else {}
     strength = float(model.config.get("init_strength", 1.0) if strength is None else strength)
     if not 0.0 < strength <= 1.0:
         raise InputError("strength", f"{strength} must be in (0, 1]")
