@@ -50,3 +50,29 @@ def test_the_breast_model_runs_the_ancestral_sampler_from_its_seed():
     a, b, c = (generate(model, image, scenarios(("T1", True)), seed=s, steps=3,
                         sampler="ddpm") for s in (1, 1, 2))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_every_command_offers_the_one_list():
+    """``--sampler`` of simulate, review and batch, and the breast checkpoint's sampling
+    defaults, take the samplers of the one table (review lacked ddpm)."""
+    import argparse
+
+    from napari_nacsim.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    offered = {}
+    for name in ("simulate", "review", "batch"):
+        option = next(a for a in commands.choices[name]._actions if "--sampler" in
+                      a.option_strings)
+        offered[name] = tuple(option.choices)
+    assert offered == {name: SAMPLERS for name in offered}
+
+
+def test_the_workspace_offers_the_one_list():
+    """The workspace's sampler box is filled from the table (its own copy lacked ddpm, the
+    lung paper model's default: the box could not show it)."""
+    pytest.importorskip("qtpy")
+    from napari_nacsim.plugin.workspace import controls
+
+    assert controls.SAMPLERS is SAMPLERS

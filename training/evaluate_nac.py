@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from scipy import ndimage
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from napari_nacsim.engine import load_model
+    from napari_nacsim.science.measure import image_agreement
     from napari_nacsim.science.generative.baseline import load_net, pix2pix_predict
     from napari_nacsim.datasets.paired import manifest_cohort, phantom_cohort, phantom_ids
     from napari_nacsim.science.generative.sampling import generate
@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({
                     "patient": pid, "method": method, "kind": kind, "time": times[t],
                     "pCR": bool(cl["pCR"]),
-                    "psnr": float(peak_signal_noise_ratio(ref, images[k], data_range=1.0)),
-                    "ssim": float(structural_similarity(ref, images[k], data_range=1.0)),
+                    **image_agreement(images[k], ref),
                     "size_t0_mm2": float(size_t0), "size_generated_mm2": float(sizes[k]),
                     "size_real_mm2": float(size_ref[k]),
                     "size_truth_mm2": float(gt.sum() * pixel_mm2),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..science.generative.samplers import SAMPLERS
 
 
 def cmd_batch(args) -> int:
@@ -96,7 +97,7 @@ def add_batch_command(sub) -> None:
                    help="samples per scenario (default: the family's; breast 1, lung 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
-    p.add_argument("--sampler", choices=["ddim", "dpmpp", "unipc", "ddpm"], default=None)
+    p.add_argument("--sampler", choices=SAMPLERS, default=None)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (on every worker)")
     p.add_argument("--no-figure", action="store_true",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..science.generative.samplers import SAMPLERS
 
 
 def cmd_review(args) -> int:
@@ -74,7 +75,7 @@ def add_review_command(sub) -> None:
     add_format_option(p, "each patient's dicom/ folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
-    p.add_argument("--sampler", choices=["ddim", "dpmpp", "unipc"], default=None)
+    p.add_argument("--sampler", choices=SAMPLERS, default=None)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (on every worker)")
     p.add_argument("--overwrite", action="store_true")

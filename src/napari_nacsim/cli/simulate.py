@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..science.generative.samplers import SAMPLERS
 
 
 def cmd_simulate(args) -> int:
@@ -166,8 +167,8 @@ def add_simulate_commands(sub) -> None:
                         "--sample: pCR and non-pCR at every follow-up)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
-    p.add_argument("--sampler", choices=["ddim", "dpmpp", "unipc", "ddpm"], default=None,
-                   help="(ddpm: the lung model's long ancestral sampler)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="(ddpm: the long ancestral sampler)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (1 = none; default: the model's, "
                         "from its model card)")

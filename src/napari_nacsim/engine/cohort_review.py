@@ -6,8 +6,8 @@ patient's baseline is preprocessed like the model's training data, the family's 
 registered, normalised subtraction MIPs; lung: CT crops around the tumour), the model generates the follow-up under the patient's real
 scenario, and every image is measured by the same tumour segmenter, on the model grid:
 
-- **image**: SSIM and PSNR of generated vs real (scikit-image, data range 1, as
-  ``training/evaluate_nac.py``);
+- **image**: SSIM and PSNR of generated vs real over the model's value range
+  (`science.measure.image_agreement`, which ``training/evaluate_nac.py`` uses too);
 - **size**: tumour size at baseline, real and generated; ``match`` (100 * min / max, see
   `science.measure.match_percent`), the signed size error in percent of the real size, and
   the Dice overlap of the generated and real masks;
@@ -36,7 +36,7 @@ from ..core.errors import InputError
 from ..core.scan import IMAGE, Scan
 from ..core.schema import FamilySchema
 from ..families import ModelFamily, get_family
-from ..science.measure import dice, match_percent, measure_tumour
+from ..science.measure import dice, image_agreement, match_percent, measure_tumour
 from .jobs import CancelToken, Progress, Steps
 from .outcomes import given, sample_outcomes
 from .whatif import WhatIfModel, load_model, model_grid, simulate
@@ -340,16 +340,12 @@ def _pair_metrics(generated: Scan, reference: Scan, gen_mask: Scan, ref_mask: Sc
                   value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, Optional[float]]:
     """Image and size agreement; SSIM and PSNR over the model's value range (breast MIPs:
     [0, 1]; CT: the display window in HU)."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    lo, hi = value_range
-    a = np.clip(np.asarray(reference.array, np.float64), lo, hi)
-    b = np.clip(np.asarray(generated.array, np.float64), lo, hi)
     gen_size, ref_size = measure_tumour(gen_mask).total, measure_tumour(ref_mask).total
     overlap = dice(gen_mask.array, ref_mask.array)
     return {
-        "ssim": float(structural_similarity(a, b, data_range=hi - lo)),
-        "psnr": float(peak_signal_noise_ratio(a, b, data_range=hi - lo)),
+        # float64 whatever the scans hold (a real CT may be int16)
+        **image_agreement(np.asarray(generated.array, np.float64),
+                          np.asarray(reference.array, np.float64), value_range),
         "size_real": ref_size, "size_generated": gen_size,
         "match": match_percent(gen_size, ref_size),
         "size_error_percent": 100.0 * (gen_size - ref_size) / ref_size if ref_size > 0 else None,

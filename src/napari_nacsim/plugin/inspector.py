@@ -90,7 +90,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
 
     # --- layout ---------------------------------------------------------------------------
     def _build(self) -> None:
-        from ..science.generative.sampling import SAMPLERS
+        from ..science.generative.samplers import SAMPLERS
 
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("cohort.json with real follow-ups")

@@ -15,6 +15,8 @@ the comparisons clinicians read:
   100 %; the symmetric form makes 100 % perfect and lowers the score for over- and
   under-estimates alike (a 2x over-estimate and a 2x under-estimate both score 50 %).
 - `dice`: overlap of two masks (segmentation quality).
+- `image_agreement`: SSIM and PSNR of a generated image against a real one (the cohort
+  review and the NAC evaluation report these).
 - `recist_category`: the RECIST 1.1 response category of a change of the longest diameter.
 
 The longest diameter (`longest_diameter_mm`) is what a radiologist measures with a ruler
@@ -235,6 +237,22 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     if total == 0:
         return float("nan")
     return 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def image_agreement(image: np.ndarray, reference: np.ndarray,
+                    value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, float]:
+    """``{"psnr", "ssim"}`` of ``image`` against ``reference`` (scikit-image's, data range
+    ``hi - lo``), both clipped to ``value_range`` first: the model's value range (breast
+    MIPs [0, 1]) or, where it has none, the display window (CT in HU), beyond which a
+    difference is not seen. Computed in the inputs' precision (scikit-image's rule: float32
+    stays float32, anything else is float64), so a caller chooses it by the arrays it
+    passes."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    lo, hi = value_range
+    a, b = np.clip(reference, lo, hi), np.clip(image, lo, hi)
+    return {"psnr": float(peak_signal_noise_ratio(a, b, data_range=hi - lo)),
+            "ssim": float(structural_similarity(a, b, data_range=hi - lo))}
 
 
 # --- the longest diameter ---------------------------------------------------------------

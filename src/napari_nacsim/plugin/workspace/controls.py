@@ -16,9 +16,9 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, Q
                             QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                             QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
+from ...science.generative.samplers import SAMPLERS
 from ..viewing import readout_label
 
-SAMPLERS = ("dpmpp", "unipc", "ddim")
 DOCK_WIDTH = 360            # the workspace's width: the rest of the window is the canvas
 MIN_COMBO_CHARS = 12        # long layer, model and choice names must not widen the dock
 

@@ -81,7 +81,7 @@ def set_sampling_defaults(folder: str | os.PathLike, changes: dict[str, Any],
     The weights, their hashes and the model hash stay the same (it is the same network;
     every generated image records the settings it was made with). Each change is appended
     to the card's ``sampling_defaults_history`` with ``record`` (command, evidence)."""
-    from .sampling import SAMPLERS
+    from .samplers import SAMPLERS
 
     folder = Path(folder)
     card = verify_checkpoint(folder)
