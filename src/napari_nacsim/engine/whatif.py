@@ -98,7 +98,7 @@ def load_model(path: str | Path | None = None, *, family: str | None = None,
     import torch
 
     from ..science.generative.checkpoint import read_card
-    from ..science.generative.sampling import resolve_device
+    from ..science.device import resolve_device
 
     folder = Path(path) if path is not None else bundled_model_path(family)
     dev = resolve_device(device)

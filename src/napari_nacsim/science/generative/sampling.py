@@ -31,15 +31,6 @@ from .samplers import ANCESTRAL, SAMPLERS, make_scheduler
 DEFAULT_STEPS = {"ddim": 200, "dpmpp": 20, "unipc": 20, "ddpm": 1000}
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device", "CUDA was requested but no CUDA GPU is available")
-    return device
-
-
 @torch.no_grad()
 def generate(model: ControlledDiffusion, control_image: torch.Tensor,
              scenarios: Sequence[Mapping[str, Any]], *, seed: int = 0, steps: int | None = None,

@@ -26,27 +26,11 @@ from ...core.errors import InputError
 from ...core.model_input import ModelInput
 from ...core.scan import LABELS, Scan, check_image_values
 from ...core.schema import family_schema
+from ..device import resolve_device
 from . import nnunet_env
 from .dataset import nnunet_input
 from .input_grid import check_field_of_view, spacing_note
 from .model_files import LoadedModel, read_any
-
-
-def resolve_device(device: str | None = None):
-    """``"auto"``/None: the first CUDA GPU if there is one, else the CPU."""
-    import torch
-
-    name = (device or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(name)
-    except RuntimeError:
-        raise InputError("--device", f"{device!r} is not a device (auto, cpu, cuda, cuda:N)") \
-            from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device", "CUDA was requested but no CUDA GPU is available")
-    return resolved
 
 
 def _trainer_class(name: str):
