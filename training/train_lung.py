@@ -157,9 +157,9 @@ def _save_state(model, optimizer, state_dir: Path, progress: dict) -> None:
     import torch
 
     from napari_nacsim.core.atomic import atomic_path, write_json_atomic
-    from napari_nacsim.science.generative.immunodiff.checkpoint import save_weights
+    from napari_nacsim.science.generative.weights import save_components
 
-    save_weights(model, state_dir)
+    save_components(model.components(), state_dir)
     if optimizer is not None:
         with atomic_path(state_dir / "optimizer.pt") as tmp:
             torch.save(optimizer.state_dict(), tmp)
@@ -167,11 +167,11 @@ def _save_state(model, optimizer, state_dir: Path, progress: dict) -> None:
 
 
 def _load_state(model, state_dir: Path) -> dict:
-    from napari_nacsim.science.generative.immunodiff.checkpoint import load_weights
+    from napari_nacsim.science.generative.weights import load_components
 
     progress = json.loads((state_dir / "progress.json").read_text())
-    load_weights(model, state_dir, {n: {"path": f"{n}.safetensors"}
-                                    for n in model.components()})
+    load_components(model.components(), state_dir, {n: {"path": f"{n}.safetensors"}
+                                                    for n in model.components()})
     return progress
 
 

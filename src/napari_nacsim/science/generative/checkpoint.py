@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
-from ...core.atomic import atomic_path, write_json_atomic
+from ...core.atomic import write_json_atomic
+from ...core.checksum import file_sha256
 from ...core.errors import InputError
 from ...core.schema import family_schema
-from ...core.checksum import file_sha256
 from .card import (CARD, CARD_FORMAT, SAMPLING_DEFAULTS, model_hash,  # noqa: F401 (re-exported)
                    read_card, sampling_defaults)
 from .model import ControlledDiffusion
+from .weights import load_components, save_components
 
 
 def _components(model: ControlledDiffusion) -> dict[str, torch.nn.Module]:
@@ -40,23 +41,9 @@ def _components(model: ControlledDiffusion) -> dict[str, torch.nn.Module]:
 def save_checkpoint(model: ControlledDiffusion, folder: str | os.PathLike,
                     card: dict[str, Any] | None = None) -> Path:
     """Write every component + the card into ``folder`` (each file atomically)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    half_text = bool(model.config["text"].get("store_half", False))
-    files = {}
-    for name, module in _components(model).items():
-        state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-        if name == "text_tower" and half_text:
-            state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-        path = folder / f"{name}.safetensors"
-        with atomic_path(path) as tmp:
-            # one metadata key: safetensors writes the map in random order, so two keys gave
-            # the same weights other bytes (and another model hash) at every save
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        files[name] = {"path": path.name, "sha256": file_sha256(path),
-                       "bytes": path.stat().st_size}
+    half = ("text_tower",) if model.config["text"].get("store_half", False) else ()
+    files = save_components(_components(model), folder, half=half)
     schema = model.schema
     full = {
         "format": CARD_FORMAT,
@@ -135,23 +122,9 @@ def verify_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
 def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> tuple[ControlledDiffusion, dict]:
     """Verify hashes, build the model from the card's config, load the tensors (strict)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     card = verify_checkpoint(folder)
     model = ControlledDiffusion(card["config"])
-    parts = _components(model)
-    if set(parts) != set(card["files"]):
-        raise InputError(folder / CARD, f"lists components {sorted(card['files'])}, the config "
-                                        f"needs {sorted(parts)}")
-    for name, module in parts.items():
-        state = load_file(str(folder / card["files"][name]["path"]))
-        own = module.state_dict()
-        state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise InputError(folder / card["files"][name]["path"],
-                             f"does not fit the config: {str(err).splitlines()[0]}") from None
+    load_components(_components(model), folder, card["files"])
     model.to(device=device, dtype=dtype).eval()
     return model, card

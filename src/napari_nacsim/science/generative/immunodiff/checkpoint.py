@@ -1,4 +1,5 @@
-"""ImmunoDiff model folders: one safetensors file per component + the nacsim model card.
+"""ImmunoDiff model folders: one safetensors file per component (`weights`) + the nacsim
+model card.
 
 The card is the same format as the breast models' (`science.generative.checkpoint`): config,
 family, schema version, how it was trained, and the sha256 of every file; loading verifies
@@ -14,42 +15,13 @@ from typing import Any
 
 import torch
 
-from ....core.atomic import atomic_path, write_json_atomic
-from ....core.checksum import file_sha256
+from ....core.atomic import write_json_atomic
 from ....core.errors import InputError
 from ..checkpoint import CARD, CARD_FORMAT, model_hash, verify_checkpoint
+from ..weights import load_components, save_components
 from .network import ImmunoDiff
 
 ARCHITECTURE = "immunodiff-2.5d/1"
-
-
-def save_weights(model: ImmunoDiff, folder: Path) -> dict[str, Any]:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name, module in model.components().items():
-        state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-        path = folder / f"{name}.safetensors"
-        with atomic_path(path) as tmp:
-            # one metadata key: safetensors writes the map in random order, so two keys gave
-            # the same weights other bytes (and another model hash) at every save
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        files[name] = {"path": path.name, "sha256": file_sha256(path),
-                       "bytes": path.stat().st_size}
-    return files
-
-
-def load_weights(model: ImmunoDiff, folder: Path, files: dict[str, Any]) -> None:
-    from safetensors.torch import load_file
-
-    for name, module in model.components().items():
-        state = load_file(str(folder / files[name]["path"]))
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise InputError(folder / files[name]["path"],
-                             f"does not fit the config: {str(err).splitlines()[0]}") from None
 
 
 def load_extending(model: ImmunoDiff, source: ImmunoDiff) -> list[str]:
@@ -91,7 +63,7 @@ def load_extending(model: ImmunoDiff, source: ImmunoDiff) -> list[str]:
 def save_checkpoint(model: ImmunoDiff, folder: str | os.PathLike,
                     card: dict[str, Any] | None = None) -> Path:
     folder = Path(folder)
-    files = save_weights(model, folder)
+    files = save_components(model.components(), folder)
     schema = model.schema
     full = {"format": CARD_FORMAT, "architecture": ARCHITECTURE, "synthetic_output": True,
             "family": schema.name, "schema_version": schema.version, "config": model.config,
@@ -113,9 +85,6 @@ def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu
         raise InputError(folder / CARD, f"is not an ImmunoDiff model ({ARCHITECTURE}); "
                                         f"architecture {card.get('architecture')!r}")
     model = ImmunoDiff(card["config"])
-    if set(card["files"]) != set(model.components()):
-        raise InputError(folder / CARD, f"lists components {sorted(card['files'])}, the model "
-                                        f"needs {sorted(model.components())}")
-    load_weights(model, folder, card["files"])
+    load_components(model.components(), folder, card["files"])
     model.to(device=device, dtype=dtype).eval()
     return model, card
