@@ -29,7 +29,7 @@ def test_area_of_2d_components_in_mm2():
     assert size.total == pytest.approx(63.0)
     assert size.components == pytest.approx((50.0, 12.0, 1.0))
     assert size.found and size.n_components == 3 and size.voxels == 63
-    assert "63.0 mm² in 3 separate parts (50.0, 12.0, 1.00 mm²)" in size.describe()
+    assert "63 mm² in 3 separate parts (50, 12, 1.00 mm²)" in size.describe()
 
 
 def test_diagonal_neighbours_are_one_component():
@@ -65,7 +65,7 @@ def test_change_vs_baseline_absolute_percent_and_nac_size():
     assert change.absolute == pytest.approx(-100.0)
     assert change.percent == pytest.approx(-50.0)
     assert change.reduction_percent == pytest.approx(50.0)      # NAC paper's "size"
-    assert "200.0 -> 100.0 mm² (-100.0 mm², -50.0 %)" == change.describe()
+    assert "200 -> 100 mm² (-100 mm², -50.0 %)" == change.describe()
     growth = size_change(10.0, 15.0, "mL")
     assert growth.percent == pytest.approx(50.0)
     assert growth.reduction_percent == pytest.approx(-50.0)
@@ -126,8 +126,8 @@ def test_cli_measure_prints_size_change_and_match(tmp_path, capsys):
     assert main(["measure", str(paths["gen"]), "--baseline-mask", str(paths["base"]),
                  "--real-mask", str(paths["real"])]) == 0
     out = capsys.readouterr().out
-    assert "tumour: 50.0 mm²" in out
-    assert "change vs baseline: 100.0 -> 50.0 mm² (-50.0 mm², -50.0 %)" in out
+    assert "tumour: 50 mm²" in out
+    assert "change vs baseline: 100 -> 50 mm² (-50 mm², -50.0 %)" in out
     assert "(NAC 'size'): 50.0 %" in out
     assert "match with the real follow-up: 80.0 %" in out
     assert main(["measure", str(paths["empty"])]) == 0

@@ -184,7 +184,7 @@ def test_cli_segment_with_a_model_folder(trained, image, tmp_path, capsys):
                    str(baseline_file)]) == 0
     printed = capsys.readouterr().out
     assert f"wrote the tumour mask of {image_file}" in printed
-    assert "tumour: " in printed and "baseline: 400.0 mm²" in printed
+    assert "tumour: " in printed and "baseline: 400 mm²" in printed
     assert "change vs baseline:" in printed and "synthetic" in printed
     mask = read_scan(out)
     assert mask.kind == LABELS and mask.shape == image.shape

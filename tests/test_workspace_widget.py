@@ -140,7 +140,8 @@ def test_generate_segment_table_plot_and_provenance(workspace, qtbot):
             (title,) = [t for t in size_cells if t.startswith(f"{tp} · {arm.label} ")]
             assert size_cells[title] == follow.describe_size()
             assert size_cells[title].endswith(" mm²")
-    assert rows[0][1].startswith(f"{result.baseline_size.total:.1f} mm²")
+    # the input's size written as the follow-ups' (science.measure.format_size)
+    assert rows[0][1].startswith(f"{result.baseline_size.total:.0f} mm²")
     # the longest diameter (mm) and its change, beside the size
     header = [widget.table.table.horizontalHeaderItem(c).text() for c in range(6)]
     assert header[4:] == ["longest diameter", "Δ diameter"]

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_nacsim.core.errors import InputError
     from napari_nacsim.core.schema import family_schema
-    from napari_nacsim.science.measure import dice, match_percent, measure_tumour
+    from napari_nacsim.science.measure import dice, format_size, match_percent, measure_tumour
     from napari_nacsim.datasets.segmentation_cases import phantom_cases
     from napari_nacsim.families import get_family
 
@@ -234,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{b['dice_mean']:.3f}, {b['missed']} missed entirely")
     if free_rows:
         for tp, fp in result["lesion_free"]["per_timepoint"].items():
+            sizes = "" if fp["false_positive_size_mean"] is None else \
+                (f", mean {format_size(fp['false_positive_size_mean'], unit)} "
+                 f"(max {format_size(fp['false_positive_size_max'])})")
             print(f"lesion-free {tp}: {fp['with_false_positive']} of {fp['visits']} visits with "
-                  f"a false positive, mean {fp['false_positive_size_mean']:.1f} {unit} "
-                  f"(max {fp['false_positive_size_max']:.1f})")
+                  f"a false positive{sizes}")
     print(f"target mean Dice >= {TARGET_DICE} at every time point: "
           f"{'met' if result['meets_target'] else 'NOT met'} ({unit} sizes)")
     return 0

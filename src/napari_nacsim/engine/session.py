@@ -37,8 +37,8 @@ from ..core.schema import FamilySchema, Variable
 from ..families import Comparison, ModelFamily
 from ..science.generative.card import outcome_inputs
 from ..science.generative.outcome import FIXED, OutcomeDraw
-from ..science.measure import (SizeChange, TumourSize, measure_tumour, recist_category,
-                               size_change)
+from ..science.measure import (SizeChange, TumourSize, format_size, measure_tumour,
+                               recist_category, size_change)
 from .jobs import CancelToken, Progress, Steps
 from .outcomes import given, sample_outcomes
 from .whatif import WhatIfModel, model_grid, simulate
@@ -156,12 +156,10 @@ class FollowUp:
         if self.n_found == 0:
             return f"no tumour found in {'any of the ' + str(n) + ' samples' if n > 1 else 'the image'}"
         if n == 1:
-            return f"{self.size_mean:.0f} {self.unit}" if self.size_mean >= 10 else \
-                f"{self.size_mean:.2f} {self.unit}"
-        lo, hi = self.size_range
-        fmt = "{:.0f}" if self.size_mean >= 10 else "{:.2f}"
-        return (f"{fmt.format(self.size_mean)} ± {fmt.format(self.size_sd)} {self.unit} "
-                f"(n={n}, {fmt.format(lo)}–{fmt.format(hi)})")
+            return format_size(self.size_mean, self.unit)
+        sd, lo, hi = (format_size(v, scale=self.size_mean)
+                      for v in (self.size_sd, *self.size_range))
+        return f"{format_size(self.size_mean)} ± {sd} {self.unit} (n={n}, {lo}–{hi})"
 
     def to_json(self) -> dict[str, Any]:
         return {"time": self.time, "title": self.title, "scenario": self.scenario,
@@ -298,8 +296,6 @@ class WhatIfResult:
             for tp, follow in arm.followups.items():
                 change = follow.change
                 several = len(follow.samples) > 1
-                digits = 0 if max(abs(change.absolute), change.baseline) >= 10 else 2  # mL
-                spread = f" ± {follow.size_sd:.{digits}f}" if several else ""
                 if not np.isfinite(change.percent):
                     pct = "n/a"
                 else:  # the SD of the percentage: the size SD relative to the baseline
@@ -310,7 +306,8 @@ class WhatIfResult:
                              "outcome": arm.describe_outcomes(follow, self.schema),
                              "recist": describe_recist(follow.recist_per_sample()),
                              "size": follow.describe_size(), "size_value": follow.size_mean,
-                             "delta": f"{change.absolute:+.{digits}f}{spread} {unit}",
+                             "delta": change.absolute_text(follow.size_sd if several
+                                                           else None),
                              "delta_percent": pct, "unit": unit,
                              "predictions": arm.describe_predictions(),
                              "diameter": follow.describe_diameter(),

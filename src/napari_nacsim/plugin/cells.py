@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ..core.scan import IMAGE, Scan
+from ..science.measure import format_size
 from .layers import contour_layer_data, scan_to_layer_data
 from .viewing import GENERATED, INPUT, REAL
 
@@ -51,7 +52,7 @@ def whatif_cells(result: WhatIfResult, window: tuple[float, float]) -> Cells:
     family, base = result.family, result.schema.baseline
     n = result.request.samples
     size = result.baseline_size
-    input_size = (f"{_number(size.total)} {size.unit}, Ø {size.diameter:.0f} mm"
+    input_size = (f"{format_size(size.total, size.unit)}, Ø {size.diameter:.0f} mm"
                   if size.found else "no tumour found")
 
     def outline(mask, title, colour="red"):
@@ -102,17 +103,13 @@ def short_title(title: str) -> str:
     return title.replace(" (synthetic)", "")
 
 
-def _number(value: float) -> str:
-    """Sizes in a cell: whole numbers from 10 up (mm²), two decimals below (mL)."""
-    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2f}"
-
-
 def cell_size(follow) -> str:
     """``"64 mm², Ø 12.6 mm"``, with ± over samples; "no tumour found"."""
     if follow.n_found == 0:
         return "no tumour found"
     several = len(follow.samples) > 1
-    size = _number(follow.size_mean) + (f"±{_number(follow.size_sd)}" if several else "")
+    size = format_size(follow.size_mean) + (
+        f"±{format_size(follow.size_sd, scale=follow.size_mean)}" if several else "")
     diameter = f"{follow.diameter_mean:.0f}" + (f"±{follow.diameter_sd:.0f}" if several
                                                   else "")
     return f"{size} {follow.unit}, Ø {diameter} mm"

@@ -14,6 +14,7 @@ the comparisons clinicians read:
   "generated size as a percentage of the real one", which rewards over-estimates above
   100 %; the symmetric form makes 100 % perfect and lowers the score for over- and
   under-estimates alike (a 2x over-estimate and a 2x under-estimate both score 50 %).
+- `format_size`: the one way a size is written for a person (one rounding rule).
 - `dice`: overlap of two masks (segmentation quality).
 - `image_agreement`: SSIM and PSNR of a generated image against a real one (the cohort
   review and the NAC evaluation report these).
@@ -96,13 +97,13 @@ class TumourSize:
         """"412.0 mm²; longest diameter 31.2 mm" (``diameter``: with the diameter)."""
         if not self.found:
             return f"no tumour found (size 0 {self.unit})"
-        text = f"{_fmt(self.total)} {self.unit}"
+        text = format_size(self.total, self.unit)
         if self.n_components > 1:
-            parts = ", ".join(_fmt(c) for c in self.components[:5])
+            parts = ", ".join(format_size(c) for c in self.components[:5])
             more = ", ..." if self.n_components > 5 else ""
             text += f" in {self.n_components} separate parts ({parts}{more} {self.unit})"
         if diameter and self.diameter > 0:
-            text += f"; longest diameter {_fmt(self.diameter)} mm"
+            text += f"; longest diameter {self.diameter:.1f} mm"  # as the size table
         return text
 
     def to_json(self) -> dict:
@@ -111,10 +112,19 @@ class TumourSize:
                 "diameter_mm": self.diameter}
 
 
-def _fmt(value: float) -> str:
+def format_size(value: float, unit: str = "", *, scale: float | None = None,
+                sign: bool = False) -> str:
+    """A tumour size, or a number that goes with one (its SD, range or change), as every
+    face prints it (the CLI, the size table, the grid cells, the reports): whole numbers
+    when the size is 10 or more, two decimals below, so that a small tumour's mL keep their
+    digits ("412 mm²", "3.27 mL"). ``scale``: the size that sets the digits (default:
+    ``value`` itself), so that a size's SD or change is written like the size ("412 ± 3
+    mm²"); ``sign``: "+" before a positive value (a change). "n/a" when not finite."""
     if not math.isfinite(value):
         return "n/a"
-    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+    decimals = 0 if abs(value if scale is None else scale) >= 10 else 2
+    text = f"{'+' if sign and value > 0 else ''}{value:.{decimals}f}"
+    return f"{text} {unit}" if unit else text
 
 
 def measure_tumour(mask: Scan, label: int | None = None) -> TumourSize:
@@ -163,14 +173,22 @@ class SizeChange:
         return reduction_percent(self.baseline, self.followup)
 
     def describe(self) -> str:
-        sign = "+" if self.absolute > 0 else ""
-        text = f"{_fmt(self.baseline)} -> {_fmt(self.followup)} {self.unit} " \
-               f"({sign}{_fmt(self.absolute)} {self.unit}"
+        text = f"{format_size(self.baseline)} -> {format_size(self.followup, self.unit)} " \
+               f"({self.absolute_text()}"
         if self.baseline > 0:
-            text += f", {sign}{self.percent:.1f} %)"
+            text += f", {'+' if self.absolute > 0 else ''}{self.percent:.1f} %)"
         else:
             text += "; no tumour at baseline, so no percentage)"
         return text
+
+    def absolute_text(self, sd: float | None = None) -> str:
+        """"-32 mm²", "+0.41 ± 0.05 mL": the change (± ``sd`` over samples), its digits
+        set by the larger of it and the baseline."""
+        scale = max(abs(self.absolute), self.baseline)
+        text = format_size(self.absolute, sign=True, scale=scale)
+        if sd is not None:
+            text += f" ± {format_size(sd, scale=scale)}"
+        return f"{text} {self.unit}"
 
     def to_json(self) -> dict:
         return {"baseline": self.baseline, "followup": self.followup, "unit": self.unit,

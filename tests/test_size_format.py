@@ -1,0 +1,67 @@
+"""One way to write a tumour size (science.measure.format_size): the CLI's line, the size
+table, the grid cells and the report print the same size the same way."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from napari_nacsim.core.scan import LABELS, Scan, affine_from_spacing
+from napari_nacsim.engine.session import FollowUp
+from napari_nacsim.plugin.cells import cell_size
+from napari_nacsim.science.measure import TumourSize, format_size, size_change
+
+
+@pytest.mark.parametrize("value, kwargs, text", [
+    (412.3, {"unit": "mm²"}, "412 mm²"),
+    (10.0, {}, "10"),
+    (3.271, {"unit": "mL"}, "3.27 mL"),
+    (0.046, {"unit": "mL"}, "0.05 mL"),
+    (3.4, {"scale": 412.0}, "3"),              # an SD written like its size
+    (3.4, {"scale": 4.0}, "3.40"),
+    (-32.4, {"sign": True}, "-32"),
+    (0.41, {"sign": True, "unit": "mL"}, "+0.41 mL"),
+    (0.0, {"sign": True}, "0.00"),             # no change is not "+"
+    (math.nan, {"unit": "mL"}, "n/a"),
+])
+def test_the_rule(value, kwargs, text):
+    assert format_size(value, **kwargs) == text
+
+
+def _follow(totals, unit="mm²", baseline=400.0):
+    ndim = 2 if unit == "mm²" else 3
+    mask = Scan(np.zeros((4,) * ndim, np.uint8), affine_from_spacing((1.0,) * ndim),
+                kind=LABELS)
+    sizes = [TumourSize(t, unit, (t,), 10, 20.0) for t in totals]
+    return FollowUp(time="T2", title="T2 · pCR (synthetic)", scenario={},
+                    samples=[mask] * len(totals), image=mask, spread=None, mask=mask, sizes=sizes,
+                    change=size_change(baseline, float(np.mean(totals)), unit),
+                    baseline_diameter=30.0)
+
+
+@pytest.mark.parametrize("totals, unit", [([412.3], "mm²"), ([3.271], "mL"),
+                                           ([400.0, 404.0, 411.0], "mm²")])
+def test_every_face_writes_a_size_alike(totals, unit):
+    follow = _follow(totals, unit)
+    mean = format_size(float(np.mean(totals)))
+    # the CLI's and the report's line of a measured mask, the table's size column, the cell
+    assert TumourSize(float(np.mean(totals)), unit, (1.0,), 10).describe() == \
+        f"{mean} {unit}"
+    assert follow.describe_size().startswith(f"{mean} ")
+    assert cell_size(follow).startswith(mean)
+    if len(totals) > 1:   # the SD written like the mean: 6, not 5.57
+        sd = format_size(follow.size_sd, scale=follow.size_mean)
+        assert sd == "6"
+        assert follow.describe_size().startswith(f"{mean} ± {sd} {unit}")
+        assert cell_size(follow).startswith(f"{mean}±{sd} {unit}")
+
+
+def test_a_change_and_its_sd_share_their_digits():
+    change = size_change(400.0, 417.0, "mm²")
+    assert change.absolute_text() == "+17 mm²"
+    assert change.absolute_text(15.72) == "+17 ± 16 mm²"
+    small = size_change(3.0, 2.5, "mL")
+    assert small.absolute_text(0.123) == "-0.50 ± 0.12 mL"
+    assert small.describe() == "3.00 -> 2.50 mL (-0.50 mL, -16.7 %)"
