@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tumour_weights_cover_the_tumour_and_its_rim_only():
-    from napari_nacsim.science.generative.immunodiff.training import tumour_weights
+    from napari_nacsim.science.generative.immunodiff.training import TUMOUR_MARGIN
+    from napari_nacsim.science.generative.losses import tumour_weights
 
     mask = torch.zeros(1, 1, 20, 20, dtype=torch.bool)
     mask[0, 0, 10, 10] = True
-    w = tumour_weights(mask, 20.0, dilate=3)
+    w = tumour_weights(mask, 20.0, TUMOUR_MARGIN)
     assert w.shape == (1, 1, 20, 20)
     assert w[0, 0, 10, 10] == 21 and w[0, 0, 13, 13] == 21      # within 3 voxels (square)
     assert w[0, 0, 10, 14] == 1 and w[0, 0, 0, 0] == 1          # beyond it
@@ -31,16 +32,19 @@ def test_tumour_weights_cover_the_tumour_and_its_rim_only():
 
 
 def test_weighted_loss_is_the_plain_mse_without_weight():
-    from napari_nacsim.science.generative.immunodiff.training import _mse, tumour_weights
+    from napari_nacsim.science.generative.losses import tumour_weights, weighted_mse
+
+    def _mse(pred, target, weights):  # the lung training's normalisation
+        return weighted_mse(pred, target, weights, normalise="batch")
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g)
     mask = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
     mask[:, :, 2, 2] = True
-    assert torch.allclose(_mse(a, b, tumour_weights(mask, 0.0)), torch.nn.functional.mse_loss(a, b))
+    assert torch.allclose(_mse(a, b, tumour_weights(mask, 0.0, 3)), torch.nn.functional.mse_loss(a, b))
     err = (a - b) ** 2
-    near = tumour_weights(mask, 10.0) > 1
-    weighted = _mse(a, b, tumour_weights(mask, 10.0))
+    near = tumour_weights(mask, 10.0, 3) > 1
+    weighted = _mse(a, b, tumour_weights(mask, 10.0, 3))
     expected = (err.sum() + 10 * err[near].sum()) / (err.numel() + 10 * near.sum())
     assert torch.allclose(weighted, expected)
 
@@ -214,7 +218,7 @@ def test_init_from_starts_a_run_from_a_trained_model(tmp_path):
 def test_velocity_and_sample_targets():
     from napari_nacsim.science.generative.immunodiff.config import MICRO, resolve
     from napari_nacsim.science.generative.immunodiff.sampling import noise_schedule
-    from napari_nacsim.science.generative.immunodiff.training import prediction_target
+    from napari_nacsim.science.generative.losses import prediction_target
 
     g = torch.Generator().manual_seed(0)
     clean, noise = torch.randn(4, 1, 6, 6, generator=g), torch.randn(4, 1, 6, 6, generator=g)

@@ -58,6 +58,7 @@ from ...core.errors import InputError
 from .checkpoint import SAMPLING_DEFAULTS, load_checkpoint, save_checkpoint
 from .config import validate_config
 from .data import PairedCohort
+from .losses import prediction_target, tumour_weights, weighted_mse
 from .model import ControlledDiffusion, build_controlnet, generates_change
 
 STATE = "train_state.json"
@@ -85,12 +86,6 @@ def scenario_of(cohort: PairedCohort, i: int, time_index: int) -> dict[str, Any]
     clinical = cohort.clinical[i]
     return {"time": cohort.family.timepoint_names[time_index],
             **{v.name: clinical[v.name] for v in cohort.family.condition_variables}}
-
-
-def _diffusion_target(model: ControlledDiffusion, x0, noise, t):
-    if model.scheduler.config.prediction_type == "v_prediction":
-        return model.scheduler.get_velocity(x0, noise, t)
-    return noise
 
 
 def _noisy(model, shape, g):
@@ -157,7 +152,7 @@ class _Stage1(nn.Module):
         noise, t = noise.to(x0), t.to(x0.device)
         x_t = m.scheduler.add_noise(x0, noise, t)
         pred = m.base_denoise(x_t, t, null)
-        per_sample = weighted_mse(pred.float(), _diffusion_target(m, x0, noise, t).float(),
+        per_sample = weighted_mse(pred.float(), prediction_target(m.scheduler, x0, noise, t).float(),
                                   None, reduce=False)
         return _timestep_weighted(m, per_sample, t, self.min_snr_gamma)
 
@@ -176,7 +171,7 @@ class _Stage2(nn.Module):
         context = m.conditioner(codes)
         context = torch.where(drop.to(x0.device)[:, None, None], null, context)
         pred = m.denoise(x_t, t, context, null, m.control_input(control))
-        per_sample = weighted_mse(pred.float(), _diffusion_target(m, x0, noise, t).float(),
+        per_sample = weighted_mse(pred.float(), prediction_target(m.scheduler, x0, noise, t).float(),
                                   weight, reduce=False)
         return _timestep_weighted(m, per_sample, t, self.min_snr_gamma)
 
@@ -197,31 +192,6 @@ def _timestep_weighted(model: ControlledDiffusion, per_sample: torch.Tensor, t: 
     else:
         w = clipped / snr.clamp_min(1e-8)
     return (per_sample * w).mean()
-
-
-def weighted_mse(pred: torch.Tensor, target: torch.Tensor,
-                 weight: torch.Tensor | None, *, reduce: bool = True) -> torch.Tensor:
-    """MSE with a per-pixel weight map (B, 1, H, W) in image space, pooled to the model's
-    grid (latent space is smaller), normalised per sample so the loss scale stays that of a
-    plain MSE; ``None`` is the plain MSE. ``reduce=False``: one value per sample."""
-    if weight is None:
-        per_sample = ((pred - target) ** 2).flatten(1).mean(1)
-        return per_sample.mean() if reduce else per_sample
-    if weight.shape[-1] != pred.shape[-1]:
-        weight = nn.functional.adaptive_avg_pool2d(weight, pred.shape[-2:])
-    weight = weight.to(pred)
-    per_pixel = ((pred - target) ** 2).mean(1, keepdim=True)
-    per_sample = (per_pixel * weight).sum((1, 2, 3)) / weight.sum((1, 2, 3))
-    return per_sample.mean() if reduce else per_sample
-
-
-def tumour_weights(masks: torch.Tensor, weight: float, margin: int) -> torch.Tensor:
-    """1 outside, ``1 + weight`` inside the union of the masks (B, K, H, W) grown by
-    ``margin`` pixels -> (B, 1, H, W)."""
-    union = (masks > 0).any(1, keepdim=True).float()
-    if margin > 0:
-        union = nn.functional.max_pool2d(union, 2 * margin + 1, stride=1, padding=margin)
-    return 1.0 + float(weight) * union
 
 
 def balanced_probabilities(cohort: PairedCohort, variable: str) -> torch.Tensor:

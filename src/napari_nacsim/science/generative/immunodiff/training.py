@@ -43,8 +43,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..losses import prediction_target, tumour_weights, weighted_mse
 from .config import hu_to_model
 from .network import ImmunoDiff
 from .sampling import noise_schedule
@@ -52,6 +52,7 @@ from .slices import slices_of
 from .vl_encoder import lobe_one_hot
 
 STAGES = ("vl", "base", "control", "adapter")
+TUMOUR_MARGIN = 3   # voxels around the tumour that weigh as it does: its rim shows a change
 
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
@@ -136,36 +137,6 @@ def stage_data(config, stage: str) -> str:
     return "unpaired"
 
 
-def tumour_weights(tumour: torch.Tensor, weight: float, dilate: int = 3) -> torch.Tensor:
-    """Per-voxel loss weights (B, 1, H, W): 1, and 1 + ``weight`` within ``dilate`` voxels
-    of the tumour (its rim is where shrinkage or growth shows)."""
-    near = F.max_pool2d(tumour.float(), 2 * dilate + 1, stride=1, padding=dilate)
-    return 1.0 + float(weight) * near
-
-
-def prediction_target(scheduler, clean: torch.Tensor, noise: torch.Tensor,
-                      t: torch.Tensor) -> torch.Tensor:
-    """What the denoiser learns to output, by the config's ``prediction_type``: the noise
-    ("epsilon"), the clean slice ("sample") or the velocity ("v_prediction", diffusers'
-    `get_velocity`). Why not always the noise: for a change target, mostly zero, a
-    noise-prediction error is divided by sqrt(alpha_bar) in the clean estimate, so few-step
-    sampling leaves visible noise (measured in docs/lung-model.md)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "sample":
-        return clean
-    if kind == "v_prediction":
-        return scheduler.get_velocity(clean, noise, t)
-    raise ValueError(f"prediction_type {kind!r} is not epsilon, sample or v_prediction")
-
-
-def _mse(pred: torch.Tensor, noise: torch.Tensor, weights: Optional[torch.Tensor]):
-    if weights is None:
-        return F.mse_loss(pred, noise)
-    return (weights * (pred - noise) ** 2).sum() / (weights.sum() * pred.shape[1])
-
-
 def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torch.Generator,
                scheduler=None, drop_condition: float = 0.0, *, rank: int = 0,
                world: int = 1) -> torch.Tensor:
@@ -194,10 +165,10 @@ def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torc
     noisy, t, goal = noisy.to(device), t.to(device), goal.to(device)
     weights = None
     if float(tr["tumour_weight"]) > 0:
-        weights = tumour_weights(slices_of(data.tumour[idx], 0, z),
-                                 float(tr["tumour_weight"])).to(device)
+        weights = tumour_weights(slices_of(data.tumour[idx], 0, z), float(tr["tumour_weight"]),
+                                 TUMOUR_MARGIN).to(device)
     if stage == "base":
-        return _mse(model.denoise(noisy, t), goal, weights)
+        return weighted_mse(model.denoise(noisy, t), goal, weights, normalise="batch")
     with torch.no_grad():
         anatomy = model.anatomy(*(m.to(device) for m in _masks25(data, idx, z, k)))
     fused = None
@@ -215,7 +186,8 @@ def stage_loss(model: ImmunoDiff, stage: str, data: CropSet, batch: int, g: torc
         values, codes, present = (v.to(device) for v in model.adapter.encode(scen))
         pre25 = slices_of(hu_to_model(data.source[idx].float(), cfg), k, z).to(device)
         fused = model.fused(pre25, model.adapter.clinical(values, codes, present))
-    return _mse(model.denoise(noisy, t, model.control(anatomy, fused)), goal, weights)
+    return weighted_mse(model.denoise(noisy, t, model.control(anatomy, fused)), goal, weights,
+                        normalise="batch")
 
 
 def trainable(model: ImmunoDiff, stage: str) -> list[torch.nn.Parameter]:
