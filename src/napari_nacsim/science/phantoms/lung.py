@@ -462,23 +462,102 @@ def _superellipse_level(x, y, half_x, half_front, half_back, power=2.6):
     return ((np.abs(x) / half_x) ** power + (np.abs(y) / half_y) ** power) ** (1 / power)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Chest:
+    """The chest every stage of `_draw_body` draws into. Coordinates in mm about the body
+    centre: ``z`` (nz, 1, 1), ``yy`` (ny, 1) (+ anterior), ``xx`` (1, nx) (+ the patient's
+    right). Axial masks (ny, nx): inside the skin, inside the subcutaneous fat, the cavity;
+    ``cavity`` (nz, ny, nx) narrows towards the apex. ``cav_*``: the cavity's half-widths."""
+
+    z: np.ndarray
+    yy: np.ndarray
+    xx: np.ndarray
+    body: np.ndarray
+    muscle_in: np.ndarray
+    cav_level: np.ndarray     # the cavity's superellipse level: 1 on its outline
+    cavity_2d: np.ndarray
+    cavity: np.ndarray
+    cav_x: float
+    cav_front: float
+    cav_back: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spine:
+    yv: float                 # vertebral body centre (y, mm) and radius
+    rv: float
+    dv: np.ndarray            # axial distance to the vertebral body's centre (mm)
+    dc: np.ndarray            # axial distance to the spinal canal's centre (mm)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mediastinum:
+    xm: float                 # its centre (x, mm) and half-width at the hila
+    half_med: float
+    band: np.ndarray          # (ny, nx) within the cavity
+    desc_aorta_c: tuple       # (y, x) of the descending aorta
+    right: np.ndarray         # (1, nx) the patient's right of the mediastinum
+
+
+@dataclasses.dataclass(frozen=True)
+class _Heart:
+    heart: np.ndarray
+    pericardium: np.ndarray   # the heart with its pericardial fat
+    asc_aorta: np.ndarray
+
+
 def _draw_body(rng: np.random.Generator, grid: Grid):
     """Noiseless reference CT (HU) without tumour, lobe labels and vessel mask.
 
     Most structures do not change along z within the crop, so they are drawn once on the
     axial plane (``yy``, ``xx``: mm, (ny, 1) and (1, nx), y measured from the body centre)
-    and broadcast; float32 throughout keeps a render fast.
+    and broadcast; float32 throughout keeps a render fast. The stages draw from ``rng`` in
+    this order, so a patient's anatomy depends on it.
     """
     c = CONFIG
-    shape = grid.shape
-    nz, ny, nx = shape
+    chest = _chest_outline(rng, grid)
+    texture = smooth_noise(rng, grid.shape, (0.5, 1.0, 1.0))
+    plane = np.full(grid.shape[1:], c.air_hu, np.float32)  # the z-invariant wall, then broadcast
+    plane[chest.body] = c.fat_hu
+    plane[chest.muscle_in] = c.muscle_hu
+    plane[chest.cavity_2d] = c.mediastinal_fat_hu
+    spine = _draw_spine(rng, chest, plane)
+    mediastinum = _draw_mediastinum(rng, chest, spine, plane)
+
+    image = np.broadcast_to(plane, grid.shape).copy()
+    image[~chest.cavity & (plane == c.mediastinal_fat_hu)] = c.muscle_hu  # wall above the narrowing
+    image += (6.0 * texture) * chest.body
+    _draw_discs(rng, chest, spine, image)
+    _draw_ribs(rng, chest, image)
+    heart = _heart(rng, chest, mediastinum)
+    below = _below_diaphragm(rng, chest, mediastinum)
+    abdomen_hu = np.where(mediastinum.right, c.abdomen_hu, c.abdomen_hu - 10.0)  # liver, spleen
+    image = np.where(chest.cavity & below & ~heart.pericardium, abdomen_hu.astype(np.float32),
+                     image)
+    image[heart.pericardium] = c.mediastinal_fat_hu
+    image[heart.heart] = c.blood_hu
+    image[heart.asc_aorta] = c.blood_hu
+
+    # Lungs: the cavity minus mediastinum, heart, aorta and spine, above the diaphragm.
+    aorta_y, aorta_x = mediastinum.desc_aorta_c
+    excluded_2d = mediastinum.band | (np.hypot(chest.xx - aorta_x, chest.yy - aorta_y) < 15) \
+        | (spine.dv < spine.rv + 4) | (spine.dc < 16)
+    lung = chest.cavity & ~excluded_2d & ~heart.pericardium & ~below & ~heart.asc_aorta
+    lobes, image = _draw_lobes(rng, chest, mediastinum, lung, texture, image)
+    image, vessels = _draw_vessels_and_airways(rng, grid, chest, spine, mediastinum, heart,
+                                               lung, lobes, image)
+    return image, lobes, vessels
+
+
+def _chest_outline(rng: np.random.Generator, grid: Grid) -> _Chest:
+    """The body outline and wall layers (mm). The posterior wall is thicker: paraspinal
+    muscles."""
+    nz, ny, nx = grid.shape
     sz, sy, sx = grid.spacing
     f32 = np.float32
     z = ((np.arange(nz, dtype=f32) + 0.5) * sz - nz * sz / 2)[:, None, None]
     y = (np.arange(ny, dtype=f32) + 0.5) * sy - ny * sy / 2
     xx = ((np.arange(nx, dtype=f32) + 0.5) * sx - nx * sx / 2)[None, :]
-
-    # Body outline and wall layers (mm). Posterior wall is thicker: paraspinal muscles.
     half_x, front, back = rng.uniform(150, 170), rng.uniform(105, 122), rng.uniform(105, 120)
     yy = (y - f32(rng.uniform(-10, 0)))[:, None]
     fat, muscle = rng.uniform(5, 22), rng.uniform(6, 12)
@@ -487,55 +566,64 @@ def _draw_body(rng: np.random.Generator, grid: Grid):
     body = _superellipse_level(xx, yy, half_x, front, back) < 1
     muscle_in = _superellipse_level(xx, yy, half_x - fat, front - fat, back - fat) < 1
     cav_level = _superellipse_level(xx, yy, cav_x, cav_front, cav_back)
-    cavity_2d = cav_level < 1
     # The chest narrows slightly towards the apex (top of the crop).
     cavity = cav_level[None] < 1.0 - 0.10 * np.clip((z - 30.0) / 50.0, 0, 1)
+    return _Chest(z, yy, xx, body, muscle_in, cav_level, cav_level < 1, cavity, cav_x,
+                  cav_front, cav_back)
 
-    texture = smooth_noise(rng, shape, (0.5, 1.0, 1.0))
-    plane = np.full((ny, nx), c.air_hu, f32)  # the z-invariant wall, then broadcast
-    plane[body] = c.fat_hu
-    plane[muscle_in] = c.muscle_hu
-    plane[cavity_2d] = c.mediastinal_fat_hu
 
-    # Spine: vertebral body (cortex + cancellous, discs), canal, posterior arch.
-    # The vertebral body bulges into the back of the cavity; the lungs wrap around it.
-    yv, rv = -cav_back + 16.0, rng.uniform(15, 19)
+def _draw_spine(rng: np.random.Generator, chest: _Chest, plane: np.ndarray) -> _Spine:
+    """Spine: vertebral body (cortex + cancellous), canal, posterior arch; and the sternum.
+    The vertebral body bulges into the back of the cavity; the lungs wrap around it."""
+    c, xx, yy = CONFIG, chest.xx, chest.yy
+    yv, rv = -chest.cav_back + 16.0, rng.uniform(15, 19)
     dv = np.hypot(xx, yy - yv)
     canal_y = yv - rv - 9.0
     dc = np.hypot(xx, yy - canal_y)
     arch = ((dc < 14) & (yy < yv - rv + 3)) | ((np.abs(xx) < 4) & (yy < canal_y) &
                                                  (yy > canal_y - 28)) \
         | ((np.abs(yy - canal_y) < 4) & (np.abs(xx) < 28))
-    arch &= (dc >= 8) & muscle_in
+    arch &= (dc >= 8) & chest.muscle_in
     vertebra = dv < rv
     plane[arch] = c.cortical_bone_hu * 0.6
     plane[dc < 8] = 15.0  # cord and CSF
     plane[vertebra] = c.cancellous_bone_hu
     plane[vertebra & (dv > rv - 2.5)] = c.cortical_bone_hu
-    sternum = (((yy - cav_front - 8) / 6.0) ** 2 + (xx / 16.0) ** 2) < 1
+    sternum = (((yy - chest.cav_front - 8) / 6.0) ** 2 + (xx / 16.0) ** 2) < 1
     plane[sternum] = c.cortical_bone_hu * 0.5
+    return _Spine(yv, rv, dv, dc)
 
-    # Mediastinum: a band widest at the hila, narrowing to the anterior and posterior
-    # junctions, holding the heart (with pericardial fat), the aortas and the airways.
+
+def _draw_mediastinum(rng: np.random.Generator, chest: _Chest, spine: _Spine,
+                      plane: np.ndarray) -> _Mediastinum:
+    """Mediastinum: a band widest at the hila, narrowing to the anterior and posterior
+    junctions, holding the heart (with pericardial fat), the aortas and the airways. The
+    descending aorta is drawn here; the rest by later stages."""
+    xx, yy = chest.xx, chest.yy
     xm, half_med = rng.uniform(-8, 0), rng.uniform(16, 24)
-    depth = np.clip(yy / np.where(yy > 0, cav_front, cav_back), -1, 1)
-    mediastinum_2d = (np.abs(xx - xm) < half_med * (0.45 + 0.55 * (1 - depth ** 2))) & cavity_2d
-    desc_aorta_c = (yv + 6.0, xm - 24.0)
+    depth = np.clip(yy / np.where(yy > 0, chest.cav_front, chest.cav_back), -1, 1)
+    band = (np.abs(xx - xm) < half_med * (0.45 + 0.55 * (1 - depth ** 2))) & chest.cavity_2d
+    desc_aorta_c = (spine.yv + 6.0, xm - 24.0)
     desc_aorta = np.hypot(xx - desc_aorta_c[1], yy - desc_aorta_c[0]) < 12
-    plane[desc_aorta] = c.blood_hu
+    plane[desc_aorta] = CONFIG.blood_hu
+    return _Mediastinum(xm, half_med, band, desc_aorta_c, xx > xm)
 
-    image = np.broadcast_to(plane, shape).copy()
-    image[~cavity & (plane == c.mediastinal_fat_hu)] = c.muscle_hu  # wall above the narrowing
-    image += (6.0 * texture) * body
 
-    disc_phase = np.mod(z - rng.uniform(0, 27), 27.0)
+def _draw_discs(rng: np.random.Generator, chest: _Chest, spine: _Spine,
+                image: np.ndarray) -> None:
+    """Intervertebral discs, one per 27 mm of spine."""
+    disc_phase = np.mod(chest.z - rng.uniform(0, 27), 27.0)
     disc = np.minimum(disc_phase, 27.0 - disc_phase) < 3.0  # (nz, 1, 1)
-    image[disc & (dv < rv - 1)] = c.disc_hu
+    image[disc & (spine.dv < spine.rv - 1)] = CONFIG.disc_hu
 
-    # Ribs: rounded bars just outside the cavity, descending anteriorly, one per pitch.
-    # Only the ring of pixels where a rib can be is evaluated.
+
+def _draw_ribs(rng: np.random.Generator, chest: _Chest, image: np.ndarray) -> None:
+    """Ribs: rounded bars just outside the cavity, descending anteriorly, one per pitch.
+    Only the ring of pixels where a rib can be is evaluated."""
+    c, z, xx, yy = CONFIG, chest.z, chest.xx, chest.yy
+    cav_x, cav_front, cav_back = chest.cav_x, chest.cav_front, chest.cav_back
     pitch, tilt = rng.uniform(24, 30), rng.uniform(0.25, 0.45)
-    radial = (cav_level - 1.0) * 0.5 * (cav_x + 0.5 * (cav_front + cav_back)) - 6.0
+    radial = (chest.cav_level - 1.0) * 0.5 * (cav_x + 0.5 * (cav_front + cav_back)) - 6.0
     anterior = yy > 0.55 * cav_front
     rib_zone = ~((np.abs(xx) < 30) & (yy < 0)) & ~((np.abs(xx) < 25) & anterior)
     iy, ix = np.nonzero((np.abs(radial) < 3.5) & rib_zone)
@@ -548,60 +636,77 @@ def _draw_body(rng: np.random.Generator, grid: Grid):
     ring = np.where((section < 0.35) & ~cartilage, c.cancellous_bone_hu, ring)
     image[:, iy, ix] = ring
 
+
+def _heart(rng: np.random.Generator, chest: _Chest, mediastinum: _Mediastinum) -> _Heart:
+    """The heart (an ellipsoid low in the cavity), its pericardial fat and the ascending
+    aorta above it."""
+    z, xx, yy, cavity, xm = chest.z, chest.xx, chest.yy, chest.cavity, mediastinum.xm
     zh = rng.uniform(-70, -50)
     # Python floats, not numpy scalars, so the 3D arithmetic stays float32.
-    heart_c = (zh, rng.uniform(0.15, 0.35) * cav_front, xm - rng.uniform(15, 25))
+    heart_c = (zh, rng.uniform(0.15, 0.35) * chest.cav_front, xm - rng.uniform(15, 25))
     heart_r = (55.0, rng.uniform(48, 58), rng.uniform(55, 65))
     heart_axial = ((yy - heart_c[1]) / heart_r[1]) ** 2 + ((xx - heart_c[2]) / heart_r[2]) ** 2
     heart_level = ((z - heart_c[0]) / heart_r[0]) ** 2 + heart_axial
     heart = (heart_level < 1) & cavity
     pericardium = (heart_level < (1 + 5.0 / np.mean(heart_r)) ** 2) & cavity
-    asc_aorta = (np.hypot(xx - (xm + 14), yy - 0.35 * cav_front) < 15) & \
+    asc_aorta = (np.hypot(xx - (xm + 14), yy - 0.35 * chest.cav_front) < 15) & \
         (z > zh + 0.7 * heart_r[0])
-    # Diaphragm domes: lung only above z_base; liver/spleen below. Right dome is higher.
+    return _Heart(heart, pericardium, asc_aorta)
+
+
+def _below_diaphragm(rng: np.random.Generator, chest: _Chest,
+                     mediastinum: _Mediastinum) -> np.ndarray:
+    """Where the diaphragm domes leave abdomen (liver right, spleen left) rather than lung:
+    lung only above z_base. The right dome is higher."""
+    xx, yy, cav_x = chest.xx, chest.yy, chest.cav_x
+    xm, half_med, right = mediastinum.xm, mediastinum.half_med, mediastinum.right
     dome_r = rng.uniform(-55, -40)
     dome_l = dome_r - rng.uniform(5, 15)
-    right = xx > xm
     dome_x = np.where(right, xm + half_med + 0.5 * cav_x, xm - half_med - 0.5 * cav_x)
-    q = ((xx - dome_x) / (0.6 * cav_x)) ** 2 + (yy / np.where(yy > 0, cav_front, cav_back)) ** 2
-    z_base = (np.where(right, dome_r, dome_l) - 35.0 * q).astype(f32)  # (ny, nx)
-    below = z < z_base
-    abdomen_hu = np.where(right, c.abdomen_hu, c.abdomen_hu - 10.0)  # liver right, spleen left
-    image = np.where(cavity & below & ~pericardium, abdomen_hu.astype(f32), image)
-    image[pericardium] = c.mediastinal_fat_hu
-    image[heart] = c.blood_hu
-    image[asc_aorta] = c.blood_hu
+    q = ((xx - dome_x) / (0.6 * cav_x)) ** 2 + \
+        (yy / np.where(yy > 0, chest.cav_front, chest.cav_back)) ** 2
+    z_base = (np.where(right, dome_r, dome_l) - 35.0 * q).astype(np.float32)  # (ny, nx)
+    return chest.z < z_base
 
-    # Lungs: the cavity minus mediastinum, heart, aorta and spine, above the diaphragm.
-    excluded_2d = mediastinum_2d | (np.hypot(xx - desc_aorta_c[1], yy - desc_aorta_c[0]) < 15) \
-        | (dv < rv + 4) | (dc < 16)
-    lung = cavity & ~excluded_2d & ~pericardium & ~below & ~asc_aorta
 
-    # Lobes: oblique fissures on both sides, horizontal fissure on the right.
+def _draw_lobes(rng: np.random.Generator, chest: _Chest, mediastinum: _Mediastinum,
+                lung: np.ndarray, texture: np.ndarray, image: np.ndarray):
+    """Lobes: oblique fissures on both sides, horizontal fissure on the right; the lung
+    parenchyma (denser where dependent) with its fissures drawn as thin denser lines.
+    Returns (lobe labels, image)."""
+    c, z, xx, yy, right = CONFIG, chest.z, chest.xx, chest.yy, mediastinum.right
     c_r, s_r = rng.uniform(-25, -5), -rng.uniform(0.8, 1.2)
     c_l, s_l = c_r + rng.uniform(0, 12), -rng.uniform(0.8, 1.2)
     bend_r, bend_l = rng.uniform(-8, 8, 2)
     h_r = rng.uniform(-20, -5)
-    lateral = ((np.abs(xx - xm) - half_med) / cav_x) ** 2  # fissures curve with depth
+    lateral = ((np.abs(xx - mediastinum.xm) - mediastinum.half_med) / chest.cav_x) ** 2
+    # the fissures curve with depth; z of each surface:
     oblique = np.where(right, c_r + s_r * yy + bend_r * lateral,
-                       c_l + s_l * yy + bend_l * lateral).astype(f32)  # z of the surface
-    horizontal = (h_r + 0.15 * yy).astype(f32)
+                       c_l + s_l * yy + bend_l * lateral).astype(np.float32)
+    horizontal = (h_r + 0.15 * yy).astype(np.float32)
     upper = z > oblique
     above_horizontal = z > horizontal
     label = np.where(right, np.where(upper, np.where(above_horizontal, 1, 2), 3),
                      np.where(upper, 4, 5))
     lobes = np.where(lung, label, 0).astype(np.uint8)
 
-    dependent = np.clip(-yy / cav_back, -1, 1)  # +1 posterior (gravity), -1 anterior
+    dependent = np.clip(-yy / chest.cav_back, -1, 1)  # +1 posterior (gravity), -1 anterior
     lung_hu = (c.lung_hu + c.lung_gravity_hu * dependent) + 20.0 * texture
     # Fissures: thin denser lines; distance to each surface along its normal (mm).
-    slope = np.hypot(1.0, np.where(right, s_r, s_l)).astype(f32)
+    slope = np.hypot(1.0, np.where(right, s_r, s_l)).astype(np.float32)
     fissure = np.maximum(0, 1 - (np.abs(z - oblique) / slope / 1.5) ** 2)
     fissure_h = np.maximum(0, 1 - ((z - horizontal) / 1.5) ** 2) * (right & upper)
     lung_hu += c.fissure_hu * np.maximum(fissure, fissure_h)
-    image = np.where(lung, lung_hu, image)
+    return lobes, np.where(lung, lung_hu, image)
 
-    # Vessels and airways from each hilum.
+
+def _draw_vessels_and_airways(rng: np.random.Generator, grid: Grid, chest: _Chest,
+                              spine: _Spine, mediastinum: _Mediastinum, heart: _Heart,
+                              lung: np.ndarray, lobes: np.ndarray, image: np.ndarray):
+    """Vessels (a tree per lobe) and airways from each hilum. Returns (image, vessel
+    mask)."""
+    c, z, xx, yy = CONFIG, chest.z, chest.xx, chest.yy
+    xm, half_med = mediastinum.xm, mediastinum.half_med
     z_hilum = rng.uniform(0, 15)
     hila = {"R": np.array([z_hilum, rng.uniform(-5, 10), xm + half_med + 6]),
             "L": np.array([z_hilum + rng.uniform(-5, 5), rng.uniform(-5, 10),
@@ -612,7 +717,7 @@ def _draw_body(rng: np.random.Generator, grid: Grid):
     for name in LOBES:
         idx = np.flatnonzero(flat_lobes == LOBE_LABELS[name])
         picks = rng.choice(idx, size=min(300, len(idx)), replace=len(idx) < 300)
-        points = (np.stack(np.unravel_index(picks, shape), 1) + 0.5) * spacing - half
+        points = (np.stack(np.unravel_index(picks, grid.shape), 1) + 0.5) * spacing - half
         tree = _vessel_tree(rng, hila[name[0]], points)
         for path, radius in tree:
             paths.append(path)
@@ -621,7 +726,7 @@ def _draw_body(rng: np.random.Generator, grid: Grid):
     vessel_occupancy = draw_tubes(grid, paths, radii)
     # Airways: trachea (a cylinder down to the carina), main bronchi to the hila and lobar
     # bronchi beside the lobar arteries; one tube radius keeps this to a single blur.
-    carina = np.array([rng.uniform(20, 35), yv + rv + 22.0, xm])
+    carina = np.array([rng.uniform(20, 35), spine.yv + spine.rv + 22.0, xm])
     airway_paths = [smooth_path(rng, carina, hilum - [0, 4, 0], 32, wiggle_mm=2.0)
                     for hilum in hila.values()]
     airway_paths += [trunk + np.array([0.0, -4.0, 0.0]) for trunk in trunks]
@@ -629,13 +734,13 @@ def _draw_body(rng: np.random.Generator, grid: Grid):
     trachea = (np.hypot(xx - xm, yy - carina[1]) < 8.0) & (z > carina[0])
     airway_occupancy[trachea] = 1.0
 
-    mediastinum = mediastinum_2d & cavity
-    vessel_occupancy *= lung | (mediastinum & ~heart)
+    mediastinum_3d = mediastinum.band & chest.cavity
+    vessel_occupancy *= lung | (mediastinum_3d & ~heart.heart)
     image += vessel_occupancy * (c.blood_hu - image)
-    airway_occupancy *= lung | mediastinum
+    airway_occupancy *= lung | mediastinum_3d
     image += airway_occupancy * (c.airway_hu - image)
     vessels = (vessel_occupancy > 0.5) & (airway_occupancy < 0.5) & lung
-    return image, lobes, vessels
+    return image, vessels
 
 
 # Radii below ~1.2 mm all blur with draw_tubes' floor of half a voxel, so the two finest
