@@ -266,6 +266,43 @@ def _train_on_gpus(dataset_id: int, settings: TrainingSettings, fold, plans_iden
     return trainer
 
 
+@dataclasses.dataclass
+class _Dataset:
+    """The nnU-Net dataset a run trains on: its raw folder, plans and what the data is."""
+
+    folder: Path
+    plans: dict
+    plans_identifier: str
+    data: dict[str, Any] | None       # the model card's data description
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def id(self) -> int:
+        return _dataset_id(self.folder)
+
+
+def _dataset_id(folder: Path) -> int:
+    """The number of nnU-Net's dataset folder ``Dataset501_...``."""
+    return int(folder.name[len("Dataset"):len("Dataset") + 3])
+
+
+class _Stages:
+    """Seconds per stage (the summary's ``timings_s``), logged as each stage ends."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.timings: dict[str, float] = {}
+        self._log = log
+        self._t0 = time.time()
+
+    def done(self, name: str) -> None:
+        self.timings[name] = round(time.time() - self._t0, 2)
+        self._t0 = time.time()
+        self._log(f"{name}: {self.timings[name]:.1f} s")
+
+
 def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
                     workspace: str | os.PathLike | None, *,
                     out: str | os.PathLike | None = None, command: str | None = None,
@@ -286,7 +323,54 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
     if resume and init_from is not None:
         raise InputError("--init-from", "cannot be combined with --resume (the checkpoint "
                                         "being resumed holds the weights)")
-    from .model_files import convert_results_folder
+    device, env = _configure(settings, workspace, init_from, log)
+    # Imported only now: nnunetv2.configuration reads nnUNet_def_n_proc and the
+    # augmentation processes at import (the stages import the rest of nnunetv2).
+    import nnunetv2.configuration  # noqa: F401
+
+    started = time.time()
+    stages = _Stages(log)
+    raw_root = Path(os.environ["nnUNet_raw"])
+    if resume or reuse:
+        dataset = _reopen(settings, raw_root, data)
+    else:
+        dataset = _prepare(cases, settings, raw_root, data, overwrite, stages)
+    trainer, initialised = _train(dataset, settings, device, resume, init_from, log)
+    stages.done("train")
+
+    try:
+        final_ema = float(trainer.logger.get_value("ema_fg_dice", step=-1))
+    except (KeyError, IndexError, TypeError):
+        final_ema = None
+    summary: dict[str, Any] = {
+        "dataset": dataset.name, "dataset_folder": str(dataset.folder),
+        "results_folder": trainer.output_folder_base,
+        "plans_identifier": dataset.plans_identifier,
+        "configuration": settings.configuration, "fold": str(settings.fold),
+        "trainer": settings.trainer, "device": str(device), "gpus": settings.gpus,
+        "final_pseudo_dice_ema": final_ema,
+        "timings_s": stages.timings, "duration_s": round(time.time() - started, 1),
+        "init_from": initialised["model"] if initialised else None,
+        "environment": {k: v for k, v in env.items() if not k.startswith("nnUNet_raw")},
+    }
+    if out is not None:
+        from .model_files import convert_results_folder
+
+        card = _model_card(out, dataset, settings, cases, command, resume, reuse,
+                           initialised, summary)
+        summary["model"] = str(convert_results_folder(trainer.output_folder_base, out,
+                                                      card=card, folds=[settings.fold],
+                                                      overwrite=overwrite))
+        stages.done("package")
+        summary["timings_s"] = stages.timings
+    return summary
+
+
+def _configure(settings: TrainingSettings, workspace: str | os.PathLike | None,
+               init_from, log: Callable[[str], None]):
+    """The device and nnU-Net's environment (folders, processes, trainers) of the run;
+    (device, the environment as configured). Refuses GPUs that cannot be used and a run
+    without nnU-Net's folders, before any work."""
     from .segmenter import resolve_device
 
     device = resolve_device(settings.device)
@@ -301,65 +385,69 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
     log("nnU-Net environment: " + ", ".join(f"{k}={v}" for k, v in nnunet_env.describe().items()))
     if settings.trainer != DEFAULT_TRAINER:
         log(f"note: trainer {settings.trainer} ignores the nacsim schedule (--epochs etc.)")
+    return device, env
 
-    # Imported only now: nnunetv2.configuration reads nnUNet_def_n_proc at import.
-    import torch
+
+def _reopen(settings: TrainingSettings, raw_root: Path,
+            data: dict[str, Any] | None) -> _Dataset:
+    """The workspace's exported, planned and preprocessed dataset (resume or reuse)."""
+    folder, plans, plans_identifier = _previous_run(settings, raw_root)
+    exported = _exported_source(folder)
+    if exported:  # what the workspace's cases really are, whatever the arguments say
+        data = {**(data or {}), **exported, "prepared_by_an_earlier_run": True}
+    return _Dataset(folder, plans, plans_identifier, data)
+
+
+def _prepare(cases: Sequence[Case] | None, settings: TrainingSettings, raw_root: Path,
+             data: dict[str, Any] | None, overwrite: bool, stages: _Stages) -> _Dataset:
+    """Export the cases to nnU-Net's raw format, then nnU-Net's fingerprint (with its
+    dataset integrity check), plan and preprocessing."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset, preprocess_dataset)
-    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
     from .plans import plan_dataset
 
-    timings: dict[str, float] = {}
+    if not cases:
+        raise InputError("training data", "no cases")
     n_proc = int(os.environ["nnUNet_def_n_proc"])
-    started = time.time()
+    folder = export_dataset(cases, raw_root, family=settings.family,
+                            input_spec=settings.input_spec, segmentation=settings.segmentation,
+                            dataset_id=settings.dataset_id, name=settings.dataset_name,
+                            overwrite=overwrite, source=data or {})
+    dataset_id = _dataset_id(folder)
+    if overwrite:  # derived from the raw dataset just replaced
+        for root in (os.environ["nnUNet_preprocessed"], os.environ["nnUNet_results"]):
+            shutil.rmtree(Path(root) / folder.name, ignore_errors=True)
+    stages.done("export")
 
-    def stage(name: str):
-        timings[name] = round(time.time() - stage.t0, 2)
-        stage.t0 = time.time()
-        log(f"{name}: {timings[name]:.1f} s")
-    stage.t0 = time.time()
+    # nnU-Net's planner sets torch threads to nnUNet_n_proc_DA, which must be >= 1 then.
+    planning_env = {"nnUNet_n_proc_DA": str(max(1, int(os.environ["nnUNet_n_proc_DA"])))}
+    with _environment(planning_env):
+        extract_fingerprint_dataset(dataset_id, num_processes=n_proc,
+                                    check_dataset_integrity=True, clean=True,
+                                    verbose=False, show_progress_bar=False)
+        stages.done("fingerprint + integrity check")
+        plans, plans_identifier = plan_dataset(
+            dataset_id, settings.compact if settings.plan == "compact" else None)
+        stages.done("plan")
+    if settings.configuration not in plans["configurations"]:
+        raise InputError("--configuration", f"{settings.configuration!r} was not planned "
+                                            f"for this dataset (planned: "
+                                            f"{', '.join(plans['configurations'])})")
+    preprocess_dataset(dataset_id, plans_identifier, [settings.configuration], [n_proc],
+                       verbose=False, show_progress_bar=False)
+    stages.done("preprocess")
+    return _Dataset(folder, plans, plans_identifier, data)
 
-    raw_root = Path(os.environ["nnUNet_raw"])
-    if resume or reuse:
-        folder, plans, plans_identifier = _previous_run(settings, raw_root)
-        exported = _exported_source(folder)
-        if exported:  # what the workspace's cases really are, whatever the arguments say
-            data = {**(data or {}), **exported, "prepared_by_an_earlier_run": True}
-        dataset_name = folder.name
-        dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
-    else:
-        if not cases:
-            raise InputError("training data", "no cases")
-        folder = export_dataset(cases, raw_root, family=settings.family,
-                                input_spec=settings.input_spec,
-                                segmentation=settings.segmentation,
-                                dataset_id=settings.dataset_id, name=settings.dataset_name,
-                                overwrite=overwrite, source=data or {})
-        dataset_name = folder.name
-        dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
-        if overwrite:  # derived from the raw dataset just replaced
-            for root in (os.environ["nnUNet_preprocessed"], os.environ["nnUNet_results"]):
-                shutil.rmtree(Path(root) / dataset_name, ignore_errors=True)
-        stage("export")
 
-        # nnU-Net's planner sets torch threads to nnUNet_n_proc_DA, which must be >= 1 then.
-        planning_env = {"nnUNet_n_proc_DA": str(max(1, int(os.environ["nnUNet_n_proc_DA"])))}
-        with _environment(planning_env):
-            extract_fingerprint_dataset(dataset_id, num_processes=n_proc,
-                                        check_dataset_integrity=True, clean=True,
-                                        verbose=False, show_progress_bar=False)
-            stage("fingerprint + integrity check")
-            plans, plans_identifier = plan_dataset(
-                dataset_id, settings.compact if settings.plan == "compact" else None)
-            stage("plan")
-        if settings.configuration not in plans["configurations"]:
-            raise InputError("--configuration", f"{settings.configuration!r} was not planned "
-                                                f"for this dataset (planned: "
-                                                f"{', '.join(plans['configurations'])})")
-        preprocess_dataset(dataset_id, plans_identifier, [settings.configuration], [n_proc],
-                           verbose=False, show_progress_bar=False)
-        stage("preprocess")
+def _train(dataset: _Dataset, settings: TrainingSettings, device, resume: bool, init_from,
+           log: Callable[[str], None]):
+    """nnU-Net's training (on one device, or its own multi-GPU training), from its latest
+    checkpoint with ``resume``, from a nacsim model's weights with ``init_from``; returns
+    (the trainer holding the final network, what the model card records of ``init_from``
+    or None)."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
     fold = settings.fold if settings.fold == "all" else int(settings.fold)
     if settings.threads:
@@ -369,76 +457,61 @@ def train_segmenter(cases: Sequence[Case] | None, settings: TrainingSettings,
     initialised = None
     with _environment(settings.schedule_environment()):
         if settings.gpus > 1:
-            trainer = _train_on_gpus(dataset_id, settings, fold, plans_identifier, resume,
-                                     device, log)
-        else:
-            trainer = get_trainer_from_args(str(dataset_id), settings.configuration, fold,
-                                            settings.trainer, plans_identifier,
-                                            continue_training=resume, device=device)
-            if resume:
-                maybe_load_checkpoint(trainer, True, False)
-                log(f"resumed at epoch {trainer.current_epoch}")
-            if init_from is not None:  # as nnU-Net's run_training does for -pretrained_weights
-                if not trainer.was_initialized:
-                    trainer.initialize()
-                initialised = initialise_from_model(trainer.network, init_from,
-                                                    settings.configuration)
-                log(f"network initialised from {init_from} "
-                    f"(weights sha256 {initialised['weights_sha256'][:12]})")
-            trainer.run_training()
-    stage("train")
+            return _train_on_gpus(dataset.id, settings, fold, dataset.plans_identifier,
+                                  resume, device, log), None
+        trainer = get_trainer_from_args(str(dataset.id), settings.configuration, fold,
+                                        settings.trainer, dataset.plans_identifier,
+                                        continue_training=resume, device=device)
+        if resume:
+            maybe_load_checkpoint(trainer, True, False)
+            log(f"resumed at epoch {trainer.current_epoch}")
+        if init_from is not None:  # as nnU-Net's run_training does for -pretrained_weights
+            if not trainer.was_initialized:
+                trainer.initialize()
+            initialised = initialise_from_model(trainer.network, init_from,
+                                                settings.configuration)
+            log(f"network initialised from {init_from} "
+                f"(weights sha256 {initialised['weights_sha256'][:12]})")
+        trainer.run_training()
+    return trainer, initialised
 
-    try:
-        final_ema = float(trainer.logger.get_value("ema_fg_dice", step=-1))
-    except (KeyError, IndexError, TypeError):
-        final_ema = None
-    summary: dict[str, Any] = {
-        "dataset": dataset_name, "dataset_folder": str(folder),
-        "results_folder": trainer.output_folder_base, "plans_identifier": plans_identifier,
-        "configuration": settings.configuration, "fold": str(settings.fold),
-        "trainer": settings.trainer, "device": str(device), "gpus": settings.gpus,
-        "final_pseudo_dice_ema": final_ema,
-        "timings_s": timings, "duration_s": round(time.time() - started, 1),
-        "init_from": initialised["model"] if initialised else None,
-        "environment": {k: v for k, v in env.items() if not k.startswith("nnUNet_raw")},
+
+def _model_card(out: str | os.PathLike, dataset: _Dataset, settings: TrainingSettings,
+                cases: Sequence[Case] | None, command: str | None, resume: bool, reuse: bool,
+                initialised: dict[str, Any] | None, summary: dict[str, Any]) -> dict[str, Any]:
+    """The card of the packaged model: what it segments, and how it was trained (command,
+    data, settings, architecture, timings, machine and versions)."""
+    data = dataset.data
+    configuration = dataset.plans["configurations"][settings.configuration]
+    architecture = configuration["architecture"]
+    return {
+        "name": Path(out).name if Path(out).name not in ("", ".") else dataset.name,
+        "family": settings.family,
+        "task": "tumour segmentation (labels: 0 background, 1 tumour)",
+        "input": settings.input_spec.what,
+        "intended_use": ("Measuring tumour size on nacsim model inputs. Trained on "
+                         "synthetic phantoms only: not validated on patient data."
+                         if (data or {}).get("synthetic") else
+                         "Measuring tumour size on nacsim model inputs."),
+        "training": {
+            "command": command,
+            "data": {**(data or {}), **(tumour_fraction(cases) if cases else
+                                        {"cases": _count_cases(dataset.folder)})},
+            "resumed": resume,
+            "reused_workspace": reuse,
+            "init_from": initialised,
+            "commands": training_commands({"command": command, "init_from": initialised}),
+            "settings": {**_run_settings(settings),
+                         "compact": dataclasses.asdict(settings.compact)
+                         if settings.plan == "compact" else None},
+            "architecture": {"class": architecture["network_class_name"],
+                             "features_per_stage": architecture["arch_kwargs"].get(
+                                 "features_per_stage")},
+            "patch_size": configuration["patch_size"],
+            "batch_size": configuration["batch_size"],
+            "final_pseudo_dice_ema_on_training_cases": summary["final_pseudo_dice_ema"],
+            "duration_s": summary["duration_s"], "timings_s": summary["timings_s"],
+            "machine": _machine(), "versions": _versions(),
+        },
+        "metrics": {},
     }
-    if out is not None:
-        architecture = plans["configurations"][settings.configuration]["architecture"]
-        card = {
-            "name": Path(out).name if Path(out).name not in ("", ".") else dataset_name,
-            "family": settings.family,
-            "task": "tumour segmentation (labels: 0 background, 1 tumour)",
-            "input": settings.input_spec.what,
-            "intended_use": ("Measuring tumour size on nacsim model inputs. Trained on "
-                             "synthetic phantoms only: not validated on patient data."
-                             if (data or {}).get("synthetic") else
-                             "Measuring tumour size on nacsim model inputs."),
-            "training": {
-                "command": command,
-                "data": {**(data or {}), **(tumour_fraction(cases) if cases else
-                                            {"cases": _count_cases(folder)})},
-                "resumed": resume,
-                "reused_workspace": reuse,
-                "init_from": initialised,
-                "commands": training_commands({"command": command,
-                                               "init_from": initialised}),
-                "settings": {**_run_settings(settings),
-                             "compact": dataclasses.asdict(settings.compact)
-                             if settings.plan == "compact" else None},
-                "architecture": {"class": architecture["network_class_name"],
-                                 "features_per_stage": architecture["arch_kwargs"].get(
-                                     "features_per_stage")},
-                "patch_size": plans["configurations"][settings.configuration]["patch_size"],
-                "batch_size": plans["configurations"][settings.configuration]["batch_size"],
-                "final_pseudo_dice_ema_on_training_cases": summary["final_pseudo_dice_ema"],
-                "duration_s": summary["duration_s"], "timings_s": timings,
-                "machine": _machine(), "versions": _versions(),
-            },
-            "metrics": {},
-        }
-        summary["model"] = str(convert_results_folder(trainer.output_folder_base, out,
-                                                      card=card, folds=[settings.fold],
-                                                      overwrite=overwrite))
-        stage("package")
-        summary["timings_s"] = timings
-    return summary
