@@ -1,6 +1,8 @@
-"""The failure-case inspector widget: a background review filling a sortable table, the
-selected case in the grid, CSV export, and no crash or stray thread on bad input, cancel or
-close (napari's fixtures; needs a display)."""
+"""The failure-case inspector widget: a background review (`nacsim review`'s run, in this
+process) filling a sortable table with its progress (done / failed / left), the selected case
+in the grid, CSV export, a Cancel that keeps the finished patients and a Run that resumes,
+and no crash or stray thread on bad input, cancel or close (napari's fixtures; needs a
+display)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from qtpy.QtCore import Qt, QThreadPool
 
 from cohort_helpers import tiny_cohort
 from napari_nacsim.engine.cohort_review import METRICS
+from napari_nacsim.engine.cohort_runner import CASES, RECORD
 from napari_nacsim.plugin.grid_view import grid_of, group_layers
 from napari_nacsim.plugin.inspector import FIXED_COLUMNS, GROUP, SORT_ROLE, CohortInspector
 
@@ -41,11 +44,12 @@ def errors(monkeypatch):
 
 
 @pytest.fixture
-def inspector(make_napari_viewer):
+def inspector(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     widget = CohortInspector(viewer)
     viewer.window.add_dock_widget(widget, name="Cohort inspector")
     widget.steps.setValue(2)
+    widget.results_edit.setText(str(tmp_path / "results"))  # each test its own run
     yield viewer, widget
     widget.shutdown()
 
@@ -70,14 +74,22 @@ def test_review_fills_table_sorts_shows_case_and_exports(inspector, manifest, er
     viewer, widget = inspector
     while_running = []
     widget.case_ready.connect(lambda *_: while_running.append(
-        (widget.table.rowCount(), widget.runner.running)))
+        (widget.table.rowCount(), widget.runner.running, not widget.progress.isHidden())))
+    progress = []
+    widget.runner.progressed.connect(lambda *args: progress.append(
+        (*args, widget.status.text())))
     widget.path_edit.setText(str(manifest))
     widget.run()
     qtbot.waitUntil(lambda: len(widget.cases) == 2 and not widget.runner.running,
                     timeout=WAIT_MS)
     assert errors == []
-    assert while_running[0] == (1, True)  # the first row came while the run went on
+    assert while_running[0] == (1, True, True)  # the first row came while the run went on
+    # the CLI's progress: patients done / failed / left, from the start
+    assert progress[0] == (0, 2, "done 0 · failed 0 · left 2",
+                           "Reviewing: done 0 · failed 0 · left 2")
+    assert progress[-1][:3] == (2, 2, "done 2 · failed 0 · left 0")
     assert widget.status.text().startswith("Done: 2 cases")
+    assert widget.progress.isHidden()
     table = widget.table
     headers = [table.horizontalHeaderItem(c).text().replace("\n", " ")
                for c in range(table.columnCount())]
@@ -107,6 +119,7 @@ def test_review_fills_table_sorts_shows_case_and_exports(inspector, manifest, er
 
     table.selectRow(1)  # BR0001 (a phantom: with the counterfactual and its ground truth)
     case = widget.cases[table.item(1, 0).data(Qt.UserRole)]
+    qtbot.waitUntil(lambda: widget.shown_case is case, timeout=30_000)
     layers = group_layers(viewer, GROUP)
     assert len(layers) == 12 and grid_of(viewer).enabled        # 3 x 2 cells
     assert grid_of(viewer).actual_shape(viewer.layers) == (3, 2)
@@ -178,21 +191,47 @@ def test_bad_manifest_notifies_in_one_line(inspector, manifest, errors, qtbot, t
     qtbot.waitUntil(lambda: len(errors) == 1 and not widget.runner.running, timeout=WAIT_MS)
     assert "\n" not in errors[0]
     assert (path.name if bad != "broken file" else "broken_T1_pre.nii.gz") in errors[0]
-    assert widget.table.rowCount() == 0
+    if bad == "broken file":  # recorded as failed with its reason; the run went on
+        assert errors[0].startswith("cohort review: BR0001: ")
+        assert [widget.table.item(0, 0).text()] == ["BR0002"]
+        assert widget.failed[0][0] == "BR0001"
+        assert "1 patient(s) failed (BR0001: " in widget.status.text()
+    else:
+        assert widget.table.rowCount() == 0
     assert no_threads_left()
 
 
-def test_cancel_mid_run(inspector, manifest, errors, qtbot):
+def test_cancel_keeps_the_finished_and_run_resumes(inspector, manifest, errors, qtbot,
+                                                   tmp_path):
+    """Cancel mid-run stops within a sampler step: the finished patient's folder stays (its
+    record written last, atomically), the unfinished one leaves nothing; Run on the same
+    folder reads the finished patient back instead of running it again."""
     viewer, widget = inspector
     widget.path_edit.setText(str(manifest))
-    with qtbot.waitSignal(widget.runner.progressed, timeout=WAIT_MS):
-        widget.run()
-    assert widget.cancel_button.isEnabled()
+    widget.run()
+    # the first patient's rows, then its progress (queued right after them)
+    qtbot.waitUntil(lambda: len(widget.cases) == 1 and widget.progress.value() == 1,
+                    timeout=WAIT_MS)
+    assert widget.cancel_button.isEnabled() and widget.runner.running
+    assert "done 1 · failed 0 · left 1" in widget.status.text()
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
-    assert widget.status.text().startswith("Cancelled")
+    assert widget.status.text().startswith("Cancelled after 1 cases")
     assert errors == [] and widget.run_button.isEnabled()
     assert no_threads_left()
+    cases = tmp_path / "results" / CASES
+    assert sorted(p.name for p in cases.iterdir()) == ["BR0001"]  # no partial folder left
+    record = cases / "BR0001" / RECORD
+    written = (record.stat().st_mtime_ns, json.loads(record.read_text())["seconds"])
+
+    widget.run()  # resumes
+    qtbot.waitUntil(lambda: len(widget.cases) == 2 and not widget.runner.running,
+                    timeout=WAIT_MS)
+    assert "(1 patient(s) from an earlier run)" in widget.status.text()
+    assert (record.stat().st_mtime_ns, json.loads(record.read_text())["seconds"]) == written
+    assert sorted(c.patient for c in widget.cases) == ["BR0001", "BR0002"]
+    assert (tmp_path / "results" / "review.csv").is_file()
+    assert errors == []
 
 
 def test_closing_mid_run_leaves_no_thread(inspector, manifest, errors, qtbot):

@@ -262,8 +262,9 @@ def test_inspector_and_workspace_together_lung_after_breast(docked, qtbot, tmp_p
             inspector.run()
             qtbot.waitUntil(lambda: not inspector.runner.running and bool(inspector.cases),
                             timeout=RUN_TIMEOUT_MS)
-            inspector.table.selectRow(0)
-            qtbot.wait(20)
+            inspector.table.selectRow(0)  # shown once its layer data are made (a worker)
+            qtbot.waitUntil(lambda: inspector.shown_case is inspector.cases[0],
+                            timeout=RUN_TIMEOUT_MS)
             _decorations_only_on_shown_layers(viewer)
         case = inspector.cases[0]
         lung_family = get_family("lung")

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from ..core.atomic import atomic_directory, atomic_path, write_json_atomic
 from ..core.cohort import Cohort, Patient, load_cohort
 from ..core.errors import InputError
-from .jobs import CancelToken
+from .jobs import Cancelled, CancelToken
 
 FORMAT = "nacsim-cohort-run"
 VERSION = 1
@@ -79,9 +79,11 @@ class JobSpec:
     def preload(self) -> None:
         """Load the models into this process (a worker calls it once when it starts)."""
 
-    def run(self, case: Case, folder: Path) -> dict[str, Any]:
+    def run(self, case: Case, folder: Path, *,
+            cancel: Optional[CancelToken] = None) -> dict[str, Any]:
         """Run ``case``, writing its outputs into the (staging) ``folder``; return its record
-        fields: ``status`` (DONE or SKIPPED), ``rows`` (CSV rows), maybe ``reason``."""
+        fields: ``status`` (DONE or SKIPPED), ``rows`` (CSV rows), maybe ``reason``.
+        ``cancel`` (in-process runs): checked at every sampler step, raises `Cancelled`."""
         raise NotImplementedError  # each spec (review, batch): what one case is
 
 
@@ -111,18 +113,23 @@ def case_folder(out: str | os.PathLike, case_id: str) -> Path:
     return Path(out) / CASES / case_id
 
 
-def execute_case(spec: JobSpec, case: Case, out: str) -> dict[str, Any]:
+def execute_case(spec: JobSpec, case: Case, out: str, *,
+                 cancel: Optional[CancelToken] = None) -> dict[str, Any]:
     """Run one case and write its folder atomically; returns ``{"id", "status", "reason"}``.
     An exception inside the case becomes a *failed* record with a one-line reason (the run
-    goes on); only the process dying loses the case (the scheduler then reruns it)."""
+    goes on); only the process dying loses the case (the scheduler then reruns it).
+    ``cancel`` tripped mid-case raises `Cancelled` and leaves no folder (nor a record: the
+    case is run again on resume)."""
     started = time.perf_counter()
     dest = case_folder(out, case.id)
     with one_torch_thread():
         try:
             with atomic_directory(dest) as staging:
-                record = dict(spec.run(case, staging))
+                record = dict(spec.run(case, staging, cancel=cancel))
                 record = _stamp(record, case, started)
                 write_json_atomic(staging / RECORD, record)
+        except Cancelled:
+            raise  # not a failure of the case: nothing is recorded
         except Exception as err:  # noqa: BLE001 - every failure is recorded, the run goes on
             record = _stamp({"status": FAILED, "reason": one_line(err), "rows": []}, case,
                             started)
@@ -277,6 +284,12 @@ def _check_format(fmt: str) -> None:
         raise InputError("--format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
 
 
+def wants_nifti(fmt: str) -> bool:
+    from .dicom_export import wants
+
+    return wants(fmt, "nifti")
+
+
 def _format_option(fmt: str) -> dict[str, str]:
     """The format's part of a case's request hash: none for the default (NIfTI), so that
     the records of runs made before there was a choice still answer a resumed run."""
@@ -311,13 +324,15 @@ class ReviewSpec(JobSpec):
     device: str = "auto"
     images: bool = True
     format: str = "nifti"    # the images: "nifti", "dicom" (dicom/) or "both"
+    inputs: bool = False     # also the inputs on the model grid (the inspector shows them)
 
     kind = "review"
 
     def preload(self) -> None:
         _loaded(self.family, self.model_dir, self.model_hash, self.device)
 
-    def run(self, case: Case, folder: Path) -> dict[str, Any]:
+    def run(self, case: Case, folder: Path, *,
+            cancel: Optional[CancelToken] = None) -> dict[str, Any]:
         from ..core.scan_io import write_scan
         from .cohort_review import review_cohort
         from .dicom_export import wants
@@ -326,22 +341,26 @@ class ReviewSpec(JobSpec):
         cohort = _one_patient({"family": self.family, "root": self.root, "meta": self.meta},
                               case.payload)
         review = review_cohort(cohort, model=model, segmenter=segmenter, seed=self.seed,
-                               steps=self.steps, sampler=self.sampler)
+                               steps=self.steps, sampler=self.sampler, cancel=cancel)
         cases = list(review)
         if not cases:
             reason = review.skipped[0].reason if review.skipped else "no case"
             return {"status": SKIPPED, "reason": reason, "rows": []}
         files = []
         if self.images and wants(self.format, "nifti"):
+            written = set()
             for c in cases:
-                for attr, part in REVIEW_IMAGES:
+                for attr, part in REVIEW_IMAGES + (REVIEW_INPUTS if self.inputs else ()):
+                    # the baseline is every follow-up's: written once, under its own time
+                    tp = c.baseline_time if attr.startswith("baseline") else c.time
+                    name = f"{tp}_{part}.nii.gz"
                     scan = getattr(c.images, attr)
-                    if scan is not None:
-                        name = f"{c.time}_{part}.nii.gz"
-                        write_scan(scan, folder / name, extra={"patient": c.patient,
-                                                               "timepoint": c.time,
-                                                               "role": attr})
-                        files.append(name)
+                    if scan is None or name in written:
+                        continue
+                    written.add(name)
+                    write_scan(scan, folder / name, extra={"patient": c.patient,
+                                                           "timepoint": tp, "role": attr})
+                    files.append(name)
         if self.images and wants(self.format, "dicom"):
             from ..families import get_family
             from .dicom_export import DICOM_FOLDER, write_review_dicom
@@ -350,7 +369,54 @@ class ReviewSpec(JobSpec):
                                segmenter=_described(segmenter))
             files.append(DICOM_FOLDER)
         return {"status": DONE, "rows": [c.row() for c in cases], "unit": cases[0].unit,
-                "files": files}
+                "files": files, "cases": [_case_fields(c) for c in cases]}
+
+
+# with ``inputs``: what the inspector shows beside them (not generated: the patient's scans
+# on the model grid, the phantom's ground truth), so that a case is shown from its folder
+REVIEW_INPUTS = (("baseline", "input"), ("baseline_mask", "input_tumour"),
+                 ("real", "real"), ("real_mask", "real_tumour"),
+                 ("counterfactual_truth", "truth"), ("counterfactual_truth_mask", "truth_tumour"))
+# `CaseReview` fields kept in the record (with the images: the case as the inspector had it)
+CASE_FIELDS = ("patient", "baseline_time", "time", "clinical", "scenario_text",
+               "counterfactual", "unit", "metrics", "provenance", "predictions")
+
+
+def _case_fields(case) -> dict[str, Any]:
+    return {name: getattr(case, name) for name in CASE_FIELDS}
+
+
+def read_review_case(folder: str | os.PathLike) -> tuple[dict[str, Any], list]:
+    """A finished review case's record and its follow-ups (`CaseReview`), read back from
+    its folder (the inspector: a case finished in this run, on a worker or before a resume).
+    Needs a folder written with ``inputs`` (`ReviewJob(..., inputs=True)`); a failed or
+    skipped case has no follow-ups."""
+    from ..core.scan_io import read_scan
+    from .cohort_review import CaseImages, CaseReview
+
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(folder / RECORD, f"cannot be read ({one_line(err)})") from None
+    if record.get("status") != DONE:
+        return record, []
+    reviews = []
+    for fields in record.get("cases", []):
+        def scan(attr, part):
+            tp = fields["baseline_time"] if attr.startswith("baseline") else fields["time"]
+            path = folder / f"{tp}_{part}.nii.gz"
+            return read_scan(path) if path.is_file() else None
+
+        images = {attr: scan(attr, part) for attr, part in REVIEW_IMAGES + REVIEW_INPUTS}
+        missing = [attr for attr in ("baseline", "real", "generated", "difference")
+                   if images[attr] is None]
+        if missing:
+            raise InputError(folder, f"has no {missing[0]} image of {fields['time']} (a run "
+                                     "without the inspector's inputs: run it again here)")
+        reviews.append(CaseReview(images=CaseImages(**images),
+                                  **{name: fields[name] for name in CASE_FIELDS}))
+    return record, reviews
 
 
 class ReviewJob(Job):
@@ -362,7 +428,8 @@ class ReviewJob(Job):
 
     def __init__(self, manifest: Cohort | str | os.PathLike, *, model=None, seed: int = 0,
                  steps: Optional[int] = None, sampler: Optional[str] = None,
-                 device: str = "auto", images: bool = True, format: str = "nifti"):
+                 device: str = "auto", images: bool = True, format: str = "nifti",
+                 inputs: bool = False):
         self.cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
         self.source = str(manifest) if not isinstance(manifest, Cohort) else str(
             self.cohort.root)
@@ -372,16 +439,20 @@ class ReviewJob(Job):
         if not images and format != "nifti":
             raise InputError("--format", f"{format}: --no-images writes no images to give a "
                                          "format")
+        if inputs and not (images and wants_nifti(format)):
+            raise InputError("inputs", "are written as NIfTI beside the generated images: "
+                                       "they need images in NIfTI")
         family = self.cohort.family.name
         model_dir, model_hash = _resolve_model(family, model, self.source)
         self.spec = ReviewSpec(family=family, root=str(self.cohort.root),
                                meta=dict(self.cohort.meta), model_dir=model_dir,
                                model_hash=model_hash, seed=int(seed),
                                steps=None if steps is None else int(steps), sampler=sampler,
-                               device=device, images=images, format=format)
+                               device=device, images=images, format=format, inputs=inputs)
+        # ``inputs`` only when asked: the records of runs without it still answer the CLI
         self._options = {"model_hash": model_hash, "seed": int(seed), "steps": steps,
                          "sampler": sampler, "device": device, "images": images,
-                         **_format_option(format)}
+                         **_format_option(format), **({"inputs": True} if inputs else {})}
 
     def __len__(self) -> int:
         return len(self.cohort.patients)
@@ -433,7 +504,8 @@ class BatchSpec(JobSpec):
     def preload(self) -> None:
         _loaded(self.family, self.model_dir, self.model_hash, self.device)
 
-    def run(self, case: Case, folder: Path) -> dict[str, Any]:
+    def run(self, case: Case, folder: Path, *,
+            cancel: Optional[CancelToken] = None) -> dict[str, Any]:
         from .dicom_export import check_exportable, wants, write_result_as
         from .patients import baseline_input
         from .session import AUTO, WhatIfRequest, WhatIfSession
@@ -451,7 +523,7 @@ class BatchSpec(JobSpec):
                                 compare=AUTO if overrides is None else None, seed=self.seed,
                                 steps=self.steps, sampler=self.sampler, samples=self.samples)
         result = WhatIfSession(model, segmenter).run(entry["image"], request,
-                                                     context=entry["context"])
+                                                     context=entry["context"], cancel=cancel)
         write_result_as(result, folder, self.format, overwrite=True, figure=self.figure,
                         extra_report={"patient": patient.id, "batch_scenario": scenario,
                                       "synthetic_patient": bool(patient.extra.get("phantom"))})
@@ -595,7 +667,7 @@ class RunProgress:
     done: int = 0          # finished this run (done or skipped)
     failed: int = 0        # recorded as failed this run
     reused: int = 0        # finished before (``resume``): not run again
-    last: str = ""         # the case that just finished
+    last: str = ""         # the case that just finished (or was found finished: resume)
     dashboard: str = ""    # the Dask dashboard's address, when one runs
     workers: int = 0
     where: str = ""        # "in this process" or "on Dask"
@@ -603,6 +675,12 @@ class RunProgress:
     @property
     def remaining(self) -> int:
         return max(0, self.total - self.done - self.failed - self.reused)
+
+    def describe(self) -> str:
+        """"done 3 · failed 1 · left 4" (done: also those found finished, on resume); the
+        inspector's progress, in the words of the CLI's bar."""
+        return (f"done {self.done + self.reused} · failed {self.failed} · "
+                f"left {self.remaining}")
 
 
 @dataclasses.dataclass
@@ -648,12 +726,16 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
     computed: list[str] = []
 
     def pending() -> Iterator[Case]:
-        """The cases to run, lazily (a resumed run reads each record as it goes)."""
+        """The cases to run, lazily (a resumed run reads each record as it goes; each one
+        reused is reported like a finished one, with ``state.last``)."""
         for case in job.cases():
             if resume:
                 record = read_record(out, case)
                 if record is not None and (record.get("status") != FAILED or not retry_failed):
                     state.reused += 1
+                    state.last = case.id
+                    if progress is not None:
+                        progress(state)
                     continue
             yield case
 
@@ -674,7 +756,9 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
         for case in pending():
             if cancel is not None:
                 cancel.check()
-            result = execute(job.spec, case, str(out))
+            # in this process the token reaches the case (a sampler step, not a whole case)
+            result = execute(job.spec, case, str(out), **(
+                {"cancel": cancel} if execute is execute_case and cancel is not None else {}))
             finished(case.id, result["status"])
     else:
         from .cohort_dask import connect, run_on_dask

@@ -4,7 +4,8 @@ A widget submits a job (a function of a `CancelToken` and a progress callback). 
 already running, it is cancelled and the new one waits for it to stop — only the newest
 submission is kept, so rapid toggling supersedes stale runs instead of queueing them. A
 result is delivered only if it answers the newest submission, so the viewer never shows a
-stale result. Progress goes to a napari progress bar (activity dock) and to the widget.
+stale result. Progress goes to a napari progress bar (activity dock; not for the quick jobs
+of a runner made with ``activity=False``) and to the widget.
 
 The threads come from napari's `create_worker` (superqt); cancellation is the engine's
 cooperative `CancelToken`, checked at every sampler step and segmentation.
@@ -32,9 +33,11 @@ class BackgroundRunner(QObject):
     progressed = Signal(int, int, str)       # done, total, what (queued to the UI thread)
     state_changed = Signal(str)              # "running", "idle", "cancelled", "failed"
 
-    def __init__(self, description: str = "nacsim", parent: Optional[QObject] = None):
+    def __init__(self, description: str = "nacsim", parent: Optional[QObject] = None, *,
+                 activity: bool = True):
         super().__init__(parent)
         self.description = description
+        self.activity = activity  # a bar in napari's activity dock per job
         self._ticket = 0
         self._running: Optional[tuple[int, CancelToken, Any]] = None
         self._pending: Optional[tuple[int, Job, Callable, Optional[Callable]]] = None
@@ -112,6 +115,8 @@ class BackgroundRunner(QObject):
         from napari.utils import progress
 
         self._close_progress()
+        if not self.activity:
+            return
         self._pbar = progress(total=0, desc=self.description)
 
     def _close_progress(self) -> None:

@@ -1,9 +1,16 @@
 """The failure-case inspector: run the model over a cohort with real follow-ups and find the
 cases it gets wrong.
 
-A thin face over `engine.cohort_review`: the review runs in a `BackgroundRunner`; every case
-it yields is queued to the UI thread and added to a sortable table at once (so a long run
-can be read while it goes). Selecting a row shows the case in napari's grid: the input, the
+A thin face over the cohort run of `nacsim review` (`engine.cohort_runner`, in napari's
+process): the run goes in a `BackgroundRunner`; each patient's folder is written atomically
+into the results folder as it finishes, read back in the worker thread and its cases queued
+to the UI thread and added to a sortable table at once (so a long run can be read while it
+goes). The progress shows cases done / failed / left; Cancel stops within a sampler step,
+keeping the finished patients, and Run on the same folder resumes (only the unfinished
+patients are run; the others are read from their folders).
+
+Selecting a row shows the case in napari's grid (its layer data made in a worker thread: a
+lung case's outlines took seconds of the UI thread): the input, the
 real follow-up, the generated follow-up (its scenario in the title) and the difference map
 (generated − real, with a colour bar), and for phantoms also the generated counterfactual
 and its ground truth, each with its tumour outline; the cells share one window/level and a
@@ -20,14 +27,16 @@ from typing import Any, Optional
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox,
-                            QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu,
+                            QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QProgressBar,
                             QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
 from ..core.cohort import load_cohort
 from ..core.errors import InputError
 from ..engine.cohort_review import (METRICS, CaseReview, Skipped, cases_to_csv,
-                                    describe_summary, metric_unit, review_cohort, summarise)
+                                    describe_summary, metric_unit, summarise)
+from ..engine.cohort_runner import (FAILED, ReviewJob, RunProgress, RunSummary, case_folder,
+                                    read_review_case, run_cases)
 from ..engine.jobs import CancelToken, Progress
 from ..families import get_family
 from .background import BackgroundRunner, StopsWhenClosed, notify_error
@@ -47,6 +56,11 @@ SCENARIO_WIDTH = 115  # px; the full scenario is in the tooltip and the cell tit
 CASE_ROLE = Qt.UserRole          # on the patient cell: index into `cases`
 SORT_ROLE = Qt.UserRole + 1      # on metric cells: the number the column sorts by
 DEFAULT = "model default"
+RESULTS_SUFFIX = "_review"  # the default results folder: beside the manifest, named after it
+
+
+def default_results(manifest: Path) -> Path:
+    return manifest.parent / f"{manifest.stem}{RESULTS_SUFFIX}"
 
 
 class _NumberItem(QTableWidgetItem):
@@ -69,6 +83,8 @@ class CohortInspector(StopsWhenClosed, QWidget):
     """Dock widget: manifest, run/cancel, the case table, summary and CSV export."""
 
     case_ready = Signal(int, object)  # run number, CaseReview; emitted from the worker
+    case_failed = Signal(int, str, str)  # run number, case id, one-line reason; from the worker
+    case_shown = Signal(object)  # the CaseReview now in the grid
 
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -76,9 +92,16 @@ class CohortInspector(StopsWhenClosed, QWidget):
         self.runner = BackgroundRunner("nacsim cohort review", self)
         self.runner.progressed.connect(self._on_progress)
         self.runner.state_changed.connect(self._on_state)
+        # the selected case's layer data (contours on a finer grid, percentiles): newest wins
+        self.loader = BackgroundRunner("nacsim inspector: the selected case", self,
+                                       activity=False)
         self.case_ready.connect(self._on_case)
+        self.case_failed.connect(self._on_case_failed)
         self.cases: list[CaseReview] = []
         self.skipped: list[Skipped] = []
+        self.failed: list[tuple[str, str]] = []  # (case, one-line reason) of the last run
+        self.results: Optional[Path] = None      # the folder of the last run's cases
+        self.shown_case: Optional[CaseReview] = None
         self._run_number = 0
         self._closed = False
         self._family = None                   # the family of the cohort under review
@@ -100,6 +123,11 @@ class CohortInspector(StopsWhenClosed, QWidget):
         path_row = QHBoxLayout()
         path_row.addWidget(self.path_edit, 1)
         path_row.addWidget(browse)
+        self.results_edit = QLineEdit()
+        self.results_edit.setPlaceholderText(f"beside the manifest: <name>{RESULTS_SUFFIX}")
+        self.results_edit.setToolTip("each patient's images and record are kept here as it "
+                                     "finishes; Run on the same folder resumes a cancelled "
+                                     "review (docs/cohort-scale.md)")
 
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
@@ -113,6 +141,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
         form.addRow("Seed", self.seed)
         form.addRow("Steps", self.steps)
         form.addRow("Sampler", self.sampler)
+        form.addRow("Results folder", self.results_edit)
 
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
@@ -123,6 +152,9 @@ class CohortInspector(StopsWhenClosed, QWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
 
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m patients")
+        self.progress.setVisible(False)
         self.status = QLabel("Open a cohort manifest and press Run.")
         self.status.setWordWrap(True)
         self.table = self._make_table()
@@ -138,6 +170,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
         layout.addLayout(path_row)
         layout.addWidget(advanced)
         layout.addLayout(buttons)
+        layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.summary)
@@ -239,13 +272,19 @@ class CohortInspector(StopsWhenClosed, QWidget):
 
     def run(self) -> None:
         """Validate the manifest here (fast, one-line errors at once) and review it in the
-        background."""
+        background: `nacsim review`'s run in this process, resuming the results folder."""
         text = self.path_edit.text().strip()
         if not text:
             self._fail(InputError("cohort manifest", "choose a cohort.json first"))
             return
+        manifest = Path(text).expanduser()
+        chosen = self.results_edit.text().strip()
+        out = Path(chosen).expanduser() if chosen else default_results(manifest)
         try:
-            cohort = load_cohort(Path(text).expanduser())
+            cohort = load_cohort(manifest)
+            job = ReviewJob(cohort, seed=self.seed.value(), steps=self.steps.value() or None,
+                            sampler=None if self.sampler.currentText() == DEFAULT
+                            else self.sampler.currentText(), inputs=True)
         except InputError as err:
             self._fail(err)
             return
@@ -254,21 +293,32 @@ class CohortInspector(StopsWhenClosed, QWidget):
         number = self._run_number
         self._family = get_family(cohort.family)
         self._clear()
-        options = {"seed": self.seed.value(), "steps": self.steps.value() or None,
-                   "sampler": None if self.sampler.currentText() == DEFAULT
-                   else self.sampler.currentText()}
+        self.results = out
 
-        def job(token: CancelToken, progress: Progress) -> list[Skipped]:
-            review = review_cohort(cohort, progress=progress, cancel=token, **options)
-            for case in review:
-                self.case_ready.emit(number, case)  # queued: the UI thread adds the row
-            return review.skipped
+        def job_fn(token: CancelToken, progress: Progress) -> RunSummary:
+            def report(state: RunProgress) -> None:
+                if state.last:  # a patient finished (or was found finished): read it here
+                    record, reviews = read_review_case(case_folder(out, state.last))
+                    if record.get("status") == FAILED:
+                        self.case_failed.emit(number, state.last, record.get("reason", ""))
+                    for review in reviews:
+                        self.case_ready.emit(number, review)  # queued: the UI adds the row
+                progress(state.total - state.remaining, state.total, state.describe())
 
-        self.status.setText(f"Reviewing {len(cohort.patients)} patients of {Path(text).name}…")
-        self.runner.submit(job, lambda skipped: self._on_done(number, skipped),
+            # resume: a folder of an earlier run of this very request is read, not redone
+            return run_cases(job, out, workers=0, resume=True, progress=report,
+                             on_start=report, cancel=token)
+
+        self.progress.setRange(0, len(job))
+        self.progress.setValue(0)
+        self.progress.setVisible(True)
+        self.status.setText(f"Reviewing {len(job)} patients of {manifest.name} into {out}…")
+        self.runner.submit(job_fn, lambda summary: self._on_done(number, summary),
                            lambda exc: self._on_error(number, exc))
 
     def cancel(self) -> None:
+        """Stop the run within a sampler step; the finished patients stay in the results
+        folder (Run resumes)."""
         self.runner.cancel()
 
     def export_csv(self, path: str | Path | None = None) -> Optional[Path]:
@@ -294,7 +344,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
 
     # --- results --------------------------------------------------------------------------
     def _clear(self) -> None:
-        self.cases, self.skipped = [], []
+        self.cases, self.skipped, self.failed = [], [], []
         # a new cohort opens on its family's window (a lung CT after a breast MIP would keep
         # the MIP's 0–1 window: a black-and-white image), not the last one chosen
         self.window_link.set_layers([])
@@ -350,16 +400,27 @@ class CohortInspector(StopsWhenClosed, QWidget):
         parts = [schema.describe(part) for part in (titled, rest) if part]
         return " · ".join(parts) or case.scenario_text
 
-    def _on_done(self, number: int, skipped: list[Skipped]) -> None:
+    def _on_case_failed(self, number: int, case_id: str, reason: str) -> None:
         if number != self._run_number or self._closed:
             return
-        self.skipped = list(skipped)
+        self.failed.append((case_id, reason))
+        # the run goes on; the reason names the file or value at fault
+        notify_error(InputError(f"cohort review: {case_id}", reason))
+
+    def _on_done(self, number: int, summary: RunSummary) -> None:
+        if number != self._run_number or self._closed:
+            return
+        self.progress.setVisible(False)
+        self.skipped = [Skipped(case, reason) for case, reason in summary.skipped]
         text = f"Done: {len(self.cases)} cases"
-        if skipped:
-            shown = "; ".join(f"{s.patient}: {s.reason}" for s in skipped[:3])
-            more = "; …" if len(skipped) > 3 else ""
-            text += f"; {len(skipped)} patient(s) skipped ({shown}{more})"
-        self.status.setText(text + ". Select a row to inspect it.")
+        if summary.reused:
+            text += f" ({len(summary.reused)} patient(s) from an earlier run)"
+        for what, items in (("skipped", summary.skipped), ("failed", summary.failed)):
+            if items:
+                shown = "; ".join(f"{case}: {reason}" for case, reason in items[:3])
+                more = "; …" if len(items) > 3 else ""
+                text += f"; {len(items)} patient(s) {what} ({shown}{more})"
+        self.status.setText(text + f". Saved in {self.results}. Select a row to inspect it.")
 
     def _on_error(self, number: int, exc: Exception) -> None:
         if number == self._run_number and not self._closed:
@@ -371,14 +432,19 @@ class CohortInspector(StopsWhenClosed, QWidget):
 
     def _on_progress(self, done: int, total: int, what: str) -> None:
         if not self._closed:
-            self.status.setText(f"{what or 'working'} ({done}/{total})")
+            self.progress.setRange(0, total)
+            self.progress.setValue(done)
+            self.status.setText(f"Reviewing: {what or 'starting'}")
 
     def _on_state(self, state: str) -> None:
         if self._closed:
             return
         self.cancel_button.setEnabled(state == "running")
+        if state in ("cancelled", "failed"):
+            self.progress.setVisible(False)
         if state == "cancelled":
-            self.status.setText(f"Cancelled after {len(self.cases)} cases.")
+            self.status.setText(f"Cancelled after {len(self.cases)} cases: the finished "
+                                f"patients are kept in {self.results}; Run resumes.")
 
     def _on_select(self) -> None:
         rows = {index.row() for index in self.table.selectedIndexes()}
@@ -386,14 +452,34 @@ class CohortInspector(StopsWhenClosed, QWidget):
             return
         item = self.table.item(rows.pop(), 0)
         if item is not None:
-            self.show_case(self.cases[item.data(CASE_ROLE)])
+            self.select_case(self.cases[item.data(CASE_ROLE)])
 
-    def show_case(self, case: CaseReview) -> list[list[Any]]:
+    def _window(self) -> tuple[float, float]:
         family = self._family
         window = family.window_presets[0].limits if family is not None else (0.0, 1.0)
         if self.window_link.limits is not None:
             window = self.window_link.limits  # the window the user chose stays
-        cells, roles, labels = case_cells(case, window)
+        return window
+
+    def select_case(self, case: CaseReview) -> None:
+        """Show ``case`` without holding the UI thread while its layer data are made (a lung
+        case's tumour outlines on a 4x finer grid took seconds): they are made in a worker
+        (the newest selection wins), then put on screen; ``case_shown`` says when."""
+        window = self._window()
+
+        def shown(made) -> None:  # only the newest selection's (the runner drops the rest)
+            if not self._closed:
+                self._show(case, made)
+
+        self.loader.submit(lambda token, progress: case_cells(case, window), shown)
+
+    def show_case(self, case: CaseReview) -> list[list[Any]]:
+        """Show ``case`` now (on this thread; a row selection uses `select_case`)."""
+        return self._show(case, case_cells(case, self._window()))
+
+    def _show(self, case: CaseReview, made) -> list[list[Any]]:
+        cells, roles, labels = made
+        family = self._family
         shown = show_cells(self.viewer, GROUP, cells, roles=roles,
                            columns=2)  # 2 x 2 or 3 x 2: square images, large cells
         images = [row[0] for row in shown]
@@ -407,6 +493,8 @@ class CohortInspector(StopsWhenClosed, QWidget):
             # a volume opens on the slice where the case's input tumour is largest
             show_slice(self.viewer, images[0], family.display_slice(case.images.baseline_mask))
         show_scale_bar(self.viewer)
+        self.shown_case = case
+        self.case_shown.emit(case)
         return shown
 
     # --- closing --------------------------------------------------------------------------
@@ -415,6 +503,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
         if not self._closed:
             self._closed = True
             self.runner.shutdown()
+            self.loader.shutdown()
             self.window_link.close()
             try:
                 self.readout.close()
