@@ -188,7 +188,7 @@ def train_unet_baseline(args, out: Path, *, train: bool = False):
         if not train:
             return net.eval()
         before = json.loads((out / "unet_baseline.json").read_text())
-    from napari_nacsim.science.generative.immunodiff.training import split_patients
+    from napari_nacsim.science.generative.data import split_ids
 
     records = load_records(args.train_records)
     card = args.model / "model_card.json" if args.model else None
@@ -196,7 +196,8 @@ def train_unet_baseline(args, out: Path, *, train: bool = False):
             json.loads(card.read_text()).get("training", {}).get("split"):
         split = json.loads(card.read_text())["training"]["split"]
     else:  # the split train_lung.py makes of the lung_tiny paired set (same function)
-        split = split_patients(range(200), 0.1, 0)
+        held = split_ids(range(200), 0.1, 0, at_least_one=False)
+        split = {"train": held[0], "validation": held[1]}
     train = [r for r in records if r["meta"]["index"] in set(split.get("train", []))]
     pre = torch.from_numpy(np.stack([r["arrays"]["pre_image"] for r in train])).float()
     post = torch.from_numpy(np.stack([r["arrays"]["post_image"] for r in train])).float()

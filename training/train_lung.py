@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
     from napari_nacsim.families import get_family
+    from napari_nacsim.science.generative.data import split_ids
     from napari_nacsim.science.generative.immunodiff import training as T
     from napari_nacsim.science.generative.immunodiff.checkpoint import save_checkpoint
     from napari_nacsim.science.generative.immunodiff.config import load_config
@@ -278,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             data_info["unpaired"][f"patients_{stage}"] = len(records)
         else:
             patients = sorted({r["meta"]["index"] for r in records})
-            split.update(T.split_patients(patients, float(tr["validation_share"]), seed))
+            train_ids, validation = split_ids(patients, float(tr["validation_share"]), seed,
+                                              at_least_one=False,
+                                              field="training.validation_share")
+            split.update({"train": train_ids, "validation": validation})
             train = [r for r in records if r["meta"]["index"] in set(split["train"])]
             loaded[kind] = T.CropSet(train, paired=True)
             flipped = sum(1 for r in train if r["meta"].get("flipped_outcome"))

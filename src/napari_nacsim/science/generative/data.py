@@ -13,12 +13,14 @@ listing order), and is recorded by the training entrypoint.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence, TypeVar
 
 import numpy as np
 
 from ...core.errors import InputError
 from ...core.schema import FamilySchema
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -50,12 +52,19 @@ class PairedCohort:
                             {i: self.cf_clinical[i] for i in ids if i in self.cf_clinical})
 
 
-def split_ids(ids: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic patient-level split: sorted ids, permuted by ``seed``."""
+def split_ids(ids: Iterable[T], test_fraction: float, seed: int, *, at_least_one: bool = True,
+              field: str = "test fraction") -> tuple[list[T], list[T]]:
+    """Deterministic patient-level split into (train, held out) of the breast and lung
+    training alike: the ids (names or indices) sorted, never in listing order, then
+    permuted by ``seed``; ``test_fraction`` of them, rounded, are held out. ``at_least_one``:
+    hold out one even when the fraction rounds to none (and refuse a fraction of 0);
+    otherwise a fraction of 0 holds out none (the lung training's validation share).
+    ``field``: what a bad fraction is called in the message."""
     ordered = sorted(ids)
-    if not 0.0 < test_fraction < 1.0:
-        raise InputError("test fraction", f"{test_fraction} must be between 0 and 1")
-    n_test = max(1, int(round(len(ordered) * test_fraction)))
+    if not (0.0 < test_fraction < 1.0 if at_least_one else 0.0 <= test_fraction < 1.0):
+        raise InputError(field, f"{test_fraction} must be between 0 and 1")
+    n_test = int(round(len(ordered) * test_fraction))
+    n_test = max(1, n_test) if at_least_one else n_test
     perm = np.random.default_rng(seed).permutation(len(ordered))
     test = sorted(ordered[i] for i in perm[:n_test])
     train = [i for i in ordered if i not in set(test)]

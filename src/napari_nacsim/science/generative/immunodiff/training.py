@@ -39,7 +39,7 @@ rows of each process's own slice).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -247,13 +247,3 @@ def average_gradients(optimizer: torch.optim.Optimizer, accelerator) -> None:
         offset += g.numel()
         if p.grad is not None or mean.any():
             p.grad = mean.clone()
-
-
-def split_patients(indices: Iterable[int], share: float, seed: int) -> dict[str, list[int]]:
-    """Deterministic train/validation split of patient indices (sorted, then permuted by a
-    seeded generator; never by file-system order)."""
-    ordered = sorted(int(i) for i in indices)
-    perm = np.random.default_rng(seed).permutation(len(ordered))
-    n_val = int(round(share * len(ordered)))
-    val = sorted(ordered[i] for i in perm[:n_val])
-    return {"train": [i for i in ordered if i not in set(val)], "validation": val}
