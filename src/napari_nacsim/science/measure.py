@@ -94,7 +94,7 @@ class TumourSize:
         return len(self.components)
 
     def describe(self, diameter: bool = True) -> str:
-        """"412.0 mm²; longest diameter 31.2 mm" (``diameter``: with the diameter)."""
+        """"412 mm²; longest diameter 31.2 mm" (``diameter``: with the diameter)."""
         if not self.found:
             return f"no tumour found (size 0 {self.unit})"
         text = format_size(self.total, self.unit)
