@@ -42,6 +42,7 @@ another), and nothing is pickled.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import platform
@@ -152,8 +153,8 @@ class _Stage1(nn.Module):
         noise, t = noise.to(x0), t.to(x0.device)
         x_t = m.scheduler.add_noise(x0, noise, t)
         pred = m.base_denoise(x_t, t, null)
-        per_sample = weighted_mse(pred.float(), prediction_target(m.scheduler, x0, noise, t).float(),
-                                  None, reduce=False)
+        goal = prediction_target(m.scheduler, x0, noise, t)
+        per_sample = weighted_mse(pred.float(), goal.float(), None, reduce=False)
         return _timestep_weighted(m, per_sample, t, self.min_snr_gamma)
 
 
@@ -171,8 +172,8 @@ class _Stage2(nn.Module):
         context = m.conditioner(codes)
         context = torch.where(drop.to(x0.device)[:, None, None], null, context)
         pred = m.denoise(x_t, t, context, null, m.control_input(control))
-        per_sample = weighted_mse(pred.float(), prediction_target(m.scheduler, x0, noise, t).float(),
-                                  weight, reduce=False)
+        goal = prediction_target(m.scheduler, x0, noise, t)
+        per_sample = weighted_mse(pred.float(), goal.float(), weight, reduce=False)
         return _timestep_weighted(m, per_sample, t, self.min_snr_gamma)
 
 
@@ -250,6 +251,372 @@ def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+@dataclasses.dataclass
+class _Settings:
+    """The training settings of one run: the config's ``training`` section, overridden by
+    the arguments of `train`. Stage 0 appears in ``lrs`` and ``bs`` only when this run
+    trains the VAE (the card and the resume state name only the stages a run has)."""
+
+    steps: dict[int, int]
+    lrs: dict[int, float]
+    bs: dict[int, int]            # per process
+    kl_weight: float
+    drop_p: float
+    tumour_weight: float
+    tumour_margin: int
+    balance: str | None
+    weighting: str
+    min_snr_gamma: float | None
+    with_vae: bool
+    change: bool
+
+
+def _settings(config: dict[str, Any], *, init_from: Path | None, stage1_steps: int | None,
+              stage2_steps: int | None, batch_size: int | None,
+              vae_steps: int | None) -> _Settings:
+    tcfg = config.get("training", {})
+    s0 = {**tcfg.get("vae", {})}
+    s1 = {**tcfg.get("stage1", {})}
+    s2 = {**tcfg.get("stage2", {})}
+    with_vae = trains_vae(config) and init_from is None
+    steps = {0: int(vae_steps if vae_steps is not None else s0.get("steps", 1000))
+             if with_vae else 0,
+             1: int(stage1_steps if stage1_steps is not None else s1.get("steps", 1000)),
+             2: int(stage2_steps if stage2_steps is not None else s2.get("steps", 2000))}
+    if init_from is not None:  # stage 2 continues from a trained model: no stage 1
+        steps[1] = 0
+    lrs = {0: float(s0.get("lr", 1e-3)), 1: float(s1.get("lr", 5e-4)),
+           2: float(s2.get("lr", 5e-4))}
+    bs = {0: int(batch_size or s0.get("batch_size", 8)),
+          1: int(batch_size or s1.get("batch_size", 8)), 2: int(batch_size or s2.get("batch_size", 8))}
+    if not with_vae:
+        del lrs[0], bs[0]
+    weighting = tcfg.get("loss_weighting") or "none"
+    return _Settings(
+        steps=steps, lrs=lrs, bs=bs, kl_weight=float(s0.get("kl_weight", 1e-6)),
+        drop_p=float(s2.get("cond_drop_prob", 0.1)),
+        tumour_weight=float(s2.get("tumour_weight", 0.0)),
+        tumour_margin=int(s2.get("tumour_margin", 2)), balance=s2.get("balance"),
+        weighting=weighting,
+        min_snr_gamma=float(tcfg.get("min_snr_gamma", 5.0)) if weighting == "min_snr" else None,
+        with_vae=with_vae, change=generates_change(config))
+
+
+def _start_model(config: dict[str, Any], init_from: Path | None) -> ControlledDiffusion:
+    """A new model, or (``init_from``) a trained one whose architecture is ``config``'s."""
+    if init_from is None:
+        return ControlledDiffusion(config)
+    model, start_card = load_checkpoint(init_from)
+    model.train()
+    _check_same_architecture(config, start_card["config"], init_from)
+    # Same network; the new run's config (training and sampling settings) describes it.
+    model.config = validate_config(config)
+    return model
+
+
+def _optimizer(model: ControlledDiffusion, stage: int, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of ``stage``. Only what the stage trains requires grad: many processes
+    average the gradients of exactly those parameters (DistributedDataParallel expects every
+    one to get one)."""
+    model.requires_grad_(False)
+    if stage == 0:
+        model.vae.requires_grad_(True)
+        params = list(model.vae.parameters())
+    elif stage == 1:
+        model.unet.requires_grad_(True)
+        params = list(model.unet.parameters())
+    else:
+        for p in model.stage2_parameters():
+            p.requires_grad_(True)
+        params = model.stage2_parameters()
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+class _Run:
+    """One call of `train`: the model, the data as tensors, the logs, and where the run
+    stands (stage, step, optimizer). Its methods are the run's parts, in order: `resume`,
+    `take_data`, `open_logs`, then `train_stage` per stage (made of `_draw`, `_loss`,
+    `_log_step` and `_checkpoint` per step, and `_next_stage`), `close_logs`; `card` describes
+    the result."""
+
+    def __init__(self, model: ControlledDiffusion, out: Path, settings: _Settings,
+                 accelerator, *, seed: int, log: Callable[[str], None], from_model: bool):
+        self.model, self.out, self.s, self.accelerator = model, out, settings, accelerator
+        self.seed, self.log, self.from_model = seed, log, from_model
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.main = accelerator.is_main_process
+        self.stage = 2 if from_model else 0 if settings.with_vae else 1
+        self.step = 0
+        self.optimizer = None
+        self.processes: list[dict] = []  # one entry per run of this training: start, processes
+        self.timing: dict[str, float] = {}
+        self.stopped_at: dict | None = None
+        self.log_path = out / "loss_log.csv"
+        self.log_file = self.writer = self.samples_file = self.samples_writer = None
+
+    def make_optimizer(self, stage: int) -> torch.optim.Optimizer:
+        return _optimizer(self.model, stage, self.s.lrs[stage])
+
+    # --- setup ---------------------------------------------------------------------------
+    def resume(self, resume: bool) -> None:
+        """Continue from ``out/resume`` when it holds a state (and ``resume``); refuse
+        processes that see different states; record this run's start."""
+        out, world, bs = self.out, self.world, self.s.bs
+        if resume and (out / "resume" / STATE).exists():
+            state, self.optimizer = _load_resume(out / "resume", self.model, self.make_optimizer)
+            self.stage, self.step = state["stage"], state["step"]
+            if state.get("vae_scaling_factor") is not None:  # stage 0 finished earlier
+                self.model.config["vae"]["scaling_factor"] = state["vae_scaling_factor"]
+            self.processes = list(state.get("processes", []))
+            self.log(f"resuming stage {self.stage} at step {self.step}")
+            if self.processes and self.processes[-1]["num_processes"] != world:
+                before = self.processes[-1]["effective_batch_size"][str(self.stage)]
+                self.log(f"note: the checkpoint was written by "
+                         f"{self.processes[-1]['num_processes']} process(es), this run has "
+                         f"{world}" + (f": the effective batch size changes from {before} to "
+                                       f"{bs[self.stage] * world}"
+                                       if before != bs[self.stage] * world else ""))
+        if world > 1:  # e.g. several machines, --out not on a folder they share
+            from accelerate.utils import gather_object
+
+            seen = gather_object([(self.stage, self.step)])
+            if len(set(seen)) > 1:
+                raise InputError(out / "resume", "the processes do not see the same resume "
+                                 f"state (stage, step per process: {seen}); with several "
+                                 "machines, --out must be a folder they all share")
+        self.processes.append({"stage": self.stage, "step": self.step, "num_processes": world,
+                               "effective_batch_size": {str(k): v * world
+                                                        for k, v in bs.items()}})
+
+    def take_data(self, data: PairedCohort) -> None:
+        self.data = data
+        self.images = torch.from_numpy(data.images).float()  # (N, T, H, W)
+        self.masks = torch.from_numpy(data.masks > 0).float()
+        self.draw_probs = balanced_probabilities(data, self.s.balance) if self.s.balance \
+            else None
+        self.codes_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.n, self.n_t = self.images.shape[0], self.images.shape[1]
+
+    def open_logs(self, sample_log: bool) -> None:
+        """The loss log (main process) and, with ``sample_log``, this process's log of what
+        it drew. A resumed run redoes the steps after its checkpoint: their rows are
+        dropped, then logged again."""
+        stage, step, first = self.stage, self.step, min(steps_order(self.s.steps))
+        if self.main:
+            new_log = not self.log_path.exists() or step == 0 and stage == first
+            if not new_log:
+                _trim_log(self.log_path, stage, step)
+            self.log_file = open(self.log_path, "w" if new_log else "a", newline="")
+            self.writer = csv.writer(self.log_file)
+            if new_log:
+                self.writer.writerow(["stage", "step", "loss", "lr", "seconds"])
+        if sample_log:
+            path = self.out / "samples" / f"rank{self.rank}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not path.exists() or step == 0 and stage == first
+            if not fresh:
+                _trim_log(path, stage, step)
+            self.samples_file = open(path, "w" if fresh else "a", newline="")
+            self.samples_writer = csv.writer(self.samples_file)
+            if fresh:
+                self.samples_writer.writerow(["stage", "step", "num_processes", "patients",
+                                              "times"])
+        self.started = time.time()
+
+    def close_logs(self) -> None:
+        for handle in (self.log_file, self.samples_file):
+            if handle is not None:
+                handle.close()
+
+    # --- one stage -----------------------------------------------------------------------
+    def train_stage(self, checkpoint_every: int, stop_at: float | None,
+                    progress: bool) -> None:
+        """Steps of the current stage from the current step to its end, or to the first
+        checkpoint after the deadline (``stopped_at`` is then set); then on to the next
+        stage."""
+        from tqdm import tqdm
+
+        model, s, stage = self.model, self.s, self.stage
+        total = s.steps[stage]
+        if self.step == 0 and stage == 2 and not self.from_model:
+            # The ControlNet starts as a copy of the trained base encoder (zero convs).
+            model.controlnet = build_controlnet(model.config, model.unet)
+            self.optimizer = None
+        if self.optimizer is None:
+            self.optimizer = self.make_optimizer(stage)
+        wrapper = (_Stage0(model, s.kl_weight) if stage == 0 else
+                   _Stage1(model, s.min_snr_gamma) if stage == 1 else
+                   _Stage2(model, s.min_snr_gamma))
+        wrapper, opt = self.accelerator.prepare(wrapper, self.optimizer)
+        device = self.accelerator.device
+        null = model.conditioner.null_context(s.bs[stage]).to(device) if stage else None
+        # Every process draws the global batch; this one trains on its slice of it.
+        n_global = s.bs[stage] * self.world
+        mine = slice(self.rank * s.bs[stage], (self.rank + 1) * s.bs[stage])
+        bar = tqdm(total=total, initial=self.step, desc=f"stage {stage}",
+                   disable=not (progress and self.main))
+        t_stage = time.time()
+        while self.step < total:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(self.step, s.lrs[stage], min(100, total // 10 + 1), total)
+            g, idx, tp = self._draw(n_global)
+            loss = self._loss(wrapper, g, idx, tp, null, n_global, mine, device)
+            self.accelerator.backward(loss)
+            self.accelerator.clip_grad_norm_([p for g_ in opt.param_groups
+                                              for p in g_["params"]], 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            self.step += 1
+            # the loss of the global batch (one value for every process)
+            value = float(self.accelerator.reduce(loss.detach(), "mean"))
+            self._log_step(value, idx[mine], tp[mine], opt)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if self.step % checkpoint_every == 0 or self.step == total:
+                if self._checkpoint(total, stop_at, device):
+                    break
+        bar.close()
+        if self.stopped_at is None:
+            self.timing[f"stage{stage}_seconds_this_run"] = round(time.time() - t_stage, 1)
+            self._next_stage(device)
+
+    def _draw(self, n_global: int):
+        """The step's generator, seeded by (seed, stage, step), and the global batch's
+        patients and time points drawn from it."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stage * 100_003
+                                          + self.step)
+        if self.stage == 2 and self.draw_probs is not None:
+            idx = torch.multinomial(self.draw_probs, n_global, replacement=True, generator=g)
+        else:
+            idx = torch.randint(0, self.n, (n_global,), generator=g)
+        tp = torch.randint(0, self.n_t, (n_global,), generator=g)
+        return g, idx, tp
+
+    def _loss(self, wrapper, g, idx, tp, null, n_global: int, mine: slice, device):
+        """The loss of this process's slice of the global batch: stage 0 the VAE's, stage 1
+        the base denoiser's (of the change from T0, for a change model), stage 2 the
+        ControlNet's on (T0, target) pairs with their masks. The rest of the step's draws
+        (flips, timesteps, noise, dropped contexts) come from ``g`` in this order."""
+        model, s, images, masks = self.model, self.s, self.images, self.masks
+        if self.stage == 0:
+            batch = augment(images[idx, tp][:, None], g, mine)
+            factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
+            shape = (n_global, model.vae.config.latent_channels,
+                     batch.shape[-2] // factor, batch.shape[-1] // factor)
+            return wrapper(batch.to(device), torch.randn(shape, generator=g)[mine])
+        if self.stage == 1 and s.change:  # the change from T0 to the drawn visit
+            pair = augment(torch.stack([images[idx, 0], images[idx, tp]], 1), g, mine)
+            t, noise = _noisy(model, (n_global, 1, *pair.shape[2:]), g)
+            return wrapper(pair[:, 1:2].to(device), t[mine], noise[mine], null,
+                           pair[:, :1].to(device))
+        if self.stage == 1:
+            batch = augment(images[idx, tp][:, None], g, mine)
+            t, noise = _noisy(model, (n_global, *batch.shape[1:]), g)
+            return wrapper(batch.to(device), t[mine], noise[mine], null)
+        pair = augment(torch.stack([images[idx, 0], images[idx, tp],
+                                    masks[idx, 0], masks[idx, tp]], 1), g, mine)
+        control, target = pair[:, :1].to(device), pair[:, 1:2].to(device)
+        weight = (tumour_weights(pair[:, 2:], s.tumour_weight, s.tumour_margin)
+                  .to(device) if s.tumour_weight > 0 else None)
+        keys = [(int(i), int(j)) for i, j in zip(idx[mine], tp[mine])]
+        for key in keys:
+            if key not in self.codes_cache:
+                self.codes_cache[key] = model.conditioner.tokens.encode_values(
+                    [scenario_of(self.data, *key)])[0]
+        codes = torch.stack([self.codes_cache[k] for k in keys])
+        drop = torch.rand(n_global, generator=g)[mine] < s.drop_p
+        t, noise = _noisy(model, (n_global, *target.shape[1:]), g)
+        return wrapper(control, target, codes, drop, t[mine], noise[mine], null, weight)
+
+    def _log_step(self, value: float, idx, tp, opt) -> None:
+        """One row of the loss log (main process) and of the samples log (``idx``, ``tp``:
+        what this process trained on)."""
+        if self.samples_file is not None:
+            self.samples_writer.writerow(
+                [self.stage, self.step, self.world,
+                 " ".join(self.data.ids[int(i)] for i in idx),
+                 " ".join(self.data.family.timepoint_names[int(j)] for j in tp)])
+        if self.main:
+            self.writer.writerow([self.stage, self.step, f"{value:.6f}",
+                                  f"{opt.param_groups[0]['lr']:.3g}",
+                                  f"{time.time() - self.started:.1f}"])
+
+    def _resume_extra(self) -> dict[str, Any]:
+        return {"seed": self.seed, "processes": self.processes,
+                "vae_scaling_factor": _vae_scale(self.model)}
+
+    def _checkpoint(self, total: int, stop_at: float | None, device) -> bool:
+        """Save the resume state (main process); True when the deadline stops the run here
+        (every process must stop at the same step: the deadline is agreed on)."""
+        if self.main:
+            self.log_file.flush()
+            _save_resume(self.out / "resume", self.model, self.optimizer, self.stage,
+                         self.step, self._resume_extra())
+        late = torch.tensor(float(stop_at is not None and time.time() >= stop_at))
+        if self.step < total and float(self.accelerator.reduce(late.to(device), "sum")) > 0:
+            self.stopped_at = {"stage": self.stage, "step": self.step, "of": total}
+            self.log(f"deadline reached: stopped at stage {self.stage} step {self.step} of "
+                     f"{total}; the checkpoint is saved and the same command resumes")
+            return True
+        return False
+
+    def _next_stage(self, device) -> None:
+        """After stage 0 the VAE is frozen and its latents scaled to unit spread; the next
+        stage starts at step 0 with a fresh optimizer (saved, so that a resume starts it)."""
+        model = self.model
+        if self.stage == 0:
+            model.vae.requires_grad_(False)
+            images = self.images
+            model.config["vae"]["scaling_factor"] = latent_scaling_factor(
+                model, images[:, :].reshape(-1, 1, *images.shape[2:])[:256].to(device))
+            self.log(f"VAE trained; latent scaling factor "
+                     f"{model.config['vae']['scaling_factor']:.4f}")
+        self.stage, self.step, self.optimizer = self.stage + 1, 0, None
+        if self.stage in (1, 2) and self.main:
+            _save_resume(self.out / "resume", model, self.make_optimizer(self.stage),
+                         self.stage, 0, self._resume_extra())
+
+    # --- the result ----------------------------------------------------------------------
+    def card(self, config: dict[str, Any], card: dict[str, Any] | None,
+             losses: dict[str, float]) -> dict[str, Any]:
+        """The model card: the caller's ``card`` plus how this model was trained."""
+        s, accelerator, world = self.s, self.accelerator, self.world
+        return {
+            **(card or {}),
+            "training": {**(card or {}).get("training", {}),
+                         "seed": self.seed, "stage1_steps": s.steps[1],
+                         "stage2_steps": s.steps[2],
+                         **({"vae": {"steps": s.steps[0], "kl_weight": s.kl_weight,
+                                     "learning_rate": s.lrs[0], "batch_size": s.bs[0],
+                                     "scaling_factor": _vae_scale(self.model),
+                                     "note": "diffusers AutoencoderKL trained here (stage 0): "
+                                             "L1 reconstruction + kl_weight x KL"}}
+                            if s.with_vae else {}),
+                         "batch_size": s.bs, "learning_rate": s.lrs,
+                         "cond_drop_prob": s.drop_p,
+                         "tumour_weight": s.tumour_weight, "tumour_margin": s.tumour_margin,
+                         "loss_weighting": s.weighting,
+                         **({"min_snr_gamma": s.min_snr_gamma} if s.min_snr_gamma else {}),
+                         "target": config.get("target", "image"),
+                         "pixel_fold": config.get("pixel_fold", 1),
+                         "balance": s.balance,
+                         "device": str(accelerator.device),
+                         "num_processes": world,
+                         "distributed_type": str(accelerator.distributed_type.value),
+                         "effective_batch_size": {k: v * world for k, v in s.bs.items()},
+                         "batch_size_note": "batch_size is per process; effective_batch_size "
+                                            "= batch_size x num_processes",
+                         "processes_per_run": self.processes,
+                         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                         "torch": torch.__version__, **self.timing,
+                         **({"stopped_at": self.stopped_at,
+                             "stopped_note": "stopped by its deadline before the end of "
+                                             "the schedule; resuming continues it"}
+                            if self.stopped_at else {}),
+                         "final_loss": losses},
+        }
+
+
 def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: int = 0,
           stage1_steps: int | None = None, stage2_steps: int | None = None,
           batch_size: int | None = None, checkpoint_every: int = 200, resume: bool = True,
@@ -271,270 +638,36 @@ def train(config: dict[str, Any], train_data: PairedCohort, out: Path, *, seed: 
     after it the run saves its resume state, writes the model as it stands (the card says where
     it stopped) and returns; the same call resumes it to the end."""
     from accelerate import Accelerator
-    from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tcfg = config.get("training", {})
-    s0 = {**tcfg.get("vae", {})}
-    s1 = {**tcfg.get("stage1", {})}
-    s2 = {**tcfg.get("stage2", {})}
-    with_vae = trains_vae(config) and init_from is None
-    steps = {0: int(vae_steps if vae_steps is not None else s0.get("steps", 1000))
-             if with_vae else 0,
-             1: int(stage1_steps if stage1_steps is not None else s1.get("steps", 1000)),
-             2: int(stage2_steps if stage2_steps is not None else s2.get("steps", 2000))}
-    lrs = {0: float(s0.get("lr", 1e-3)), 1: float(s1.get("lr", 5e-4)),
-           2: float(s2.get("lr", 5e-4))}
-    bs = {0: int(batch_size or s0.get("batch_size", 8)),
-          1: int(batch_size or s1.get("batch_size", 8)), 2: int(batch_size or s2.get("batch_size", 8))}
-    kl_weight = float(s0.get("kl_weight", 1e-6))
-    if not with_vae:  # the card and resume state name only the stages this run has
-        del lrs[0], bs[0]
-    drop_p = float(s2.get("cond_drop_prob", 0.1))
-    tumour_weight = float(s2.get("tumour_weight", 0.0))
-    tumour_margin = int(s2.get("tumour_margin", 2))
-    balance = s2.get("balance")
-    weighting = tcfg.get("loss_weighting") or "none"
-    min_snr_gamma = float(tcfg.get("min_snr_gamma", 5.0)) if weighting == "min_snr" else None
-    change = generates_change(config)
+    settings = _settings(config, init_from=init_from, stage1_steps=stage1_steps,
+                         stage2_steps=stage2_steps, batch_size=batch_size, vae_steps=vae_steps)
     accelerator = Accelerator(cpu=cpu)
-    world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
     if not main:
         log = lambda message: None  # noqa: E731 - one voice: the main process's
     torch.manual_seed(seed)
-    if init_from is not None:
-        model, start_card = load_checkpoint(init_from)
-        model.train()
-        _check_same_architecture(config, start_card["config"], init_from)
-        # Same network; the new run's config (training and sampling settings) describes it.
-        model.config = validate_config(config)
-        steps[1] = 0
-    else:
-        model = ControlledDiffusion(config)
-
-    def make_optimizer(stage: int):
-        # Only what the stage trains requires grad: many processes average the gradients of
-        # exactly those parameters (DistributedDataParallel expects every one to get one).
-        model.requires_grad_(False)
-        if stage == 0:
-            model.vae.requires_grad_(True)
-            params = list(model.vae.parameters())
-        elif stage == 1:
-            model.unet.requires_grad_(True)
-            params = list(model.unet.parameters())
-        else:
-            for p in model.stage2_parameters():
-                p.requires_grad_(True)
-            params = model.stage2_parameters()
-        return torch.optim.AdamW(params, lr=lrs[stage], weight_decay=0.0)
-
-    stage, step = (2 if init_from is not None else 0 if with_vae else 1), 0
-    optimizer = None
-    processes = []  # one entry per run of this training: where it started, on how many
-    if resume and (out / "resume" / STATE).exists():
-        state, optimizer = _load_resume(out / "resume", model, make_optimizer)
-        stage, step = state["stage"], state["step"]
-        if state.get("vae_scaling_factor") is not None:  # stage 0 finished earlier
-            model.config["vae"]["scaling_factor"] = state["vae_scaling_factor"]
-        processes = list(state.get("processes", []))
-        log(f"resuming stage {stage} at step {step}")
-        if processes and processes[-1]["num_processes"] != world:
-            before = processes[-1]["effective_batch_size"][str(stage)]
-            log(f"note: the checkpoint was written by {processes[-1]['num_processes']} "
-                f"process(es), this run has {world}" + (
-                    f": the effective batch size changes from {before} to {bs[stage] * world}"
-                    if before != bs[stage] * world else ""))
-    if world > 1:  # e.g. several machines, --out not on a folder they share
-        from accelerate.utils import gather_object
-
-        seen = gather_object([(stage, step)])
-        if len(set(seen)) > 1:
-            raise InputError(out / "resume", "the processes do not see the same resume state "
-                             f"(stage, step per process: {seen}); with several machines, "
-                             "--out must be a folder they all share")
-    processes.append({"stage": stage, "step": step, "num_processes": world,
-                      "effective_batch_size": {str(k): v * world for k, v in bs.items()}})
-    images = torch.from_numpy(train_data.images).float()  # (N, T, H, W)
-    masks = torch.from_numpy(train_data.masks > 0).float()
-    draw_probs = balanced_probabilities(train_data, balance) if balance else None
-    codes_cache = {}
-    n, n_t = images.shape[0], images.shape[1]
-    log_path = out / "loss_log.csv"
-    writer = log_file = samples_file = None
-    if main:
-        new_log = not log_path.exists() or step == 0 and stage == min(steps_order(steps))
-        if not new_log:  # steps logged after the checkpoint being resumed are redone
-            _trim_log(log_path, stage, step)
-        log_file = open(log_path, "w" if new_log else "a", newline="")
-        writer = csv.writer(log_file)
-        if new_log:
-            writer.writerow(["stage", "step", "loss", "lr", "seconds"])
-    if sample_log:
-        path = out / "samples" / f"rank{rank}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not path.exists() or step == 0 and stage == min(steps_order(steps))
-        if not fresh:
-            _trim_log(path, stage, step)
-        samples_file = open(path, "w" if fresh else "a", newline="")
-        samples_writer = csv.writer(samples_file)
-        if fresh:
-            samples_writer.writerow(["stage", "step", "num_processes", "patients", "times"])
-    started = time.time()
-    timing = {}
-    stopped_at = None
+    model = _start_model(config, init_from)
+    run = _Run(model, out, settings, accelerator, seed=seed, log=log,
+               from_model=init_from is not None)
+    run.resume(resume)
+    run.take_data(train_data)
+    run.open_logs(sample_log)
     try:
-        while stage <= 2 and stopped_at is None:
-            total = steps[stage]
-            if step == 0 and stage == 2 and init_from is None:
-                # The ControlNet starts as a copy of the trained base encoder (zero convs).
-                model.controlnet = build_controlnet(model.config, model.unet)
-                optimizer = None
-            if optimizer is None:
-                optimizer = make_optimizer(stage)
-            wrapper = (_Stage0(model, kl_weight) if stage == 0 else
-                       _Stage1(model, min_snr_gamma) if stage == 1 else
-                       _Stage2(model, min_snr_gamma))
-            wrapper, opt = accelerator.prepare(wrapper, optimizer)
-            device = accelerator.device
-            null = model.conditioner.null_context(bs[stage]).to(device) if stage else None
-            # Every process draws the global batch; this one trains on its slice of it.
-            n_global, mine = bs[stage] * world, slice(rank * bs[stage], (rank + 1) * bs[stage])
-            bar = tqdm(total=total, initial=step, desc=f"stage {stage}",
-                       disable=not (progress and main))
-            t_stage = time.time()
-            while step < total:
-                g = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
-                if stage == 2 and draw_probs is not None:
-                    idx = torch.multinomial(draw_probs, n_global, replacement=True,
-                                            generator=g)
-                else:
-                    idx = torch.randint(0, n, (n_global,), generator=g)
-                for group in opt.param_groups:
-                    group["lr"] = _lr_at(step, lrs[stage], min(100, total // 10 + 1), total)
-                tp = torch.randint(0, n_t, (n_global,), generator=g)
-                if stage == 0:
-                    batch = augment(images[idx, tp][:, None], g, mine)
-                    factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
-                    shape = (n_global, model.vae.config.latent_channels,
-                             batch.shape[-2] // factor, batch.shape[-1] // factor)
-                    loss = wrapper(batch.to(device), torch.randn(shape, generator=g)[mine])
-                elif stage == 1 and change:  # the change from T0 to the drawn visit
-                    pair = augment(torch.stack([images[idx, 0], images[idx, tp]], 1), g, mine)
-                    t, noise = _noisy(model, (n_global, 1, *pair.shape[2:]), g)
-                    loss = wrapper(pair[:, 1:2].to(device), t[mine], noise[mine], null,
-                                   pair[:, :1].to(device))
-                elif stage == 1:
-                    batch = augment(images[idx, tp][:, None], g, mine)
-                    t, noise = _noisy(model, (n_global, *batch.shape[1:]), g)
-                    loss = wrapper(batch.to(device), t[mine], noise[mine], null)
-                else:
-                    pair = augment(torch.stack([images[idx, 0], images[idx, tp],
-                                                masks[idx, 0], masks[idx, tp]], 1), g, mine)
-                    control, target = pair[:, :1].to(device), pair[:, 1:2].to(device)
-                    weight = (tumour_weights(pair[:, 2:], tumour_weight, tumour_margin)
-                              .to(device) if tumour_weight > 0 else None)
-                    keys = [(int(i), int(j)) for i, j in zip(idx[mine], tp[mine])]
-                    for key in keys:
-                        if key not in codes_cache:
-                            codes_cache[key] = model.conditioner.tokens.encode_values(
-                                [scenario_of(train_data, *key)])[0]
-                    codes = torch.stack([codes_cache[k] for k in keys])
-                    drop = torch.rand(n_global, generator=g)[mine] < drop_p
-                    t, noise = _noisy(model, (n_global, *target.shape[1:]), g)
-                    loss = wrapper(control, target, codes, drop, t[mine], noise[mine], null,
-                                   weight)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]], 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                # the loss of the global batch (one value for every process)
-                value = float(accelerator.reduce(loss.detach(), "mean"))
-                if samples_file is not None:
-                    samples_writer.writerow(
-                        [stage, step, world, " ".join(train_data.ids[int(i)] for i in idx[mine]),
-                         " ".join(train_data.family.timepoint_names[int(j)] for j in tp[mine])])
-                if main:
-                    writer.writerow([stage, step, f"{value:.6f}",
-                                     f"{opt.param_groups[0]['lr']:.3g}",
-                                     f"{time.time() - started:.1f}"])
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}")
-                if step % checkpoint_every == 0 or step == total:
-                    if main:
-                        log_file.flush()
-                        _save_resume(out / "resume", model, optimizer, stage, step,
-                                     {"seed": seed, "processes": processes,
-                                      "vae_scaling_factor": _vae_scale(model)})
-                    # every process must stop at the same step: the deadline is agreed on
-                    late = torch.tensor(float(stop_at is not None and time.time() >= stop_at))
-                    if step < total and float(accelerator.reduce(late.to(device), "sum")) > 0:
-                        stopped_at = {"stage": stage, "step": step, "of": total}
-                        log(f"deadline reached: stopped at stage {stage} step {step} of "
-                            f"{total}; the checkpoint is saved and the same command resumes")
-                        break
-            bar.close()
-            if stopped_at is not None:
-                break
-            timing[f"stage{stage}_seconds_this_run"] = round(time.time() - t_stage, 1)
-            if stage == 0:  # the VAE is trained: freeze it, scale its latents to unit spread
-                model.vae.requires_grad_(False)
-                model.config["vae"]["scaling_factor"] = latent_scaling_factor(
-                    model, images[:, :].reshape(-1, 1, *images.shape[2:])[:256].to(device))
-                log(f"VAE trained; latent scaling factor "
-                    f"{model.config['vae']['scaling_factor']:.4f}")
-            stage, step, optimizer = stage + 1, 0, None
-            if stage in (1, 2) and main:
-                _save_resume(out / "resume", model, make_optimizer(stage), stage, 0,
-                             {"seed": seed, "processes": processes,
-                              "vae_scaling_factor": _vae_scale(model)})
+        while run.stage <= 2 and run.stopped_at is None:
+            run.train_stage(checkpoint_every, stop_at, progress)
     finally:
-        for handle in (log_file, samples_file):
-            if handle is not None:
-                handle.close()
+        run.close_logs()
     model_dir = out / "model"
-    if stopped_at is not None and stopped_at["stage"] < 2:
+    if run.stopped_at is not None and run.stopped_at["stage"] < 2:
         # before stage 2 there is no ControlNet to write: the checkpoint is the whole result
         log("no model written before stage 2; run the same command again to continue")
         accelerator.wait_for_everyone()
         return out / "resume"
     if main:
-        losses = _plot_losses(log_path, out / "loss_curve.png")
-        full_card = {
-            **(card or {}),
-            "training": {**(card or {}).get("training", {}),
-                         "seed": seed, "stage1_steps": steps[1], "stage2_steps": steps[2],
-                         **({"vae": {"steps": steps[0], "kl_weight": kl_weight,
-                                     "learning_rate": lrs[0], "batch_size": bs[0],
-                                     "scaling_factor": _vae_scale(model),
-                                     "note": "diffusers AutoencoderKL trained here (stage 0): "
-                                             "L1 reconstruction + kl_weight x KL"}}
-                            if with_vae else {}),
-                         "batch_size": bs, "learning_rate": lrs, "cond_drop_prob": drop_p,
-                         "tumour_weight": tumour_weight, "tumour_margin": tumour_margin,
-                         "loss_weighting": weighting,
-                         **({"min_snr_gamma": min_snr_gamma} if min_snr_gamma else {}),
-                         "target": config.get("target", "image"),
-                         "pixel_fold": config.get("pixel_fold", 1),
-                         "balance": balance,
-                         "device": str(accelerator.device),
-                         "num_processes": world,
-                         "distributed_type": str(accelerator.distributed_type.value),
-                         "effective_batch_size": {k: v * world for k, v in bs.items()},
-                         "batch_size_note": "batch_size is per process; effective_batch_size "
-                                            "= batch_size x num_processes",
-                         "processes_per_run": processes,
-                         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                         "torch": torch.__version__, **timing,
-                         **({"stopped_at": stopped_at,
-                             "stopped_note": "stopped by its deadline before the end of "
-                                             "the schedule; resuming continues it"}
-                            if stopped_at else {}),
-                         "final_loss": losses},
-        }
-        save_checkpoint(model.to("cpu"), model_dir, full_card)
+        losses = _plot_losses(run.log_path, out / "loss_curve.png")
+        save_checkpoint(model.to("cpu"), model_dir, run.card(config, card, losses))
     accelerator.wait_for_everyone()  # every process returns once the model is written
     return model_dir
 
