@@ -203,146 +203,175 @@ def _plot(log_path: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import torch
-    from accelerate import Accelerator
 
-    from napari_nacsim.families import get_family
-    from napari_nacsim.science.generative.data import split_ids
-    from napari_nacsim.science.generative.immunodiff import training as T
-    from napari_nacsim.science.generative.immunodiff.checkpoint import save_checkpoint
-    from napari_nacsim.science.generative.immunodiff.config import load_config
-    from napari_nacsim.science.generative.immunodiff.network import ImmunoDiff
+class _Run:
+    """One command: the config and its settings, the model, the data of each stage, the
+    loss log and the progress record that the resume state holds. Its methods are the
+    command's parts, in order: `resume`, `open_log`, `train_stage` per stage (its data from
+    `data_for`), `close_log`, `write_model` (with `card`)."""
 
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGE_NAMES]
-    if unknown:
-        raise SystemExit(f"--stages: unknown stage {unknown[0]!r} ({', '.join(STAGE_NAMES)})")
-    cfg = load_config(args.config)
-    tr = cfg["training"]
-    steps = {**tr["steps"], **_pairs(args.steps, "--steps", int)}
-    minutes = _pairs(args.minutes, "--minutes", float)
-    seed = tr["seed"] if args.seed is None else args.seed
-    batch = args.batch_size or tr["batch_size"]
-    lr = args.lr or tr["lr"]
-    family = get_family(cfg["family"])
-    accelerator = Accelerator(cpu=args.device == "cpu")
-    # Many processes: each trains on its share of every batch; only the main one writes.
-    main, world = accelerator.is_main_process, accelerator.num_processes
-    args.main_process = main
-    out, state_dir = args.out, args.out / "state"
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "loss_log.csv"
+    def __init__(self, args, argv: list[str] | None):
+        """Set up: the config and the command's overrides, the processes, a new model."""
+        import torch
+        from accelerate import Accelerator
 
-    torch.manual_seed(seed)
-    model = ImmunoDiff(cfg, family.schema)
-    progress = {"done": [], "stage": None, "step": 0, "seconds": {}, "steps_done": {}}
-    if args.init_from is not None:
-        progress["initialised_from"] = _init_from(model, args.init_from)
-    if (state_dir / "progress.json").exists() and not args.no_resume:
-        progress = _load_state(model, state_dir)
-        if main:
-            print(f"resuming from {state_dir}: done {progress['done']}, "
-                  f"{progress['stage']} at step {progress['step']}", flush=True)
-    elif log_path.exists() and main:
-        log_path.unlink()
-    if world > 1:  # e.g. several machines, --out not on a folder they share
-        from accelerate.utils import gather_object
+        from napari_nacsim.families import get_family
+        from napari_nacsim.science.generative.immunodiff.config import load_config
+        from napari_nacsim.science.generative.immunodiff.network import ImmunoDiff
 
-        seen = gather_object([(tuple(progress["done"]), progress["stage"], progress["step"])])
-        if len(set(seen)) > 1:
-            raise SystemExit(f"{state_dir}: the processes do not see the same resume state "
-                             f"({seen}); with several machines, --out must be a folder "
-                             "they all share")
-    progress.setdefault("processes", []).append(
-        {"done": list(progress["done"]), "stage": progress["stage"], "step": progress["step"],
-         "num_processes": world, "effective_batch_size": batch * world})
+        self.args, self.argv = args, argv
+        self.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        unknown = [s for s in self.stages if s not in STAGE_NAMES]
+        if unknown:
+            raise SystemExit(f"--stages: unknown stage {unknown[0]!r} "
+                             f"({', '.join(STAGE_NAMES)})")
+        self.cfg = load_config(args.config)
+        self.tr = tr = self.cfg["training"]
+        self.steps = {**tr["steps"], **_pairs(args.steps, "--steps", int)}
+        self.minutes = _pairs(args.minutes, "--minutes", float)
+        self.seed = tr["seed"] if args.seed is None else args.seed
+        self.batch = args.batch_size or tr["batch_size"]
+        self.lr = args.lr or tr["lr"]
+        self.family = get_family(self.cfg["family"])
+        self.accelerator = Accelerator(cpu=args.device == "cpu")
+        # Many processes: each trains on its share of every batch; only the main one writes.
+        self.main, self.world = self.accelerator.is_main_process, self.accelerator.num_processes
+        args.main_process = self.main
+        self.out, self.state_dir = args.out, args.out / "state"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.out / "loss_log.csv"
 
-    data_info, split, loaded = {}, {}, {}
+        torch.manual_seed(self.seed)
+        self.model = ImmunoDiff(self.cfg, self.family.schema)
+        self.progress = {"done": [], "stage": None, "step": 0, "seconds": {},
+                         "steps_done": {}}
+        self.data_info, self.split, self.loaded = {}, {}, {}
+        self.log_file = self.writer = None
 
-    data_info.update(progress.get("data", {}))
-    split.update(progress.get("split", {}))
+    def resume(self) -> None:
+        """Start from ``--init-from``'s weights, then from the resume state (which wins);
+        refuse processes that see different states; record this run's start."""
+        args, progress, state_dir = self.args, self.progress, self.state_dir
+        if args.init_from is not None:
+            progress["initialised_from"] = _init_from(self.model, args.init_from)
+        if (state_dir / "progress.json").exists() and not args.no_resume:
+            progress = self.progress = _load_state(self.model, state_dir)
+            if self.main:
+                print(f"resuming from {state_dir}: done {progress['done']}, "
+                      f"{progress['stage']} at step {progress['step']}", flush=True)
+        elif self.log_path.exists() and self.main:
+            self.log_path.unlink()
+        if self.world > 1:  # e.g. several machines, --out not on a folder they share
+            from accelerate.utils import gather_object
 
-    def data_for(stage):
+            seen = gather_object([(tuple(progress["done"]), progress["stage"],
+                                   progress["step"])])
+            if len(set(seen)) > 1:
+                raise SystemExit(f"{state_dir}: the processes do not see the same resume "
+                                 f"state ({seen}); with several machines, --out must be a "
+                                 "folder they all share")
+        progress.setdefault("processes", []).append(
+            {"done": list(progress["done"]), "stage": progress["stage"],
+             "step": progress["step"], "num_processes": self.world,
+             "effective_batch_size": self.batch * self.world})
+        self.data_info.update(progress.get("data", {}))
+        self.split.update(progress.get("split", {}))
+
+    def data_for(self, stage: str):
         """The stage's data, loaded when the stage starts (so that with --use-cached a later
-        stage sees the records cached meanwhile)."""
+        stage sees the records cached meanwhile); the paired set is split into train and
+        validation patients (``split.json``)."""
+        from napari_nacsim.science.generative.data import split_ids
+        from napari_nacsim.science.generative.immunodiff import training as T
+
+        args, cfg, loaded = self.args, self.cfg, self.loaded
         kind = T.stage_data(cfg, stage)
         if kind in loaded and not args.use_cached:
             return loaded[kind]
-        records, cseed, folder = _records(args, family, cfg, paired=kind == "paired")
+        records, cseed, folder = _records(args, self.family, cfg, paired=kind == "paired")
         if kind == "unpaired":
             loaded[kind] = T.CropSet(records, paired=False)
-            data_info.setdefault("unpaired", {}).update(
+            self.data_info.setdefault("unpaired", {}).update(
                 {"cohort_seed": cseed, "folder": str(folder),
                  "alignment": "none (each visit cut with the baseline tumour's box)"})
-            data_info["unpaired"][f"patients_{stage}"] = len(records)
+            self.data_info["unpaired"][f"patients_{stage}"] = len(records)
         else:
             patients = sorted({r["meta"]["index"] for r in records})
-            train_ids, validation = split_ids(patients, float(tr["validation_share"]), seed,
-                                              at_least_one=False,
+            train_ids, validation = split_ids(patients, float(self.tr["validation_share"]),
+                                              self.seed, at_least_one=False,
                                               field="training.validation_share")
-            split.update({"train": train_ids, "validation": validation})
-            train = [r for r in records if r["meta"]["index"] in set(split["train"])]
+            self.split.update({"train": train_ids, "validation": validation})
+            train = [r for r in records if r["meta"]["index"] in set(self.split["train"])]
             loaded[kind] = T.CropSet(train, paired=True)
             flipped = sum(1 for r in train if r["meta"].get("flipped_outcome"))
-            data_info["paired"] = {"cohort_seed": cseed, "patients": len(patients),
-                                   "train": len(split["train"]), "records": len(records),
-                                   "train_records": len(train),
-                                   "flipped_outcome_records": flipped,
-                                   "folder": str(folder),
-                                   "alignment": records[0]["meta"].get("align", "ants")}
-            if main:
-                (out / "split.json").write_text(json.dumps({"cohort_seed": cseed,
-                                                            "seed": seed, **split}, indent=1))
+            self.data_info["paired"] = {"cohort_seed": cseed, "patients": len(patients),
+                                        "train": len(self.split["train"]),
+                                        "records": len(records), "train_records": len(train),
+                                        "flipped_outcome_records": flipped,
+                                        "folder": str(folder),
+                                        "alignment": records[0]["meta"].get("align", "ants")}
+            if self.main:
+                (self.out / "split.json").write_text(json.dumps(
+                    {"cohort_seed": cseed, "seed": self.seed, **self.split}, indent=1))
         return loaded[kind]
 
-    log_file = writer = None
-    if main:
-        log_new = not log_path.exists()
-        log_file = log_path.open("a", newline="")
-        writer = csv.writer(log_file)
-        if log_new:
-            writer.writerow(["stage", "step", "loss", "seconds"])
+    def open_log(self) -> None:
+        if self.main:
+            log_new = not self.log_path.exists()
+            self.log_file = self.log_path.open("a", newline="")
+            self.writer = csv.writer(self.log_file)
+            if log_new:
+                self.writer.writerow(["stage", "step", "loss", "seconds"])
 
-    for stage in stages:
-        if stage in progress["done"]:
-            continue
+    def close_log(self) -> None:
+        if self.main:
+            self.log_file.close()
+            _plot(self.log_path, self.out / "loss_curve.png")
+
+    def train_stage(self, stage: str) -> None:
+        """One stage from where the progress says it stands: its optimizer (resumed when
+        the state holds one), its data, the steps (saving every ``--save-every`` steps or
+        ``--save-minutes``, stopping after ``--minutes``), then the stage marked done."""
+        import torch
+
+        from napari_nacsim.science.generative.immunodiff import training as T
+
+        args, model, progress, state_dir = self.args, self.model, self.progress, self.state_dir
         params = T.trainable(model, stage)
         if stage == "control" and progress["stage"] != "control":
             model.init_controlnet_from_unet()
-        optimizer = torch.optim.Adam(params, lr=lr)
+        optimizer = torch.optim.Adam(params, lr=self.lr)
         start = 0
         if progress["stage"] == stage and (state_dir / "optimizer.pt").exists():
             optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
             start = int(progress["step"])
-        model.to(accelerator.device)
+        model.to(self.accelerator.device)
         # Not wrapped in DistributedDataParallel: the stage losses call the model's parts,
         # and run_stage averages the gradients over the processes itself.
-        optimizer_p = accelerator.prepare(optimizer)
-        with accelerator.local_main_process_first():  # one process per machine draws records
-            data = data_for(stage)
-        total = int(steps[stage])
+        optimizer_p = self.accelerator.prepare(optimizer)
+        with self.accelerator.local_main_process_first():  # one process per machine draws
+            data = self.data_for(stage)
+        total = int(self.steps[stage])
         bar = _bar(args, total, stage, start)
         began = time.perf_counter()
-        spent_before = float(progress["seconds"].get(stage, 0.0))
+        spent = float(progress["seconds"].get(stage, 0.0))
         last_save = [time.perf_counter()]
-        limit = minutes.get(stage)
+        limit = self.minutes.get(stage)
 
-        def save(step, stage=stage, optimizer=optimizer, began=began, spent=spent_before):
+        def save(step):
             progress.update(stage=stage, step=step)
             progress["seconds"][stage] = round(spent + time.perf_counter() - began, 1)
             progress["steps_done"][stage] = step
-            progress["data"], progress["split"] = data_info, split
-            if main:
+            progress["data"], progress["split"] = self.data_info, self.split
+            if self.main:
                 _save_state(model, optimizer, state_dir, progress)
-                log_file.flush()
+                self.log_file.flush()
             last_save[0] = time.perf_counter()
 
-        def on_step(step, loss, stage=stage, bar=bar, began=began, spent=spent_before):
-            if writer is not None:
-                writer.writerow([stage, step, f"{loss:.6g}",
-                                 round(spent + time.perf_counter() - began, 2)])
+        def on_step(step, loss):
+            if self.writer is not None:
+                self.writer.writerow([stage, step, f"{loss:.6g}",
+                                      round(spent + time.perf_counter() - began, 2)])
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
@@ -350,54 +379,78 @@ def main(argv: list[str] | None = None) -> int:
                     time.perf_counter() - last_save[0] > 60 * args.save_minutes:
                 save(step)
 
-        def should_stop(began=began, spent=spent_before, limit=limit):
+        def should_stop():
             return limit is not None and spent + time.perf_counter() - began > 60 * limit
 
         step = T.run_stage(model, stage, data, steps=total, start=start, optimizer=optimizer_p,
-                           seed=seed, batch=batch, on_step=on_step, accelerator=accelerator,
-                           should_stop=should_stop)
+                           seed=self.seed, batch=self.batch, on_step=on_step,
+                           accelerator=self.accelerator, should_stop=should_stop)
         if bar:
             bar.close()
         progress["done"].append(stage)
         save(step)
         progress.update(stage=None, step=0)
-        if main:
+        if self.main:  # the next stage starts with a fresh optimizer
             (state_dir / "optimizer.pt").unlink(missing_ok=True)
             _save_state(model, None, state_dir, progress)
-        del optimizer_p
-    if main:
-        log_file.close()
-        _plot(log_path, out / "loss_curve.png")
 
-    launcher = (f"accelerate launch --num_processes {world}" if world > 1 else "python")
-    command = launcher + " " + " ".join(shlex.quote(a) for a in
-                                        ["training/train_lung.py", *(argv if argv is not None
-                                                                     else sys.argv[1:])])
-    card = {"title": f"ImmunoDiff {cfg['name']} (synthetic lung phantoms)",
-            "training": {"command": command, "stages": progress["done"],
-                         "initialised_from": progress.get("initialised_from"),
-                         "steps_done": progress["steps_done"],
-                         "seconds": progress["seconds"], "batch_size": batch, "lr": lr,
-                         "num_processes": world,
-                         "distributed_type": str(accelerator.distributed_type.value),
-                         "effective_batch_size": batch * world,
-                         "batch_size_note": "batch_size is per process; effective_batch_size "
-                                            "= batch_size x num_processes",
-                         "processes_per_run": progress["processes"],
-                         "optimizer": "Adam", "seed": seed, "data": data_info,
-                         "split": split, "machine": {
-                             "platform": platform.platform(), "processor": platform.processor(),
-                             "device": str(accelerator.device),
-                             "torch_threads": torch.get_num_threads(),
-                             "gpu": torch.cuda.get_device_name(0)
-                             if torch.cuda.is_available() else None}},
-            "training_data": family.training_data, "normalisation": family.normalisation,
-            "intended_use": "research demonstration on synthetic phantoms; output is "
-                            "synthetic, never a measurement"}
-    if main:
-        save_checkpoint(model, out / "model", card)
-        print(f"model written to {out / 'model'} ({world} process(es))", flush=True)
-    accelerator.wait_for_everyone()  # every process returns once the model is written
+    def card(self) -> dict:
+        """The model card: this command, the stages, data, split and machine."""
+        import torch
+
+        progress, accelerator, world = self.progress, self.accelerator, self.world
+        launcher = (f"accelerate launch --num_processes {world}" if world > 1 else "python")
+        command = launcher + " " + " ".join(shlex.quote(a) for a in [
+            "training/train_lung.py", *(self.argv if self.argv is not None else sys.argv[1:])])
+        return {"title": f"ImmunoDiff {self.cfg['name']} (synthetic lung phantoms)",
+                "training": {"command": command, "stages": progress["done"],
+                             "initialised_from": progress.get("initialised_from"),
+                             "steps_done": progress["steps_done"],
+                             "seconds": progress["seconds"], "batch_size": self.batch,
+                             "lr": self.lr, "num_processes": world,
+                             "distributed_type": str(accelerator.distributed_type.value),
+                             "effective_batch_size": self.batch * world,
+                             "batch_size_note": "batch_size is per process; "
+                                                "effective_batch_size = batch_size x "
+                                                "num_processes",
+                             "processes_per_run": progress["processes"],
+                             "optimizer": "Adam", "seed": self.seed, "data": self.data_info,
+                             "split": self.split, "machine": {
+                                 "platform": platform.platform(),
+                                 "processor": platform.processor(),
+                                 "device": str(accelerator.device),
+                                 "torch_threads": torch.get_num_threads(),
+                                 "gpu": torch.cuda.get_device_name(0)
+                                 if torch.cuda.is_available() else None}},
+                "training_data": self.family.training_data,
+                "normalisation": self.family.normalisation,
+                "intended_use": "research demonstration on synthetic phantoms; output is "
+                                "synthetic, never a measurement"}
+
+    def write_model(self) -> None:
+        from napari_nacsim.science.generative.immunodiff.checkpoint import save_checkpoint
+
+        card = self.card()
+        if self.main:
+            save_checkpoint(self.model, self.out / "model", card)
+            print(f"model written to {self.out / 'model'} ({self.world} process(es))",
+                  flush=True)
+        self.accelerator.wait_for_everyone()  # every process returns once the model is written
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _run(build_parser().parse_args(argv), argv)
+
+
+def _run(args, argv: list[str] | None) -> int:
+    run = _Run(args, argv)
+    run.resume()
+    run.open_log()
+    for stage in run.stages:
+        if stage not in run.progress["done"]:
+            run.train_stage(stage)
+    run.close_log()
+    run.write_model()
     return 0
 
 
