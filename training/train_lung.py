@@ -154,16 +154,20 @@ def _bar(args, total: int, desc: str, initial: int = 0):
 
 
 def _save_state(model, optimizer, state_dir: Path, progress: dict) -> None:
+    """The resume state: weights, optimizer (while a stage runs) and progress, written as one
+    folder that replaces the previous one whole (as the breast training's), so a save that
+    fails midway (a full disk) leaves the previous state, never new weights under an old
+    step."""
     import torch
 
-    from napari_nacsim.core.atomic import atomic_path, write_json_atomic
+    from napari_nacsim.core.atomic import atomic_directory, write_json_atomic
     from napari_nacsim.science.generative.weights import save_components
 
-    save_components(model.components(), state_dir)
-    if optimizer is not None:
-        with atomic_path(state_dir / "optimizer.pt") as tmp:
-            torch.save(optimizer.state_dict(), tmp)
-    write_json_atomic(state_dir / "progress.json", progress)
+    with atomic_directory(state_dir) as staging:
+        save_components(model.components(), staging)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        write_json_atomic(staging / "progress.json", progress)
 
 
 def _load_state(model, state_dir: Path) -> dict:
@@ -391,7 +395,6 @@ class _Run:
         save(step)
         progress.update(stage=None, step=0)
         if self.main:  # the next stage starts with a fresh optimizer
-            (state_dir / "optimizer.pt").unlink(missing_ok=True)
             _save_state(model, None, state_dir, progress)
 
     def card(self) -> dict:
@@ -439,7 +442,19 @@ class _Run:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _run(build_parser().parse_args(argv), argv)
+    from napari_nacsim.core.errors import InputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args, argv)
+    except InputError as err:
+        print(f"train_lung: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk or quota while saving: the last state is whole
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"train_lung: error: {where}{err.strerror or err} (the last saved state is "
+              "intact: run the same command again to resume)", file=sys.stderr)
+        return 1
 
 
 def _run(args, argv: list[str] | None) -> int:
