@@ -9,8 +9,9 @@ One concept per module:
 - `tokens`      clinical values -> one token per variable (missing values: own embedding)
 - `cbi_adapter` the clinical/blood/immunotherapy adapter (Q, K, V per group, RoPE, attention)
 - `network`     the whole model: VL encoders, base denoiser, anatomy ControlNet, adapter
-- `sampling`    generating post-treatment crops (few-step and long samplers)
-- `checkpoint`  safetensors + model card (sha256 of every file)
-- `training`    the four stages (vl, base, control, adapter): losses and the loop
+- `sampling`    generating post-treatment crops (the samplers of `generative.samplers`)
+- `checkpoint`  safetensors + model card (sha256 of every file; `generative.weights`)
+- `training`    the four stages (vl, base, control, adapter) and the loop (the diffusion
+                losses are `generative.losses`, shared with the breast model)
 - `data`        phantom records (paired through the family, unpaired for pre-training)
 """
