@@ -24,6 +24,7 @@ Three measurements:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -87,9 +88,13 @@ def review_throughput(n: int, steps: int, work: Path) -> dict:
                 100.0 * (one["wall_s"] - here["wall_s"]) / here["wall_s"], 1)}
 
 
+@dataclasses.dataclass(frozen=True)
 class NoopSpec(JobSpec):
-    """Scheduling only: no models, no outputs."""
+    """Scheduling only: no models, no outputs (the family and model folder are the job's, for
+    the run record the runner writes)."""
 
+    family: str = "breast"
+    model_dir: str = ""
     kind = "dry-run"
 
 
@@ -108,7 +113,7 @@ def dry_run(rows: int, workers: int, work: Path) -> dict:
     big.write_text(json.dumps(payload))
     start = time.perf_counter()
     job = ReviewJob(big, steps=1)
-    job.spec = NoopSpec()
+    job.spec = NoopSpec(family=job.spec.family, model_dir=job.spec.model_dir)
     load_s = time.perf_counter() - start
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       host="127.0.0.1", dashboard_address=None) as cluster, \
@@ -156,9 +161,11 @@ def main() -> int:
         efficiency = 1.0
         if args.review:
             results["review"] = review_throughput(args.review, args.steps, work)
+            print(json.dumps({"review": results["review"]}), flush=True)
             efficiency = results["review"]["speedup_2_vs_1_after_start"] / 2
         if args.dry_run:
             results["dry_run"] = dry_run(args.dry_run, args.dry_workers, work)
+            print(json.dumps({"dry_run": results["dry_run"]}), flush=True)
         if args.lung:
             results["lung"] = lung_projection(args.lung, work, efficiency)
     finally:
