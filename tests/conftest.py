@@ -61,3 +61,15 @@ def dicom_folder(tmp_path, volume):
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(sl)
     return folder
+
+
+@pytest.fixture
+def told(monkeypatch):
+    """The napari notifications shown during a test, as (kind, text)."""
+    import napari.utils.notifications as notifications
+
+    messages: list[tuple[str, str]] = []
+    for kind in ("error", "warning", "info"):
+        monkeypatch.setattr(notifications, f"show_{kind}",
+                            lambda m, kind=kind: messages.append((kind, m)))
+    return messages

@@ -24,17 +24,6 @@ from napari_nacsim.plugin.reader import NULL_LAYER, get_reader  # noqa: E402
 from napari_nacsim.science.measure import measure_tumour  # noqa: E402
 
 
-@pytest.fixture
-def told(monkeypatch):
-    import napari.utils.notifications as notifications
-
-    messages: list[tuple[str, str]] = []
-    for kind in ("error", "warning", "info"):
-        monkeypatch.setattr(notifications, f"show_{kind}",
-                            lambda m, kind=kind: messages.append((kind, m)))
-    return messages
-
-
 @pytest.fixture(scope="module")
 def lung(tmp_path_factory):
     result = lung_result()

@@ -50,18 +50,6 @@ def drop_attribute(folder, keyword: str) -> None:
         ds.save_as(path)
 
 
-@pytest.fixture
-def told(monkeypatch):
-    """The notifications shown, as (kind, text)."""
-    import napari.utils.notifications as notifications
-
-    messages: list[tuple[str, str]] = []
-    for kind in ("error", "warning", "info"):
-        monkeypatch.setattr(notifications, f"show_{kind}",
-                            lambda m, kind=kind: messages.append((kind, m)))
-    return messages
-
-
 def _save_with_button(qtbot, widget, monkeypatch, folder, told) -> tuple[str, str]:
     """Click Save with the folder dialog answering ``folder``; the notification that
     follows once the worker has written (or failed)."""
