@@ -180,6 +180,32 @@ def test_balanced_draws_give_each_outcome_half_of_the_batches():
         balanced_probabilities(cohort, "size")
 
 
+def test_time_weights_draw_the_weighted_visit_more_often_and_bad_weights_are_refused(
+        tmp_path, cohort):
+    from napari_nacsim.core.errors import InputError
+    from napari_nacsim.science.generative.train import time_probabilities
+
+    names = cohort.family.timepoint_names
+    probs = time_probabilities([1, 2, 1], names)
+    assert torch.allclose(probs, torch.tensor([0.25, 0.5, 0.25], dtype=probs.dtype))
+    assert time_probabilities(None, names) is None
+    for bad, why in [([1, 2], "2 weight"), ([1, -1, 1], "not negative"), ([0, 0, 0], "all zero"),
+                     (["a", 1, 1], "not a list of numbers")]:
+        with pytest.raises(InputError, match=why):
+            time_probabilities(bad, names)
+    # in training: stage 2 draws only the weighted visit; stage 1 stays uniform
+    config = micro_config()
+    config["training"]["stage2"]["time_weights"] = [0, 1, 0]
+    folder = train(config, cohort, tmp_path / "t1", seed=0, stage1_steps=3, stage2_steps=3,
+                   batch_size=4, progress=False, sample_log=True)
+    rows = list(csv.DictReader(open(tmp_path / "t1" / "samples" / "rank0.csv")))
+    drawn = {stage: {t for r in rows if r["stage"] == stage for t in r["times"].split()}
+             for stage in ("1", "2")}
+    assert drawn["2"] == {names[1]} and len(drawn["1"]) > 1
+    _, card = load_checkpoint(folder)
+    assert card["training"]["time_weights"] == [0, 1, 0]
+
+
 def test_stage_2_continues_from_a_trained_model_with_the_weighted_loss(tmp_path, cohort):
     start = train(micro_config(), cohort, tmp_path / "start", seed=0, stage1_steps=2,
                   stage2_steps=2, batch_size=2, progress=False)

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balance", default=None, metavar="VARIABLE",
                    help="draw every value of this conditioning variable (e.g. pCR) equally "
                         "often in stage 2; 'none' turns a config's balancing off")
+    p.add_argument("--time-weights", default=None, metavar="W0,W1,...",
+                   help="relative weights of the target time points drawn in stage 2 (one "
+                        "per time point, e.g. 1,2,1 draws breast T1 half the time); "
+                        "default: the config's, else uniform")
     p.add_argument("--cache", type=Path, default=Path("artifacts/breast_cache"),
                    help="prepared-patient cache folder")
     p.add_argument("--jobs", type=int, default=1, help="processes preparing patients")
@@ -91,6 +95,7 @@ def _run(args, argv: list[str] | None) -> int:
     from accelerate import PartialState
 
     from napari_nacsim.core.atomic import write_json_atomic
+    from napari_nacsim.core.errors import InputError
     from napari_nacsim.science.generative.config import load_config
     from napari_nacsim.families import get_family
     from napari_nacsim.datasets.paired import phantom_cohort, phantom_ids
@@ -108,6 +113,12 @@ def _run(args, argv: list[str] | None) -> int:
         stage2["tumour_margin"] = args.tumour_margin
     if args.balance is not None:
         stage2["balance"] = None if args.balance.lower() == "none" else args.balance
+    if args.time_weights is not None:
+        try:
+            stage2["time_weights"] = [float(v) for v in args.time_weights.split(",")]
+        except ValueError:
+            raise InputError("--time-weights", f"{args.time_weights!r} is not a comma-separated "
+                                               "list of numbers") from None
     family = get_family(config["family"])  # the family's phantoms and preprocessing
     test_fraction = args.test_fraction or config.get("training", {}).get("test_fraction", 0.2)
     ids = phantom_ids(family, args.cohort_seed, args.patients)

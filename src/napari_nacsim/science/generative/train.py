@@ -19,7 +19,10 @@ Two stage-2 options exist because the clinical effect is small in pixels (config
 T0 and target masks, grown by ``tumour_margin`` pixels) so that a tumour of a few pixels is
 not drowned by the rest of the image, and ``balance`` names a conditioning variable (breast:
 ``pCR``) whose values are drawn equally often, so a minority outcome is seen as often as the
-majority. Stage 2 can also start from a trained model (``init_from``), which skips stage 1.
+majority. ``time_weights`` (one relative weight per time point, e.g. ``[1, 2, 1]``) draws the
+target visits of stage 2 unequally, for a time point whose effect the model has learnt worst
+(breast T1, where the response is half-way). Stage 2 can also start from a trained model
+(``init_from``), which skips stage 1.
 
 A model that generates the change (config ``target: change``) learns, in both stages, the
 encoding of the target visit minus that of the pre-treatment image (stage 1: unconditional
@@ -48,7 +51,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -208,6 +211,26 @@ def balanced_probabilities(cohort: PairedCohort, variable: str) -> torch.Tensor:
     return probs / probs.sum()
 
 
+def time_probabilities(weights: Sequence[float] | None, timepoints: Sequence[str]
+                       ) -> torch.Tensor | None:
+    """Draw probabilities of the target time points from relative ``weights`` (one per time
+    point; None: uniform draws, ``torch.randint`` as before)."""
+    if weights is None:
+        return None
+    field = "training.stage2.time_weights"
+    try:
+        w = [float(v) for v in weights]
+    except (TypeError, ValueError):
+        raise InputError(field, f"{weights!r} is not a list of numbers") from None
+    if len(w) != len(timepoints):
+        raise InputError(field, f"{len(w)} weight(s) given for {len(timepoints)} time points "
+                                f"({', '.join(timepoints)})")
+    if any(not math.isfinite(v) or v < 0 for v in w) or sum(w) <= 0:
+        raise InputError(field, f"{w} must be finite, not negative, and not all zero")
+    probs = torch.tensor(w, dtype=torch.float64)
+    return probs / probs.sum()
+
+
 def _save_resume(folder: Path, model: ControlledDiffusion, optimizer, stage: int, step: int,
                  extra: dict) -> None:
     from safetensors.torch import save_file
@@ -265,6 +288,7 @@ class _Settings:
     tumour_weight: float
     tumour_margin: int
     balance: str | None
+    time_weights: list[float] | None
     weighting: str
     min_snr_gamma: float | None
     with_vae: bool
@@ -297,7 +321,7 @@ def _settings(config: dict[str, Any], *, init_from: Path | None, stage1_steps: i
         drop_p=float(s2.get("cond_drop_prob", 0.1)),
         tumour_weight=float(s2.get("tumour_weight", 0.0)),
         tumour_margin=int(s2.get("tumour_margin", 2)), balance=s2.get("balance"),
-        weighting=weighting,
+        time_weights=s2.get("time_weights"), weighting=weighting,
         min_snr_gamma=float(tcfg.get("min_snr_gamma", 5.0)) if weighting == "min_snr" else None,
         with_vae=with_vae, change=generates_change(config))
 
@@ -394,6 +418,7 @@ class _Run:
         self.masks = torch.from_numpy(data.masks > 0).float()
         self.draw_probs = balanced_probabilities(data, self.s.balance) if self.s.balance \
             else None
+        self.time_probs = time_probabilities(self.s.time_weights, data.family.timepoint_names)
         self.codes_cache: dict[tuple[int, int], torch.Tensor] = {}
         self.n, self.n_t = self.images.shape[0], self.images.shape[1]
 
@@ -489,7 +514,10 @@ class _Run:
             idx = torch.multinomial(self.draw_probs, n_global, replacement=True, generator=g)
         else:
             idx = torch.randint(0, self.n, (n_global,), generator=g)
-        tp = torch.randint(0, self.n_t, (n_global,), generator=g)
+        if self.stage == 2 and self.time_probs is not None:
+            tp = torch.multinomial(self.time_probs, n_global, replacement=True, generator=g)
+        else:
+            tp = torch.randint(0, self.n_t, (n_global,), generator=g)
         return g, idx, tp
 
     def _loss(self, wrapper, g, idx, tp, null, n_global: int, mine: slice, device):
@@ -600,6 +628,7 @@ class _Run:
                          "target": config.get("target", "image"),
                          "pixel_fold": config.get("pixel_fold", 1),
                          "balance": s.balance,
+                         **({"time_weights": s.time_weights} if s.time_weights else {}),
                          "device": str(accelerator.device),
                          "num_processes": world,
                          "distributed_type": str(accelerator.distributed_type.value),
