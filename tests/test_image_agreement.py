@@ -1,7 +1,10 @@
-"""SSIM/PSNR of a generated image against a real one: one function for the cohort review
-and the NAC evaluation (science.measure.image_agreement)."""
+"""SSIM/PSNR of a generated image against a real one: one function for the cohort review,
+the NAC evaluation and the lung evaluation (science.measure.image_agreement)."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,3 +43,19 @@ def test_values_beyond_the_range_are_clipped():
     with pytest.warns(RuntimeWarning, match="divide by zero"):   # scikit-image's, for MSE 0
         same = image_agreement(real, real, window)
     assert same == {"psnr": float("inf"), "ssim": pytest.approx(1.0)}
+
+
+def test_the_lung_evaluation_measures_in_the_lung_window():
+    # training/evaluate_lung.py: SSIM of crops in HU, the lung window mapped to [0, 1]
+    # (float32, data range 1), as its reported numbers have always been computed.
+    path = Path(__file__).resolve().parents[1] / "training" / "evaluate_lung.py"
+    spec = importlib.util.spec_from_file_location("evaluate_lung", path)
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    rng = np.random.default_rng(0)
+    real = rng.uniform(-2000.0, 800.0, (8, 16, 16)).astype(np.float32)
+    generated = real + rng.normal(0.0, 200.0, real.shape).astype(np.float32)
+    lo, hi = evaluate.LUNG_WINDOW
+    window = [np.clip((x - lo) / (hi - lo), 0, 1).astype(np.float32) for x in (generated, real)]
+    assert evaluate.ssim3d(generated, real) == float(
+        structural_similarity(window[1], window[0], data_range=1.0))

@@ -78,10 +78,12 @@ def windowed(hu):
     return np.clip((np.asarray(hu, np.float32) - lo) / (hi - lo), 0, 1)
 
 
-def ssim3d(a, b) -> float:
-    from skimage.metrics import structural_similarity
+def ssim3d(generated, real) -> float:
+    """SSIM of two crops in the lung window mapped to [0, 1] (float32, data range 1):
+    `science.measure.image_agreement`, the cohort review's and the NAC evaluation's."""
+    from napari_nacsim.science.measure import image_agreement
 
-    return float(structural_similarity(windowed(a), windowed(b), data_range=1.0))
+    return image_agreement(windowed(generated), windowed(real))["ssim"]
 
 
 def _pooled(crop) -> np.ndarray:
