@@ -17,7 +17,9 @@ from cohort_helpers import tiny_cohort
 from napari_nacsim.engine.cohort_review import METRICS
 from napari_nacsim.engine.cohort_runner import CASES, RECORD
 from napari_nacsim.plugin.grid_view import grid_of, group_layers
-from napari_nacsim.plugin.inspector import FIXED_COLUMNS, GROUP, SORT_ROLE, CohortInspector
+from napari_nacsim.plugin.inspector import (FIXED_COLUMNS, GROUP, SORT_ROLE, CohortInspector,
+                                            _NumberItem)
+from napari_nacsim.science.measure import format_size
 
 pytestmark = pytest.mark.viewer
 
@@ -163,6 +165,19 @@ def test_review_fills_table_sorts_shows_case_and_exports(inspector, manifest, er
         rows = list(csv.DictReader(fh))
     assert [r["patient"] for r in rows] == ["BR0002", "BR0001"]  # the table's order
     assert all(float(r["ssim"]) <= 1 for r in rows)
+
+
+def test_a_size_cell_is_written_as_every_face_writes_a_size(qtbot):
+    # the workspace, the reports and the SR's text write 412 mm² and 3.27 mL (the inspector
+    # wrote 412.3 and 3.3); other metrics keep their own decimals
+    metric = {m.key: m for m in METRICS}
+    for value, text in ((412.3, "412"), (3.271, "3.27")):
+        item = _NumberItem(value, metric["size_real"])
+        assert item.text() == format_size(value) == text
+        assert item.data(SORT_ROLE) == value             # sorted by the number itself
+    assert _NumberItem(0.8123, metric["ssim"]).text() == "0.81"
+    assert _NumberItem(81.26, metric["match"]).text() == "81.3"
+    assert _NumberItem(None, metric["size_real"]).text() == "—"
 
 
 @pytest.mark.parametrize("bad", ["junk", "absent", "wrong family", "broken file"])

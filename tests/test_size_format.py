@@ -1,5 +1,6 @@
-"""One way to write a tumour size (science.measure.format_size): the CLI's line, the size
-table, the grid cells and the report print the same size the same way."""
+"""One way to write a tumour size (core.size_format.format_size, re-exported by
+science.measure): the CLI's line, the size table, the grid cells, the report and the DICOM
+SR's text print the same size the same way (the inspector's cells: test_inspector_widget)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 import numpy as np
 import pytest
 
+from napari_nacsim.core import size_format
+from napari_nacsim.core.dicom import describe_measurements
 from napari_nacsim.core.scan import LABELS, Scan, affine_from_spacing
 from napari_nacsim.engine.session import FollowUp
 from napari_nacsim.plugin.cells import cell_size
@@ -65,3 +68,28 @@ def test_a_change_and_its_sd_share_their_digits():
     small = size_change(3.0, 2.5, "mL")
     assert small.absolute_text(0.123) == "-0.50 ± 0.12 mL"
     assert small.describe() == "3.00 -> 2.50 mL (-0.50 mL, -16.7 %)"
+
+
+def test_science_gives_the_one_rule_of_core():
+    assert format_size is size_format.format_size
+
+
+def test_the_dicom_srs_text_writes_a_size_as_every_face():
+    # `nacsim info` and the napari notification of an SR: the report keeps full precision,
+    # the text rounds as the size table (it wrote 4 significant digits: "412.3 mm2")
+    def report(measurements):
+        return {"description": "nacsim tumour sizes", "completion": "PARTIAL",
+                "verification": "UNVERIFIED",
+                "groups": [{"tracking": "T2 · pCR (SYNTHETIC) tumour", "evaluations": [],
+                            "measurements": [{"name": n, "value": v, "unit": u}
+                                             for n, v, u in measurements]}]}
+
+    text = describe_measurements(report([
+        ("Area", 412.3, "mm2"), ("Long axis", 31.24, "mm"),
+        ("Size change from baseline", -42.57, "%"), ("Long axis change from baseline", 3.0, "%")]))
+    assert text.splitlines()[1] == (
+        f"  T2 · pCR (SYNTHETIC) tumour: Area {format_size(412.3, 'mm²')}; Long axis 31.2 mm; "
+        "Size change from baseline -42.6 %; Long axis change from baseline +3.0 %")
+    assert format_size(412.3, "mm²") == "412 mm²"
+    volume = describe_measurements(report([("Volume", 3.271, "mL"), ("Other", 1234.56, "g")]))
+    assert volume.endswith("Volume 3.27 mL; Other 1235 g")   # a unit of another program's SR

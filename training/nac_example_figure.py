@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_nacsim.engine import load_model
     from napari_nacsim.datasets.paired import phantom_cohort
     from napari_nacsim.science.generative.sampling import generate
+    from napari_nacsim.science.measure import format_size
 
     model = load_model(args.model, device="cpu")
     split = model.card["data"]["split"]
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
             synthetic = "pCR" in columns[col]
             title = columns[col] + (" *" if synthetic else "")
-            ax.set_title(f"{title}\n{mask.sum() * pixel_mm2:.0f} mm²", fontsize=8)
+            ax.set_title(f"{title}\n{format_size(float(mask.sum() * pixel_mm2), 'mm²')}",
+                         fontsize=8)
             ax.axis("off")
         axes[row, 0].text(-0.08, 0.5, f"{pid}\n(real: {'pCR' if clinical['pCR'] else 'non-pCR'})",
                           transform=axes[row, 0].transAxes, ha="right", va="center",

@@ -33,12 +33,13 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayo
 
 from ..core.cohort import load_cohort
 from ..core.errors import InputError
-from ..engine.cohort_review import (METRICS, CaseReview, Skipped, cases_to_csv,
+from ..engine.cohort_review import (METRICS, CaseReview, Metric, Skipped, cases_to_csv,
                                     describe_summary, metric_unit, summarise)
 from ..engine.cohort_runner import (FAILED, ReviewJob, RunProgress, RunSummary, case_folder,
                                     read_review_case, run_cases)
 from ..engine.jobs import CancelToken, Progress
 from ..families import get_family
+from ..science.measure import format_size
 from .background import BackgroundRunner, StopsWhenClosed, notify_error
 from .cells import case_cells, show_colour_bar
 from .grid_view import leave_own_grid, show_cells
@@ -64,11 +65,14 @@ def default_results(manifest: Path) -> Path:
 
 
 class _NumberItem(QTableWidgetItem):
-    """A metric cell: shows the rounded value, sorts by the number (missing values first)."""
+    """A metric cell: shows the rounded value, sorts by the number (missing values first).
+    A size is written by the one rule for sizes (`format_size`), as in the workspace and
+    the reports; any other metric to its own decimals."""
 
-    def __init__(self, value: Optional[float], decimals: int):
+    def __init__(self, value: Optional[float], metric: Metric):
         missing = value is None or not math.isfinite(value)
-        super().__init__("—" if missing else f"{value:.{decimals}f}")
+        super().__init__("—" if missing else format_size(value) if metric.unit == "size"
+                         else f"{value:.{metric.decimals}f}")
         self.setData(SORT_ROLE, -math.inf if missing else float(value))
         self.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
 
@@ -375,7 +379,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
         scenario.setToolTip(tip)
         table.setItem(row, 2, scenario)
         for k, metric in enumerate(METRICS):
-            item = _NumberItem(case.metrics.get(metric.key), metric.decimals)
+            item = _NumberItem(case.metrics.get(metric.key), metric)
             item.setToolTip(metric.description)
             table.setItem(row, len(FIXED_COLUMNS) + k, item)
         table.setSortingEnabled(True)

@@ -14,7 +14,8 @@ the comparisons clinicians read:
   "generated size as a percentage of the real one", which rewards over-estimates above
   100 %; the symmetric form makes 100 % perfect and lowers the score for over- and
   under-estimates alike (a 2x over-estimate and a 2x under-estimate both score 50 %).
-- `format_size`: the one way a size is written for a person (one rounding rule).
+- `format_size`: the one way a size is written for a person (one rounding rule; it lives
+  in `core.size_format`, where the DICOM SR's reader uses it too, and is re-exported here).
 - `dice`: overlap of two masks (segmentation quality).
 - `image_agreement`: SSIM and PSNR of a generated image against a real one (the cohort
   review and the NAC evaluation report these).
@@ -36,6 +37,7 @@ import math
 import numpy as np
 
 from ..core.scan import Scan
+from ..core.size_format import format_size  # noqa: F401 - re-exported: sizes and their text
 
 
 def area_mm2(mask: np.ndarray, spacing_yx) -> float:
@@ -110,21 +112,6 @@ class TumourSize:
         return {"total": self.total, "unit": self.unit, "found": self.found,
                 "components": list(self.components), "voxels": self.voxels,
                 "diameter_mm": self.diameter}
-
-
-def format_size(value: float, unit: str = "", *, scale: float | None = None,
-                sign: bool = False) -> str:
-    """A tumour size, or a number that goes with one (its SD, range or change), as every
-    face prints it (the CLI, the size table, the grid cells, the reports): whole numbers
-    when the size is 10 or more, two decimals below, so that a small tumour's mL keep their
-    digits ("412 mm²", "3.27 mL"). ``scale``: the size that sets the digits (default:
-    ``value`` itself), so that a size's SD or change is written like the size ("412 ± 3
-    mm²"); ``sign``: "+" before a positive value (a change). "n/a" when not finite."""
-    if not math.isfinite(value):
-        return "n/a"
-    decimals = 0 if abs(value if scale is None else scale) >= 10 else 2
-    text = f"{'+' if sign and value > 0 else ''}{value:.{decimals}f}"
-    return f"{text} {unit}" if unit else text
 
 
 def measure_tumour(mask: Scan, label: int | None = None) -> TumourSize:

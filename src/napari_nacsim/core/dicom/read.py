@@ -10,6 +10,7 @@ each group references.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..scan import LABELS, Scan
+from ..size_format import format_size
 
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.66.7": "SEG"}
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.22": "SR", "1.2.840.10008.5.1.4.1.1.88.33": "SR",
@@ -172,14 +174,37 @@ def check_complete(path: str | os.PathLike) -> None:
 
 
 def describe_measurements(report: dict[str, Any]) -> str:
-    """Lines a person reads: one per group, its measurements and evaluations."""
+    """Lines a person reads: one per group, its measurements and evaluations. The numbers
+    are written as the workspace's size table writes them (`measurement_text`); the report
+    itself keeps them in full."""
     lines = [f"{report['description']} ({report['completion'].lower()}, "
              f"{report['verification'].lower()})"]
     for group in report["groups"]:
-        parts = [f"{m['name']} {m['value']:.4g} {m['unit']}" for m in group["measurements"]]
+        parts = [f"{m['name']} {measurement_text(m['value'], m['unit'])}"
+                 for m in group["measurements"]]
         parts += [f"{e['name']}: {e['value']}" for e in group["evaluations"]]
         lines.append(f"  {group['tracking']}: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+# UCUM codes of the SR's sizes -> the unit as every face writes it
+_SIZE_UNITS = {"mm2": "mm²", "mL": "mL"}
+
+
+def measurement_text(value: float, unit: str) -> str:
+    """One SR measurement for a person, as the size table shows it: an area or volume by
+    the one rule for sizes (`format_size`: "412 mm²", "3.27 mL"), the long axis to 0.1 mm,
+    a change from baseline to 0.1 % with its sign; any other unit (an SR from elsewhere)
+    to 4 significant digits."""
+    if unit in _SIZE_UNITS:
+        return format_size(value, _SIZE_UNITS[unit])
+    if not math.isfinite(value):
+        return "n/a"               # as `format_size` writes it
+    if unit == "mm":
+        return f"{value:.1f} mm"
+    if unit == "%":
+        return f"{value:+.1f} %"
+    return f"{value:.4g} {unit}"
 
 
 def _descriptive(name) -> bool:
