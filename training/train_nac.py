@@ -75,19 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from napari_nacsim.core.errors import InputError
+    from napari_nacsim.cli.exits import run_command
 
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args, argv)
-    except InputError as err:
-        print(f"train_nac: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a full disk or quota while saving: the last checkpoint is whole
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"train_nac: error: {where}{err.strerror or err} (the last checkpoint is "
-              "intact: run the same command again to resume)", file=sys.stderr)
-        return 1
+    # checkpoints are written atomically: a failed save leaves the last one whole
+    return run_command("train_nac", lambda: _run(args, argv), resumable=True)
 
 
 def _run(args, argv: list[str] | None) -> int:

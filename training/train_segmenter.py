@@ -140,13 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
 
-    from napari_nacsim.core.errors import InputError
+    from napari_nacsim.cli.exits import run_command
 
-    try:
-        return _run(args, argv)
-    except InputError as err:
-        print(f"train_segmenter: error: {err}", file=sys.stderr)
-        return 2
+    # nnU-Net writes its own checkpoints, not atomically: no promise that the last is whole
+    return run_command("train_segmenter", lambda: _run(args, argv))
 
 
 def _run(args, argv: list[str]) -> int:
