@@ -136,7 +136,8 @@ def test_cli_measure_prints_size_change_and_match(tmp_path, capsys):
 
 def test_longest_diameter_in_mm_2d_and_3d():
     """RECIST-style longest diameter: scikit-image's maximum Feret diameter with the
-    spacing, on 2D masks (the same number) and on volumes (a known box diagonal)."""
+    spacing, on 2D masks (the same number) and on volumes in the axial plane (the box's
+    in-plane diagonal, not its 3D one; more in test_longest_diameter.py)."""
     from skimage.measure import regionprops
 
     array = np.zeros((50, 60), np.uint8)
@@ -158,8 +159,8 @@ def test_longest_diameter_in_mm_2d_and_3d():
     box[2:8, 5:25, 10:20] = 1                  # 6 x 20 x 10 voxels of 2 x 0.5 x 0.5 mm
     volume = measure_tumour(mask_scan(box, (2.0, 0.5, 0.5)))
     assert volume.diameter == pytest.approx(
-        regionprops(box, spacing=(2.0, 0.5, 0.5))[0].feret_diameter_max)
-    assert volume.diameter == pytest.approx(math.sqrt(12**2 + 10**2 + 5**2), rel=0.05)
+        regionprops(box[4], spacing=(0.5, 0.5))[0].feret_diameter_max)
+    assert volume.diameter == pytest.approx(math.hypot(10, 5), rel=0.05)
     flat = np.zeros((5, 20, 20), np.uint8)
     flat[2, 5:15, 5:10] = 1                    # one slice thick: still measured
     assert measure_tumour(mask_scan(flat, (2.0, 1.0, 1.0))).diameter == pytest.approx(
