@@ -175,6 +175,9 @@ class FollowUp:
                 "diameter_per_sample_mm": [s.diameter for s in self.sizes],
                 "diameter_change_vs_baseline": self.diameter_change.to_json(),
                 "recist_per_sample": self.recist_per_sample(),
+                # how the crops were composed (one mask and setting for all samples)
+                **({"composition": self.samples[0].provenance["composition"]}
+                   if self.samples and "composition" in self.samples[0].provenance else {}),
                 **({"outcome_per_sample": [[d.to_json() for d in draws]
                                            for draws in self.outcomes]}
                    if any(self.outcomes) else {})}
@@ -491,6 +494,7 @@ class WhatIfSession:
             images = simulate(self.model, grid, scenarios, seed=seed,
                               steps=request.steps, sampler=request.sampler,
                               guidance_scale=request.guidance, context=self._context,
+                              baseline_mask=base_mask,
                               progress=lambda i, n: steps.advance(1, f"generating sample "
                                                                      f"{k + 1}/{request.samples}"))
             for slot, outs, img, arm_draws in zip(generated, drawn, images, draws):

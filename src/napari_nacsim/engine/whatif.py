@@ -8,6 +8,7 @@ stretch of the patient as the input image.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import time
@@ -140,10 +141,14 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
              seed: int = 0, steps: int | None = None, sampler: str | None = None,
              guidance_scale: float | None = None,
              progress: Callable[[int, int], None] | None = None,
-             context: Mapping[str, Scan] | None = None) -> list[Scan]:
+             context: Mapping[str, Scan] | None = None,
+             baseline_mask: Scan | None = None) -> list[Scan]:
     """Generate one follow-up image per scenario (one batch; shared initial noise).
     ``steps``, ``sampler``, ``guidance_scale``: ``None`` = the model's defaults.
-    ``context``: extra inputs the family's model needs besides the image (by name)."""
+    ``context``: extra inputs the family's model needs besides the image (by name);
+    ``baseline_mask``: the image's tumour mask where the family's generator uses it (lung:
+    the crop is generated around it; the family finds one otherwise, see
+    `ModelFamily.generation_inputs`)."""
     from ..science.generative.conditioning import normalise_scenario
 
     schema = model.schema
@@ -153,6 +158,8 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
     steps = int(steps or model.default_steps)
     guidance_scale = float(model.default_guidance if guidance_scale is None else guidance_scale)
     grid = model_grid(model, image)
+    context, made = model.family.generation_inputs(model.network, grid, context,
+                                                   baseline_mask=baseline_mask)
     started = time.perf_counter()
     out = model.family.generate(model.network, grid, scenarios, seed=seed, steps=steps,
                                 sampler=sampler, guidance_scale=guidance_scale,
@@ -168,12 +175,13 @@ def simulate(model: WhatIfModel, image: Scan, scenarios: Sequence[Mapping[str, A
                            guidance_scale=float(guidance_scale), device=model.device,
                            seconds_for_batch=round(seconds, 3),
                            generated_at=datetime.datetime.now(datetime.timezone.utc)
-                           .isoformat(timespec="seconds"))
+                           .isoformat(timespec="seconds"), **copy.deepcopy(made))
         provenance = {**scan.provenance, "synthetic": True,
                       "generator": "nacsim generative model",
                       "label": "SYNTHETIC - generated counterfactual, not a measurement",
                       "scenario": scenario, "model_hash": model.model_hash, "seed": int(seed),
                       "steps": steps, "sampler": sampler, "guidance_scale": guidance_scale,
+                      **copy.deepcopy(made),   # e.g. the lung crop's composition
                       "generated_at": scan.provenance.get("history", [{}])[-1].get(
                           "generated_at"),
                       # its own time point and image kind, not the input's (T0, "post")

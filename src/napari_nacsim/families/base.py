@@ -134,6 +134,17 @@ class ModelFamily:
                        progress=progress)
         return out.float().cpu().numpy()[:, 0]
 
+    def generation_inputs(self, network: Any, image: Scan,
+                          context: Optional[Mapping[str, Scan]] = None, *,
+                          baseline_mask: Optional[Scan] = None
+                          ) -> tuple[dict[str, Scan], dict[str, Any]]:
+        """What `generate` is given besides the scenarios for ``image`` (on the model grid):
+        ``context`` completed where the family can (e.g. with ``baseline_mask``, the
+        baseline's tumour mask, or a mask its generator needs that the caller did not give),
+        and what each generated image's provenance records about how it was made beyond the
+        sampler ({}: nothing). Default: the context as given."""
+        return dict(context or {}), {}
+
     def load_segmenter(self, path: str | Path | None = None, *, device: str = "auto",
                        trust_pickle: bool = False) -> Any:
         """The tumour segmenter (an object with ``segment(scan) -> labels scan``)."""

@@ -31,6 +31,7 @@ CT_CROP_INPUT = ModelInput(
 )
 
 PD_L1_LOW, PD_L1_HIGH = 0.0, 50.0   # the clinical strata "< 1 %" and ">= 50 %"
+TUMOUR = "tumour"   # the baseline tumour mask's name (schema mask; a context entry)
 
 
 class LungFamily(ModelFamily):
@@ -65,18 +66,73 @@ class LungFamily(ModelFamily):
 
         return load_checkpoint(folder, device=device, dtype=dtype)
 
+    def model_context(self, entry: Mapping[str, Scan]) -> dict[str, Scan]:
+        """The lobe and vessel crops, and the baseline tumour mask cut with the crop when the
+        visit has one: the generated follow-up is kept around it (`generation_inputs`)."""
+        out = super().model_context(entry)
+        if entry.get(TUMOUR) is not None:
+            out[TUMOUR] = entry[TUMOUR]
+        return out
+
+    def generation_inputs(self, network, image: Scan,
+                          context: Optional[Mapping[str, Scan]] = None, *,
+                          baseline_mask: Optional[Scan] = None
+                          ) -> tuple[dict[str, Scan], dict[str, Any]]:
+        """With a model that composes its crop around the baseline tumour (its config's
+        ``composition``, `science.generative.immunodiff.compose`): the context with the
+        baseline tumour mask, which is ``baseline_mask`` (e.g. the what-if session's
+        segmentation), else the context's ``tumour`` (cut with the crop), else the bundled
+        segmenter's, as the workspace and ``nacsim predict`` measure the baseline; and the
+        composition's record for the provenance."""
+        from ..science.generative.immunodiff.compose import Composition
+
+        anatomy = self.require_context(context, image.shape)   # the anatomy first: its message
+        context = {**dict(context or {}), **anatomy}
+        if Composition.from_config(network.config) is None:
+            return context, {}
+        source = "given with the crop"
+        if baseline_mask is not None:
+            context[TUMOUR] = baseline_mask
+            source = "the baseline segmentation"
+        elif context.get(TUMOUR) is None:
+            segmenter = self.load_segmenter(device=str(next(network.parameters()).device))
+            context[TUMOUR] = segmenter.segment(self.to_segmenter(image))
+            source = f"segmented by the bundled {self.name} segmenter (none was given)"
+        region = self.composition_region(network, image, context, source)
+        return context, {"composition": region.record()}
+
+    def composition_region(self, network, image: Scan, context: Optional[Mapping[str, Scan]],
+                           source: str = "given with the crop"):
+        """The region the generated crop is kept in (`compose.TumourRegion`), from the
+        context's baseline tumour mask; None when the model does not compose. `InputError`
+        when the mask is missing or not on the crop's grid."""
+        from ..core.scan import require_same_geometry
+        from ..science.generative.immunodiff.compose import Composition, tumour_region
+
+        composition = Composition.from_config(network.config)
+        if composition is None:
+            return None
+        mask = (context or {}).get(TUMOUR)
+        if mask is not None:
+            require_same_geometry(image, mask, "the baseline tumour mask must lie on the "
+                                               "crop's grid")
+        return tumour_region(None if mask is None else mask.array, image.spacing, composition,
+                             grid=network.config["grid_shape"], mask_source=source)
+
     def generate(self, network, image: Scan, scenarios, *, seed: int, steps: int,
                  sampler: str, guidance_scale: float, progress: Any = None,
                  context: Optional[Mapping[str, Scan]] = None) -> np.ndarray:
         """Post-treatment crops in HU from the pre-treatment crop, its lobe and vessel masks
-        (``context``) and each scenario's clinical values."""
+        (``context``) and each scenario's clinical values; composed around the baseline
+        tumour (the context's ``tumour``) when the model's config says so."""
         from ..science.generative.immunodiff.sampling import generate
 
-        context = self.require_context(context, image.shape)
-        return generate(network, np.asarray(image.array), np.asarray(context["lobes"].array),
-                        np.asarray(context["vessels"].array), scenarios, seed=seed,
+        anatomy = self.require_context(context, image.shape)
+        region = self.composition_region(network, image, context)
+        return generate(network, np.asarray(image.array), np.asarray(anatomy["lobes"].array),
+                        np.asarray(anatomy["vessels"].array), scenarios, seed=seed,
                         steps=steps, sampler=sampler, guidance_scale=guidance_scale,
-                        progress=progress)
+                        progress=progress, region=region)
 
     @property
     def window_presets(self) -> tuple[WindowPreset, ...]:

@@ -47,6 +47,13 @@ DEFAULTS: dict[str, Any] = {
     #                                      or "change", follow-up minus pre-treatment crop
     #                                      (model units; the result is pre + change)
     "half_precision": False,
+    # The final crop: the generated crop within growth x reach + allowance_mm of the baseline
+    # tumour, the pre-treatment crop beyond, blended over feather_mm (`compose`). growth: the
+    # phantom's largest growth (+50 % of the longest diameter); allowance_mm: the most by
+    # which the phantom's changed voxels exceed growth x reach, over 400 tumours
+    # (docs/lung-model.md)
+    "composition": {"around_tumour": True, "growth": 0.5, "allowance_mm": 8.0,
+                    "feather_mm": 12.0},
     "training": {"optimizer": "adam", "lr": 2e-4, "batch_size": 8,
                  "steps": {"vl": 300, "base": 2000, "control": 800, "adapter": 1500},
                  "unpaired_patients": 600, "paired_patients": 160, "validation_share": 0.1,

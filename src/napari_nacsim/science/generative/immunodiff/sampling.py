@@ -19,6 +19,7 @@ import torch
 
 from ....core.errors import InputError
 from ..samplers import ANCESTRAL, SAMPLERS, make_scheduler
+from .compose import TumourRegion, compose
 from .config import hu_to_model, model_to_hu
 from .network import ImmunoDiff
 from .slices import to_volume, with_neighbours
@@ -77,7 +78,8 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
              sampler: str = "ddim", guidance_scale: float = 1.0,
              progress: Callable[[int, int], None] | None = None,
              use_adapter: bool = True, use_anatomy: bool = True,
-             strength: float | None = None) -> np.ndarray:
+             strength: float | None = None,
+             region: TumourRegion | None = None) -> np.ndarray:
     """Post-treatment crops in HU, (len(scenarios), Z, H, W), from the pre-treatment crop
     (Z, H, W) in HU and its lobe (labels 0..5) and vessel masks on the same grid.
     ``use_adapter`` / ``use_anatomy`` False: the ablations (no clinical/pre-image condition;
@@ -88,7 +90,9 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     the pre-treatment anatomy and the denoiser, conditioned as usual, changes what the
     remaining noise level lets it change. With the config's ``target`` "change" the sampled
     quantity is the change from the pre-treatment crop (s < 1 starts from "no change"
-    noised), and the result is the pre-treatment crop plus it."""
+    noised), and the result is the pre-treatment crop plus it. ``region`` (`compose`): the
+    final crops keep the generated crop there and the pre-treatment crop elsewhere; None:
+    the whole crop as generated."""
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
     if int(steps) < 1:
@@ -96,6 +100,9 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     if not scenarios:
         raise InputError("scenarios", "at least one scenario is needed")
     grid = tuple(model.config["grid_shape"])
+    if region is not None and tuple(region.weight.shape) != grid:
+        raise InputError("composition region", f"has shape {tuple(region.weight.shape)}, the "
+                                               f"model's crop is {grid}")
     param = next(model.parameters())
     dev, dtype = param.device, param.dtype
     b, z = len(scenarios), grid[0]
@@ -162,4 +169,7 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     x = x[:, 0].float()
     if change:
         x = x + pre[:, 0].to(x.device)
-    return model_to_hu(x, model.config).cpu().numpy()
+    out = model_to_hu(x, model.config).cpu().numpy()
+    if region is not None:   # in HU, so that outside the region the input comes back exactly
+        out = compose(pre_hu, out, region)
+    return out
