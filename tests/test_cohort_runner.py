@@ -9,6 +9,7 @@ worker loads the bundled models once, and the cohorts are tiny (3 patients, one 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -20,9 +21,9 @@ import pytest
 from cohort_helpers import tiny_cohort
 from napari_nacsim.core.errors import InputError
 from napari_nacsim.engine.cohort_review import cases_to_csv, review_cohort
-from napari_nacsim.engine.cohort_runner import (CASES, DONE, FAILED, RECORD, BatchJob,
-                                                ReviewJob, one_torch_thread, run_cases,
-                                                safe_name)
+from napari_nacsim.engine.cohort_runner import (CASES, DONE, FAILED, RECORD, BatchJob, Case,
+                                                JobSpec, ReviewJob, RunProgress,
+                                                one_torch_thread, run_cases, safe_name)
 from napari_nacsim.engine.jobs import Cancelled, CancelToken
 
 STEPS = 2
@@ -163,6 +164,47 @@ def test_a_bad_case_is_recorded_and_the_rest_complete(manifest, reference, clien
     assert _csv_lines(summary.csv) == good
     with open(tmp_path / "run" / "failed.csv", newline="") as fh:
         assert list(csv.reader(fh)) == [["case", "reason"], ["BR0002", reason]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcomes(JobSpec):
+    """A spec for the submission loop alone: which cases fail (recorded by the case) and
+    which raise (outside the case); reaches the workers only through the run's plugin."""
+
+    fail: tuple = ()
+    crash: tuple = ()
+
+
+def _outcome(spec, case, out):
+    if case.payload in spec.crash:
+        raise RuntimeError(f"case {case.id} crashed")
+    return {"id": case.id, "status": FAILED if case.payload in spec.fail else DONE,
+            "reason": "bad input" if case.payload in spec.fail else ""}
+
+
+def test_the_window_bounds_the_cases_in_flight_and_reports_each_once(client, tmp_path):
+    """A 100,000-row manifest never sits in the scheduler: at most ``window`` cases are drawn
+    ahead of those reported; every case is reported once with its outcome (a failed case,
+    a task that raised: recorded by the client)."""
+    from napari_nacsim.engine.cohort_dask import run_on_dask
+
+    n, window, drawn, reported, ahead = 60, 6, [], [], []
+
+    def pending():
+        for i in range(n):
+            ahead.append(len(drawn) - len(reported))   # before drawing one more
+            drawn.append(i)
+            yield Case(f"c{i:02d}", i, "hash", i)
+
+    run_on_dask(client, _Outcomes(fail=(3, 41), crash=(7,)), pending(), str(tmp_path),
+                RunProgress(total=n), lambda case, status: reported.append((case, status)),
+                window=window, execute=_outcome)
+    assert max(ahead) == window - 1  # the window is filled, never overfilled
+    assert sorted(reported) == [(f"c{i:02d}", FAILED if i in (3, 7, 41) else DONE)
+                                for i in range(n)]
+    crashed = json.loads((tmp_path / CASES / "c07" / RECORD).read_text())
+    assert crashed["status"] == FAILED and crashed["reason"] == "RuntimeError: case c07 crashed"
+    assert not (tmp_path / CASES / "c03").exists()  # a failed case is the case's to record
 
 
 def test_batch_command_on_a_phantom_cohort_through_a_scheduler(client, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The Dask side of `engine.cohort_runner`: where the workers come from, the worker plugin
-that loads the models once per worker, and the bounded submission loop.
+that carries the run's spec to each worker once and loads the models there, and the bounded
+submission loop.
 
 Needs the ``cluster`` extra (``pip install 'nacsim[cluster]'``: distributed, dask-jobqueue).
 
@@ -16,11 +17,13 @@ Needs the ``cluster`` extra (``pip install 'nacsim[cluster]'``: distributed, das
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
+import itertools
 import logging
+import math
 import os
+import queue
 import time
 import uuid
 from pathlib import Path
@@ -30,7 +33,7 @@ from ..core.errors import InputError
 from .jobs import Cancelled, CancelToken
 
 try:
-    from distributed import Client, LocalCluster, WorkerPlugin, wait
+    from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 except ImportError as err:  # pragma: no cover - the message is what a user sees
     raise InputError("distributed", "is not installed: install the cluster extra "
                                     "(pip install 'nacsim[cluster]') or run with --workers 0"
@@ -43,6 +46,8 @@ CLUSTER_OPTIONS = ("queue", "account", "cores", "memory", "walltime", "jobs", "i
                    "log_directory")
 WORKER_MEMORY = 2 << 30  # bytes one worker needs (torch, the generator and the segmenter)
 POLL_SECONDS = 0.5       # how often a cancelled run is noticed while tasks run
+THREADS_SECONDS = 2.0    # how often the workers' thread count is re-read (the window's size)
+MIN_WINDOW = 64          # tasks in flight at least, by default (`default_window`)
 
 
 def machine_workers() -> int:
@@ -61,13 +66,15 @@ def machine_workers() -> int:
     return max(1, min(cores, by_memory))
 
 
-class ModelPreload(WorkerPlugin):
-    """Loads the run's models into each worker process when it starts (and into every worker
-    that joins later, e.g. one restarted after a crash), so no task ships or loads a model.
-    A failure is not raised here: the cases then fail with the same one-line reason."""
+class RunOnWorker(WorkerPlugin):
+    """A run's spec and case function on each worker, shipped once per worker (and to every
+    worker that joins later, e.g. one restarted after a crash) rather than with every task: a
+    task carries only its case. Loads the run's models when the worker starts, so no task
+    ships or loads a model. A failure to load is not raised here: the cases then fail with
+    the same one-line reason."""
 
-    def __init__(self, spec: Any):
-        self.spec = spec
+    def __init__(self, spec: Any, execute: Callable):
+        self.spec, self.execute = spec, execute
 
     def setup(self, worker) -> None:
         import torch
@@ -78,6 +85,26 @@ class ModelPreload(WorkerPlugin):
         except Exception as err:  # noqa: BLE001 - reported by the cases
             logging.getLogger(__name__).warning("nacsim: worker %s could not load the "
                                                 "models: %s", worker.address, err)
+
+
+class CaseFailed(Exception):
+    """A case that failed, already recorded as failed by the worker: its task errs, so that
+    the client learns a case's outcome from the task's state without fetching a result."""
+
+
+def run_case_on_worker(plugin: str, case: Any, out: str) -> None:
+    """The task of one case: run it with the spec that the run's plugin left on this worker.
+    Finishes for a case done or skipped, raises `CaseFailed` for one recorded as failed."""
+    from .cohort_runner import FAILED
+
+    try:
+        run = get_worker().plugins[plugin]
+    except KeyError:  # pragma: no cover - the scheduler sets plugins up before any task
+        raise RuntimeError(f"worker has no {plugin} (joined without the run's plugin)"
+                           ) from None
+    result = run.execute(run.spec, case, out)
+    if result["status"] == FAILED:
+        raise CaseFailed(result.get("reason", ""))
 
 
 @contextlib.contextmanager
@@ -160,70 +187,115 @@ def _total_memory() -> int:
         return WORKER_MEMORY
 
 
+def default_window(threads: int) -> int:
+    """Tasks in flight at most by default: twice the workers' threads (each worker has its
+    next case queued while it runs one), and at least ``MIN_WINDOW``, so that short cases
+    (skipped, failing on bad input, a dry run) do not leave the workers waiting for the
+    client's round trip; the tasks beyond the workers' wait in the scheduler's queue (a few
+    kB each)."""
+    return max(MIN_WINDOW, 2 * int(threads))
+
+
+class _Threads:
+    """The cluster's worker threads, re-read from the scheduler at most every
+    ``THREADS_SECONDS`` (a round trip: not once per task), so that workers that join or
+    leave change the window within seconds."""
+
+    def __init__(self, client: Any):
+        self.client, self.read_at, self.workers, self.threads = client, -math.inf, 0, 0
+
+    def refresh(self) -> None:
+        if time.monotonic() - self.read_at >= THREADS_SECONDS:
+            nthreads = self.client.nthreads()
+            self.workers, self.threads = len(nthreads), sum(nthreads.values())
+            self.read_at = time.monotonic()
+
+
 def run_on_dask(client: Any, spec: Any, pending: Iterator[Any], out: str, state: Any,
                 finished: Callable[[str, str], None], *, window: Optional[int] = None,
                 cancel: Optional[CancelToken] = None,
                 on_start: Optional[Callable[[Any], None]] = None,
                 execute: Optional[Callable] = None) -> None:
-    """Submit ``pending`` cases one task each, at most ``window`` in flight (default: twice
-    the workers' threads, re-read as workers join), and report each as it finishes. A task
-    that errors outside the case (e.g. its worker died too often: `KilledWorker`) is recorded
-    as failed by the client, so that the run still ends with a record for every case."""
-    from .cohort_runner import FAILED, _stamp, execute_case, one_line, write_failure
+    """Submit ``pending`` cases one task each, at most ``window`` in flight (default:
+    `default_window` of the workers' threads, re-read as workers join), and report each as
+    it finishes. A task that errors outside the case (e.g. its worker died too often:
+    `KilledWorker`) is recorded as failed by the client, so that the run still ends with a
+    record for every case.
 
-    execute = execute or execute_case
-    plugin = f"nacsim-models-{uuid.uuid4().hex[:8]}"
-    client.register_plugin(ModelPreload(spec), name=plugin)
-    state.workers = len(client.scheduler_info().get("workers", {}))
+    Per finished case the client makes no round trip of its own: the spec goes to the
+    workers once (`RunOnWorker`), cases are submitted in batches (one graph update for all
+    the room in the window), finished tasks are announced by a done-callback into a queue (no
+    `wait` over every future in flight), and a case's outcome is its task's state (a failed
+    case errs: `CaseFailed`), so no result is fetched."""
+    from .cohort_runner import DONE, FAILED, _stamp, execute_case, one_line, write_failure
+
+    run_id = uuid.uuid4().hex[:8]
+    plugin = f"nacsim-spec-{run_id}"   # never a task key (those are nacsim-case-...)
+    client.register_plugin(RunOnWorker(spec, execute or execute_case), name=plugin)
+    threads = _Threads(client)
+    threads.refresh()
+    state.workers = threads.workers
     if on_start is not None:
         on_start(state)
-    run_id = uuid.uuid4().hex[:8]
-    inflight: dict[Any, Any] = {}
+    announced: queue.SimpleQueue = queue.SimpleQueue()   # futures done, from Dask's thread
+    inflight: dict[str, tuple[Any, Any]] = {}            # task key -> (future, case)
     cases = iter(pending)
     exhausted = False
 
-    def limit() -> int:
-        if window:
-            return int(window)
-        threads = sum(client.nthreads().values()) or 1
-        return max(2, 2 * threads)
-
     def top_up() -> None:
         nonlocal exhausted
-        while not exhausted and len(inflight) < limit():
-            case = next(cases, None)
-            if case is None:
-                exhausted = True
-                return
-            future = client.submit(execute, spec, case, out, pure=False,
-                                   key=f"nacsim-{case.id.replace('/', '-')}-{run_id}")
-            inflight[future] = case
+        threads.refresh()
+        room = (int(window) if window else default_window(threads.threads)) - len(inflight)
+        if exhausted or room <= 0:
+            return
+        batch = list(itertools.islice(cases, room))
+        exhausted = len(batch) < room
+        if not batch:
+            return
+        keys = [f"nacsim-case-{case.id.replace('/', '-')}-{run_id}" for case in batch]
+        futures = client.map(run_case_on_worker, [plugin] * len(batch), batch,
+                             [out] * len(batch), key=keys, pure=False)
+        for future, case in zip(futures, batch):
+            inflight[future.key] = (future, case)
+            future.add_done_callback(announced.put)
+
+    def outcome(future: Any, case: Any) -> str:
+        """A task announced done: finished (since: maybe its worker died, which does not
+        matter, the case's folder is written) or erred."""
+        if future.status not in ("error", "cancelled"):
+            return DONE
+        try:
+            future.result()
+        except CaseFailed:
+            pass  # recorded by the worker
+        except Exception as err:  # noqa: BLE001 - outside the case: recorded here
+            write_failure(out, case, _stamp({"status": FAILED, "reason": one_line(err),
+                                             "rows": []}, case, time.perf_counter()))
+        return FAILED
 
     try:
         top_up()
         while inflight:
             try:
-                done, _ = wait(list(inflight), timeout=POLL_SECONDS,
-                               return_when="FIRST_COMPLETED")
-            except (TimeoutError, asyncio.TimeoutError):
-                done = ()
+                done = [announced.get(timeout=POLL_SECONDS)]
+            except queue.Empty:
+                done = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    done.append(announced.get_nowait())
             if cancel is not None and cancel.cancelled:
                 raise Cancelled()
+            state.workers = threads.workers
             for future in done:
-                case = inflight.pop(future)
-                try:
-                    status = future.result()["status"]
-                except Exception as err:  # noqa: BLE001 - recorded, the run goes on
-                    write_failure(out, case, _stamp({"status": FAILED,
-                                                     "reason": one_line(err), "rows": []},
-                                                    case, time.perf_counter()))
-                    status = FAILED
+                if future.key not in inflight:
+                    continue
+                _, case = inflight.pop(future.key)
+                status = outcome(future, case)
                 future.release()
-                state.workers = len(client.nthreads())
                 finished(case.id, status)
             top_up()
     finally:
         if inflight:  # cancelled or interrupted: nothing more is started for this run
-            client.cancel(list(inflight))
+            client.cancel([future for future, _ in inflight.values()])
         with contextlib.suppress(Exception):  # a long-lived cluster keeps no stale plugin
             client.unregister_worker_plugin(plugin)

@@ -10,12 +10,15 @@ How a run goes (`run_cases`):
   of everything its outputs depend on (the patient's manifest record and the size and
   modification time of its files, the model's hash, the run's options). Only a small payload
   travels with a task (the patient's record and the options); the worker reads the images
-  from the manifest's paths and loads the models once per process (`_loaded`; on Dask a
-  worker plugin loads them when the worker starts).
+  from the manifest's paths and loads the models once per process (`_loaded`; on Dask the
+  run's worker plugin brings the job's spec to each worker once and loads them when the
+  worker starts).
 - **Execute**: ``workers=0`` runs the cases here, one after another; otherwise on Dask
   (`engine.cohort_dask`: an embedded loopback `LocalCluster` sized to the machine, an existing
   scheduler, or SLURM/PBS/SGE/LSF jobs through dask-jobqueue), at most ``window`` tasks in
-  flight, so that a 100,000-patient manifest is never all in the scheduler at once.
+  flight, so that a 100,000-patient manifest is never all in the scheduler at once (the
+  client submits cases in batches and learns each outcome from its task's state: a few ms
+  of scheduling per case, not a round trip of its own).
 - **Nothing lost**: each case writes its folder ``cases/<case>/`` atomically (a staging
   folder renamed into place) with ``case.json`` (status, request hash, rows) in it. With
   ``resume`` a case whose record has the request's hash is not run again; a case that
@@ -71,8 +74,9 @@ class Case:
 
 
 class JobSpec:
-    """What a worker needs to run cases of one job (pickled once per task: keep it small).
-    Subclasses implement `preload` and `run`."""
+    """What a worker needs to run cases of one job (on Dask: sent once to each worker, with
+    the run's worker plugin, not with every task). Subclasses implement `preload` and
+    `run`."""
 
     kind = "job"
 
@@ -268,15 +272,6 @@ def safe_name(text: str) -> str:
     return name
 
 
-def _one_patient(cohort_fields: Mapping[str, Any], patient: Patient) -> Cohort:
-    """The cohort of one patient, on the worker (the family schema by name: only plain data
-    travels)."""
-    from ..families import get_family
-
-    return Cohort(family=get_family(cohort_fields["family"]).schema, patients=[patient],
-                  root=Path(cohort_fields["root"]), meta=dict(cohort_fields["meta"]))
-
-
 def _check_format(fmt: str) -> None:
     from .dicom_export import FORMATS
 
@@ -312,7 +307,11 @@ REVIEW_IMAGES = (("generated", "generated"), ("generated_mask", "generated_tumou
 
 
 @dataclasses.dataclass(frozen=True)
-class ReviewSpec(JobSpec):
+class ModelSpec(JobSpec):
+    """What every case of a model run (review, batch) needs: the cohort's family, root and
+    metadata (plain data: the schema is looked up by name on the worker), the model (folder
+    and the hash every worker must find there) and the sampling and output options."""
+
     family: str
     root: str
     meta: dict
@@ -322,14 +321,29 @@ class ReviewSpec(JobSpec):
     steps: Optional[int] = None
     sampler: Optional[str] = None
     device: str = "auto"
+    format: str = "nifti"    # the images: "nifti", "dicom" (dicom/; batch: no NIfTI) or "both"
+
+    def preload(self) -> None:
+        self.models()
+
+    def models(self) -> tuple[Any, Any]:
+        """(generative model, tumour segmenter) of this process, loaded once."""
+        return _loaded(self.family, self.model_dir, self.model_hash, self.device)
+
+    def one_patient(self, patient: Patient) -> Cohort:
+        """The cohort of one patient, on the worker."""
+        from ..families import get_family
+
+        return Cohort(family=get_family(self.family).schema, patients=[patient],
+                      root=Path(self.root), meta=dict(self.meta))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewSpec(ModelSpec):
     images: bool = True
-    format: str = "nifti"    # the images: "nifti", "dicom" (dicom/) or "both"
     inputs: bool = False     # also the inputs on the model grid (the inspector shows them)
 
     kind = "review"
-
-    def preload(self) -> None:
-        _loaded(self.family, self.model_dir, self.model_hash, self.device)
 
     def run(self, case: Case, folder: Path, *,
             cancel: Optional[CancelToken] = None) -> dict[str, Any]:
@@ -337,9 +351,8 @@ class ReviewSpec(JobSpec):
         from .cohort_review import review_cohort
         from .dicom_export import wants
 
-        model, segmenter = _loaded(self.family, self.model_dir, self.model_hash, self.device)
-        cohort = _one_patient({"family": self.family, "root": self.root, "meta": self.meta},
-                              case.payload)
+        model, segmenter = self.models()
+        cohort = self.one_patient(case.payload)
         review = review_cohort(cohort, model=model, segmenter=segmenter, seed=self.seed,
                                steps=self.steps, sampler=self.sampler, cancel=cancel)
         cases = list(review)
@@ -485,24 +498,11 @@ COMPARE = "compare"  # the scenario name of the family's default comparison
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchSpec(JobSpec):
-    family: str
-    root: str
-    meta: dict
-    model_dir: str
-    model_hash: str
-    seed: int = 0
-    steps: Optional[int] = None
-    sampler: Optional[str] = None
+class BatchSpec(ModelSpec):
     samples: int = 1
-    device: str = "auto"
     figure: bool = True
-    format: str = "nifti"    # the images: "nifti", "dicom" (dicom/, no NIfTI) or "both"
 
     kind = "batch"
-
-    def preload(self) -> None:
-        _loaded(self.family, self.model_dir, self.model_hash, self.device)
 
     def run(self, case: Case, folder: Path, *,
             cancel: Optional[CancelToken] = None) -> dict[str, Any]:
@@ -511,9 +511,8 @@ class BatchSpec(JobSpec):
         from .session import AUTO, WhatIfRequest, WhatIfSession
 
         patient, scenario, overrides = case.payload
-        model, segmenter = _loaded(self.family, self.model_dir, self.model_hash, self.device)
-        cohort = _one_patient({"family": self.family, "root": self.root, "meta": self.meta},
-                              patient)
+        model, segmenter = self.models()
+        cohort = self.one_patient(patient)
         family = model.family
         entry = baseline_input(cohort, patient.id)
         if wants(self.format, "dicom"):
