@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import sys
 import time
@@ -132,33 +131,35 @@ def _by_size(rows: list[dict], edges: tuple[float, ...]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from napari_nacsim.cli.exits import run_command
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    return run_command("evaluate_segmenter", lambda: _run(args, argv), atomic=True)
 
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from napari_nacsim.core.atomic import write_json_atomic
     from napari_nacsim.core.errors import InputError
     from napari_nacsim.core.schema import family_schema
     from napari_nacsim.science.measure import dice, format_size, match_percent, measure_tumour
     from napari_nacsim.datasets.segmentation_cases import phantom_cases
     from napari_nacsim.families import get_family
 
-    try:
-        segmenter = get_family(args.family).load_segmenter(
-            args.model, trust_pickle=args.trust_pickle, device=args.device)
-        training = (segmenter.model.card.get("training") or {}).get("data") or {}
-        if training.get("source") == "nacsim phantoms" and training.get("seed") == args.seed:
-            raise InputError("--seed", f"{args.seed} is the seed the model was trained on; "
-                                       "held-out patients need another seed")
-        started = time.time()
-        if args.lesion_free < 0:
-            raise InputError("--lesion-free", f"{args.lesion_free} must be >= 0")
-        cases = phantom_cases(args.family, args.phantoms, args.seed, size=args.size,
-                              jobs=args.jobs)
-        free_cases = phantom_cases(args.family, args.lesion_free, args.seed, size=args.size,
-                                   jobs=args.jobs, lesion_free=True) if args.lesion_free else []
-        prepared = time.time() - started
-    except InputError as err:
-        print(f"evaluate_segmenter: error: {err}", file=sys.stderr)
-        return 2
+    segmenter = get_family(args.family).load_segmenter(
+        args.model, trust_pickle=args.trust_pickle, device=args.device)
+    training = (segmenter.model.card.get("training") or {}).get("data") or {}
+    if training.get("source") == "nacsim phantoms" and training.get("seed") == args.seed:
+        raise InputError("--seed", f"{args.seed} is the seed the model was trained on; "
+                                   "held-out patients need another seed")
+    started = time.time()
+    if args.lesion_free < 0:
+        raise InputError("--lesion-free", f"{args.lesion_free} must be >= 0")
+    cases = phantom_cases(args.family, args.phantoms, args.seed, size=args.size,
+                          jobs=args.jobs)
+    free_cases = phantom_cases(args.family, args.lesion_free, args.seed, size=args.size,
+                               jobs=args.jobs, lesion_free=True) if args.lesion_free else []
+    prepared = time.time() - started
 
     rows = []
     t0 = time.time()
@@ -205,17 +206,13 @@ def main(argv: list[str] | None = None) -> int:
                     "per_image": round(segment_s / max(1, len(rows)), 3)},
         "cases": rows,
     }
-    text = json.dumps(result, indent=2, default=float)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        write_json_atomic(args.out, result)
     if args.record:
         try:
             record_in_card(segmenter.model.source, result, args.out)
         except InputError as err:
-            print(f"evaluate_segmenter: error: cannot record in the model card: {err}",
-                  file=sys.stderr)
-            return 2
+            raise InputError("--record", f"cannot record in the model card: {err}") from err
     unit = rows[0]["unit"] if rows else ""
     print(f"{args.family}: {len(rows)} visits of {args.phantoms} held-out patients "
           f"(seed {args.seed})")

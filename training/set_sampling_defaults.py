@@ -19,8 +19,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from napari_nacsim.core.errors import InputError
-    from napari_nacsim.science.generative.checkpoint import set_sampling_defaults
+    from napari_nacsim.cli.exits import run_command
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path, help="model folder (model_card.json + safetensors)")
@@ -38,12 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("nothing to change: give --steps, --sampler and/or --guidance")
     command = "python training/set_sampling_defaults.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    try:
-        card = set_sampling_defaults(args.model, changes,
-                                     {"command": command, "evidence": args.evidence})
-    except InputError as err:
-        print(f"set_sampling_defaults: error: {err}", file=sys.stderr)
-        return 2
+    return run_command("set_sampling_defaults", lambda: _run(args, changes, command),
+                       atomic=True)
+
+
+def _run(args: argparse.Namespace, changes: dict, command: str) -> int:
+    from napari_nacsim.science.generative.checkpoint import set_sampling_defaults
+
+    card = set_sampling_defaults(args.model, changes,
+                                 {"command": command, "evidence": args.evidence})
     shown = ", ".join(f"{k} = {card['config'][k]}" for k in changes)
     print(f"{args.model}: {shown} (model hash unchanged: {card['model_hash'][:12]})")
     return 0

@@ -1,7 +1,9 @@
 """`nacsim` command-line entry point.
 
 Bad input ends the program with exit status 2 and one line on stderr
-(``nacsim: error: <file or field>: <problem>``), never a traceback.
+(``nacsim: error: <file or field>: <problem>``), never a traceback; a failed write with
+status 1 (how a command ends on failure is `exits.run_command`'s, shared with the training
+scripts).
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ import warnings
 from pathlib import Path
 
 from .. import __version__
-from ..core.errors import InputError
+from .exits import EXIT_BAD_INPUT, run_command
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1  # the machine failed the command (a full disk), not its input
 # Arguments naming what a command writes: each is checked for writability before the command
 # starts, so that a long run does not end in a PermissionError.
 OUTPUT_ARGUMENTS = ("out", "labels_out", "tumour_out", "csv")
@@ -218,15 +218,6 @@ def _held_warnings():
         logging.getLogger(record.name).handle(record)
 
 
-def _close_progress_bars() -> None:
-    """A command that fails mid-way leaves its progress bar drawn: clear it, so that the
-    error is the only line left."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
-        bar.leave = False
-        bar.close()
-
-
 def _run(args) -> int:
     from ..core.atomic import require_writable
     from ..core.scan_io import dicom_series
@@ -241,30 +232,7 @@ def _run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except InputError as err:
-        _close_progress_bars()
-        print(f"nacsim: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("nacsim: interrupted", file=sys.stderr)
-        return 130
-    except OSError as err:  # the disk, not the input: a full disk or quota, a lost mount
-        _close_progress_bars()
-        print(f"nacsim: error: {_os_error_line(err)}", file=sys.stderr)
-        return EXIT_FAILED
-
-
-def _os_error_line(err: OSError) -> str:
-    """One line for a failed read or write (outputs are atomic: nothing half-written)."""
-    import errno
-
-    where = f"{err.filename}: " if err.filename else ""
-    what = err.strerror or str(err) or type(err).__name__
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        what += " (nothing was left half-written; free some space and run it again)"
-    return f"{where}{what}"
+    return run_command("nacsim", lambda: _run(args), atomic=True)
 
 
 if __name__ == "__main__":
