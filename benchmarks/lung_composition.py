@@ -77,8 +77,9 @@ def margin(args) -> dict:
                           "median": float(np.median(excess))},
             "needed_mm (a fixed margin)": {"max": float(needed.max()),
                                            "median": float(np.median(needed))},
-            "growth_x_reach_mm": {"median": float(np.median([growth * r["reach_mm"]
-                                                             for r in rows]))},
+            "growth_x_reach_mm": {q: float(f([growth * r["reach_mm"] for r in rows]))
+                                  for q, f in (("median", np.median), ("max", np.max))},
+            "rows": rows,
             "worst": max(rows, key=lambda r: r["excess_mm"])}
 
 
@@ -239,7 +240,8 @@ def main(argv=None) -> int:
     q.add_argument("--model", type=Path, default=None)
     args = p.parse_args(argv)
     result = margin(args) if args.what == "margin" else quality(args)
-    text = json.dumps(result if args.what == "margin" else result["summary"], indent=1,
+    shown = {k: v for k, v in result.items() if k != "rows"}
+    text = json.dumps(shown if args.what == "margin" else result["summary"], indent=1,
                       default=float)
     print(text)
     if args.out is not None:
