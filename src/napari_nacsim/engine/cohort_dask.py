@@ -223,10 +223,10 @@ def run_on_dask(client: Any, spec: Any, pending: Iterator[Any], out: str, state:
     record for every case.
 
     Per finished case the client makes no round trip of its own: the spec goes to the
-    workers once (`RunOnWorker`), cases are submitted in batches (one graph update for all
-    the room in the window), finished tasks are announced by a done-callback into a queue (no
-    `wait` over every future in flight), and a case's outcome is its task's state (a failed
-    case errs: `CaseFailed`), so no result is fetched."""
+    workers once (`RunOnWorker`), cases are submitted in batches (one graph update whenever a
+    quarter of the window is free), finished tasks are announced by a done-callback into a
+    queue (no `wait` over every future in flight), and a case's outcome is its task's state
+    (a failed case errs: `CaseFailed`), so no result is fetched."""
     from .cohort_runner import DONE, FAILED, _stamp, execute_case, one_line, write_failure
 
     run_id = uuid.uuid4().hex[:8]
@@ -245,14 +245,18 @@ def run_on_dask(client: Any, spec: Any, pending: Iterator[Any], out: str, state:
     def top_up() -> None:
         nonlocal exhausted
         threads.refresh()
-        room = (int(window) if window else default_window(threads.threads)) - len(inflight)
-        if exhausted or room <= 0:
+        limit = int(window) if window else default_window(threads.threads)
+        room = limit - len(inflight)
+        # a quarter of the window at a time (one graph update each), not a case at a time
+        if exhausted or room <= 0 or (inflight and room < max(1, limit // 4)):
             return
         batch = list(itertools.islice(cases, room))
         exhausted = len(batch) < room
         if not batch:
             return
-        keys = [f"nacsim-case-{case.id.replace('/', '-')}-{run_id}" for case in batch]
+        # the run's id before the case's: Dask groups tasks by the key's leading words, so
+        # every case is of one group ("nacsim-case"), whatever its id
+        keys = [f"nacsim-case-{run_id}-{case.id.replace('/', '-')}" for case in batch]
         futures = client.map(run_case_on_worker, [plugin] * len(batch), batch,
                              [out] * len(batch), key=keys, pure=False)
         for future, case in zip(futures, batch):
