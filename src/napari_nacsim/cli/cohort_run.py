@@ -43,7 +43,7 @@ def add_run_arguments(p) -> None:
     g.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run the cases recorded as failed again too")
     g.add_argument("--window", type=int, default=None, metavar="N",
-                   help="tasks in flight at most (default: twice the worker threads)")
+                   help="tasks in flight at most (default: twice the worker threads, at least 64)")
 
 
 def run_options(args, runnable: int) -> dict[str, Any]:
@@ -104,7 +104,8 @@ class ProgressBar:
             return
         self.bar.n = state.done + state.failed + state.reused
         self.bar.set_postfix_str(f"done {state.done + state.reused} · failed {state.failed} · "
-                                 f"left {state.remaining}", refresh=True)
+                                 f"left {state.remaining}", refresh=False)
+        self.bar.update(0)  # redraws at most every mininterval (a 100k resume: not 100k times)
 
     def close(self) -> None:
         if self.bar is not None:
