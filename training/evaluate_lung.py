@@ -35,6 +35,7 @@ true post-treatment diameter is reported).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -67,6 +68,10 @@ def build_parser():
     p.add_argument("--unet-minutes", type=float, default=8.0)
     p.add_argument("--train-records", type=Path, default=Path("artifacts/lung_data/paired_0"))
     p.add_argument("--no-ablation", action="store_true")
+    p.add_argument("--no-composition", action="store_true",
+                   help="score the crops as generated; default: composed around the baseline "
+                        "tumour as the product shows them (the model config's composition; "
+                        "the baseline mask is the one --measure finds on the pre crop)")
     p.add_argument("--build-only", action="store_true", help="draw the held-out records only")
     p.add_argument("--unet-only", action="store_true",
                    help="train (or load) the 3D U-Net baseline only")
@@ -231,6 +236,7 @@ def main(argv=None) -> int:
     from scipy.stats import spearmanr
 
     from napari_nacsim.families import get_family
+    from napari_nacsim.science.generative.immunodiff.compose import Composition, tumour_region
     from napari_nacsim.science.generative.immunodiff.sampling import generate
     from napari_nacsim.science.phantoms.lung import longest_axial_diameter_mm
 
@@ -251,6 +257,7 @@ def main(argv=None) -> int:
     sampler = args.sampler or model.default_sampler
     guidance = args.guidance if args.guidance is not None else model.default_guidance
     segmenter = family.load_segmenter(device="cpu") if args.measure == "segmenter" else None
+    composition = None if args.no_composition else Composition.from_config(net.config)
     unet = train_unet_baseline(args, args.out)
     spacing = (4.0, 3.0, 3.0)
 
@@ -278,6 +285,10 @@ def main(argv=None) -> int:
         base_mask = a["pre_tumour"] > 0 if segmenter is None else \
             tumour(pre, a["pre_tumour"], like)
         base_ld = longest_axial_diameter_mm(base_mask, spacing)
+        # as the product composes: around the baseline tumour it found (None: as generated)
+        region = None if composition is None else tumour_region(
+            base_mask, spacing, composition, grid=pre.shape,
+            mask_source=f"{args.measure} on the pre-treatment crop")
         scen = [dict(clinical), {**clinical, "PD_L1": meta["counterfactual"]["PD_L1"]},
                 {**clinical, "PD_L1": 0.0}, {**clinical, "PD_L1": 80.0}]
         probs = [meta["response_probability"], meta["counterfactual"]["response_probability"],
@@ -305,7 +316,7 @@ def main(argv=None) -> int:
                 out = generate(net, pre, a["pre_lobes"], a["pre_vessels"], scen, seed=s,
                                steps=steps, sampler=sampler, strength=args.strength,
                                guidance_scale=guidance if flags["use_adapter"] else 1.0,
-                               **flags)
+                               region=region, **flags)
                 if s == 0:
                     gen_sets[vname]["factual"].append(out[0])
                     gen_sets[vname]["cf"].append(out[1])
@@ -346,6 +357,7 @@ def main(argv=None) -> int:
         "model": str(args.model), "model_hash": model.model_hash, "patients": len(rows),
         "cohort_seed": args.cohort_seed, "samples": args.samples, "steps": steps,
         "sampler": sampler, "guidance": guidance, "measure": args.measure,
+        "composition": None if composition is None else dataclasses.asdict(composition),
         "strength": args.strength if args.strength is not None else
         float(net.config.get("init_strength", 1.0)),
         "image_quality": {
