@@ -15,6 +15,7 @@ from napari_nacsim.plugin.grid_view import (MIN_TITLE_POINTS, PX_PER_CHAR_POINT,
                                              grid_of, title_points)
 from napari_nacsim.plugin.workspace import WhatIfWorkspace
 from napari_nacsim.plugin.workspace.input_finder import input_fits, visit_layers
+from napari_nacsim.science.measure import format_diameter
 
 pytestmark = pytest.mark.viewer
 
@@ -101,8 +102,9 @@ def test_generate_segment_table_plot_and_provenance(workspace, qtbot):
     assert all(layer.name.endswith("(synthetic)") for layer in generated
                if layer._type_string == "image")  # the outline: the cell's second line
     assert [layer.name for layer in cell_layers(widget, "labels")] == [
-        f"input: {result.baseline_size.total:.0f} mm², Ø {result.baseline_size.diameter:.0f} mm",
-        *(f"{arm.label}: {f.size_mean:.0f} mm², Ø {f.diameter_mean:.0f} mm"
+        f"input: {result.baseline_size.total:.0f} mm², "
+        f"Ø {format_diameter(result.baseline_size.diameter)}",
+        *(f"{arm.label}: {f.size_mean:.0f} mm², Ø {format_diameter(f.diameter_mean)}"
           for arm, f in result.shown())]
     # "input" and "generated", each said once per cell; the phantom input is not "synthetic"
     titles = [layer.name for layer in cell_layers(widget)]

@@ -11,7 +11,8 @@ from ..core.scan_io import read_scan, write_scan
 
 
 def _size_lines(mask, args, label: str) -> tuple[list[str], dict]:
-    from ..science.measure import match_percent, measure_tumour, size_change
+    from ..science.measure import (format_change_percent, match_percent, measure_tumour,
+                                   size_change)
 
     size = measure_tumour(mask)
     lines = [f"{label}: {size.describe()}"]
@@ -27,7 +28,7 @@ def _size_lines(mask, args, label: str) -> tuple[list[str], dict]:
         lines.append(f"change vs baseline: {change.describe()}")
         if base_size.found:
             lines.append(f"size reduction vs baseline (NAC 'size'): "
-                         f"{change.reduction_percent:.1f} %")
+                         f"{format_change_percent(change.reduction_percent, sign=False)}")
         payload["baseline"] = base_size.to_json()
         payload["change"] = change.to_json()
     real_path = getattr(args, "real_mask", None)

@@ -20,6 +20,7 @@ import numpy as np
 from ..core.atomic import atomic_directory, atomic_path, write_json_atomic
 from ..core.errors import InputError
 from ..core.scan_io import write_scan
+from ..science.measure import format_change_percent
 from .session import WhatIfResult
 
 
@@ -110,7 +111,8 @@ def comparison_figure(result: WhatIfResult, path: str | Path, *, dpi: int = 110)
         for tp in times:
             follow = arm.followups[tp]
             change = follow.change
-            pct = f", {change.percent:+.0f} %" if np.isfinite(change.percent) else ""
+            pct = (f", {format_change_percent(change.percent)}" if np.isfinite(change.percent)
+                   else "")
             panels.append((f"{tp} · {arm.label} (synthetic)\n{follow.describe_size()}{pct}"
                            + (f"\n{predicted}" if predicted else ""),
                            follow.image, follow.mask))

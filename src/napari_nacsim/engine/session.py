@@ -37,8 +37,8 @@ from ..core.schema import FamilySchema, Variable
 from ..families import Comparison, ModelFamily
 from ..science.generative.card import outcome_inputs
 from ..science.generative.outcome import FIXED, OutcomeDraw
-from ..science.measure import (SizeChange, TumourSize, format_size, measure_tumour,
-                               recist_category, size_change)
+from ..science.measure import (SizeChange, TumourSize, format_change_percent, format_diameter,
+                               format_size, measure_tumour, recist_category, size_change)
 from .jobs import CancelToken, Progress, Steps
 from .outcomes import given, sample_outcomes
 from .whatif import WhatIfModel, model_grid, simulate
@@ -144,11 +144,11 @@ class FollowUp:
         return size_change(self.baseline_diameter, self.diameter_mean, "mm")
 
     def describe_diameter(self) -> str:
-        """"31 mm", "29 ± 2 mm" or "—" (no tumour in any sample)."""
+        """"31.2 mm", "29.0 ± 2.1 mm" or "—" (no tumour in any sample)."""
         if self.n_found == 0:
             return "—"
-        spread = f" ± {self.diameter_sd:.1f}" if len(self.sizes) > 1 else ""
-        return f"{self.diameter_mean:.1f}{spread} mm"
+        spread = f" ± {format_diameter(self.diameter_sd, '')}" if len(self.sizes) > 1 else ""
+        return f"{format_diameter(self.diameter_mean, '')}{spread} mm"
 
     def describe_size(self) -> str:
         """"412 mm²", "412 ± 35 mm² (n=4, 371–455)" or "no tumour found"."""
@@ -226,12 +226,13 @@ class Arm:
 
 
 def _describe_diameter_change(follow: FollowUp) -> str:
-    """"−8.0 mm (−26 %)", with ± over samples; "—" without a baseline tumour."""
+    """"-8.0 mm (-26.4 %)", with ± over samples; "—" without a baseline tumour."""
     change = follow.diameter_change
     if change.baseline <= 0:
         return "—"
-    spread = f" ± {follow.diameter_sd:.1f}" if len(follow.samples) > 1 else ""
-    return f"{change.absolute:+.1f}{spread} mm ({change.percent:+.0f} %)"
+    spread = f" ± {format_diameter(follow.diameter_sd, '')}" if len(follow.samples) > 1 else ""
+    return (f"{format_diameter(change.absolute, '', sign=True)}{spread} mm "
+            f"({format_change_percent(change.percent)})")
 
 
 def describe_recist(categories: Sequence[str]) -> str:
@@ -293,7 +294,8 @@ class WhatIfResult:
                  "time": base, "size": self.baseline_size.describe(diameter=False),
                  "size_value": self.baseline_size.total, "delta": "—", "delta_percent": "—",
                  "unit": unit, "predictions": "",
-                 "diameter": f"{base_diameter:.1f} mm" if self.baseline_size.found else "—",
+                 "diameter": (format_diameter(base_diameter) if self.baseline_size.found
+                              else "—"),
                  "diameter_value": base_diameter, "diameter_delta": "—"}]
         for arm in self.arms:
             for tp, follow in arm.followups.items():
@@ -302,9 +304,10 @@ class WhatIfResult:
                 if not np.isfinite(change.percent):
                     pct = "n/a"
                 else:  # the SD of the percentage: the size SD relative to the baseline
-                    sd_pct = f" ± {100.0 * follow.size_sd / change.baseline:.1f}" \
-                        if several else ""
-                    pct = f"{change.percent:+.1f}{sd_pct} %"
+                    sd = 100.0 * follow.size_sd / change.baseline
+                    sd_pct = f" ± {format_change_percent(sd, '', sign=False)}" if several \
+                        else ""
+                    pct = f"{format_change_percent(change.percent, '')}{sd_pct} %"
                 rows.append({"scenario": follow.title, "time": tp,
                              "outcome": arm.describe_outcomes(follow, self.schema),
                              "recist": describe_recist(follow.recist_per_sample()),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ..core.scan import IMAGE, Scan
-from ..science.measure import format_size
+from ..science.measure import format_diameter, format_size
 from .layers import contour_layer_data, scan_to_layer_data
 from .viewing import GENERATED, INPUT, REAL
 
@@ -52,7 +52,7 @@ def whatif_cells(result: WhatIfResult, window: tuple[float, float]) -> Cells:
     family, base = result.family, result.schema.baseline
     n = result.request.samples
     size = result.baseline_size
-    input_size = (f"{format_size(size.total, size.unit)}, Ø {size.diameter:.0f} mm"
+    input_size = (f"{format_size(size.total, size.unit)}, Ø {format_diameter(size.diameter)}"
                   if size.found else "no tumour found")
 
     def outline(mask, title, colour="red"):
@@ -110,8 +110,8 @@ def cell_size(follow) -> str:
     several = len(follow.samples) > 1
     size = format_size(follow.size_mean) + (
         f"±{format_size(follow.size_sd, scale=follow.size_mean)}" if several else "")
-    diameter = f"{follow.diameter_mean:.0f}" + (f"±{follow.diameter_sd:.0f}" if several
-                                                  else "")
+    diameter = format_diameter(follow.diameter_mean, "") + (
+        f"±{format_diameter(follow.diameter_sd, '')}" if several else "")
     return f"{size} {follow.unit}, Ø {diameter} mm"
 
 

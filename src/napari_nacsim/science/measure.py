@@ -14,8 +14,10 @@ the comparisons clinicians read:
   "generated size as a percentage of the real one", which rewards over-estimates above
   100 %; the symmetric form makes 100 % perfect and lowers the score for over- and
   under-estimates alike (a 2x over-estimate and a 2x under-estimate both score 50 %).
-- `format_size`: the one way a size is written for a person (one rounding rule; it lives
-  in `core.size_format`, where the DICOM SR's reader uses it too, and is re-exported here).
+- `format_size`, `format_diameter`, `format_change_percent`: the one way a size, a
+  longest diameter and a change in percent are written for a person (one rounding rule
+  each; they live in `core.size_format`, where the DICOM SR's reader uses them too, and are
+  re-exported here).
 - `dice`: overlap of two masks (segmentation quality).
 - `image_agreement`: SSIM and PSNR of a generated image against a real one (the cohort
   review and the NAC evaluation report these).
@@ -37,7 +39,8 @@ import math
 import numpy as np
 
 from ..core.scan import Scan
-from ..core.size_format import format_size  # noqa: F401 - re-exported: sizes and their text
+from ..core.size_format import (  # noqa: F401 - format_size re-exported beside the sizes
+    format_change_percent, format_diameter, format_size)
 
 
 def area_mm2(mask: np.ndarray, spacing_yx) -> float:
@@ -105,7 +108,7 @@ class TumourSize:
             more = ", ..." if self.n_components > 5 else ""
             text += f" in {self.n_components} separate parts ({parts}{more} {self.unit})"
         if diameter and self.diameter > 0:
-            text += f"; longest diameter {self.diameter:.1f} mm"  # as the size table
+            text += f"; longest diameter {format_diameter(self.diameter)}"
         return text
 
     def to_json(self) -> dict:
@@ -163,7 +166,7 @@ class SizeChange:
         text = f"{format_size(self.baseline)} -> {format_size(self.followup, self.unit)} " \
                f"({self.absolute_text()}"
         if self.baseline > 0:
-            text += f", {'+' if self.absolute > 0 else ''}{self.percent:.1f} %)"
+            text += f", {format_change_percent(self.percent)})"
         else:
             text += "; no tumour at baseline, so no percentage)"
         return text

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..scan import LABELS, Scan
-from ..size_format import format_size
+from ..size_format import format_change_percent, format_diameter, format_size
 
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.66.7": "SEG"}
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.22": "SR", "1.2.840.10008.5.1.4.1.1.88.33": "SR",
@@ -193,17 +193,18 @@ _SIZE_UNITS = {"mm2": "mm²", "mL": "mL"}
 
 def measurement_text(value: float, unit: str) -> str:
     """One SR measurement for a person, as the size table shows it: an area or volume by
-    the one rule for sizes (`format_size`: "412 mm²", "3.27 mL"), the long axis to 0.1 mm,
-    a change from baseline to 0.1 % with its sign; any other unit (an SR from elsewhere)
+    the one rule for sizes (`format_size`: "412 mm²", "3.27 mL"), the long axis by
+    `format_diameter` ("31.2 mm"), a change from baseline by `format_change_percent`
+    ("-42.6 %"); any other unit (an SR from elsewhere)
     to 4 significant digits."""
     if unit in _SIZE_UNITS:
         return format_size(value, _SIZE_UNITS[unit])
     if not math.isfinite(value):
         return "n/a"               # as `format_size` writes it
     if unit == "mm":
-        return f"{value:.1f} mm"
+        return format_diameter(value)
     if unit == "%":
-        return f"{value:+.1f} %"
+        return format_change_percent(value)
     return f"{value:.4g} {unit}"
 
 
