@@ -167,6 +167,8 @@ GAPS = {  # name -> (measured, reference, what it isolates)
     "table (target)": ("seg", "phantom", "what the table shows vs the phantom's number"),
     "truth on the crop": ("crop", "phantom", "the best the table can show on this crop"),
     "3D definition on the crop": ("crop_3d", "crop", "3D Feret vs axial, same mask"),
+    "truth on the crop before (3D Feret)": ("crop_3d", "phantom",
+                                            "the best the table could show before"),
     "table before (3D Feret)": ("seg_3d", "phantom", "what the table showed before"),
 }
 
