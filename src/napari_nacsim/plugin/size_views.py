@@ -112,7 +112,8 @@ class SizeTable(QWidget):
         spacing = " × ".join(f"{s:g}" for s in result.baseline.spacing)
         self.note.setText(
             f"Sizes by the tumour segmenter on the {grid} model grid ({spacing} mm voxels); "
-            "longest diameter in mm (RECIST-style, maximum Feret diameter). "
+            "longest diameter in mm (RECIST 1.1: the longest in-plane diameter, in the slice where "
+            "it is largest). "
             f"Rows marked (synthetic) are generated counterfactuals, not measurements. {spread}"
             f"Bold: {target}, shown side by side.")
 
