@@ -46,8 +46,23 @@ import numpy as np
 
 TOLERANCE_MM = 3.0
 TARGET_SHARE = 0.95
-# the cohorts the bundled lung segmenter was trained on (its card): not unseen
-TRAINING_SEEDS = (1000,)
+
+
+def segmenter_training_seeds() -> set[int]:
+    """The phantom cohorts the bundled lung segmenter (and the models it was fine-tuned
+    from) was trained on, from its card: not unseen."""
+    import json
+
+    from napari_nacsim.families import get_family
+
+    card = json.loads((get_family("lung").bundled_segmenter_path() / "model.json").read_text())
+    seeds, training = set(), card.get("training")
+    while isinstance(training, dict):
+        seed = (training.get("data") or {}).get("seed")
+        if seed is not None:
+            seeds.add(int(seed))
+        training = (training.get("init_from") or {}).get("training")
+    return seeds
 
 
 def feret_3d_mm(mask: np.ndarray, spacing) -> float:
@@ -207,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--patients and --shapes take a count of 0 or more")
     if args.patients == 0 and args.shapes == 0:
         parser.error("nothing to measure: give --patients or --shapes")
-    if args.cohort_seed in TRAINING_SEEDS and not args.no_segmenter and args.patients:
+    if args.patients and not args.no_segmenter and args.cohort_seed in segmenter_training_seeds():
         parser.error(f"--cohort-seed {args.cohort_seed}: the lung segmenter was trained on "
                      "this cohort; take an unseen one")
     if args.out is not None:
