@@ -159,6 +159,31 @@ def test_heads_round_trip_and_refuse_tampering_or_another_model(tmp_path):
         load_heads(folder)
 
 
+def test_heads_fitted_on_another_diameter_definition_are_refused(tmp_path):
+    """Heads taking ln(baseline diameter / 30 mm) record the definition it was measured by;
+    heads from before the axial (RECIST 1.1) definition (no record: the 3D Feret diameter,
+    ~3 mm longer on lung tumours) are refused rather than fed shifted inputs."""
+    from napari_nacsim.science.measure import LONGEST_DIAMETER_DEFINITION
+    from napari_nacsim.science.prediction.heads import (fit_response, fit_survival,
+                                                         load_heads, save_heads)
+
+    x, time, event = _ph_data(n=80)
+    r = fit_response(x, (x[:, 0] > 0).astype(int), l2=0.1)
+    s = fit_survival(x, time, event, l2=0.1)
+    base = {"model_hash": "abc123", "feature_variant": "full", "timestep_fraction": 0.1,
+            "reference_log_risk": 0.0, "inputs": ["clinical", "baseline_diameter"]}
+    folder = save_heads(tmp_path / "now", r, s, base)
+    assert load_heads(folder)[2]["baseline_diameter_definition"] == LONGEST_DIAMETER_DEFINITION
+    card_path = folder / "heads_card.json"
+    card = json.loads(card_path.read_text())
+    del card["baseline_diameter_definition"]          # as cards written before it
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(InputError, match="fitted on another longest diameter.*3D"):
+        load_heads(folder)
+    # heads without the diameter input do not care
+    load_heads(save_heads(tmp_path / "plain", r, s, {**base, "inputs": ["clinical"]}))
+
+
 def test_reliability_diagram_is_written(tmp_path):
     curves = {"a": {**M.calibration([0, 0, 1, 1, 0, 1], [0.1, 0.2, 0.8, 0.7, 0.4, 0.6],
                                     bins=2), "brier": 0.1}}

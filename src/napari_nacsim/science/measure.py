@@ -265,6 +265,12 @@ def image_agreement(image: np.ndarray, reference: np.ndarray,
 
 # --- the longest diameter ---------------------------------------------------------------
 
+# What `longest_diameter_mm` measures, recorded by models fitted on it (the lung heads take
+# ln(D / 30 mm)) so that a model fitted on another definition is refused, not fed numbers
+# it never saw. Change it whenever the definition changes.
+LONGEST_DIAMETER_DEFINITION = "RECIST 1.1 axial: largest in-plane maximum Feret diameter"
+
+
 def longest_diameter_mm(labelled: np.ndarray, spacing) -> float:
     """RECIST 1.1's longest diameter in mm of a labelled mask: on a volume, measured in the
     axial plane (a ruler on one slice: the largest in-plane maximum Feret diameter over the

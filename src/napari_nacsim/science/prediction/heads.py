@@ -180,8 +180,16 @@ def _l2_json(l2):
 
 def save_heads(folder: str | os.PathLike, response: LinearHead, survival: LinearHead,
                card: dict[str, Any]) -> Path:
-    """``folder``/response.safetensors, survival.safetensors and the card (sha256 each)."""
+    """``folder``/response.safetensors, survival.safetensors and the card (sha256 each).
+    Heads that take the baseline diameter record the definition it was measured by (the
+    one `measure.longest_diameter_mm` measures now: the caller fitted on it)."""
     from safetensors.torch import save_file
+
+    from ..measure import LONGEST_DIAMETER_DEFINITION
+
+    if "baseline_diameter" in card.get("inputs", []):
+        card = {**card, "baseline_diameter_definition": card.get(
+            "baseline_diameter_definition", LONGEST_DIAMETER_DEFINITION)}
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -215,6 +223,22 @@ def read_heads_card(folder: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
+def _require_diameter_definition(folder: Path, card: dict[str, Any]) -> None:
+    """Heads that take the baseline diameter must have been fitted on the definition the
+    product measures today (`measure.LONGEST_DIAMETER_DEFINITION`): another one shifts
+    ln(D / 30 mm) by millimetres the heads never saw (the 3D Feret diameter read lung
+    tumours ~3 mm longer than the axial one)."""
+    from ..measure import LONGEST_DIAMETER_DEFINITION
+
+    if "baseline_diameter" not in card.get("inputs", []):
+        return
+    fitted = card.get("baseline_diameter_definition", "the 3D maximum Feret diameter")
+    if fitted != LONGEST_DIAMETER_DEFINITION:
+        raise InputError(folder / CARD, f"heads were fitted on another longest diameter "
+                                        f"({fitted}); refit them with "
+                                        "training/evaluate_prediction.py --bundle")
+
+
 def load_heads(folder: str | os.PathLike, model_hash: str | None = None
                ) -> tuple[LinearHead, LinearHead, dict[str, Any]]:
     """(response, survival, card), every file's sha256 verified first; ``model_hash``: the
@@ -227,6 +251,7 @@ def load_heads(folder: str | os.PathLike, model_hash: str | None = None
         raise InputError(folder / CARD, f"heads were trained on lung model "
                                         f"{str(card.get('model_hash'))[:12]}, not on "
                                         f"{model_hash[:12]}")
+    _require_diameter_definition(folder, card)
     heads = []
     for name in HEADS:
         entry = card["files"][name]
