@@ -72,8 +72,22 @@ def feret_3d_mm(mask: np.ndarray, spacing) -> float:
     from skimage.measure import regionprops
 
     labelled = ndimage.label(mask, np.ones((3, 3, 3), bool))[0]
-    return max((float(r.feret_diameter_max) for r in regionprops(labelled, spacing=spacing)),
+    return max((_feret_3d(r, spacing) for r in regionprops(labelled, spacing=spacing)),
                default=0.0)
+
+
+def _feret_3d(region, spacing) -> float:
+    """scikit-image's 3D Feret diameter; a part too small or flat for its convex hull (a
+    few voxels in one plane: marching cubes finds no surface) falls back to the farthest
+    voxel centres plus one voxel, as the old definition read such parts."""
+    try:
+        return float(region.feret_diameter_max)
+    except ValueError:
+        from scipy.spatial.distance import pdist
+
+        points = region.coords * np.asarray(spacing, float)
+        far = float(pdist(points).max()) if len(points) > 1 else 0.0
+        return far + float(min(spacing))
 
 
 def touches_edge(mask: np.ndarray) -> bool:
