@@ -107,6 +107,32 @@ def noop(spec, case, out):
     return {"id": case.id, "status": DONE, "reason": ""}
 
 
+class RssSampler:
+    """Peak resident memory of this process while the ``with`` block runs (psutil, every
+    0.2 s in a thread)."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self._process, self._stop = psutil.Process(), threading.Event()
+        self.before = self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+        return False
+
+
 def dry_run(rows: int, workers: int, work: Path, window: Optional[int] = None) -> dict:
     from distributed import Client, LocalCluster
 
@@ -116,6 +142,11 @@ def dry_run(rows: int, workers: int, work: Path, window: Optional[int] = None) -
     payload["patients"] = [{**patient, "id": f"P{i:06d}"} for i in range(rows)]
     big = source.with_name("big.json")
     big.write_text(json.dumps(payload))
+    del payload
+    # The client's and the (in-process) scheduler's memory from reading the manifest to the
+    # end of this part: the process's lifetime peak (ru_maxrss) also holds what an earlier
+    # part loaded (the review's models).
+    rss = RssSampler().__enter__()
     start = time.perf_counter()
     job = ReviewJob(big, steps=1)
     job.spec = NoopSpec(family=job.spec.family, model_dir=job.spec.model_dir)
@@ -134,6 +165,7 @@ def dry_run(rows: int, workers: int, work: Path, window: Optional[int] = None) -
                   progress=progress, window=window)
         end = time.perf_counter()
         worker_rss = client.run(lambda: __import__("psutil").Process().memory_info().rss)
+    rss.__exit__(None, None, None)
     schedule_s, first_s = end - start, first.get("t", end) - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"rows": rows, "workers": workers, "window": window or "default",
@@ -142,7 +174,10 @@ def dry_run(rows: int, workers: int, work: Path, window: Optional[int] = None) -
             "first_case_s": round(first_s, 2),
             "tasks_per_s": round(rows / schedule_s, 1),
             "tasks_per_s_after_first": round((rows - 1) / max(schedule_s - first_s, 1e-9), 1),
-            "peak_rss_client_and_scheduler_mib": round(peak / 2**20),
+            "rss_before_mib": round(rss.before / 2**20),
+            "peak_rss_client_and_scheduler_mib": round(rss.peak / 2**20),
+            "peak_rss_client_and_scheduler_growth_mib": round((rss.peak - rss.before) / 2**20),
+            "process_lifetime_peak_rss_mib": round(peak / 2**20),
             "worker_rss_mib": sorted(round(v / 2**20) for v in worker_rss.values())}
 
 
