@@ -72,3 +72,22 @@ def random_cohort(n: int = 6, size: int = 16, seed: int = 0):
     clinical = [{"pCR": bool(i % 2), "HR": bool(i % 3), "HER2": False} for i in range(n)]
     ids = [f"BR{i + 1:04d}" for i in range(n)]
     return PairedCohort(BREAST, ids, images, masks, clinical, (4.0, 4.0), [{} for _ in ids])
+
+
+def saved_lung_micro_model(folder, **overrides):
+    """A micro ImmunoDiff (config MICRO + ``overrides``) whose ControlNet and U-Net are
+    nudged off their zero-initialised outputs (so the conditions change what it draws),
+    saved to ``folder`` and loaded through the engine as a user's model would be."""
+    import torch
+
+    from napari_nacsim.engine import load_model
+    from napari_nacsim.science.generative.immunodiff.checkpoint import save_checkpoint
+    from napari_nacsim.science.generative.immunodiff.config import MICRO as LUNG_MICRO
+    from napari_nacsim.science.generative.immunodiff.network import ImmunoDiff
+
+    torch.manual_seed(0)
+    net = ImmunoDiff({**LUNG_MICRO, **overrides})
+    with torch.no_grad():
+        for p in [*net.controlnet.parameters(), *net.unet.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))
+    return load_model(save_checkpoint(net, folder, {"title": "ImmunoDiff micro (test)"}))

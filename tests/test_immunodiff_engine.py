@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from generative_helpers import saved_lung_micro_model
 from immunodiff_helpers import ThresholdSegmenter
 
 
@@ -25,21 +26,7 @@ def lung_sample():
 
 @pytest.fixture(scope="module")
 def micro_lung_model(tmp_path_factory):
-    import torch
-
-    from napari_nacsim.engine import load_model
-    from napari_nacsim.science.generative.immunodiff.checkpoint import save_checkpoint
-    from napari_nacsim.science.generative.immunodiff.config import MICRO
-    from napari_nacsim.science.generative.immunodiff.network import ImmunoDiff
-
-    torch.manual_seed(0)
-    net = ImmunoDiff(MICRO)
-    with torch.no_grad():
-        for p in [*net.controlnet.parameters(), *net.unet.parameters()]:
-            p.add_(0.05 * torch.randn_like(p))
-    folder = save_checkpoint(net, tmp_path_factory.mktemp("lung_micro") / "model",
-                             {"title": "ImmunoDiff micro (test)"})
-    return load_model(folder)
+    return saved_lung_micro_model(tmp_path_factory.mktemp("lung_micro") / "model")
 
 
 def test_session_compares_pd_l1_values_on_a_lung_sample(lung_sample, micro_lung_model):

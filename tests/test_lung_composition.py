@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from generative_helpers import saved_lung_micro_model
+
 from napari_nacsim.core.errors import InputError
 from napari_nacsim.science.generative.immunodiff.compose import (Composition, compose,
                                                                   tumour_region)
@@ -124,21 +126,8 @@ def test_the_defaults_come_from_the_phantom_and_its_growth_stays_inside_the_marg
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    import torch
-
-    from napari_nacsim.engine import load_model
-    from napari_nacsim.science.generative.immunodiff.checkpoint import save_checkpoint
-    from napari_nacsim.science.generative.immunodiff.config import MICRO
-    from napari_nacsim.science.generative.immunodiff.network import ImmunoDiff
-
-    torch.manual_seed(0)
-    net = ImmunoDiff({**MICRO, "target": "change"})
-    with torch.no_grad():
-        for p in [*net.controlnet.parameters(), *net.unet.parameters()]:
-            p.add_(0.05 * torch.randn_like(p))
-    folder = save_checkpoint(net, tmp_path_factory.mktemp("lung_micro") / "model",
-                             {"title": "ImmunoDiff micro (test)"})
-    return load_model(folder)
+    return saved_lung_micro_model(tmp_path_factory.mktemp("lung_micro") / "model",
+                                  target="change")
 
 
 @pytest.fixture(scope="module")
