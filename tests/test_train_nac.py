@@ -252,3 +252,60 @@ def test_entrypoint_fine_tunes_and_records_the_chain(tmp_path, train_nac_script)
     # a model folder that is not one is refused with one line, no traceback
     assert script.main(["--out", str(tmp_path / "bad"), "--patients", "8", "--init-from",
                         str(tmp_path), "--quiet"]) == 2
+
+
+def test_counterfactual_pairs_put_both_outcomes_of_a_patient_side_by_side(tmp_path, cohort):
+    """Each drawn patient fills two places: its factual follow-up and its counterfactual one,
+    with the same visit, transform, timestep and noise; the conditions differ in the outcome."""
+    import dataclasses
+
+    import numpy as np
+
+    from napari_nacsim.core.errors import InputError
+    from napari_nacsim.science.generative import train as train_module
+
+    rng = np.random.default_rng(1)
+    paired = dataclasses.replace(
+        cohort,
+        cf_images={i: rng.random(cohort.images.shape[1:], dtype=np.float32) for i in cohort.ids},
+        cf_masks={i: (rng.random(cohort.images.shape[1:]) > 0.8).astype(np.uint8)
+                  for i in cohort.ids},
+        cf_clinical={i: {**c, "pCR": not c["pCR"]} for i, c in zip(cohort.ids, cohort.clinical)})
+    config = micro_config()
+    config["training"]["stage2"]["counterfactual_pairs"] = True
+    seen = []
+    real_stage2 = train_module._Stage2.forward
+
+    def spy(self, control, target, codes, drop, t, noise, null, weight=None):
+        seen.append((control.clone(), target.clone(), codes.clone(), drop.clone(), t.clone(),
+                     noise.clone()))
+        return real_stage2(self, control, target, codes, drop, t, noise, null, weight)
+
+    train_module._Stage2.forward = spy
+    try:
+        folder = train(config, paired, tmp_path / "pairs", seed=0, stage1_steps=1,
+                       stage2_steps=3, batch_size=4, progress=False, sample_log=True)
+    finally:
+        train_module._Stage2.forward = real_stage2
+    assert len(seen) == 3
+    for control, target, codes, drop, t, noise in seen:
+        for a, b in ((0, 1), (2, 3)):          # (factual, counterfactual) places
+            assert torch.equal(control[a], control[b])           # the same T0, same transform
+            assert torch.equal(t[a], t[b]) and torch.equal(noise[a], noise[b])
+            assert bool(drop[a]) == bool(drop[b])
+            assert not torch.equal(target[a], target[b])          # two different follow-ups
+            assert not torch.equal(codes[a], codes[b])            # under two outcomes
+    rows = list(csv.DictReader(open(tmp_path / "pairs" / "samples" / "rank0.csv")))
+    for row in (r for r in rows if r["stage"] == "2"):
+        patients, times = row["patients"].split(), row["times"].split()
+        assert patients[0] == patients[1] and patients[2] == patients[3]
+        assert times[0] == times[1] and times[2] == times[3]
+    _, card = load_checkpoint(folder)
+    assert card["training"]["counterfactual_pairs"] is True
+    # a patient without its counterfactual, or an odd batch, is refused
+    with pytest.raises(InputError, match="have no counterfactual follow-ups"):
+        train(config, cohort, tmp_path / "none", seed=0, stage1_steps=1, stage2_steps=1,
+              batch_size=4, progress=False)
+    with pytest.raises(InputError, match="must be even"):
+        train(config, paired, tmp_path / "odd", seed=0, stage1_steps=1, stage2_steps=1,
+              batch_size=3, progress=False)

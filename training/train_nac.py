@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative weights of the target time points drawn in stage 2 (one "
                         "per time point, e.g. 1,2,1 draws breast T1 half the time); "
                         "default: the config's, else uniform")
+    p.add_argument("--counterfactual-pairs", action="store_true",
+                   help="stage 2 trains each drawn patient's factual and counterfactual "
+                        "follow-ups side by side (same visit, flips, timestep and noise; the "
+                        "phantoms render both outcomes, so the cache gains the "
+                        "counterfactuals); the batch size must be even")
     p.add_argument("--cache", type=Path, default=Path("artifacts/breast_cache"),
                    help="prepared-patient cache folder")
     p.add_argument("--jobs", type=int, default=1, help="processes preparing patients")
@@ -105,6 +110,8 @@ def _run(args, argv: list[str] | None) -> int:
         stage2["tumour_margin"] = args.tumour_margin
     if args.balance is not None:
         stage2["balance"] = None if args.balance.lower() == "none" else args.balance
+    if args.counterfactual_pairs:
+        stage2["counterfactual_pairs"] = True
     if args.time_weights is not None:
         try:
             stage2["time_weights"] = [float(v) for v in args.time_weights.split(",")]
@@ -122,7 +129,9 @@ def _run(args, argv: list[str] | None) -> int:
     processes = PartialState(cpu=args.cpu)
     with processes.local_main_process_first():
         cohort = phantom_cohort(family, args.cohort_seed, args.patients, config["image_size"],
-                                cache_dir=args.cache, counterfactual_ids=test_ids,
+                                cache_dir=args.cache,
+                                counterfactual_ids=(ids if stage2.get("counterfactual_pairs")
+                                                    else test_ids),
                                 jobs=args.jobs)
     prep_seconds = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)

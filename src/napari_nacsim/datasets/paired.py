@@ -57,12 +57,22 @@ def prepare_phantom_patient(family: Family, cohort_seed: int, index: int, size: 
     if path.exists():
         return path
     patient = family.make_phantom(cohort_seed, index)
-    rendering = patient.render()
-    images, masks, spacing = model_arrays(family, family.model_inputs(rendering.visits()), size)
-    payload = dict(images=images, masks=masks, spacing=np.array(spacing), id=patient.id,
-                   clinical=json.dumps(rendering.clinical), truth=json.dumps(rendering.truth))
+    factual = path.with_name(path.name.replace("_cf.npz", ".npz"))
+    if counterfactual and factual.exists():
+        # the factual half is already prepared (a phantom renders the same every time):
+        # only the counterfactual is rendered
+        with np.load(factual) as z:
+            payload = {k: z[k] for k in z.files}
+        clinical = json.loads(str(payload["clinical"]))
+    else:
+        rendering = patient.render()
+        images, masks, spacing = model_arrays(family, family.model_inputs(rendering.visits()),
+                                              size)
+        clinical = rendering.clinical
+        payload = dict(images=images, masks=masks, spacing=np.array(spacing), id=patient.id,
+                       clinical=json.dumps(clinical), truth=json.dumps(rendering.truth))
     if counterfactual:
-        cf = patient.render(family.counterfactual(rendering.clinical))
+        cf = patient.render(family.counterfactual(clinical))
         cf_images, cf_masks, _ = model_arrays(family, family.model_inputs(cf.visits()), size)
         payload.update(cf_images=cf_images, cf_masks=cf_masks,
                        cf_clinical=json.dumps(cf.clinical), cf_truth=json.dumps(cf.truth))

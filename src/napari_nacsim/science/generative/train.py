@@ -21,8 +21,13 @@ not drowned by the rest of the image, and ``balance`` names a conditioning varia
 ``pCR``) whose values are drawn equally often, so a minority outcome is seen as often as the
 majority. ``time_weights`` (one relative weight per time point, e.g. ``[1, 2, 1]``) draws the
 target visits of stage 2 unequally, for a time point whose effect the model has learnt worst
-(breast T1, where the response is half-way). Stage 2 can also start from a trained model
-(``init_from``), which skips stage 1.
+(breast T1, where the response is half-way). ``counterfactual_pairs`` trains on both outcomes
+of every patient side by side: each drawn patient fills two places of the batch, its factual
+follow-up and its counterfactual one (the same patient rendered under the other outcome), with
+the same time point, flips, timestep and noise, so the only difference between the two is the
+outcome. A small per-patient effect (breast T1: a few pixels between pCR and non-pCR) is then
+learnt from exact contrasts rather than across patients whose anatomy differs more than the
+effect. Stage 2 can also start from a trained model (``init_from``), which skips stage 1.
 
 A model that generates the change (config ``target: change``) learns, in both stages, the
 encoding of the target visit minus that of the pre-treatment image (stage 1: unconditional
@@ -69,16 +74,19 @@ STATE = "train_state.json"
 
 
 def augment(images: torch.Tensor, generator: torch.Generator,
-            keep: slice | None = None) -> torch.Tensor:
+            keep: slice | None = None, repeat: int = 1) -> torch.Tensor:
     """Same random flip + 90-degree rotation for all channels of each sample (B, C, H, W).
 
     ``keep``: transform and return only these samples; the draws are still made for every
-    sample, so the random stream (and what the kept samples get) does not depend on it."""
+    sample, so the random stream (and what the kept samples get) does not depend on it.
+    ``repeat``: one draw serves this many consecutive samples (a counterfactual pair gets
+    the same transform)."""
     out = []
     kept = range(len(images))[keep] if keep is not None else range(len(images))
     for i, sample in enumerate(images):
-        k = int(torch.randint(0, 4, (1,), generator=generator))
-        flip = bool(torch.randint(0, 2, (1,), generator=generator))
+        if i % repeat == 0:
+            k = int(torch.randint(0, 4, (1,), generator=generator))
+            flip = bool(torch.randint(0, 2, (1,), generator=generator))
         if i not in kept:
             continue
         sample = torch.rot90(sample, k, dims=(-2, -1))
@@ -86,22 +94,27 @@ def augment(images: torch.Tensor, generator: torch.Generator,
     return torch.stack(out)
 
 
-def scenario_of(cohort: PairedCohort, i: int, time_index: int) -> dict[str, Any]:
-    clinical = cohort.clinical[i]
+def scenario_of(cohort: PairedCohort, i: int, time_index: int,
+                counterfactual: bool = False) -> dict[str, Any]:
+    """The conditions of patient ``i`` at a time point: its own clinical values, or
+    (``counterfactual``) those it was rendered under for its counterfactual follow-ups."""
+    clinical = (cohort.cf_clinical[cohort.ids[i]] if counterfactual else cohort.clinical[i])
     return {"time": cohort.family.timepoint_names[time_index],
             **{v.name: clinical[v.name] for v in cohort.family.condition_variables}}
 
 
-def _noisy(model, shape, g):
+def _noisy(model, shape, g, repeat: int = 1):
     """Timesteps and noise of a batch of images of ``shape``, in the space the UNet denoises
-    (the VAE latent of latent configurations)."""
+    (the VAE latent of latent configurations). ``repeat``: one draw serves this many
+    consecutive samples (a counterfactual pair shares its timestep and noise)."""
     from .model import latent_channels, latent_factor
 
     factor = latent_factor(model.config)
-    shape = (shape[0], latent_channels(model.config), shape[-2] // factor, shape[-1] // factor)
-    t = torch.randint(0, model.scheduler.config.num_train_timesteps, (shape[0],), generator=g)
+    n = shape[0] // repeat
+    shape = (n, latent_channels(model.config), shape[-2] // factor, shape[-1] // factor)
+    t = torch.randint(0, model.scheduler.config.num_train_timesteps, (n,), generator=g)
     noise = torch.randn(shape, generator=g)
-    return t, noise
+    return t.repeat_interleave(repeat, 0), noise.repeat_interleave(repeat, 0)
 
 
 def trains_vae(config: dict[str, Any]) -> bool:
@@ -289,6 +302,7 @@ class _Settings:
     tumour_margin: int
     balance: str | None
     time_weights: list[float] | None
+    pairs: bool                   # counterfactual pairs in stage 2
     weighting: str
     min_snr_gamma: float | None
     with_vae: bool
@@ -321,7 +335,8 @@ def _settings(config: dict[str, Any], *, init_from: Path | None, stage1_steps: i
         drop_p=float(s2.get("cond_drop_prob", 0.1)),
         tumour_weight=float(s2.get("tumour_weight", 0.0)),
         tumour_margin=int(s2.get("tumour_margin", 2)), balance=s2.get("balance"),
-        time_weights=s2.get("time_weights"), weighting=weighting,
+        time_weights=s2.get("time_weights"), pairs=bool(s2.get("counterfactual_pairs", False)),
+        weighting=weighting,
         min_snr_gamma=float(tcfg.get("min_snr_gamma", 5.0)) if weighting == "min_snr" else None,
         with_vae=with_vae, change=generates_change(config))
 
@@ -419,8 +434,22 @@ class _Run:
         self.draw_probs = balanced_probabilities(data, self.s.balance) if self.s.balance \
             else None
         self.time_probs = time_probabilities(self.s.time_weights, data.family.timepoint_names)
-        self.codes_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.codes_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
         self.n, self.n_t = self.images.shape[0], self.images.shape[1]
+        if self.s.pairs and self.s.steps[2]:
+            field = "training.stage2.counterfactual_pairs"
+            missing = [i for i in data.ids if i not in data.cf_images]
+            if missing:
+                raise InputError(field, f"{len(missing)} of {self.n} training patients have no "
+                                        f"counterfactual follow-ups (first: {missing[0]}); "
+                                        "prepare them with the counterfactual")
+            if self.s.bs[2] % 2:
+                raise InputError(field, f"the stage-2 batch size ({self.s.bs[2]} per process) "
+                                        "must be even: each patient fills two places")
+            self.cf_images = torch.from_numpy(
+                np.stack([data.cf_images[i] for i in data.ids])).float()
+            self.cf_masks = torch.from_numpy(
+                np.stack([data.cf_masks[i] for i in data.ids]) > 0).float()
 
     def open_logs(self, sample_log: bool) -> None:
         """The loss log (main process) and, with ``sample_log``, this process's log of what
@@ -510,15 +539,22 @@ class _Run:
         patients and time points drawn from it."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stage * 100_003
                                           + self.step)
+        per = self._per_patient()
+        n = n_global // per
         if self.stage == 2 and self.draw_probs is not None:
-            idx = torch.multinomial(self.draw_probs, n_global, replacement=True, generator=g)
+            idx = torch.multinomial(self.draw_probs, n, replacement=True, generator=g)
         else:
-            idx = torch.randint(0, self.n, (n_global,), generator=g)
+            idx = torch.randint(0, self.n, (n,), generator=g)
         if self.stage == 2 and self.time_probs is not None:
-            tp = torch.multinomial(self.time_probs, n_global, replacement=True, generator=g)
+            tp = torch.multinomial(self.time_probs, n, replacement=True, generator=g)
         else:
-            tp = torch.randint(0, self.n_t, (n_global,), generator=g)
-        return g, idx, tp
+            tp = torch.randint(0, self.n_t, (n,), generator=g)
+        return g, idx.repeat_interleave(per), tp.repeat_interleave(per)
+
+    def _per_patient(self) -> int:
+        """Places of the batch each drawn patient fills: 2 (factual, counterfactual) in stage
+        2 with counterfactual pairs, else 1."""
+        return 2 if self.stage == 2 and self.s.pairs else 1
 
     def _loss(self, wrapper, g, idx, tp, null, n_global: int, mine: slice, device):
         """The loss of this process's slice of the global batch: stage 0 the VAE's, stage 1
@@ -541,19 +577,27 @@ class _Run:
             batch = augment(images[idx, tp][:, None], g, mine)
             t, noise = _noisy(model, (n_global, *batch.shape[1:]), g)
             return wrapper(batch.to(device), t[mine], noise[mine], null)
-        pair = augment(torch.stack([images[idx, 0], images[idx, tp],
-                                    masks[idx, 0], masks[idx, tp]], 1), g, mine)
+        per = self._per_patient()
+        # with pairs, every second place is the counterfactual follow-up of the one before
+        arm = (torch.arange(n_global) % per).bool()
+        target_images, target_masks = images[idx, tp], masks[idx, tp]
+        if per == 2:
+            target_images = torch.where(arm[:, None, None], self.cf_images[idx, tp],
+                                        target_images)
+            target_masks = torch.where(arm[:, None, None], self.cf_masks[idx, tp], target_masks)
+        pair = augment(torch.stack([images[idx, 0], target_images,
+                                    masks[idx, 0], target_masks], 1), g, mine, repeat=per)
         control, target = pair[:, :1].to(device), pair[:, 1:2].to(device)
         weight = (tumour_weights(pair[:, 2:], s.tumour_weight, s.tumour_margin)
                   .to(device) if s.tumour_weight > 0 else None)
-        keys = [(int(i), int(j)) for i, j in zip(idx[mine], tp[mine])]
+        keys = [(int(i), int(j), bool(a)) for i, j, a in zip(idx[mine], tp[mine], arm[mine])]
         for key in keys:
             if key not in self.codes_cache:
                 self.codes_cache[key] = model.conditioner.tokens.encode_values(
                     [scenario_of(self.data, *key)])[0]
         codes = torch.stack([self.codes_cache[k] for k in keys])
-        drop = torch.rand(n_global, generator=g)[mine] < s.drop_p
-        t, noise = _noisy(model, (n_global, *target.shape[1:]), g)
+        drop = (torch.rand(n_global // per, generator=g) < s.drop_p).repeat_interleave(per)[mine]
+        t, noise = _noisy(model, (n_global, *target.shape[1:]), g, repeat=per)
         return wrapper(control, target, codes, drop, t[mine], noise[mine], null, weight)
 
     def _log_step(self, value: float, idx, tp, opt) -> None:
@@ -629,6 +673,7 @@ class _Run:
                          "pixel_fold": config.get("pixel_fold", 1),
                          "balance": s.balance,
                          **({"time_weights": s.time_weights} if s.time_weights else {}),
+                         **({"counterfactual_pairs": True} if s.pairs else {}),
                          "device": str(accelerator.device),
                          "num_processes": world,
                          "distributed_type": str(accelerator.distributed_type.value),
