@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_nacsim.core.cohort import check_cohort_images, load_cohort
+from napari_nacsim.core.cohort import CohortManifest, check_cohort_images, load_cohort
 from napari_nacsim.core.errors import InputError
 
 
@@ -58,29 +58,55 @@ def test_load_valid_cohort(tmp_path):
     (lambda p: p["scans"]["T1"].update(pre="P1/missing.nii.gz"), "missing.nii.gz.*missing"),
     (lambda p: p.pop("id"), "has no \"id\""),
 ])
-def test_invalid_patients(tmp_path, mutate, problem):
+@pytest.mark.parametrize("read", [load_cohort, CohortManifest])
+def test_invalid_patients(tmp_path, mutate, problem, read):
     patient = _breast_patient(tmp_path)
     mutate(patient)
     with pytest.raises(InputError, match=problem) as err:
-        load_cohort(_manifest(tmp_path, [patient]))
+        read(_manifest(tmp_path, [patient]))
     assert "\n" not in str(err.value)
 
 
-def test_invalid_manifests(tmp_path):
+@pytest.mark.parametrize("read", [load_cohort, CohortManifest])
+def test_invalid_manifests(tmp_path, read):
     bad = tmp_path / "cohort.json"
-    bad.write_text("{not json")
-    with pytest.raises(InputError, match="not valid JSON"):
-        load_cohort(bad)
-    bad.write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(InputError, match="not a nacsim cohort manifest"):
-        load_cohort(bad)
+    for text in ("{not json", '{"format": "nacsim-cohort", "patients": [{"id": '):
+        bad.write_text(text)
+        with pytest.raises(InputError, match="not valid JSON") as err:
+            read(bad)
+        assert "\n" not in str(err.value)
+    for text in (json.dumps({"format": "something-else"}), "[1, 2]"):
+        bad.write_text(text)
+        with pytest.raises(InputError, match="not a nacsim cohort manifest"):
+            read(bad)
     with pytest.raises(InputError, match="lists no patients"):
-        load_cohort(_manifest(tmp_path, []))
+        read(_manifest(tmp_path, []))
     with pytest.raises(InputError, match="not a model family"):
-        load_cohort(_manifest(tmp_path, [{"id": "x"}], family="liver"))
+        read(_manifest(tmp_path, [{"id": "x"}], family="liver"))
     p = _breast_patient(tmp_path)
     with pytest.raises(InputError, match="appears twice"):
-        load_cohort(_manifest(tmp_path, [p, p]))
+        read(_manifest(tmp_path, [p, p]))
+
+
+def test_a_streamed_manifest_gives_the_cohort_patient_by_patient(tmp_path):
+    """`CohortManifest` (a cohort run's reader): the patients, values and fields of
+    `load_cohort`, each time it is iterated; a manifest edited since is refused."""
+    p1, p2 = _breast_patient(tmp_path, "P1"), _breast_patient(tmp_path, "P2", pCR="no")
+    p2["scans"].pop("T1")
+    p1["extra"] = {"phantom": {"volume": 12.5, "seeds": [1, 2]}}
+    path = tmp_path / "cohort.json"
+    path.write_text(json.dumps({"format": "nacsim-cohort", "version": 1, "site": {"a": 0.5},
+                                "patients": [p1, p2], "family": "breast", "notes": [1.25]}))
+    cohort, streamed = load_cohort(path), CohortManifest(path)
+    assert (streamed.family, streamed.root, streamed.meta) == (cohort.family, cohort.root,
+                                                               cohort.meta)
+    assert streamed.meta == {"site": {"a": 0.5}, "notes": [1.25]}
+    assert len(streamed.patients) == 2 and streamed.with_followup == 1
+    assert list(streamed.patients) == cohort.patients == list(streamed.patients)
+    assert type(list(streamed.patients)[0].extra["phantom"]["volume"]) is float
+    path.write_text(path.read_text() + " ")
+    with pytest.raises(InputError, match="changed since it was read"):
+        list(streamed.patients)
 
 
 def test_mismatched_grids_between_channels(tmp_path):

@@ -22,8 +22,9 @@ from cohort_helpers import tiny_cohort
 from napari_nacsim.core.errors import InputError
 from napari_nacsim.engine.cohort_review import cases_to_csv, review_cohort
 from napari_nacsim.engine.cohort_runner import (CASES, DONE, FAILED, RECORD, BatchJob, Case,
-                                                JobSpec, ReviewJob, RunProgress,
-                                                one_torch_thread, run_cases, safe_name)
+                                                DoneRows, JobSpec, ReviewJob, RunProgress,
+                                                execute_case, one_torch_thread, run_cases,
+                                                safe_name)
 from napari_nacsim.engine.jobs import Cancelled, CancelToken
 
 STEPS = 2
@@ -69,7 +70,8 @@ def test_single_process_run_is_the_review(manifest, reference, tmp_path):
     """The runner's per-case records give the review's CSV (the inspector's engine), and
     every generated image is on disk, labelled synthetic."""
     out, summary = reference
-    assert summary.computed == list(PATIENTS) and not summary.failed
+    assert summary.computed == len(PATIENTS) and not summary.failed
+    assert list(summary.ran()) == list(PATIENTS)
     legacy = tmp_path / "legacy.csv"
     with one_torch_thread():  # as every case of a run
         cases_to_csv(list(review_cohort(manifest, steps=STEPS)), legacy)
@@ -85,7 +87,7 @@ def test_two_workers_give_the_single_process_answer_byte_for_byte(manifest, refe
                                                                   client, tmp_path):
     ref_out, ref = reference
     summary = run_cases(ReviewJob(manifest, steps=STEPS), tmp_path, client=client)
-    assert sorted(summary.computed) == list(PATIENTS) and not summary.failed
+    assert list(summary.ran()) == list(PATIENTS) and not summary.failed
     assert summary.csv.read_bytes() == ref.csv.read_bytes()
     assert _images(tmp_path) == _images(ref_out)
     hosts = {r["host"] for r in summary.records}
@@ -141,11 +143,12 @@ def test_an_interrupted_run_resumes_and_redoes_only_the_unfinished(manifest, ref
     with pytest.raises(InputError, match="--resume"):  # never over a run by accident
         run_cases(job, tmp_path, workers=0)
     summary = run_cases(job, tmp_path, client=client, resume=True)
-    assert sorted(summary.computed) == ["BR0002", "BR0003"] and summary.reused == ["BR0001"]
+    assert list(summary.ran()) == ["BR0002", "BR0003"] and summary.reused == 1
     assert summary.csv.read_bytes() == reference[1].csv.read_bytes()
     assert _images(tmp_path) == _images(reference[0])
     again = run_cases(job, tmp_path, client=client, resume=True)  # nothing left to do
-    assert again.computed == [] and again.csv.read_bytes() == reference[1].csv.read_bytes()
+    assert again.computed == 0 and not list(again.ran())
+    assert again.csv.read_bytes() == reference[1].csv.read_bytes()
 
 
 def test_a_bad_case_is_recorded_and_the_rest_complete(manifest, reference, client, tmp_path):
@@ -205,6 +208,124 @@ def test_the_window_bounds_the_cases_in_flight_and_reports_each_once(client, tmp
     crashed = json.loads((tmp_path / CASES / "c07" / RECORD).read_text())
     assert crashed["status"] == FAILED and crashed["reason"] == "RuntimeError: case c07 crashed"
     assert not (tmp_path / CASES / "c03").exists()  # a failed case is the case's to record
+
+
+@dataclasses.dataclass(frozen=True)
+class _OneRow(JobSpec):
+    """A review case without a model: one row per patient, its number the patient's (the
+    family and model folder are the job's, for the run's record)."""
+
+    family: str = "breast"
+    model_dir: str = ""
+
+    def run(self, case, folder, *, cancel=None):
+        number = int(case.payload.id[1:])
+        return {"status": DONE, "unit": "mm²",
+                "rows": [{"patient": case.payload.id, "time": "T1", "ssim": number / 100}]}
+
+
+def _wide_manifest(folder: Path, n: int) -> Path:
+    """``n`` patients sharing one set of (empty) files: the run reads none of them."""
+    scans = {tp: {ch: f"files/{tp}_{ch}.nii.gz" for ch in ("pre", "post")}
+             for tp in ("T0", "T1")}
+    for entries in scans.values():
+        for rel in entries.values():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).touch()
+    manifest = folder / "wide.json"
+    manifest.write_text(json.dumps({
+        "format": "nacsim-cohort", "version": 1, "family": "breast",
+        "patients": [{"id": f"P{i:03d}", "clinical": {"pCR": i % 2 == 0, "HR": False,
+                                                      "HER2": True}, "scans": scans}
+                     for i in range(n)]}))
+    return manifest
+
+
+@pytest.fixture
+def live(monkeypatch):
+    """Counts of the patients parsed from a manifest and of the case records read back
+    that are still alive (weak references: what the run holds, not what it has seen)."""
+    import weakref
+
+    from napari_nacsim.core import cohort as cohort_module
+    from napari_nacsim.engine import cohort_runner
+
+    class Record(dict):  # a dict that can be referenced weakly
+        pass
+
+    patients, records, counts = [], [], {"records": []}
+    parse, read = cohort_module._parse_patient, cohort_runner.read_record
+
+    def alive(refs: list) -> int:
+        return sum(ref() is not None for ref in refs)
+
+    def parse_patient(*args, **kwargs):
+        patient = parse(*args, **kwargs)
+        patients.append(weakref.ref(patient))
+        return patient
+
+    def read_record(out, case):
+        record = read(out, case)
+        if record is not None:
+            record = Record(record)
+            records.append(weakref.ref(record))
+            counts["records"].append(alive(records))
+        return record
+
+    monkeypatch.setattr(cohort_module, "_parse_patient", parse_patient)
+    monkeypatch.setattr(cohort_runner, "read_record", read_record)
+    counts["patients"] = lambda: alive(patients)
+    return counts
+
+
+def _one_row_job(manifest: Path) -> ReviewJob:
+    job = ReviewJob(manifest, steps=1)
+    job.spec = _OneRow(model_dir=job.spec.model_dir)
+    return job
+
+
+def test_a_run_holds_the_case_in_flight_not_the_manifest_nor_the_records(tmp_path, live):
+    """In this process: while a case runs, the one patient of that case is alive (not the
+    manifest's 40), and the CSV is written from the records on disk, a few alive at a time
+    (not a list of every case's): what a 100,000-patient run holds does not grow with it."""
+    n = 40
+    job = _one_row_job(_wide_manifest(tmp_path / "cohort", n))
+    alive = []
+
+    def execute(spec, case, out):
+        alive.append(live["patients"]())
+        return execute_case(spec, case, out)
+
+    summary = run_cases(job, tmp_path / "run", workers=0, execute=execute)
+    assert len(alive) == n and max(alive) == 1
+    assert live["records"] and max(live["records"]) <= 3
+    lines = _csv_lines(summary.csv)
+    assert len(lines) == n + 1 and lines[4].startswith("P003,T1,") and ",0.03," in lines[4]
+
+    # the table is the records on disk: one changed there (same request) is what it shows
+    record_path = tmp_path / "run" / CASES / "P003" / RECORD
+    record = json.loads(record_path.read_text())
+    record["rows"][0]["ssim"] = 0.625
+    record_path.write_text(json.dumps(record))
+    again = run_cases(job, tmp_path / "run", workers=0, execute=execute, resume=True)
+    assert again.computed == 0 and again.reused == n and len(alive) == n
+    assert ",0.625," in _csv_lines(again.csv)[4]
+    assert [r["ssim"] for r in DoneRows(again.records)][3] == 0.625  # read again, not kept
+
+
+def test_on_dask_the_client_holds_the_window_and_the_csv_is_the_same(client, tmp_path,
+                                                                       live):
+    """On 2 workers with 4 cases in flight: the client holds the window's patients, not the
+    manifest's 40, and the CSV is the in-process run's, byte for byte, whatever the order
+    in which the cases finished."""
+    n, window = 40, 4
+    manifest = _wide_manifest(tmp_path / "cohort", n)
+    alive = []
+    here = run_cases(_one_row_job(manifest), tmp_path / "here", workers=0)
+    there = run_cases(_one_row_job(manifest), tmp_path / "there", client=client,
+                      window=window, progress=lambda state: alive.append(live["patients"]()))
+    assert len(alive) == n and max(alive) <= window
+    assert there.csv.read_bytes() == here.csv.read_bytes()
 
 
 def test_batch_command_on_a_phantom_cohort_through_a_scheduler(client, tmp_path, capsys):

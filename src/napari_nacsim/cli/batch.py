@@ -42,8 +42,8 @@ def cmd_batch(args) -> int:
     bar.close()
     for case, reason in summary.failed:
         print(f"failed {case}: {reason}")
-    n_done = len(summary.records) - len(summary.failed)
-    reused = f" ({len(summary.reused)} from before)" if summary.reused else ""
+    n_done = summary.total - len(summary.failed)
+    reused = f" ({summary.reused} from before)" if summary.reused else ""
     print(f"wrote {n_done} SYNTHETIC what-if runs{reused} to {args.out / 'cases'} and their "
           f"table to {csv_path} in {summary.seconds:.1f} s"
           + (f"; {len(summary.failed)} failed (see {args.out / 'failed.csv'})"

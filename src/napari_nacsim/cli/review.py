@@ -50,12 +50,10 @@ def cmd_review(args) -> int:
         print(f"skipped {case}: {reason}")
     for case, reason in summary.failed:
         print(f"failed {case}: {reason}")
-    rows = stats["rows"]
-    worst = sorted(rows, key=lambda r: r.get("ssim") or 0.0)[:3]
     print("lowest SSIM: " + ", ".join(f"{r['patient']} {r['time']} ({r['ssim']:.2f})"
-                                      for r in worst if r.get("ssim") is not None))
-    reused = f", {len(summary.reused)} patients from before" if summary.reused else ""
-    print(f"wrote {len(rows)} cases to {args.csv} (per patient: {out}{reused})")
+                                      for r in stats["lowest"] if r.get("ssim") is not None))
+    reused = f", {summary.reused} patients from before" if summary.reused else ""
+    print(f"wrote {stats['n_cases']} cases to {args.csv} (per patient: {out}{reused})")
     return 1 if summary.failed else 0
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .atomic import write_json_atomic
 from .errors import InputError
@@ -86,7 +86,8 @@ def load_cohort(path: str | os.PathLike, check_files: bool = True) -> Cohort:
     """Read and validate a manifest; raises `InputError` naming the field or file at fault.
 
     With ``check_files`` every referenced file must exist (reading them is
-    `check_cohort_images`'s job, which is slower).
+    `check_cohort_images`'s job, which is slower). Holds every patient: a cohort run over a
+    large manifest reads it as a `CohortManifest` instead.
     """
     path = Path(path)
     try:
@@ -95,12 +96,9 @@ def load_cohort(path: str | os.PathLike, check_files: bool = True) -> Cohort:
         raise InputError(path, "cohort manifest does not exist") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise InputError(path, f"cohort manifest is not valid JSON ({err})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(path, f"not a nacsim cohort manifest (expected \"format\": \"{FORMAT}\")")
-    if payload.get("version") != VERSION:
-        raise InputError(path, f"manifest version {payload.get('version')!r} is not supported "
-                               f"(this nacsim reads version {VERSION})")
-    schema = family_schema(str(payload.get("family")))
+    if not isinstance(payload, dict):
+        raise InputError(path, NOT_A_MANIFEST)
+    schema, meta = _check_header(payload, path)
     patients_raw = payload.get("patients")
     if not isinstance(patients_raw, list) or not patients_raw:
         raise InputError(path, "manifest lists no patients")
@@ -112,9 +110,138 @@ def load_cohort(path: str | os.PathLike, check_files: bool = True) -> Cohort:
             raise InputError(path, f"patient id {patient.id!r} appears twice")
         seen.add(patient.id)
         patients.append(patient)
+    return Cohort(family=schema, patients=patients, root=root, meta=meta)
+
+
+NOT_A_MANIFEST = f"not a nacsim cohort manifest (expected \"format\": \"{FORMAT}\")"
+
+
+def _check_header(payload: dict[str, Any], path: Path) -> tuple[FamilySchema, dict[str, Any]]:
+    """The manifest's family schema and its other top-level fields (``meta``)."""
+    if payload.get("format") != FORMAT:
+        raise InputError(path, NOT_A_MANIFEST)
+    if payload.get("version") != VERSION:
+        raise InputError(path, f"manifest version {payload.get('version')!r} is not supported "
+                               f"(this nacsim reads version {VERSION})")
+    schema = family_schema(str(payload.get("family")))
     meta = {k: v for k, v in payload.items()
             if k not in ("format", "version", "family", "schema_version", "patients")}
-    return Cohort(family=schema, patients=patients, root=root, meta=meta)
+    return schema, meta
+
+
+class CohortManifest:
+    """A manifest read as a stream (`ijson`): its patients are parsed one at a time each
+    time `patients` is iterated, so that a cohort run over a 100,000-patient manifest never
+    holds them all (`load_cohort` does). Validated on construction, as `load_cohort` does
+    (the same one-line errors); that pass keeps only the count, the patients with a
+    follow-up scan and, while it runs, the ids seen (duplicates). A manifest changed after
+    that is refused when next iterated (its patients would no longer be those counted)."""
+
+    def __init__(self, path: str | os.PathLike, check_files: bool = True):
+        self.path = Path(path)
+        self.root = self.path.parent
+        self._stamp = self._file_stamp()
+        self.family, self.meta = _check_header(self._read_header(), self.path)
+        self.count = self.with_followup = 0
+        seen: set[str] = set()
+        for patient in self._parse(check_files):
+            if patient.id in seen:
+                raise InputError(self.path, f"patient id {patient.id!r} appears twice")
+            seen.add(patient.id)
+            self.count += 1
+            self.with_followup += any(tp != self.family.baseline for tp in patient.scans)
+        if not self.count:
+            raise InputError(self.path, "manifest lists no patients")
+
+    @property
+    def patients(self) -> "ManifestPatients":
+        """The patients, in manifest order, parsed as they are iterated (has a length)."""
+        return ManifestPatients(self)
+
+    def _file_stamp(self) -> tuple[int, int]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            raise InputError(self.path, "cohort manifest does not exist") from None
+        except OSError as err:
+            raise InputError(self.path, f"cohort manifest cannot be read ({err})") from None
+        return st.st_size, st.st_mtime_ns
+
+    def _read_header(self) -> dict[str, Any]:
+        """The top-level fields other than ``patients`` (whose events are passed over)."""
+        ijson = _ijson()
+        header: dict[str, Any] = {}
+        key, builder, started = None, None, False
+        with self._open() as fh:
+            for prefix, event, value in self._json_errors(_events(fh)):
+                if prefix == "" and event in ("map_key", "end_map"):
+                    if builder is not None:
+                        header[key], builder = builder.value, None
+                    key = value
+                elif prefix == "" and event == "start_map" and not started:
+                    started = True
+                elif prefix == "":  # the manifest is not a JSON object
+                    raise InputError(self.path, NOT_A_MANIFEST)
+                elif key != "patients":
+                    if builder is None:
+                        builder = ijson.ObjectBuilder()
+                    builder.event(event, value)
+        return header
+
+    def _parse(self, check_files: bool) -> Iterator[Patient]:
+        with self._open() as fh:
+            items = _ijson().items(_events(fh), "patients.item")
+            for i, raw in enumerate(self._json_errors(items)):
+                yield _parse_patient(raw, i, self.family, self.root, self.path, check_files)
+
+    def _open(self):
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            raise InputError(self.path, "cohort manifest does not exist") from None
+        except OSError as err:
+            raise InputError(self.path, f"cohort manifest cannot be read ({err})") from None
+
+    def _json_errors(self, items: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from items
+        except (_ijson().JSONError, UnicodeDecodeError) as err:
+            # yajl's message spans lines (the text and a caret under it): one line here
+            raise InputError(self.path, "cohort manifest is not valid JSON "
+                                        f"({' '.join(str(err).split())})") from None
+
+    def iter_patients(self) -> Iterator[Patient]:
+        """The patients in manifest order (files checked on construction, not again)."""
+        if self._file_stamp() != self._stamp:
+            raise InputError(self.path, "changed since it was read (a run plans from the "
+                                        "manifest as it was: start it again)")
+        yield from self._parse(check_files=False)
+
+
+def _ijson():
+    """ijson, imported where a manifest is streamed (`load_cohort` needs only json)."""
+    import ijson
+
+    return ijson
+
+
+def _events(fh) -> Iterator[tuple[str, str, Any]]:
+    # floats as json.loads gives them (not Decimal): the same clinical values, the same
+    # request hashes as a manifest read whole
+    return _ijson().parse(fh, use_float=True)
+
+
+class ManifestPatients:
+    """`CohortManifest.patients`: re-iterable, with a length, never a list."""
+
+    def __init__(self, manifest: CohortManifest):
+        self.manifest = manifest
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    def __iter__(self) -> Iterator[Patient]:
+        return self.manifest.iter_patients()
 
 
 def _parse_patient(raw: Any, index: int, schema: FamilySchema, root: Path, manifest: Path,

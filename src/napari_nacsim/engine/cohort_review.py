@@ -26,7 +26,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -398,22 +398,23 @@ def cases_to_csv(cases: Sequence[CaseReview], path: str | os.PathLike) -> Path:
     return rows_to_csv([c.row() for c in cases], cases[0].unit if cases else "mm²", path)
 
 
-def rows_to_csv(rows: Sequence[Mapping[str, Any]], unit: str,
+def rows_to_csv(rows: Iterable[Mapping[str, Any]], unit: str,
                 path: str | os.PathLike) -> Path:
     """`cases_to_csv` from the cases' rows (`CaseReview.row`, e.g. read back from the
     per-case records of a distributed run: `engine.cohort_runner`); ``unit``: the cohort's
-    size unit. Atomic."""
+    size unit. ``rows`` is iterated twice (the header's columns, then the rows): a list, or
+    a re-iterable that streams them (`cohort_runner.DoneRows`). Atomic."""
     path = Path(path)
+    keys = {k for row in rows for k in row}  # one pass for the header's optional columns
     header = ["patient", "time", "scenario", "counterfactual_scenario",
               *(column_name(m, unit) for m in METRICS),
-              *sorted({k for row in rows for k in row if k.startswith("predicted_")}),
-              *sorted({k for row in rows for k in row
-                       if k.startswith(("outcome_", "counterfactual_outcome_"))}),
+              *sorted(k for k in keys if k.startswith("predicted_")),
+              *sorted(k for k in keys if k.startswith(("outcome_", "counterfactual_outcome_"))),
               "model_hash", "seed", "steps", "sampler", "segmenter"]
     return write_rows_csv(rows, header, path)
 
 
-def write_rows_csv(rows: Sequence[Mapping[str, Any]], header: Sequence[str],
+def write_rows_csv(rows: Iterable[Mapping[str, Any]], header: Sequence[str],
                    path: str | os.PathLike) -> Path:
     """The rows under ``header`` (other keys ignored), empty cells where a value is None or
     NaN, floats rounded to 6 digits. Atomic: a reader never sees half a table."""

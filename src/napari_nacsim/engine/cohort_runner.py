@@ -6,9 +6,11 @@ one case per patient and scenario, a results folder each as `engine.results.writ
 
 How a run goes (`run_cases`):
 
-- **Plan**: the job lists its cases lazily, in CSV order, each with a *request hash*: a digest
-  of everything its outputs depend on (the patient's manifest record and the size and
-  modification time of its files, the model's hash, the run's options). Only a small payload
+- **Plan**: the job lists its cases lazily, in CSV order, from a manifest read as a stream
+  (`core.cohort.CohortManifest`: a patient is parsed when its case is drawn, never the whole
+  manifest at once), each with a *request hash*: a digest of everything its outputs depend
+  on (the patient's manifest record and the size and modification time of its files, the
+  model's hash, the run's options). Only a small payload
   travels with a task (the patient's record and the options); the worker reads the images
   from the manifest's paths and loads the models once per process (`_loaded`; on Dask the
   run's worker plugin brings the job's spec to each worker once and loads them when the
@@ -28,6 +30,10 @@ How a run goes (`run_cases`):
   `science.preprocess.registration`), wherever it runs, and the CSV is written at the end
   from the records in plan order: the images and the CSV are the same bytes whatever the
   number of workers and the order in which cases finish.
+- **Bounded memory**: what the client holds grows with the window, not with the manifest.
+  The cases are drawn from the manifest as the window has room; a finished case leaves only
+  its record on disk and a count (done, failed, reused); the CSV is streamed from the
+  records on disk in plan order (`CaseRecords`: read again for each pass, never a list).
 """
 
 from __future__ import annotations
@@ -36,17 +42,19 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import heapq
 import json
 import math
 import os
 import re
 import socket
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from ..core.atomic import atomic_directory, atomic_path, write_json_atomic
-from ..core.cohort import Cohort, Patient, load_cohort
+from ..core.cohort import Cohort, CohortManifest, Patient
 from ..core.errors import InputError
 from .jobs import Cancelled, CancelToken
 
@@ -65,12 +73,14 @@ DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One unit of work: ``id`` names its folder under ``cases/``; ``index`` is its place in
-    the CSV; ``payload`` is what the worker needs (small: no images, no models)."""
+    the CSV; ``payload`` is what the worker needs (small: no images, no models); ``run``:
+    the run that draws it (`run_cases` sets it), kept in the record (which run wrote it)."""
 
     id: str
     index: int
     request_hash: str
     payload: Any
+    run: str = ""
 
 
 class JobSpec:
@@ -107,7 +117,9 @@ class Job:
     def describe(self) -> dict[str, Any]:
         return {}
 
-    def write_csv(self, records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    def write_csv(self, records: Iterable[Mapping[str, Any]], path: Path) -> Path:
+        """The table from every case's record in plan order; ``records`` may be iterated more
+        than once (each time read again from disk: `CaseRecords`)."""
         raise NotImplementedError  # each job: its own table's columns
 
 
@@ -148,7 +160,8 @@ def write_failure(out: str | os.PathLike, case: Case, record: dict[str, Any]) ->
 
 def _stamp(record: dict[str, Any], case: Case, started: float) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "id": case.id, "index": case.index,
-            "request_hash": case.request_hash, "status": record.get("status", DONE),
+            "request_hash": case.request_hash, "run": case.run,
+            "status": record.get("status", DONE),
             "reason": record.get("reason", ""), "rows": record.get("rows", []),
             **{k: v for k, v in record.items() if k not in ("status", "reason", "rows")},
             "seconds": round(time.perf_counter() - started, 3),
@@ -443,7 +456,7 @@ class ReviewJob(Job):
                  steps: Optional[int] = None, sampler: Optional[str] = None,
                  device: str = "auto", images: bool = True, format: str = "nifti",
                  inputs: bool = False):
-        self.cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
+        self.cohort = manifest if isinstance(manifest, Cohort) else CohortManifest(manifest)
         self.source = str(manifest) if not isinstance(manifest, Cohort) else str(
             self.cohort.root)
         if steps is not None and int(steps) < 1:
@@ -472,6 +485,8 @@ class ReviewJob(Job):
 
     def runnable(self) -> int:
         """Patients with a follow-up scan (the others are recorded as skipped at once)."""
+        if isinstance(self.cohort, CohortManifest):  # counted when it was read
+            return self.cohort.with_followup
         schema = self.cohort.family
         return sum(any(tp != schema.baseline for tp in p.scans) for p in self.cohort.patients)
 
@@ -484,12 +499,10 @@ class ReviewJob(Job):
         return {"kind": self.kind, "manifest": self.source, "family": self.spec.family,
                 "model": self.spec.model_dir, **self._options}
 
-    def write_csv(self, records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    def write_csv(self, records: Iterable[Mapping[str, Any]], path: Path) -> Path:
         from .cohort_review import rows_to_csv
 
-        rows = [row for r in records if r.get("status") == DONE for row in r["rows"]]
-        unit = next((r["unit"] for r in records if r.get("unit")), "mm²")
-        return rows_to_csv(rows, unit, path)
+        return rows_to_csv(DoneRows(records), records_unit(records), path)
 
 
 # --- batch what-if runs ---------------------------------------------------------------------
@@ -595,7 +608,7 @@ class BatchJob(Job):
                  model=None, seed: int = 0, steps: Optional[int] = None,
                  sampler: Optional[str] = None, samples: Optional[int] = None,
                  device: str = "auto", figure: bool = True, format: str = "nifti"):
-        self.cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
+        self.cohort = manifest if isinstance(manifest, Cohort) else CohortManifest(manifest)
         self.source = str(manifest) if not isinstance(manifest, Cohort) else str(
             self.cohort.root)
         if samples is None:  # the family's default (lung: several, a response is a chance)
@@ -646,10 +659,10 @@ class BatchJob(Job):
                 "model": self.spec.model_dir, "scenarios": [n for n, _ in self.scenarios],
                 **self._options}
 
-    def write_csv(self, records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    def write_csv(self, records: Iterable[Mapping[str, Any]], path: Path) -> Path:
         from .cohort_review import write_rows_csv
 
-        rows = [row for r in records if r.get("status") == DONE for row in r["rows"]]
+        rows = DoneRows(records)
         header = [*BATCH_HEAD,
                   *sorted({k for row in rows for k in row if k.startswith("predicted_")}),
                   *BATCH_TAIL]
@@ -682,18 +695,65 @@ class RunProgress:
                 f"left {self.remaining}")
 
 
+class CaseRecords:
+    """Every case's record in plan order, read from its folder each time it is iterated (a
+    100,000-case run never holds them all). A case without a record of this request is an
+    error: after a complete run there is none, unless its folder was changed meanwhile."""
+
+    def __init__(self, job: Job, out: str | os.PathLike):
+        self.job, self.out = job, Path(out)
+
+    def __len__(self) -> int:
+        return len(self.job)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for case in self.job.cases():
+            record = read_record(self.out, case)
+            if record is None:
+                raise InputError(case_folder(self.out, case.id), "has no record of this "
+                                                                 "request after the run (was "
+                                                                 "the folder changed "
+                                                                 "meanwhile?)")
+            yield record
+
+
+class DoneRows:
+    """The CSV rows of the finished cases' records, in plan order; re-iterable as the
+    records are (a table's header is one pass over them, its rows another)."""
+
+    def __init__(self, records: Iterable[Mapping[str, Any]]):
+        self.records = records
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        for record in self.records:
+            if record.get("status") == DONE:
+                yield from record["rows"]
+
+
+def records_unit(records: Iterable[Mapping[str, Any]]) -> str:
+    """The size unit of the first case that has one ("mm²" when none has)."""
+    return next((r["unit"] for r in records if r.get("unit")), "mm²")
+
+
 @dataclasses.dataclass
 class RunSummary:
+    """How a run ended: counts and the cases at fault; the records stay on disk."""
+
     total: int
-    computed: list[str]                 # case ids run this time
-    reused: list[str]                   # case ids finished before (resume)
+    computed: int                       # cases run this time
+    reused: int                         # cases finished before (resume): not run again
     failed: list[tuple[str, str]]       # (case id, one-line reason), this run or before
     skipped: list[tuple[str, str]]
-    records: list[dict[str, Any]]       # every case's record, in plan order
+    records: CaseRecords                # every case's record, in plan order, read from disk
     csv: Optional[Path]
     seconds: float
     workers: int
+    run: str = ""                       # this run's id: the ``run`` of the records it wrote
     dashboard: str = ""
+
+    def ran(self) -> Iterator[str]:
+        """The ids of the cases this run wrote, in plan order (from their records)."""
+        return (r["id"] for r in self.records if r.get("run") == self.run)
 
 
 def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike | None = None,
@@ -722,11 +782,12 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
     csv_path = Path(csv_path) if csv_path is not None else out / f"{job.kind}.csv"
     _prepare(out, job, resume, overwrite)
     state = RunProgress(total=len(job))
-    computed: list[str] = []
+    run_id = uuid.uuid4().hex[:12]
 
     def pending() -> Iterator[Case]:
-        """The cases to run, lazily (a resumed run reads each record as it goes; each one
-        reused is reported like a finished one, with ``state.last``)."""
+        """The cases to run, drawn from the job's plan as there is room for them (a resumed
+        run reads each record as it goes; each one reused is reported like a finished one,
+        with ``state.last``)."""
         for case in job.cases():
             if resume:
                 record = read_record(out, case)
@@ -736,10 +797,9 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
                     if progress is not None:
                         progress(state)
                     continue
-            yield case
+            yield dataclasses.replace(case, run=run_id)
 
     def finished(case_id: str, status: str) -> None:
-        computed.append(case_id)
         if status == FAILED:
             state.failed += 1
         else:
@@ -771,7 +831,7 @@ def run_cases(job: Job, out: str | os.PathLike, *, csv_path: str | os.PathLike |
         cancel.check()
     if not collect:
         return None
-    return _collect(job, out, csv_path, computed, state, time.perf_counter() - started)
+    return _collect(job, out, csv_path, state, run_id, time.perf_counter() - started)
 
 
 def _prepare(out: Path, job: Job, resume: bool, overwrite: bool) -> None:
@@ -787,24 +847,18 @@ def _prepare(out: Path, job: Job, resume: bool, overwrite: bool) -> None:
                                   "cases": len(job)})
 
 
-def _collect(job: Job, out: Path, csv_path: Path, computed: list[str], state: RunProgress,
+def _collect(job: Job, out: Path, csv_path: Path, state: RunProgress, run_id: str,
              seconds: float) -> RunSummary:
-    """Every case's record in plan order -> the CSV (and failed.csv when any failed)."""
-    records, failed, skipped, reused = [], [], [], []
-    ran = set(computed)
-    for case in job.cases():
-        record = read_record(out, case)
-        if record is None:  # cannot happen after a complete run; say so if it does
-            raise InputError(case_folder(out, case.id), "has no record of this request after "
-                                                        "the run (was the folder changed "
-                                                        "meanwhile?)")
-        records.append(record)
-        if case.id not in ran:
-            reused.append(case.id)
+    """The records on disk, streamed in plan order -> the CSV (and failed.csv when any
+    failed): one pass checks that every case has its record and lists those at fault, the
+    job's table makes its own passes (header, rows)."""
+    records = CaseRecords(job, out)
+    failed, skipped = [], []
+    for record in records:
         if record["status"] == FAILED:
-            failed.append((case.id, record.get("reason", "")))
+            failed.append((record["id"], record.get("reason", "")))
         elif record["status"] == SKIPPED:
-            skipped.append((case.id, record.get("reason", "")))
+            skipped.append((record["id"], record.get("reason", "")))
     written = job.write_csv(records, csv_path)
     failed_path = out / FAILED_CSV
     if failed:
@@ -815,22 +869,40 @@ def _collect(job: Job, out: Path, csv_path: Path, computed: list[str], state: Ru
                 writer.writerows(failed)
     elif failed_path.exists():
         failed_path.unlink()
-    return RunSummary(total=len(job), computed=computed, reused=reused, failed=failed,
-                      skipped=skipped, records=records, csv=written, seconds=seconds,
-                      workers=state.workers, dashboard=state.dashboard)
+    return RunSummary(total=len(job), computed=state.done + state.failed, reused=state.reused,
+                      failed=failed, skipped=skipped, records=records, csv=written,
+                      seconds=seconds, workers=state.workers, run=run_id,
+                      dashboard=state.dashboard)
 
 
-def review_rows_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """`cohort_review.summarise` from the records' rows (the CSV's numbers)."""
+def review_rows_summary(records: Iterable[Mapping[str, Any]], lowest: int = 3
+                        ) -> dict[str, Any]:
+    """`cohort_review.summarise` from the records' rows (the CSV's numbers), in one pass over
+    them (after the first with a unit): the means, and the ``lowest`` rows by SSIM."""
     from .cohort_review import METRICS, column_name
 
-    unit = next((r["unit"] for r in records if r.get("unit")), "mm²")
-    rows = [row for r in records if r.get("status") == DONE for row in r["rows"]]
-    means = {}
-    for metric in METRICS:
-        values = [row.get(column_name(metric, unit)) for row in rows]
-        values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-        means[metric.key] = sum(values) / len(values) if values else None
-    return {"n_cases": len(rows), "n_patients": len({row["patient"] for row in rows}),
-            "n_with_truth": sum(bool(row.get("counterfactual_scenario")) for row in rows),
-            "unit": unit, "means": means, "rows": rows}
+    unit = records_unit(records)
+    columns = {metric.key: column_name(metric, unit) for metric in METRICS}
+    sums, counts = dict.fromkeys(columns, 0), dict.fromkeys(columns, 0)
+    tally = {"cases": 0, "patients": 0, "truth": 0, "patient": None}
+
+    def counted(rows: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+        for row in rows:
+            tally["cases"] += 1
+            # a patient's rows are adjacent in plan order: a new id is a new patient
+            tally["patients"] += row["patient"] != tally["patient"]
+            tally["patient"] = row["patient"]
+            tally["truth"] += bool(row.get("counterfactual_scenario"))
+            for key, column in columns.items():
+                value = row.get(column)
+                if value is not None and math.isfinite(float(value)):
+                    sums[key] += float(value)
+                    counts[key] += 1
+            yield row
+
+    # nsmallest: sorted(...)[:n] without the list (ties in plan order, as sorted keeps them)
+    worst = heapq.nsmallest(lowest, counted(DoneRows(records)),
+                            key=lambda row: row.get("ssim") or 0.0)
+    means = {key: sums[key] / counts[key] if counts[key] else None for key in columns}
+    return {"n_cases": tally["cases"], "n_patients": tally["patients"],
+            "n_with_truth": tally["truth"], "unit": unit, "means": means, "lowest": worst}

@@ -418,7 +418,7 @@ class CohortInspector(StopsWhenClosed, QWidget):
         self.skipped = [Skipped(case, reason) for case, reason in summary.skipped]
         text = f"Done: {len(self.cases)} cases"
         if summary.reused:
-            text += f" ({len(summary.reused)} patient(s) from an earlier run)"
+            text += f" ({summary.reused} patient(s) from an earlier run)"
         for what, items in (("skipped", summary.skipped), ("failed", summary.failed)):
             if items:
                 shown = "; ".join(f"{case}: {reason}" for case, reason in items[:3])
