@@ -24,9 +24,9 @@ export PYTHONUTF8=1
 
 # key | module (path in the repository) | timeout per mutant (s) | its test selection
 MODULES="
-atomic|src/napari_nacsim/core/atomic.py|120|tests/test_atomic_failures.py tests/test_cli_write_failures.py
+atomic|src/napari_nacsim/core/atomic.py|120|tests/test_atomic_failures.py tests/test_atomic_modes.py tests/test_cli_write_failures.py
 measure|src/napari_nacsim/science/measure.py|180|tests/test_segmentation_measure.py
-card|src/napari_nacsim/science/generative/card.py|300|tests/test_model_hashes.py
+card|src/napari_nacsim/science/generative/card.py|300|tests/test_model_card.py tests/test_model_hashes.py
 checkpoint|src/napari_nacsim/science/generative/checkpoint.py|300|tests/test_model_hashes.py tests/test_generative_checkpoint.py
 outcome|src/napari_nacsim/science/generative/outcome.py|300|tests/test_lung_outcome.py
 outcomes|src/napari_nacsim/engine/outcomes.py|300|tests/test_lung_outcome.py

@@ -2,7 +2,10 @@
 file or results folder is left byte for byte as it was, and no partial new one exists.
 
 (The older tests make the failure fire before anything is written, which a writer that
-writes straight to its destination also passes.)"""
+writes straight to its destination also passes.) Also what the writers promise besides
+atomicity (missing folders created, the temporary's suffix, the JSON layout) and the
+refusal of an output that cannot be written; the modes of written files are in
+test_atomic_modes.py."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import numpy as np
 import pytest
 
 from napari_nacsim.core import atomic
-from napari_nacsim.core.atomic import atomic_directory, atomic_path, write_json_atomic
+from napari_nacsim.core.atomic import (atomic_directory, atomic_path, require_writable,
+                                       write_json_atomic)
+from napari_nacsim.core.errors import InputError
 
 
 class DiskFull(OSError):
@@ -123,6 +128,94 @@ def test_failed_swap_of_folders_keeps_the_old_folder(tmp_path, monkeypatch):
         with atomic_directory(out) as staging:
             (staging / "a.txt").write_text("new a")
     assert snapshot(tmp_path) == before
+
+
+def test_failure_moving_the_old_folder_aside_keeps_it_and_reports_that_failure(tmp_path,
+                                                                              monkeypatch):
+    """The first rename of an overwrite (the old folder aside) fails: nothing was moved, so
+    nothing is put back, the old folder is as it was and the caller sees the real cause."""
+    out = tmp_path / "run"
+    with atomic_directory(out) as staging:
+        (staging / "a.txt").write_text("old a")
+    before = snapshot(tmp_path)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(src) == out:
+            raise DiskFull(5, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(DiskFull):
+        with atomic_directory(out) as staging:
+            (staging / "a.txt").write_text("new a")
+    assert snapshot(tmp_path) == before
+
+
+# --- what the writers promise besides atomicity --------------------------------------------
+
+def test_missing_parent_folders_are_created(tmp_path):
+    write_json_atomic(tmp_path / "a" / "b" / "report.json", {"x": 1})
+    with atomic_directory(tmp_path / "c" / "d" / "run") as staging:
+        (staging / "f.txt").write_text("f")
+    assert snapshot(tmp_path) == {"a/b/report.json": b'{\n  "x": 1\n}\n', "c/d/run/f.txt": b"f"}
+
+
+def test_the_temporary_keeps_the_full_suffix_beside_the_destination(tmp_path):
+    """Writers such as nibabel pick the format from the name (``.nii.gz``)."""
+    with atomic_path(tmp_path / "scan.nii.gz") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(".nii.gz")
+        tmp.write_bytes(b"x")
+
+
+def test_json_is_written_indented_in_the_callers_key_order_with_numpy_and_paths(tmp_path):
+    path = write_json_atomic(tmp_path / "r.json", {
+        "zeta": np.float32(1.5), "alpha": np.arange(2), "path": Path("cases") / "c1"})
+    assert path.read_text() == ('{\n  "zeta": 1.5,\n  "alpha": [\n    0,\n    1\n  ],\n'
+                                '  "path": "cases/c1"\n}\n')
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        write_json_atomic(tmp_path / "bad.json", {"x": object()})
+    assert not (tmp_path / "bad.json").exists()
+
+
+# --- refusing an output that cannot be written, before any work ----------------------------
+
+class _NoFilesHere:
+    """Stands in for the `tempfile` module in atomic.py: no file can be created anywhere
+    (what a read-only folder does; permission bits do not stop root, who runs CI here)."""
+    def __init__(self):
+        self.tried = []
+
+    def TemporaryFile(self, dir):
+        self.tried.append(Path(dir))
+        raise PermissionError(13, "Permission denied")
+
+
+def test_require_writable_accepts_a_new_file_in_new_folders(tmp_path):
+    require_writable(tmp_path / "a" / "b" / "out.json")   # nearest existing folder: tmp_path
+    require_writable(tmp_path)
+    assert snapshot(tmp_path) == {} and list(tmp_path.iterdir()) == []  # its probe removed
+
+
+def test_require_writable_refuses_a_path_below_a_file(tmp_path):
+    (tmp_path / "f.txt").write_text("a file")
+    target = tmp_path / "f.txt" / "sub" / "out.json"
+    with pytest.raises(InputError) as err:
+        require_writable(target)
+    assert str(err.value) == f"{target}: cannot be written: {tmp_path / 'f.txt'} is a file, " \
+                             "not a folder"
+
+
+@pytest.mark.parametrize("below", [(), ("a", "b", "out.json")], ids=["folder", "new-file"])
+def test_require_writable_names_the_folder_that_refuses_files(tmp_path, monkeypatch, below):
+    fake = _NoFilesHere()
+    monkeypatch.setattr(atomic, "tempfile", fake)
+    target = tmp_path.joinpath(*below)
+    with pytest.raises(InputError) as err:
+        require_writable(target)
+    assert fake.tried == [tmp_path]                 # the folder itself / the nearest existing
+    assert str(err.value) == f"{target}: cannot be written: no files can be created in " \
+                             f"{tmp_path} (Permission denied)"
 
 
 # --- the results folder of a what-if run ---------------------------------------------------

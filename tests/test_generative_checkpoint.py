@@ -105,3 +105,84 @@ def test_sampling_defaults_change_the_card_not_the_weights(tmp_path):
     assert script.main([str(copy), "--sampler", "euler", "--evidence", "x"]) == 2
     assert script.main([str(copy), "--guidance", "0.5", "--evidence", "x"]) == 2
     assert json.loads((copy / CARD).read_text()) == card
+
+
+def _copy(folder, dst):
+    import shutil
+
+    return shutil.copytree(folder, dst)
+
+
+def _tensor_dtypes(path) -> set:
+    from safetensors.torch import load_file
+
+    return {v.dtype for v in load_file(str(path)).values() if v.is_floating_point()}
+
+
+def test_the_text_tower_is_stored_in_half_precision_only_when_the_config_says_so(saved,
+                                                                                  tmp_path):
+    from generative_helpers import MICRO
+
+    _, folder = saved                                    # MICRO: store_half true
+    assert _tensor_dtypes(folder / "text_tower.safetensors") == {torch.float16}
+    assert _tensor_dtypes(folder / "unet.safetensors") == {torch.float32}
+    text = {k: v for k, v in MICRO["text"].items() if k != "store_half"}
+    full = save_checkpoint(micro_model(seed=5, text=text), tmp_path / "full")
+    assert _tensor_dtypes(full / "text_tower.safetensors") == {torch.float32}
+
+
+def test_the_card_says_its_outputs_are_synthetic(saved):
+    _, folder = saved
+    assert json.loads((folder / CARD).read_text())["synthetic_output"] is True
+
+
+@pytest.mark.parametrize("recorded", ["0" * 64, "f" * 64], ids=["below", "above"])
+def test_any_other_recorded_sha256_or_model_hash_is_refused(saved, tmp_path, recorded):
+    """Whichever side of the real digest the recorded one sorts on."""
+    from napari_nacsim.science.generative.card import model_hash
+
+    _, folder = saved
+    copy = _copy(folder, tmp_path / "copy")
+    card = json.loads((copy / CARD).read_text())
+    digest = card["files"]["unet"]["sha256"]
+    card["files"]["unet"]["sha256"] = recorded
+    (copy / CARD).write_text(json.dumps(card))
+    with pytest.raises(InputError) as err:
+        verify_checkpoint(copy)
+    assert str(err.value) == (f"{copy / 'unet.safetensors'}: sha256 {digest[:12]}... does not "
+                              f"match the model card ({recorded[:12]}...): the file is corrupt "
+                              "or was changed")
+    card["files"]["unet"]["sha256"] = digest
+    real = card["model_hash"]
+    assert real == model_hash(card)
+    card["model_hash"] = recorded
+    (copy / CARD).write_text(json.dumps(card))
+    with pytest.raises(InputError) as err:
+        verify_checkpoint(copy)
+    assert str(err.value) == (f"{copy / CARD}: model_hash {recorded[:12]}... is not the hash "
+                              f"of its weight files ({real[:12]}...): the card was edited")
+
+
+def test_sampling_defaults_refused_at_their_limits_and_accepted_on_them(saved, tmp_path):
+    from napari_nacsim.science.generative.checkpoint import set_sampling_defaults
+
+    _, folder = saved
+    copy = _copy(folder, tmp_path / "copy")
+    before = (copy / CARD).read_bytes()
+    refusals = [
+        ({"default_steps": 5, "steps": 3, "zz": 1},
+         "sampling defaults: unknown setting 'steps' (known: default_steps, default_sampler, "
+         "default_guidance)"),
+        ({"default_steps": 0}, "--steps: 0 must be at least 1"),
+        ({"default_guidance": 0.99}, "--guidance: 0.99 must be at least 1"),
+    ]
+    for changes, message in refusals:
+        with pytest.raises(InputError) as err:
+            set_sampling_defaults(copy, changes, {"evidence": "test"})
+        assert str(err.value) == message
+    assert (copy / CARD).read_bytes() == before          # a refusal leaves the card alone
+    card = set_sampling_defaults(copy, {"default_steps": 1, "default_guidance": 1.0},
+                                 {"evidence": "test"})
+    assert (card["config"]["default_steps"], card["config"]["default_guidance"]) == (1, 1.0)
+    assert card["sampling_defaults_history"][-1]["to"] == {"default_steps": 1,
+                                                            "default_guidance": 1.0}

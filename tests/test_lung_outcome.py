@@ -67,6 +67,61 @@ def test_choose_outcome_fixed_drawn_and_not_given():
         draw_outcome(0.3, 1.5)
 
 
+def test_consecutive_seeds_step_by_the_golden_ratio_from_stored_offsets():
+    """The draws of a saved request are reproducible: u of seeds 0-3 are the stored values
+    (a changed offset or step changes which samples respond), and each seed steps u by the
+    golden ratio's fraction (the even spread over any n consecutive seeds relies on it)."""
+    golden = (5 ** 0.5 - 1) / 2
+    assert [outcome_uniform(s, "responder") for s in range(4)] == pytest.approx(
+        [0.8675227541014858, 0.48555674285138073, 0.10359073160127563, 0.7216247203511705],
+        abs=1e-12)
+    assert outcome_uniform(0, "other") == pytest.approx(0.9532870549674439, abs=1e-12)
+    for seed in (0, 1, 41, 1000):
+        step = (outcome_uniform(seed + 1, "responder") - outcome_uniform(seed, "responder")) % 1
+        assert step == pytest.approx(golden, abs=1e-9)
+
+
+def test_draw_outcome_at_the_edges_of_p_and_u():
+    assert draw_outcome(0.0, 0.0) is False          # p = 0 never shows it, even for u = 0
+    assert draw_outcome(0.999999, 1.0) is True
+    assert draw_outcome(0.4, 0.4) is False and draw_outcome(0.39, 0.4) is True
+    for bad in (-0.5, -1e-9, 1.0 + 1e-9, float("nan")):
+        with pytest.raises(ValueError, match="is not in \\[0, 1\\]"):
+            draw_outcome(0.3, bad)
+
+
+def test_an_outcome_draw_records_u_to_six_decimals_and_writes_only_what_it_has():
+    import dataclasses
+
+    drawn = choose_outcome("responder", 5, 0.4)      # u 0.95769269785...
+    assert drawn.to_json() == {"variable": "responder", "value": False, "source": DRAWN,
+                               "u": 0.957693, "p": 0.4}
+    assert choose_outcome("responder", 5, None).to_json() == {"variable": "responder",
+                                                              "source": NOT_GIVEN}
+    assert choose_outcome("responder", 5, 0.4, fixed=True).to_json() == {
+        "variable": "responder", "value": True, "source": FIXED}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        drawn.value = True
+
+
+def test_sample_outcomes_for_the_inputs_the_card_lists():
+    from napari_nacsim.engine.outcomes import given, sample_outcomes
+
+    class Family:                                    # P(response) 0.5 for every scenario
+        def outcome_probability(self, name, predictions):
+            return 0.5
+
+    card = {"config": {"adapter": {"outcome_input": ["responder"]}}}
+    draws = sample_outcomes(Family(), card, {}, seed=1)
+    assert draws == [choose_outcome("responder", 1, 0.5)]        # u 0.4856 < 0.5
+    assert given(draws) == {"responder": True}
+    fixed = sample_outcomes(Family(), card, {}, seed=1, fixed={"responder": False})
+    assert fixed == [choose_outcome("responder", 1, 0.5, fixed=False)]
+    assert given(fixed) == {"responder": False}
+    assert given([choose_outcome("responder", 1, None)]) == {}
+    assert sample_outcomes(Family(), {"config": {}}, {}, seed=1) == []
+
+
 # --- the outcome input of the cbi-Adapter --------------------------------------------------------
 
 def test_the_outcome_is_a_token_of_its_own_group_appended_last():

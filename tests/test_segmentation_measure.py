@@ -11,7 +11,7 @@ from napari_nacsim.cli.main import main
 from napari_nacsim.core.scan import LABELS, Scan, affine_from_spacing
 from napari_nacsim.core.scan_io import write_scan
 from napari_nacsim.science.measure import (
-    dice, match_percent, measure_tumour, reduction_percent, size_change)
+    TumourSize, dice, match_percent, measure_tumour, reduction_percent, size_change)
 
 
 def mask_scan(array, spacing) -> Scan:
@@ -166,3 +166,152 @@ def test_longest_diameter_in_mm_2d_and_3d():
     assert measure_tumour(mask_scan(flat, (2.0, 1.0, 1.0))).diameter == pytest.approx(
         math.hypot(10, 5) - 0.4, abs=0.5)
     assert measure_tumour(mask_scan(np.zeros((8, 8)), (1.0, 1.0))).diameter == 0.0
+
+
+# --- exact answers at the edges (each kills a mutant the tests above let through) ----------
+
+def test_area_projection_and_volume_from_the_spacing():
+    from napari_nacsim.science.measure import (
+        area_mm2, projected_area_mm2, tumour_size, volume_ml)
+
+    flat = np.zeros((6, 8), np.uint8)
+    flat[1:2, 1:8] = 1                                    # 7 px of 0.5 x 3 mm
+    assert area_mm2(flat, (0.5, 3.0)) == pytest.approx(10.5)
+    for bad in (np.zeros(4), np.zeros((2, 2, 2))):
+        with pytest.raises(ValueError, match=f"area needs a 2D mask, got {bad.ndim}D"):
+            area_mm2(bad, (1.0, 1.0))
+    box = np.zeros((3, 4, 5), np.uint8)
+    box[0, 0, 0:3] = 1
+    box[1, 0, 0:3] = 1                                    # the same 3 (y, x) columns again
+    box[2, 3, 4] = 1                                      # 4 columns, 7 voxels
+    assert projected_area_mm2(box, (2.0, 0.5, 3.0)) == pytest.approx(4 * 1.5)
+    assert volume_ml(box, (2.0, 0.5, 3.0)) == pytest.approx(7 * 3.0 / 1000)
+    assert tumour_size(mask_scan(flat, (0.5, 3.0))) == (pytest.approx(10.5), "mm²")
+    assert tumour_size(mask_scan(box, (2.0, 0.5, 3.0))) == (pytest.approx(0.021), "mL")
+
+
+def test_one_voxel_is_a_tumour_found():
+    one = np.zeros((5, 5), np.uint8)
+    one[2, 2] = 1
+    size = measure_tumour(mask_scan(one, (1.0, 1.0)))
+    assert size.found and size.voxels == 1 and size.total == 1.0
+
+
+def test_negative_label_values_are_tumour_too():
+    """The default is every non-zero voxel, not every positive one."""
+    array = np.zeros((3, 3), np.int16)
+    array[0, 1], array[2, 2] = -1, 1
+    scan = Scan(array=array, affine=affine_from_spacing((1.0, 1.0)), kind=LABELS)
+    assert measure_tumour(scan).voxels == 2
+    assert measure_tumour(scan, label=-1).voxels == 1
+
+
+def test_sizes_are_values_that_cannot_change():
+    import dataclasses
+
+    size = measure_tumour(mask_scan(np.ones((2, 2)), (1.0, 1.0)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        size.total = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        size_change(1.0, 2.0).baseline = 3.0
+
+
+def parts(n: int) -> np.ndarray:
+    """A mask of ``n`` separate bars of 1, 2, ..., n pixels."""
+    array = np.zeros((3, 6 * n + 2), np.uint8)
+    for i in range(n):
+        array[1, 2 + 6 * i: 3 + 7 * i] = 1
+    return array
+
+
+@pytest.mark.parametrize("n, text", [
+    (1, "1.00 mm²"),
+    (2, "3.00 mm² in 2 separate parts (2.00, 1.00 mm²)"),
+    (5, "15 mm² in 5 separate parts (5.00, 4.00, 3.00, 2.00, 1.00 mm²)"),
+    (6, "21 mm² in 6 separate parts (6.00, 5.00, 4.00, 3.00, 2.00, ... mm²)"),
+])
+def test_described_parts_list_at_most_five(n, text):
+    assert measure_tumour(mask_scan(parts(n), (1.0, 1.0))).describe(diameter=False) == text
+
+
+def test_description_of_one_part_with_and_without_its_diameter():
+    array = np.zeros((50, 60), np.uint8)
+    array[10:20, 5:45] = 1
+    size = measure_tumour(mask_scan(array, (2.0, 0.5)))
+    assert size.describe() == "400 mm²; longest diameter 27.9 mm"
+    assert size.describe(diameter=False) == "400 mm²"
+    unknown = TumourSize(5.0, "mm²", (5.0,), voxels=5)      # no diameter known: none written
+    assert unknown.describe() == "5.00 mm²"
+
+
+def test_a_baseline_under_one_unit_still_has_a_percentage():
+    """mL of a small tumour are below 1: a baseline in (0, 1] is a tumour."""
+    change = size_change(0.5, 0.25, "mL")
+    assert change.percent == pytest.approx(-50.0)
+    assert change.reduction_percent == pytest.approx(50.0)
+    assert reduction_percent(0.5, 0.25) == pytest.approx(50.0)
+    assert change.describe() == "0.50 -> 0.25 mL (-0.25 mL, -50.0 %)"
+
+
+def test_growth_is_written_with_its_sign_and_the_spread():
+    growth = size_change(10.0, 15.0, "mL")
+    assert growth.describe() == "10 -> 15 mL (+5 mL, +50.0 %)"
+    assert size_change(200.0, 100.0, "mm²").absolute_text(sd=3.0) == "-100 ± 3 mm²"
+    assert size_change(0.5, 0.75, "mL").absolute_text(sd=0.05) == "+0.25 ± 0.05 mL"
+
+
+def test_change_units_from_either_side_and_refused_in_either_order():
+    import json
+
+    area = measure_tumour(mask_scan(np.ones((2, 2)), (1.0, 1.0)))           # 4 mm²
+    volume = measure_tumour(mask_scan(np.ones((2, 2, 2)), (10.0, 10.0, 10.0)))  # 8 mL
+    assert size_change(area, 2.0).unit == "mm²" and size_change(2.0, area).unit == "mm²"
+    assert size_change(1.0, 2.0).unit == ""
+    for first, second in ((area, volume), (volume, area)):
+        with pytest.raises(ValueError, match="cannot compare a size in"):
+            size_change(first, second)
+    read_back = TumourSize(6.0, json.loads('"mm²"'), (6.0,), 6)  # an equal, other string
+    assert size_change(area, read_back).absolute == pytest.approx(2.0)
+    for bad in ((-0.5, 1.0), (1.0, -0.5), (1.0, float("inf"))):
+        with pytest.raises(ValueError, match="not a finite non-negative number"):
+            size_change(*bad)
+
+
+@pytest.mark.parametrize("change, category", [
+    (-100.0, "CR"), (-99.5, "PR"), (-50.0, "PR"), (-30.5, "PR"), (-30.0, "PR"),
+    (-29.5, "SD"), (0.0, "SD"), (19.5, "SD"), (20.0, "PD"), (20.5, "PD"), (50.0, "PD"),
+])
+def test_recist_category_at_its_thresholds(change, category):
+    from napari_nacsim.science.measure import recist_category
+
+    assert recist_category(change) == category
+
+
+def test_dice_refuses_masks_of_other_shapes_either_way_and_counts_one_pixel():
+    for a, b in ((np.zeros(3), np.zeros(4)), (np.zeros(4), np.zeros(3))):
+        with pytest.raises(ValueError, match="mask shapes differ"):
+            dice(a, b)
+    assert dice([1, 0], [0, 0]) == 0.0                          # one pixel in all
+    assert dice([-1, 0, 2], [1, 0, 2]) == 1.0                   # non-zero is foreground
+
+
+def test_image_agreement_clips_to_the_range_and_uses_its_width():
+    from skimage.metrics import structural_similarity
+
+    from napari_nacsim.science.measure import image_agreement
+
+    reference = np.zeros((16, 16))
+    image = np.full((16, 16), 0.1)
+    image[0, 0] = 3.0                                           # counts as 1.0
+    mse = (255 * 0.1 ** 2 + 1.0) / 256
+    scores = image_agreement(image, reference)
+    assert scores["psnr"] == pytest.approx(10 * math.log10(1.0 / mse))
+
+    rng = np.random.default_rng(0)
+    ct = rng.uniform(-1200.0, 600.0, (16, 16))                  # HU, beyond the window too
+    noisy = ct + rng.normal(0.0, 50.0, (16, 16))
+    window = (-1000.0, 400.0)
+    a, b = np.clip(ct, *window), np.clip(noisy, *window)
+    scores = image_agreement(noisy, ct, window)
+    assert scores["psnr"] == pytest.approx(10 * math.log10(1400.0 ** 2 / np.mean((a - b) ** 2)))
+    assert scores["ssim"] == pytest.approx(structural_similarity(a, b, data_range=1400.0))
