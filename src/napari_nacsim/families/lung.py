@@ -8,6 +8,7 @@ Comparison by default: PD-L1 TPS below 1 % against 50 % or more.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -108,23 +109,32 @@ class LungFamily(ModelFamily):
         when the mask is missing or not on the crop's grid."""
         from ..core.scan import require_same_geometry
         from ..science.generative.immunodiff.compose import Composition, tumour_region
+        from ..science.generative.immunodiff.reuse import content_key, shared
 
         composition = Composition.from_config(network.config)
         if composition is None:
             return None
         mask = (context or {}).get(TUMOUR)
-        if mask is not None:
-            require_same_geometry(image, mask, "the baseline tumour mask must lie on the "
-                                               "crop's grid")
-        return tumour_region(None if mask is None else mask.array, image.spacing, composition,
-                             grid=network.config["grid_shape"], mask_source=source)
+        grid = network.config["grid_shape"]
+        if mask is None:
+            return tumour_region(None, image.spacing, composition, grid=grid)   # one line
+        require_same_geometry(image, mask, "the baseline tumour mask must lie on the "
+                                           "crop's grid")
+        # the same region for every sample of a comparison (and for its record): once
+        key = content_key("region", mask.array, image.spacing, composition, grid)
+        region = shared(network).get(key, lambda: tumour_region(
+            mask.array, image.spacing, composition, grid=grid))
+        return dataclasses.replace(region, mask_source=source)
 
     def generate(self, network, image: Scan, scenarios, *, seed: int, steps: int,
                  sampler: str, guidance_scale: float, progress: Any = None,
                  context: Optional[Mapping[str, Scan]] = None) -> np.ndarray:
         """Post-treatment crops in HU from the pre-treatment crop, its lobe and vessel masks
         (``context``) and each scenario's clinical values; composed around the baseline
-        tumour (the context's ``tumour``) when the model's config says so."""
+        tumour (the context's ``tumour``) when the model's config says so. What does not
+        depend on the seed is computed once for the network's calls (`immunodiff.reuse`):
+        a comparison's samples share it."""
+        from ..science.generative.immunodiff.reuse import shared
         from ..science.generative.immunodiff.sampling import generate
 
         anatomy = self.require_context(context, image.shape)
@@ -132,7 +142,7 @@ class LungFamily(ModelFamily):
         return generate(network, np.asarray(image.array), np.asarray(anatomy["lobes"].array),
                         np.asarray(anatomy["vessels"].array), scenarios, seed=seed,
                         steps=steps, sampler=sampler, guidance_scale=guidance_scale,
-                        progress=progress, region=region)
+                        progress=progress, region=region, reuse=shared(network))
 
     @property
     def window_presets(self) -> tuple[WindowPreset, ...]:

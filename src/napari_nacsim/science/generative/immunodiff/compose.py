@@ -122,13 +122,16 @@ def tumour_region(mask: Optional[np.ndarray], spacing: Sequence[float],
                                                  f"{mask.ndim} positive sizes")
     tumour = mask > 0
     if not tumour.any():
-        return TumourRegion(np.ones(mask.shape, np.float32), composition, None, mask_source)
-    points = np.argwhere(tumour) * spacing
-    reach = float(np.linalg.norm(points - points.mean(axis=0), axis=1).max())
-    margin = composition.growth * reach + composition.allowance_mm
-    distance = ndimage.distance_transform_edt(~tumour, sampling=spacing)
-    weight = np.clip(1.0 - (distance - margin) / composition.feather_mm, 0.0, 1.0)
-    return TumourRegion(weight.astype(np.float32), composition, reach, mask_source)
+        weight, reach = np.ones(mask.shape, np.float32), None
+    else:
+        points = np.argwhere(tumour) * spacing
+        reach = float(np.linalg.norm(points - points.mean(axis=0), axis=1).max())
+        margin = composition.growth * reach + composition.allowance_mm
+        distance = ndimage.distance_transform_edt(~tumour, sampling=spacing)
+        weight = np.clip(1.0 - (distance - margin) / composition.feather_mm, 0.0,
+                         1.0).astype(np.float32)
+    weight.flags.writeable = False   # a region is a value: a comparison's samples share it
+    return TumourRegion(weight, composition, reach, mask_source)
 
 
 def compose(pre: np.ndarray, generated: np.ndarray, region: TumourRegion) -> np.ndarray:

@@ -22,6 +22,7 @@ from ..samplers import ANCESTRAL, SAMPLERS, make_scheduler
 from .compose import TumourRegion, compose
 from .config import hu_to_model, model_to_hu
 from .network import ImmunoDiff
+from .reuse import Reuse, content_key, weights_version
 from .slices import to_volume, with_neighbours
 from .vl_encoder import lobe_one_hot
 
@@ -79,7 +80,8 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
              progress: Callable[[int, int], None] | None = None,
              use_adapter: bool = True, use_anatomy: bool = True,
              strength: float | None = None,
-             region: TumourRegion | None = None) -> np.ndarray:
+             region: TumourRegion | None = None,
+             reuse: Reuse | None = None) -> np.ndarray:
     """Post-treatment crops in HU, (len(scenarios), Z, H, W), from the pre-treatment crop
     (Z, H, W) in HU and its lobe (labels 0..5) and vessel masks on the same grid.
     ``use_adapter`` / ``use_anatomy`` False: the ablations (no clinical/pre-image condition;
@@ -92,7 +94,9 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     quantity is the change from the pre-treatment crop (s < 1 starts from "no change"
     noised), and the result is the pre-treatment crop plus it. ``region`` (`compose`): the
     final crops keep the generated crop there and the pre-treatment crop elsewhere; None:
-    the whole crop as generated."""
+    the whole crop as generated. ``reuse`` (`reuse.Reuse`): what does not depend on the
+    seed (the crop's conditions, the embedded control) is taken from there when an earlier
+    call computed it, e.g. for the other samples of a comparison; same output."""
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
     if int(steps) < 1:
@@ -106,25 +110,36 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
     param = next(model.parameters())
     dev, dtype = param.device, param.dtype
     b, z = len(scenarios), grid[0]
-    pre25, anatomy = condition_inputs(model, pre_hu, lobes, vessels)
-    if not use_anatomy:
-        anatomy = torch.zeros_like(anatomy)
     guided = use_adapter and guidance_scale != 1.0
+    n_branch = 2 if guided else 1
 
-    def fused(scen):
-        values, codes, present = (t.to(dev) for t in model.adapter.encode(scen))
+    def remember(*key: Any, compute: Callable[[], Any]) -> Any:
+        return compute() if reuse is None else reuse.get(content_key(*key), compute)
+
+    # what the conditions depend on besides the scenarios (hashed once, only when reused)
+    inputs = None if reuse is None else content_key(weights_version(model), dev, dtype,
+                                                    pre_hu, lobes, vessels)
+    pre25, anatomy = remember("inputs", inputs,
+                              compute=lambda: condition_inputs(model, pre_hu, lobes, vessels))
+    encoded = model.adapter.encode(scenarios) if use_adapter else ()
+
+    def fused(encoding):
+        values, codes, present = (t.to(dev) for t in encoding)
         sums = model.adapter.clinical(values.to(dtype), codes, present)        # (B, ch)
         return torch.cat([model.fused(pre25, s[None].expand(z, -1)) for s in sums])
 
-    if use_adapter:
-        cond = fused(scenarios)
-        if guided:
-            null = fused([{}] * b)
-            cond = torch.cat([cond, null])
-    else:
+    def embedded_control() -> torch.Tensor:
         cond = None
-    n_branch = 2 if guided else 1
-    control = model.control(anatomy.repeat(b * n_branch, 1, 1, 1), cond)
+        if use_adapter:
+            cond = fused(encoded)
+            if guided:
+                cond = torch.cat([cond, fused(model.adapter.encode([{}] * b))])
+        maps = anatomy if use_anatomy else torch.zeros_like(anatomy)
+        return model.embed_control(model.control(maps.repeat(b * n_branch, 1, 1, 1), cond))
+
+    # the control is the same at every step (and for every seed): embedded once
+    embedded = remember("control", inputs, b, use_adapter, use_anatomy, guided, *encoded,
+                        compute=embedded_control)
 
     generator = torch.Generator("cpu").manual_seed(int(seed))
     noise = torch.randn((1, 1) + grid, generator=generator)
@@ -158,8 +173,10 @@ def generate(model: ImmunoDiff, pre_hu: np.ndarray, lobes: np.ndarray, vessels: 
         if guided:
             x25 = torch.cat([x25, x25])
         # the network's output: noise, clean change or velocity (the config's prediction_type;
-        # the scheduler reads it as such)
-        out = model.denoise(x25, t.reshape(1).to(dev), control)
+        # the scheduler reads it as such). At the first step every scenario and branch has
+        # the same input (the shared noise): the U-Net's encoder runs once for them
+        out = model.denoise(x25, t.reshape(1).to(dev), embedded_control=embedded,
+                            copies=b * n_branch if i == 0 else n_branch)
         if guided:
             cond_out, uncond_out = out.chunk(2)
             out = uncond_out + guidance_scale * (cond_out - uncond_out)
