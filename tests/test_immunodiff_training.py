@@ -32,7 +32,9 @@ def _train(argv):
 
 
 def test_all_stages_train_resume_and_record(tmp_path, data):
-    cfg = micro_config(tmp_path / "micro.json")
+    composition = {"around_tumour": True, "growth": 0.4, "allowance_mm": 6.0,
+                   "feather_mm": 9.0}   # not the code default: the config's must reach the card
+    cfg = micro_config(tmp_path / "micro.json", composition=composition)
     out = tmp_path / "run"
     args = ["--config", str(cfg), "--out", str(out), "--data", str(data), "--use-cached",
             "--no-progress"]
@@ -52,6 +54,7 @@ def test_all_stages_train_resume_and_record(tmp_path, data):
     assert card["training"]["steps_done"] == {"vl": 2, "base": 2, "control": 2, "adapter": 2}
     assert card["training"]["data"]["paired"]["train"] == 3
     assert set(card["files"]) == {"vl", "unet", "controlnet", "adapter"}
+    assert card["config"]["composition"] == composition   # the model composes as configured
 
     # resume: a finished run does nothing more; an interrupted stage continues at its step
     progress = json.loads((out / "state" / "progress.json").read_text())

@@ -239,3 +239,42 @@ def test_a_mask_off_the_crops_grid_is_one_line_and_a_model_without_composition_i
     w = micro.family.composition_region(micro.network, image, context).weight
     assert np.array_equal(composed.array[w == 1], plain.array[w == 1])
     assert not np.array_equal(composed.array[w == 0], plain.array[w == 0])
+
+
+# --- the configuration ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["lung_tiny", "lung_tiny_implicit", "lung_paper"])
+def test_each_shipped_config_composes_like_the_bundled_model(name):
+    """A model trained from a shipped config composes as the bundled one does: the config
+    states its composition (not left to a code default that may change) and it is the
+    bundled model's."""
+    import json
+
+    from napari_nacsim.families import get_family
+    from napari_nacsim.science.generative.checkpoint import read_card
+    from napari_nacsim.science.generative.immunodiff.config import (CONFIG_DIR, DEFAULTS,
+                                                                     load_config, resolve)
+
+    stated = json.loads((CONFIG_DIR / f"{name}.json").read_text()).get("composition")
+    assert stated == DEFAULTS["composition"], f"{name}.json: composition {stated}"
+    bundled = read_card(get_family("lung").bundled_generator_path())["config"]
+    assert Composition.from_config(load_config(name)) == \
+        Composition.from_config(resolve(bundled)) == SETTINGS
+
+
+@pytest.mark.parametrize("composition, needle", [
+    ({"around_tumour": True, "feather_mm": 0}, "feather_mm 0 > 0"),
+    ({"around_tumour": True, "growth": "half"}, "composition.growth 'half' is not a number"),
+    ("on", "composition 'on' is not a mapping")])
+def test_a_bad_composition_in_a_config_file_is_one_line_naming_it(tmp_path, composition,
+                                                                  needle):
+    import json
+
+    from napari_nacsim.science.generative.immunodiff.config import load_config
+
+    path = tmp_path / "lung_bad.json"
+    path.write_text(json.dumps({"composition": composition}))
+    with pytest.raises(InputError) as err:
+        load_config(path)
+    assert str(err.value).startswith(str(path)) and needle in str(err.value)
+    assert "\n" not in str(err.value)

@@ -48,9 +48,19 @@ class Composition:
     def from_config(cls, config: Mapping[str, Any]) -> Optional["Composition"]:
         """The config's composition, or None when it is off."""
         c = config.get("composition") or {}
+        if not isinstance(c, Mapping):
+            raise InputError("config composition", f"{c!r} is not a mapping of settings")
         if not c.get("around_tumour", False):
             return None
-        values = {k: float(c[k]) for k in ("growth", "allowance_mm", "feather_mm")}
+        values = {}
+        for key in ("growth", "allowance_mm", "feather_mm"):
+            try:
+                values[key] = float(c[key])
+            except KeyError:
+                raise InputError(f"config composition.{key}", "is missing") from None
+            except (TypeError, ValueError):
+                raise InputError(f"config composition.{key}",
+                                 f"{c[key]!r} is not a number") from None
         if values["growth"] < 0 or values["allowance_mm"] < 0 or values["feather_mm"] <= 0:
             raise InputError("config composition", f"growth {values['growth']:g} and "
                              f"allowance_mm {values['allowance_mm']:g} must be >= 0 and "

@@ -89,6 +89,9 @@ def resolve(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
         raise InputError("config target", f"{cfg['target']!r} is not one of "
                                           f"{', '.join(TARGETS)}")
+    from .compose import Composition
+
+    Composition.from_config(cfg)   # a bad composition is refused here, not at sampling
     return cfg
 
 
@@ -105,6 +108,8 @@ def load_config(name_or_path: str | Path) -> dict[str, Any]:
         return resolve(json.loads(path.read_text()))
     except json.JSONDecodeError as err:
         raise InputError(path, f"is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except InputError as err:   # a bad setting: the file and the field
+        raise InputError(path, f"{err.subject.removeprefix('config ')} {err.problem}") from None
 
 
 # The CI size: the family's real crop grid (so the engine and the family accept it), a
