@@ -10,6 +10,8 @@ One concept per module:
 - `cbi_adapter` the clinical/blood/immunotherapy adapter (Q, K, V per group, RoPE, attention)
 - `network`     the whole model: VL encoders, base denoiser, anatomy ControlNet, adapter
 - `sampling`    generating post-treatment crops (the samplers of `generative.samplers`)
+- `reuse`       what the samples of a comparison share, computed once (content-keyed)
+- `compose`     the generated crop kept around the baseline tumour, the input elsewhere
 - `checkpoint`  safetensors + model card (sha256 of every file; `generative.weights`)
 - `training`    the four stages (vl, base, control, adapter) and the loop (the diffusion
                 losses are `generative.losses`, shared with the breast model)
