@@ -22,7 +22,7 @@ def test_bundled_model_is_small_verified_and_documented():
     assert card["training"]["stage2_steps"] > 0
     assert card["data"]["split"]["test"] and not (set(card["data"]["split"]["test"])
                                                   & set(card["data"]["split"]["train"]))
-    bundled_config = json.loads(builtin_config_path("breast_tiny").read_text())
+    bundled_config = json.loads(builtin_config_path("breast_128").read_text())
     assert card["config"]["unet"] == bundled_config["unet"]
     assert "randomly initialised" in card["text_tower_note"]
 
@@ -31,12 +31,12 @@ def test_default_model_generates_deterministically():
     model = load_model()  # no arguments: the bundled default
     assert model.path == bundled_model_path("breast")
     rng = np.random.default_rng(1)
-    mip = Scan(array=rng.random((64, 64)).astype(np.float32),
-               affine=affine_from_spacing((4.0, 4.0)))
+    mip = Scan(array=rng.random((128, 128)).astype(np.float32),
+               affine=affine_from_spacing((2.0, 2.0)))
     pair = [parse_scenario("time=T2,pCR=1,HR=1,HER2=0"),
             parse_scenario("time=T2,pCR=0,HR=1,HER2=0")]
     a = simulate(model, mip, pair, seed=11, steps=3)
     b = simulate(model, mip, pair, seed=11, steps=3)
     assert all(np.array_equal(x.array, y.array) for x, y in zip(a, b))
     assert a[0].provenance["sampler"] == model.default_sampler
-    assert a[0].shape == (64, 64) and 0 <= a[0].array.min() and a[0].array.max() <= 1
+    assert a[0].shape == (128, 128) and 0 <= a[0].array.min() and a[0].array.max() <= 1

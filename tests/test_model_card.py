@@ -74,3 +74,13 @@ def test_outcome_inputs_from_the_adapter_or_the_config():
     assert outcome_inputs({"adapter": {"outcome_input": []}, "outcome_input": ["pfs"]}) == \
         ("pfs",)
     assert outcome_inputs({}) == ()
+
+
+def test_a_card_that_is_json_but_not_an_object_is_refused_in_one_line(tmp_path):
+    from napari_nacsim.core.errors import InputError
+    from napari_nacsim.science.generative.card import CARD, read_card
+
+    for text in ("[]", "3", '"card"', "null"):
+        (tmp_path / CARD).write_text(text)
+        with pytest.raises(InputError, match="is not a .* model card"):
+            read_card(tmp_path)

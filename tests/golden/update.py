@@ -152,7 +152,7 @@ def _plain(scenario: dict) -> dict:
 def find_evaluation(model_hash: str) -> str | None:
     """The docs/*.json evaluation that names ``model_hash`` (top level or under "model"),
     relative to the repository; None when there is none yet."""
-    for path in sorted((ROOT / "docs").glob("*eval*.json"), key=lambda p: (len(p.name), p.name)):
+    for path in sorted((ROOT / "docs").rglob("*eval*.json"), key=lambda p: (len(p.name), p.name)):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -61,6 +61,7 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
         card = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise InputError(path, f"is not valid JSON ({err.msg} at line {err.lineno})") from None
-    if card.get("format") != CARD_FORMAT or "files" not in card or "config" not in card:
+    if (not isinstance(card, dict) or card.get("format") != CARD_FORMAT or "files" not in card
+            or "config" not in card):
         raise InputError(path, f"is not a {CARD_FORMAT} model card")
     return card
