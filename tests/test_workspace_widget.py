@@ -302,7 +302,7 @@ def test_layer_without_spacing_assumes_the_model_field_of_view(workspace, qtbot,
     result = run_and_wait(qtbot, widget)
     assert "no voxel spacing" in warnings[-1] and "256 x 256 mm" in warnings[-1]
     assert result.baseline.provenance["spacing_known"] is False
-    np.testing.assert_allclose(result.baseline.spacing, (4.0, 4.0))
+    np.testing.assert_allclose(result.baseline.spacing, (2.0, 2.0))   # 256 mm over 128 px
 
 
 def test_closing_mid_run_leaves_no_thread(workspace, qtbot):
