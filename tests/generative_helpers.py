@@ -91,3 +91,15 @@ def saved_lung_micro_model(folder, **overrides):
         for p in [*net.controlnet.parameters(), *net.unet.parameters()]:
             p.add_(0.05 * torch.randn_like(p))
     return load_model(save_checkpoint(net, folder, {"title": "ImmunoDiff micro (test)"}))
+
+
+def synthetic_lung_crop(seed: int = 0):
+    """A lung crop of the micro models' grid (16 x 96 x 96) in HU with a block of lobe and a
+    band of vessels: ``(pre, lobes, vessels)`` as `immunodiff.sampling.generate` takes them."""
+    rng = np.random.default_rng(seed)
+    pre = rng.normal(-700, 200, (16, 96, 96)).astype(np.float32)
+    lobes = np.zeros((16, 96, 96), np.uint8)
+    lobes[:, 20:70, 10:45] = 1
+    vessels = np.zeros_like(lobes)
+    vessels[:, 40:44, 20:60] = 1
+    return pre, lobes, vessels

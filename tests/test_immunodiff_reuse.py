@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from generative_helpers import saved_lung_micro_model
+from generative_helpers import saved_lung_micro_model, synthetic_lung_crop
 
 SCENARIOS = [{"time": "post", "PD_L1": 0.0, "age": 60.0},
              {"time": "post", "PD_L1": 80.0, "age": 60.0}]
@@ -23,13 +23,7 @@ def micro(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def arrays():
-    rng = np.random.default_rng(0)
-    pre = rng.normal(-700, 200, (16, 96, 96)).astype(np.float32)
-    lobes = np.zeros((16, 96, 96), np.uint8)
-    lobes[:, 20:70, 10:45] = 1
-    vessels = np.zeros_like(lobes)
-    vessels[:, 40:44, 20:60] = 1
-    return pre, lobes, vessels
+    return synthetic_lung_crop()
 
 
 def test_the_precomputed_control_and_the_shared_encoder_give_monais_output(micro):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from generative_helpers import synthetic_lung_crop
 from immunodiff_helpers import micro_config, write_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,12 +88,7 @@ def test_save_load_checks_hashes_and_generation_is_deterministic(tmp_path):
                                   loaded.components()[name].state_dict().items()):
             assert torch.equal(a, b), (name, k)
 
-    rng = np.random.default_rng(0)
-    pre = rng.normal(-700, 200, (16, 96, 96)).astype(np.float32)
-    lobes = np.zeros((16, 96, 96), np.uint8)
-    lobes[:, 20:70, 10:45] = 1
-    vessels = np.zeros_like(lobes)
-    vessels[:, 40:44, 20:60] = 1
+    pre, lobes, vessels = synthetic_lung_crop()
     scen = [{"PD_L1": 0.0, "age": 60.0}, {"PD_L1": 80.0, "age": 60.0}]
     a = generate(loaded, pre, lobes, vessels, scen, seed=3, steps=2)
     b = generate(loaded, pre, lobes, vessels, scen, seed=3, steps=2)
